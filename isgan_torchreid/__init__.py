@@ -1,0 +1,18 @@
+"""IS-GAN (Eom & Ham, NeurIPS 2019) for torchreid.
+
+Importing the package registers the models (isgan_r50/r34/r18, mgn_r50/r18) into
+``torchreid.models.build_model`` and the embedded synthetic datasets (synthperson,
+synthperson_b) into ``torchreid.data``, and applies the narrow torchreid compatibility
+patches of :mod:`isgan_torchreid.compat`.
+"""
+from . import compat
+from .data.synthetic import DATASETS
+from .models import MODELS
+
+__version__ = "0.1.0"
+
+compat.apply_patches()
+for _name, _builder in MODELS.items():
+    compat.register_model(_name, _builder)
+for _name, _cls in DATASETS.items():
+    compat.register_dataset(_name, _cls)

@@ -1,0 +1,119 @@
+"""Command-line entry points behind tools/*.py: argument parsing, one place that reports errors."""
+import argparse
+import functools
+import os
+import sys
+
+import torch
+from tabulate import tabulate
+
+from . import compat
+from .config import dump_config, load_config
+from .data.build import build_datamanager
+from .engine import checkpoint as ckpt
+from .engine.staged import ISGANEngine
+from .errors import ISGANError
+from .models import build_model
+
+
+def parser(description):
+    """``--config-file FILE [--debug] [KEY VALUE ...]``, shared by every tool."""
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--config-file", required=True, help="YAML config (may name a _BASE_)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors")
+    p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
+    return p
+
+
+def reports_errors(main):
+    """Print an ISGANError as one line (exit 2) unless ``--debug`` is given."""
+    @functools.wraps(main)
+    def wrapper(argv=None):
+        argv = sys.argv[1:] if argv is None else list(argv)
+        try:
+            return main(argv)
+        except ISGANError as e:
+            if "--debug" in argv:
+                raise
+            print(f"error: {e}", file=sys.stderr)
+            sys.exit(2)
+    return wrapper
+
+
+def prepare_output_dir(path):
+    """Create ``path`` and check it is writable, before any work is done."""
+    try:
+        os.makedirs(path, exist_ok=True)
+        probe = os.path.join(path, f".write-test-{os.getpid()}")
+        with open(probe, "w") as f:
+            f.write("ok")
+        os.remove(probe)
+    except OSError as e:
+        raise ISGANError(f"output directory {path} is not writable ({e.strerror}); set OUTPUT_DIR to a writable "
+                         f"folder") from None
+
+
+def select_device(cfg):
+    """DEVICE 'auto' -> cuda when present, else cpu."""
+    if cfg.DEVICE == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if cfg.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise ISGANError(f"DEVICE = {cfg.DEVICE} but no CUDA device is available; set DEVICE auto or cpu")
+    return torch.device(cfg.DEVICE)
+
+
+def results_table(results, ranks=(1, 5, 10)):
+    """{stage: {target: metrics}} -> a tabulate table of rank-k and mAP in percent."""
+    rows = [[stage, target] + [f"{100 * m[f'rank{r}']:.1f}" for r in ranks] + [f"{100 * m['mAP']:.1f}"]
+            for stage, per_target in results.items() for target, m in per_target.items()]
+    return tabulate(rows, headers=["stage", "target"] + [f"R-{r}" for r in ranks] + ["mAP"], tablefmt="github")
+
+
+def setup(cfg):
+    """Output dir, resolved config, seed, device, data manager (datasets checked before any model)."""
+    prepare_output_dir(cfg.OUTPUT_DIR)
+    dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+    compat.torchreid_base().utils.set_random_seed(cfg.SEED)
+    device = select_device(cfg)
+    return device, build_datamanager(cfg, use_gpu=device.type == "cuda")
+
+
+@reports_errors
+def train_main(argv):
+    """tools/train.py: run the configured stages, resuming an interrupted run; print the results table."""
+    p = parser("Train IS-GAN (stages 1-3), MGN or a torchreid model; evaluate on DATA.TARGETS.")
+    p.add_argument("--stages", type=int, nargs="+", help="subset of stages to run (overrides TRAIN.STAGES)")
+    args = p.parse_args(argv)
+    opts = args.opts + (["TRAIN.STAGES", str(args.stages)] if args.stages else [])
+    cfg = load_config(args.config_file, opts)
+    device, dm = setup(cfg)
+    model = build_model(cfg, dm.num_train_pids)
+    engine = ISGANEngine(cfg, dm, model, device)
+    results = engine.run_stages()
+    print(results_table(results, cfg.TEST.RANKS))
+    return results
+
+
+@reports_errors
+def test_main(argv):
+    """tools/test.py: evaluate a checkpoint's E_R descriptor on DATA.TARGETS (or --targets)."""
+    p = parser("Evaluate a checkpoint on the configured targets.")
+    p.add_argument("--weights", required=True, help="checkpoint (ours or torchreid's)")
+    p.add_argument("--targets", nargs="+", help="datasets to evaluate on (overrides DATA.TARGETS)")
+    args = p.parse_args(argv)
+    cfg = load_config(args.config_file, args.opts)
+    targets = args.targets or list(cfg.DATA.TARGETS) or list(cfg.DATA.SOURCES)
+    cfg.defrost()
+    cfg.DATA.SOURCES, cfg.DATA.TARGETS = targets, targets  # training data need not be present
+    cfg.MODEL.PRETRAINED = False
+    cfg.freeze()
+    state = ckpt.load_checkpoint(args.weights)
+    device, dm = setup(cfg)
+    weights = ckpt.model_state(state)
+    model = build_model(cfg, state.get("num_classes") or dm.num_train_pids)
+    ckpt.load_weights(model, weights)
+    engine = ISGANEngine(cfg, dm, model, device)
+    engine.stage = "test"
+    engine.evaluate_targets(cfg.OUTPUT_DIR)
+    print(results_table(engine.results, cfg.TEST.RANKS))
+    return engine.results

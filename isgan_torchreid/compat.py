@@ -1,0 +1,134 @@
+"""Everything that touches torchreid's internals, in one place.
+
+torchreid ships in two layouts: the PyPI package 0.2.5 (``torchreid.reid.*``, where
+``import torchreid.data`` fails) and the GitHub 1.4.0 install (``torchreid.data``
+importable). :func:`torchreid_base` hides the difference.
+
+Narrow patches for what breaks on numpy 2 / torch >= 2.6 / CPU-only machines
+(each is idempotent, applied by :func:`apply_patches` at ``import isgan_torchreid``
+and covered by a test that fails without it):
+
+* ``metrics.rank.eval_cuhk03`` uses ``np.bool`` (removed in numpy 1.24), so the CUHK03
+  metric raises AttributeError. It is re-bound to a namespace where ``np.bool`` is ``bool``.
+* ``utils.load_checkpoint`` calls ``torch.load`` with the torch >= 2.6 default
+  ``weights_only=True``, which rejects torchreid's own checkpoints (``Engine.save_model``
+  stores ``rank1`` as a numpy scalar). It now allow-lists numpy scalars and dtypes only.
+* ``utils.FeatureExtractor`` defaults to ``device='cuda'`` and fails on CPU-only machines;
+  the default becomes ``'cuda'`` when available, else ``'cpu'``.
+"""
+import functools
+import importlib
+import inspect
+import types
+
+import numpy as np
+import torch
+import torchreid
+
+
+def torchreid_base():
+    """The module that holds torchreid's ``data``/``models``/``metrics``/``utils`` subpackages."""
+    try:
+        return importlib.import_module("torchreid.reid")  # PyPI 0.2.5 layout
+    except ImportError:
+        return torchreid  # GitHub 1.4.0 layout
+
+
+def _submodule(dotted):
+    return importlib.import_module(f"{torchreid_base().__name__}.{dotted}")
+
+
+def model_factory():
+    """torchreid's private name -> builder dict used by ``build_model``."""
+    return vars(_submodule("models"))["__model_factory"]
+
+
+def image_dataset_registry():
+    """torchreid's private name -> class dict used by ``init_image_dataset``."""
+    return vars(_submodule("data.datasets"))["__image_datasets"]
+
+
+def register_model(name, builder):
+    """Make ``torchreid.models.build_model(name, ...)`` return ``builder(...)`` (idempotent)."""
+    model_factory()[name] = builder
+
+
+def register_dataset(name, cls):
+    """Register an image dataset class with torchreid (idempotent for the same class)."""
+    registry = image_dataset_registry()
+    if registry.get(name) is cls:
+        return
+    registry.pop(name, None)
+    torchreid_base().data.register_image_dataset(name, cls)
+
+
+# --------------------------------------------------------------------------- patches
+
+
+class _NumpyWithBool(types.ModuleType):
+    """numpy, plus the ``np.bool`` alias that numpy >= 1.24 removed."""
+
+    bool = bool
+
+    def __getattr__(self, name):
+        return getattr(np, name)
+
+
+def _patch_eval_cuhk03():
+    rank = _submodule("metrics.rank")
+    fn = rank.eval_cuhk03
+    if getattr(fn, "_isgan_patched", False) or hasattr(np, "bool"):
+        return
+    namespace = dict(fn.__globals__, np=_NumpyWithBool("numpy"))
+    patched = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+    patched.__doc__ = fn.__doc__
+    patched._isgan_patched = True
+    rank.eval_cuhk03 = patched
+
+
+def _numpy_safe_globals():
+    """The numpy objects that torchreid's checkpoints legitimately contain."""
+    core = getattr(np, "_core", None) or np.core
+    types_ = [core.multiarray.scalar, np.dtype]
+    types_ += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int32", "int64", "bool")]
+    return types_
+
+
+def _patch_load_checkpoint():
+    torchtools = _submodule("utils.torchtools")
+    original = torchtools.load_checkpoint
+    if getattr(original, "_isgan_patched", False) or not hasattr(torch.serialization, "safe_globals"):
+        return
+
+    @functools.wraps(original)
+    def load_checkpoint(fpath):
+        with torch.serialization.safe_globals(_numpy_safe_globals()):
+            return original(fpath)
+
+    load_checkpoint._isgan_patched = True
+    torchtools.load_checkpoint = load_checkpoint
+    _submodule("utils").load_checkpoint = load_checkpoint
+
+
+def _patch_feature_extractor():
+    cls = _submodule("utils.feature_extractor").FeatureExtractor
+    init = cls.__init__
+    if getattr(init, "_isgan_patched", False):
+        return
+    signature = inspect.signature(init)
+
+    @functools.wraps(init)
+    def __init__(self, *args, **kwargs):
+        if "device" not in signature.bind_partial(self, *args, **kwargs).arguments:
+            kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+        init(self, *args, **kwargs)
+
+    __init__._isgan_patched = True
+    cls.__init__ = __init__
+
+
+def apply_patches():
+    """Apply every compatibility patch (idempotent)."""
+    _patch_eval_cuhk03()
+    _patch_load_checkpoint()
+    _patch_feature_extractor()

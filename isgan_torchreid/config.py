@@ -1,0 +1,302 @@
+"""Configuration: yacs defaults, ``_BASE_`` inheritance, ``KEY VALUE`` overrides, validation, dump.
+
+Keys are grouped as DATA, SAMPLER, MODEL, LOSS (the paper's lambdas of Eq. 8), TRAIN (one
+sub-node per stage), TEST. Defaults reproduce the authors' effective setting with their
+bugs fixed (see README, "Choices"); every deviation is a key.
+"""
+import difflib
+import hashlib
+import os
+
+import yaml
+from yacs.config import CfgNode as CN
+
+from .errors import ISGANError
+
+_C = CN()
+_C.OUTPUT_DIR = "output/isgan_market"
+_C.SEED = 1
+_C.DEVICE = "auto"  # auto | cpu | cuda | cuda:N
+
+# ---------------------------------------------------------------- data
+_C.DATA = CN()
+_C.DATA.ROOT = "reid-data"  # the environment variable REID_DATA_ROOT replaces this default
+_C.DATA.SOURCES = ["market1501"]
+_C.DATA.TARGETS = []  # empty: the sources
+_C.DATA.HEIGHT = 384
+_C.DATA.WIDTH = 128
+_C.DATA.WORKERS = 4
+_C.DATA.RANDOM_FLIP = True
+_C.DATA.RANDOM_ERASING = True  # stage 1 only: the paper finds it hinders disentanglement
+_C.DATA.CUHK03_LABELED = False
+_C.DATA.CUHK03_CLASSIC_SPLIT = False  # False: the 767/700 split of Zhong et al.
+_C.DATA.SYNTH = CN()  # size of the embedded synthetic datasets (synthperson, synthperson_b)
+_C.DATA.SYNTH.NUM_TRAIN_IDS = 48
+_C.DATA.SYNTH.NUM_TEST_IDS = 48
+_C.DATA.SYNTH.NUM_CAMS = 6
+_C.DATA.SYNTH.IMAGES_PER_ID = 12
+_C.DATA.SYNTH.HEIGHT = 128
+_C.DATA.SYNTH.WIDTH = 64
+
+# ---------------------------------------------------------------- sampler (P identities x K images)
+_C.SAMPLER = CN()
+_C.SAMPLER.P = 4
+_C.SAMPLER.K = 4
+
+# ---------------------------------------------------------------- model
+_C.MODEL = CN()
+_C.MODEL.NAME = "isgan"  # isgan | mgn | any torchreid model name (pcb_p6, resnet50, osnet_x1_0, ...)
+_C.MODEL.BACKBONE = "resnet50"  # resnet50 | resnet34 | resnet18 (isgan, mgn)
+_C.MODEL.PRETRAINED = True  # ImageNet weights through torchvision
+_C.MODEL.PARTS = [1, 2, 3]  # stripes per branch: part-1, part-2, part-3 (Table 3 variants)
+_C.MODEL.ID_DIM = 256  # p of E_R: K x 256 = 2048-d test descriptor
+_C.MODEL.NID_DIM = 64  # p of E_U
+_C.MODEL.NOISE_DIM = 128
+_C.MODEL.EU_POOL = "avg"  # the authors' code pools E_U with avg; the paper says max
+
+# ---------------------------------------------------------------- losses, Eq. 8
+_C.LOSS = CN()
+_C.LOSS.LAMBDA_R = 20.0  # stage 3 (stage 1 optimises L_R alone)
+_C.LOSS.LAMBDA_U = [0.001, 0.01]  # stage 2, stage 3
+_C.LOSS.LAMBDA_S = 10.0
+_C.LOSS.LAMBDA_PS = 10.0
+_C.LOSS.LAMBDA_D = 1.0  # generator side of L_D
+_C.LOSS.LAMBDA_C = 2.0  # generator side of L_C
+_C.LOSS.D_LAMBDA_D = 1.0  # discriminator side of L_D
+_C.LOSS.D_LAMBDA_C = 0.5  # discriminator side of L_C (authors' code)
+_C.LOSS.ID_REDUCTION = "mean"  # mean of the K CEs (authors' code) | sum (paper, Eq. 1)
+_C.LOSS.KL_REDUCTION = "official"  # official (sum over batch and dims, mean over K) | paper
+_C.LOSS.LABEL_SMOOTH = 0.0  # label smoothing of L_R
+_C.LOSS.D_LABEL_SMOOTH = True  # D targets ~ U(0.7, 1) / U(0, 0.3) (authors' code)
+_C.LOSS.PART_SHUFFLE = "local"  # local (paper) | all (global slots too) | none (authors' code, bug B1)
+_C.LOSS.CLASS_ON_AUTO = True  # L_C also on auto-encoded fakes (authors' code); False: Eq. 7 only
+_C.LOSS.TARGET_SPACE = "rgb"  # rgb: [-1, 1] RGB | tanh: tanh(normalised image), the authors' target
+_C.LOSS.TRIPLET_MARGIN = 1.2  # MGN
+_C.LOSS.LAMBDA_TRIPLET = 1.0  # MGN
+
+# ---------------------------------------------------------------- training
+_C.TRAIN = CN()
+_C.TRAIN.STAGES = [1, 2, 3]
+_C.TRAIN.INIT_WEIGHTS = ""  # checkpoint to start the first listed stage > 1 from, when OUTPUT_DIR has none
+_C.TRAIN.ADAM_BETAS = [0.9, 0.999]
+_C.TRAIN.WEIGHT_DECAY = 5e-4  # Adam (coupled L2, amsgrad) for encoders + G
+_C.TRAIN.AMSGRAD = True
+_C.TRAIN.D_MOMENTUM = 0.9  # SGD for D_D + D_C
+_C.TRAIN.D_WEIGHT_DECAY = 1e-4
+_C.TRAIN.LR_MULT_GU = 1.0  # stage-3 lr multiplier for G and E_U (authors intended 0.01, never applied)
+_C.TRAIN.GAMMA = 0.1
+_C.TRAIN.PRINT_FREQ = 20
+_C.TRAIN.CHECKPOINT_FREQ = 50  # epochs; "latest" is written after every epoch
+_C.TRAIN.SAMPLE_FREQ = 10  # epochs between image grids in stages 2-3 (0: only at the end)
+_C.TRAIN.NONFINITE = "error"  # error | skip (skip the step and count it)
+_C.TRAIN.STAGE1 = CN()
+_C.TRAIN.STAGE1.EPOCHS = 300
+_C.TRAIN.STAGE1.LR = 2e-4
+_C.TRAIN.STAGE1.MILESTONES = []
+_C.TRAIN.STAGE2 = CN()
+_C.TRAIN.STAGE2.EPOCHS = 200
+_C.TRAIN.STAGE2.LR = 2e-4
+_C.TRAIN.STAGE2.MILESTONES = []
+_C.TRAIN.STAGE3 = CN()
+_C.TRAIN.STAGE3.EPOCHS = 100
+_C.TRAIN.STAGE3.LR = 2e-5
+_C.TRAIN.STAGE3.MILESTONES = []
+
+# ---------------------------------------------------------------- test
+_C.TEST = CN()
+_C.TEST.BATCH_SIZE = 64
+_C.TEST.FLIP = True  # descriptor = f(x) + f(flip(x)) as the authors evaluate
+_C.TEST.NORMALIZE = True  # L2-normalise descriptors
+_C.TEST.METRIC = "euclidean"  # euclidean | cosine
+_C.TEST.RERANK = False  # k-reciprocal re-ranking (Zhong et al. 2017)
+_C.TEST.CUHK03_METRIC = False  # single-gallery-shot CUHK03 protocol (classic split only)
+_C.TEST.RANKS = [1, 5, 10]
+_C.TEST.VISRANK = False
+_C.TEST.VISRANK_TOPK = 10
+
+_CHOICES = {
+    "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50"),
+    "MODEL.EU_POOL": ("avg", "max"),
+    "LOSS.ID_REDUCTION": ("mean", "sum"),
+    "LOSS.KL_REDUCTION": ("official", "paper"),
+    "LOSS.PART_SHUFFLE": ("local", "all", "none"),
+    "LOSS.TARGET_SPACE": ("rgb", "tanh"),
+    "TRAIN.NONFINITE": ("error", "skip"),
+    "TEST.METRIC": ("euclidean", "cosine"),
+}
+# keys that do not change what is trained: excluded from the checkpoint's config hash
+_HASH_EXCLUDED = ("OUTPUT_DIR", "DEVICE", "TRAIN.STAGES", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ",
+                  "TRAIN.SAMPLE_FREQ", "DATA.ROOT", "DATA.WORKERS", "DATA.TARGETS", "TEST")
+
+
+def get_default_config():
+    """A fresh, mutable copy of the defaults (DATA.ROOT from $REID_DATA_ROOT when set)."""
+    cfg = _C.clone()
+    if os.environ.get("REID_DATA_ROOT"):
+        cfg.DATA.ROOT = os.environ["REID_DATA_ROOT"]
+    return cfg
+
+
+def _read_yaml(path, seen=()):
+    """Load a YAML file, resolving ``_BASE_`` (relative to the file) recursively."""
+    path = os.path.abspath(path)
+    if path in seen:
+        raise ISGANError(f"config {path}: _BASE_ cycle through {' -> '.join(seen)}; remove one _BASE_ line")
+    if not os.path.isfile(path):
+        raise ISGANError(f"config file not found: {path}; pass an existing file to --config-file")
+    try:
+        with open(path) as f:
+            data = yaml.safe_load(f) or {}
+    except yaml.YAMLError as e:
+        raise ISGANError(f"config {path} is not valid YAML: {e}".replace("\n", " ")) from None
+    if not isinstance(data, dict):
+        raise ISGANError(f"config {path} must hold a mapping of KEY: value, got {type(data).__name__}")
+    base = data.pop("_BASE_", None)
+    if base is None:
+        return data
+    merged = _read_yaml(os.path.join(os.path.dirname(path), base), seen + (path,))
+    _deep_update(merged, data)
+    return merged
+
+
+def _deep_update(dst, src):
+    for key, value in src.items():
+        if isinstance(value, dict) and isinstance(dst.get(key), dict):
+            _deep_update(dst[key], value)
+        else:
+            dst[key] = value
+
+
+def _coerce(key, default, value, origin):
+    """Cast ``value`` to the type of ``default``; fail with a message naming ``key``."""
+    def fail():
+        raise ISGANError(f"{origin}: {key} expects {type(default).__name__} (default {default!r}), "
+                         f"got {value!r}; fix the value")
+
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        fail()
+    if isinstance(default, (int, float)):
+        if isinstance(value, bool):
+            fail()
+        if isinstance(value, str):  # YAML reads "2e-4" as a string
+            try:
+                value = float(value)
+            except ValueError:
+                fail()
+        if isinstance(default, float) and isinstance(value, (int, float)):
+            return float(value)
+        if isinstance(default, int) and (isinstance(value, int) or (isinstance(value, float) and value.is_integer())):
+            return int(value)
+        fail()
+    if isinstance(default, str):
+        if isinstance(value, str):
+            return value
+        fail()
+    if isinstance(default, (list, tuple)):
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and key.endswith(("SOURCES", "TARGETS")):
+            value = [value]
+        if not isinstance(value, (list, tuple)):
+            fail()
+        if default:
+            return [_coerce(f"{key}[{i}]", default[0], v, origin) for i, v in enumerate(value)]
+        return list(value)
+    fail()
+
+
+def _merge(cfg, data, origin, prefix=""):
+    """Merge a plain dict into ``cfg``; unknown keys fail with the closest valid names."""
+    for key, value in data.items():
+        full = f"{prefix}{key}"
+        if key not in cfg:
+            close = difflib.get_close_matches(key, list(cfg.keys()), n=3)
+            hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+            raise ISGANError(f"{origin}: unknown config key {full}{hint} (valid under "
+                             f"{prefix or 'top level'}: {', '.join(sorted(cfg.keys()))})")
+        if isinstance(cfg[key], CN):
+            if not isinstance(value, dict):
+                raise ISGANError(f"{origin}: {full} is a group of keys, got {value!r}")
+            _merge(cfg[key], value, origin, full + ".")
+        else:
+            cfg[key] = _coerce(full, cfg[key], value, origin)
+
+
+def merge_overrides(cfg, opts, origin="command line"):
+    """Apply ``KEY VALUE`` pairs (e.g. ``TRAIN.STAGE1.EPOCHS 5``), values parsed as YAML."""
+    if len(opts) % 2:
+        raise ISGANError(f"{origin}: overrides come as KEY VALUE pairs, got an odd number: {opts}")
+    for key, raw in zip(opts[0::2], opts[1::2]):
+        try:
+            value = yaml.safe_load(raw) if isinstance(raw, str) else raw
+        except yaml.YAMLError:
+            value = raw
+        nested = value
+        for part in reversed(key.split(".")):
+            nested = {part: nested}
+        _merge(cfg, nested, origin)
+
+
+def load_config(config_file=None, opts=()):
+    """Defaults <- config file (with its ``_BASE_`` chain) <- ``KEY VALUE`` overrides, validated, frozen."""
+    cfg = get_default_config()
+    if config_file:
+        _merge(cfg, _read_yaml(config_file), config_file)
+    merge_overrides(cfg, list(opts))
+    validate(cfg)
+    cfg.freeze()
+    return cfg
+
+
+def validate(cfg):
+    """Check values a type check cannot catch; raise ISGANError naming the key and the fix."""
+    for key, allowed in _CHOICES.items():
+        group, name = key.split(".")
+        if cfg[group][name] not in allowed:
+            raise ISGANError(f"{key} = {cfg[group][name]!r} is not one of {', '.join(allowed)}")
+    stages = list(cfg.TRAIN.STAGES)
+    if not stages or sorted(set(stages)) != stages or not set(stages) <= {1, 2, 3}:
+        raise ISGANError(f"TRAIN.STAGES = {stages}: use an increasing subset of [1, 2, 3], e.g. [1, 2, 3] or [2, 3]")
+    if cfg.MODEL.NAME != "isgan" and stages != [1]:
+        raise ISGANError(f"MODEL.NAME {cfg.MODEL.NAME} trains in one stage: set TRAIN.STAGES [1] "
+                         f"(stages 2-3 exist only for isgan)")
+    if not cfg.DATA.SOURCES:
+        raise ISGANError("DATA.SOURCES is empty: name at least one dataset, e.g. market1501")
+    if cfg.SAMPLER.P < 1 or cfg.SAMPLER.K < 1:
+        raise ISGANError(f"SAMPLER.P = {cfg.SAMPLER.P}, SAMPLER.K = {cfg.SAMPLER.K}: both must be >= 1")
+    if cfg.MODEL.NAME == "isgan" and (2 in stages or 3 in stages):
+        if cfg.SAMPLER.K < 2:
+            raise ISGANError("SAMPLER.K must be >= 2 for stages 2-3: identity shuffling needs a positive "
+                             "partner of the same identity in the batch")
+        for key in ("HEIGHT", "WIDTH"):
+            if cfg.DATA[key] % 64:
+                raise ISGANError(f"DATA.{key} = {cfg.DATA[key]} must be divisible by 64 for the generator "
+                                 f"(six x2 upsamplings); e.g. 384x128, 256x128 or 128x64")
+        if len(cfg.LOSS.LAMBDA_U) != 2:
+            raise ISGANError(f"LOSS.LAMBDA_U = {cfg.LOSS.LAMBDA_U}: give two values, for stage 2 and stage 3")
+    if any(p < 1 for p in cfg.MODEL.PARTS) or len(set(cfg.MODEL.PARTS)) != len(cfg.MODEL.PARTS):
+        raise ISGANError(f"MODEL.PARTS = {cfg.MODEL.PARTS}: distinct positive stripe counts, e.g. [1, 2, 3]")
+    for s in (1, 2, 3):
+        node = cfg.TRAIN[f"STAGE{s}"]
+        if node.EPOCHS < 0 or node.LR <= 0:
+            raise ISGANError(f"TRAIN.STAGE{s}: EPOCHS must be >= 0 and LR > 0, got {node.EPOCHS} and {node.LR}")
+
+
+def config_hash(cfg):
+    """Short hash of everything that changes training (paths, logging and test options excluded)."""
+    data = yaml.safe_load(cfg.dump())
+    for key in _HASH_EXCLUDED:
+        node = data
+        *parents, last = key.split(".")
+        for p in parents:
+            node = node[p]
+        node.pop(last, None)
+    return hashlib.sha256(yaml.safe_dump(data, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def dump_config(cfg, path):
+    """Write the resolved config as YAML (atomically)."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(cfg.dump())
+    os.replace(tmp, path)

@@ -1,0 +1,116 @@
+"""cfg -> torchreid ``ImageDataManager``; datasets checked before anything is built.
+
+torchreid tries to download a missing Market-1501/DukeMTMC-reID from dead URLs (it hangs
+or fails obscurely offline), so :func:`check_datasets` looks for every source and target
+first and fails with the expected path, layout and where to get the data.
+"""
+import dataclasses
+import os
+
+from .. import compat
+from ..errors import ISGANError
+from . import synthetic
+
+IMAGENET_MEAN = [0.485, 0.456, 0.406]
+IMAGENET_STD = [0.229, 0.224, 0.225]
+
+_SPLITS = ("bounding_box_train", "query", "bounding_box_test")
+_MARKET_LAYOUT = "bounding_box_train/, bounding_box_test/, query/ (files like 0002_c1s1_000451_03.jpg)"
+# name -> (accepted sets of required paths under DATA.ROOT, expected layout, where to get it)
+KNOWN_DATASETS = {
+    "market1501": (
+        [[f"market1501/Market-1501-v15.09.15/{d}" for d in _SPLITS], [f"market1501/{d}" for d in _SPLITS]],
+        "market1501/Market-1501-v15.09.15/ holding " + _MARKET_LAYOUT,
+        "the Market-1501 release (Market-1501-v15.09.15.zip, Zheng et al. ICCV 2015) and unzip it there",
+    ),
+    "dukemtmcreid": (
+        [[f"dukemtmc-reid/DukeMTMC-reID/{d}" for d in _SPLITS]],
+        "dukemtmc-reid/DukeMTMC-reID/ holding " + _MARKET_LAYOUT,
+        "DukeMTMC-reID.zip (Zheng et al. ICCV 2017) and unzip it there",
+    ),
+    "cuhk03": (
+        [["cuhk03/cuhk03_release/cuhk-03.mat", "cuhk03/cuhk03_new_protocol_config_detected.mat",
+          "cuhk03/cuhk03_new_protocol_config_labeled.mat"]],
+        "cuhk03/cuhk03_release/cuhk-03.mat and cuhk03/cuhk03_new_protocol_config_{detected,labeled}.mat "
+        "(the 767/700 split)",
+        "cuhk03_release.zip (Li et al. CVPR 2014) and the new-protocol split files of Zhong et al. CVPR 2017 "
+        "(their re-ranking code, evaluation/data/CUHK03)",
+    ),
+}
+
+
+def check_datasets(cfg):
+    """Raise ISGANError for any source/target that is not on disk; generate synthetic ones."""
+    registry = compat.image_dataset_registry()
+    root = os.path.abspath(os.path.expanduser(cfg.DATA.ROOT))
+    for name in dict.fromkeys(list(cfg.DATA.SOURCES) + list(cfg.DATA.TARGETS)):
+        if name in synthetic.DATASETS:
+            synthetic.ensure(root, name, synth_spec(cfg, name))
+        elif name not in registry:
+            raise ISGANError(f"unknown dataset {name!r} in DATA.SOURCES/DATA.TARGETS; available: "
+                             f"{', '.join(sorted(registry))}")
+        elif name in KNOWN_DATASETS:
+            layouts, expected, source = KNOWN_DATASETS[name]
+            missing = [[p for p in paths if not os.path.exists(os.path.join(root, p))] for paths in layouts]
+            if all(missing):
+                raise ISGANError(f"dataset {name} not found: missing {os.path.join(root, missing[0][0])}. "
+                                 f"Expected under DATA.ROOT={root}: {expected}. Get {source}; or set "
+                                 f"DATA.ROOT (or $REID_DATA_ROOT) to the folder that holds it")
+        else:
+            path = os.path.join(root, getattr(registry[name], "dataset_dir", name))
+            if not os.path.exists(path):
+                raise ISGANError(f"dataset {name} not found at {path}; prepare it as torchreid's dataset docs "
+                                 f"describe, or set DATA.ROOT (or $REID_DATA_ROOT) to the folder that holds it")
+
+
+def synth_spec(cfg, name):
+    """The synthetic dataset spec of ``name`` with the sizes from DATA.SYNTH."""
+    s = cfg.DATA.SYNTH
+    spec = dataclasses.replace(
+        synthetic.default_spec(name), num_train_ids=s.NUM_TRAIN_IDS, num_test_ids=s.NUM_TEST_IDS,
+        num_cams=s.NUM_CAMS, images_per_id=s.IMAGES_PER_ID, height=s.HEIGHT, width=s.WIDTH)
+    synthetic.set_default_spec(name, spec)  # what torchreid's instantiation of the class will use
+    return spec
+
+
+def train_transform(cfg, stage):
+    """torchreid's train transform for ``stage``: random erasing only in stage 1 (paper, Sec. 4.1)."""
+    names = ["random_flip"] if cfg.DATA.RANDOM_FLIP else []
+    if stage == 1 and cfg.DATA.RANDOM_ERASING:
+        names.append("random_erase")
+    transform, _ = compat.torchreid_base().data.transforms.build_transforms(
+        cfg.DATA.HEIGHT, cfg.DATA.WIDTH, transforms=names, norm_mean=IMAGENET_MEAN, norm_std=IMAGENET_STD)
+    return transform
+
+
+def datamanager_kwargs(cfg, use_gpu=False):
+    """``ImageDataManager`` arguments: P x K batches from torchreid's RandomIdentitySampler."""
+    sources = list(cfg.DATA.SOURCES)
+    return dict(
+        root=os.path.abspath(os.path.expanduser(cfg.DATA.ROOT)),
+        sources=sources,
+        targets=list(cfg.DATA.TARGETS) or sources,
+        height=cfg.DATA.HEIGHT,
+        width=cfg.DATA.WIDTH,
+        transforms=["random_flip"] if cfg.DATA.RANDOM_FLIP else [],
+        norm_mean=IMAGENET_MEAN,
+        norm_std=IMAGENET_STD,
+        use_gpu=use_gpu,
+        batch_size_train=cfg.SAMPLER.P * cfg.SAMPLER.K,
+        num_instances=cfg.SAMPLER.K,
+        train_sampler="RandomIdentitySampler",
+        batch_size_test=cfg.TEST.BATCH_SIZE,
+        workers=cfg.DATA.WORKERS,
+        cuhk03_labeled=cfg.DATA.CUHK03_LABELED,
+        cuhk03_classic_split=cfg.DATA.CUHK03_CLASSIC_SPLIT,
+    )
+
+
+def build_datamanager(cfg, use_gpu=False):
+    """Check the datasets, then build torchreid's ``ImageDataManager``."""
+    check_datasets(cfg)
+    dm = compat.torchreid_base().data.ImageDataManager(**datamanager_kwargs(cfg, use_gpu))
+    if cfg.SAMPLER.P * cfg.SAMPLER.K > len(dm.train_loader.dataset):
+        raise ISGANError(f"SAMPLER.P x SAMPLER.K = {cfg.SAMPLER.P * cfg.SAMPLER.K} exceeds the "
+                         f"{len(dm.train_loader.dataset)} training images; lower SAMPLER.P")
+    return dm

@@ -1,0 +1,114 @@
+"""Checkpoints: atomic save, safe (``weights_only``) load, partial weight loading, RNG state.
+
+Layout under ``OUTPUT_DIR``::
+
+    stage{n}/latest.pth.tar          after every epoch (overwritten atomically)
+    stage{n}/model.pth.tar-{epoch}   every TRAIN.CHECKPOINT_FREQ epochs and at the end of the stage
+
+A checkpoint is a dict of tensors and plain Python values only, so it loads with
+``torch.load(weights_only=True)``: model/optimizer/scheduler state dicts, ``stage``,
+``epoch`` (epochs completed), ``config_hash``, ``num_classes``, ``results`` and ``rng``.
+"""
+import os
+import random
+
+import numpy as np
+import torch
+
+from ..errors import ISGANError
+
+FORMAT = "isgan-torchreid/1"
+
+
+def stage_dir(output_dir, stage):
+    """Folder of one stage's checkpoints."""
+    return os.path.join(output_dir, f"stage{stage}")
+
+
+def latest_path(output_dir, stage):
+    """Path of the checkpoint written after every epoch of ``stage``."""
+    return os.path.join(stage_dir(output_dir, stage), "latest.pth.tar")
+
+
+def save_checkpoint(state, path):
+    """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with open(tmp, "wb") as f:
+            torch.save(dict(state, format=FORMAT), f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def load_checkpoint(path):
+    """Load a checkpoint safely (``weights_only=True``, onto the CPU); clear errors when unreadable."""
+    if not os.path.isfile(path):
+        raise ISGANError(f"checkpoint not found: {path}; check the path (checkpoints live in OUTPUT_DIR/stage<n>/)")
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # truncated zip, pickle error, foreign object...
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ISGANError(f"checkpoint {path} is corrupt or not a weights-only checkpoint ({reason}); "
+                         f"delete it and resume from an older model.pth.tar-<epoch> in the same folder, "
+                         f"or start the stage again") from None
+    if not isinstance(state, dict):
+        raise ISGANError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
+    return state
+
+
+def model_state(state):
+    """The model weights in a checkpoint: ours (``model``) or torchreid's (``state_dict``), or a bare state dict."""
+    for key in ("model", "state_dict"):
+        if isinstance(state.get(key), dict):
+            return state[key]
+    if all(isinstance(v, torch.Tensor) for v in state.values()):
+        return state
+    raise ISGANError("checkpoint holds no model weights (expected a 'model' or 'state_dict' entry)")
+
+
+def load_weights(model, weights, verbose=True):
+    """Copy every tensor whose name and shape match; return the skipped names (e.g. other num_classes)."""
+    weights = {k[len("module."):] if k.startswith("module.") else k: v for k, v in weights.items()}
+    own = model.state_dict()
+    matched = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
+    skipped = sorted(k for k in weights if k not in matched)
+    missing = sorted(k for k in own if k not in matched)
+    model.load_state_dict(matched, strict=False)
+    if verbose and (skipped or missing):
+        print(f"=> loaded {len(matched)}/{len(own)} tensors; skipped {len(skipped)} "
+              f"(shape/name mismatch, e.g. classifiers of another num_classes): {_short(skipped)}; "
+              f"left at initialisation: {_short(missing)}")
+    return skipped
+
+
+def _short(names, n=6):
+    return ", ".join(names[:n]) + (f" ... (+{len(names) - n})" if len(names) > n else "") if names else "none"
+
+
+def rng_state():
+    """Python, numpy and torch RNG states as weights-only-safe values."""
+    name, keys, pos, has_gauss, cached = np.random.get_state()
+    state = {
+        "python": random.getstate(),
+        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
+        "torch": torch.get_rng_state(),
+    }
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state):
+    """Restore what :func:`rng_state` saved."""
+    version, internal, gauss = state["python"]
+    random.setstate((version, tuple(internal), gauss))
+    name, keys, pos, has_gauss, cached = state["numpy"]
+    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])

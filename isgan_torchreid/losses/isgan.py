@@ -1,0 +1,106 @@
+"""IS-GAN loss terms [Eq. 1-7], one small function per term.
+
+The engine weights them with the LAMBDA_* factors and sums them into the overall objective [Eq. 8].
+Every term works on logits (no Sigmoid + BCELoss) and computes in float32, so it is safe under autocast,
+and draws any random targets on the inputs' device.
+"""
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from isgan_torchreid.errors import ISGANError
+
+__all__ = [
+    "identity_loss",
+    "kl_loss",
+    "reconstruction_loss",
+    "discriminator_domain_loss",
+    "generator_domain_loss",
+    "class_loss",
+]
+
+# Width of the discriminator's smoothed domain targets (reference code): real ~ U(0.7, 1.0), fake ~ U(0.0, 0.3).
+_SMOOTH_WIDTH = 0.3
+
+
+def identity_loss(
+    logits: Sequence[Tensor], labels: Tensor, reduction: str = "mean", label_smooth: float = 0.0
+) -> Tensor:
+    """ID loss L_R [Eq. 1]: cross-entropy of each of the K classifiers, averaged ('mean') or summed ('sum') over K."""
+    if reduction not in ("mean", "sum"):
+        raise ISGANError(f"identity loss: reduction {reduction!r} is not one of 'mean' (reference code), 'sum' (paper)")
+    if len(logits) == 0:
+        raise ISGANError("identity loss: got no logits; the identity encoder must return one logit tensor per feature")
+    per_feature = torch.stack(
+        [F.cross_entropy(logit.float(), labels, label_smoothing=label_smooth) for logit in logits]
+    )  # (K,)
+    return per_feature.mean() if reduction == "mean" else per_feature.sum()
+
+
+def kl_loss(mu: Tensor, logvar: Tensor, reduction: str = "official") -> Tensor:
+    """KL loss L_U [Eq. 5]: KL(N(mu, exp(logvar)) || N(0, I)) for mu, logvar of shape (B, K, D).
+
+    'official' sums over the batch and dims and averages over the K parts (reference code);
+    'paper' sums over the K parts and dims and averages over the batch.
+    """
+    if reduction not in ("official", "paper"):
+        raise ISGANError(f"KL loss: reduction {reduction!r} is not one of 'official', 'paper'")
+    if mu.dim() != 3 or mu.shape != logvar.shape:
+        raise ISGANError(
+            f"KL loss: mu {tuple(mu.shape)} and logvar {tuple(logvar.shape)} must both be (B, K, D); "
+            "stack the K per-part tensors along dim 1"
+        )
+    mu, logvar = mu.float(), logvar.float()
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)  # (B, K, D)
+    if reduction == "official":
+        return kl.sum(dim=(0, 2)).mean()
+    return kl.sum(dim=(1, 2)).mean()
+
+
+def reconstruction_loss(fake: Tensor, target: Tensor) -> Tensor:
+    """Reconstruction term of L_S and L_PS [Eq. 3, 4]: mean absolute error over all pixels."""
+    if fake.shape != target.shape:
+        raise ISGANError(
+            f"reconstruction loss: generated images {tuple(fake.shape)} and targets {tuple(target.shape)} differ; "
+            "the generator's output size must equal the input image height/width"
+        )
+    return F.l1_loss(fake.float(), target.float())
+
+
+def discriminator_domain_loss(
+    real_logits: Tensor,
+    fake_logits: Tensor,
+    smooth: bool = True,
+    generator: Optional[torch.Generator] = None,
+    fake_weight: float = 1.0,
+) -> Tensor:
+    """Discriminator side of the domain loss L_D [Eq. 6]: BCE(real, 1) + fake_weight * BCE(fake, 0), each a mean.
+
+    With smooth=True the targets are drawn per element from U(0.7, 1.0) (real) and U(0.0, 0.3) (fake).
+    ``fake_weight`` = the number of fake sets concatenated in ``fake_logits`` gives Eq. 6's sum over them.
+    """
+    real_logits, fake_logits = real_logits.float(), fake_logits.float()
+    if smooth:
+        real_noise = torch.rand(real_logits.shape, generator=generator, device=real_logits.device)
+        fake_noise = torch.rand(fake_logits.shape, generator=generator, device=fake_logits.device)
+        real_target = 1.0 - _SMOOTH_WIDTH * real_noise  # U(0.7, 1.0)
+        fake_target = _SMOOTH_WIDTH * fake_noise  # U(0.0, 0.3)
+    else:
+        real_target = torch.ones_like(real_logits)
+        fake_target = torch.zeros_like(fake_logits)
+    return F.binary_cross_entropy_with_logits(real_logits, real_target) + fake_weight * (
+        F.binary_cross_entropy_with_logits(fake_logits, fake_target)
+    )
+
+
+def generator_domain_loss(fake_logits: Tensor) -> Tensor:
+    """Generator side of the domain loss L_D [Eq. 6]: BCE of the fakes' logits against 1 (mean)."""
+    fake_logits = fake_logits.float()
+    return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
+
+
+def class_loss(logits: Tensor, labels: Tensor) -> Tensor:
+    """Class loss L_C [Eq. 7]: cross-entropy of the class discriminator's logits (mean)."""
+    return F.cross_entropy(logits.float(), labels)

@@ -1,0 +1,35 @@
+"""The project's models: IS-GAN and the MGN baseline, registered into torchreid by name."""
+from .. import compat
+from ..errors import ISGANError
+from .isgan import ISGAN, isgan_r18, isgan_r34, isgan_r50
+from .mgn import MGN, mgn_r18, mgn_r50
+
+# names for torchreid.models.build_model(name, num_classes, loss, pretrained, use_gpu)
+MODELS = {
+    "isgan_r50": isgan_r50,
+    "isgan_r34": isgan_r34,
+    "isgan_r18": isgan_r18,
+    "mgn_r50": mgn_r50,
+    "mgn_r18": mgn_r18,
+}
+
+
+def build_model(cfg, num_classes):
+    """MODEL.NAME isgan | mgn (built from MODEL.*) or any torchreid model name (e.g. pcb_p6)."""
+    m = cfg.MODEL
+    if m.NAME == "isgan":
+        return ISGAN(num_classes, backbone=m.BACKBONE, pretrained=m.PRETRAINED, parts=tuple(m.PARTS),
+                     id_dim=m.ID_DIM, nid_dim=m.NID_DIM, noise_dim=m.NOISE_DIM, height=cfg.DATA.HEIGHT,
+                     width=cfg.DATA.WIDTH, eu_pool=m.EU_POOL)
+    if m.NAME == "mgn":  # cross-entropy on all K logits + batch-hard triplet on the global features
+        return MGN(num_classes, backbone=m.BACKBONE, pretrained=m.PRETRAINED, parts=tuple(m.PARTS),
+                   feat_dim=m.ID_DIM, loss="triplet")
+    factory = compat.model_factory()
+    if m.NAME not in factory:
+        raise ISGANError(f"MODEL.NAME {m.NAME!r} is unknown; use isgan, mgn or a torchreid model "
+                         f"({', '.join(sorted(factory))})")
+    try:
+        return factory[m.NAME](num_classes=num_classes, loss="softmax", pretrained=m.PRETRAINED, use_gpu=False)
+    except OSError as e:  # torchreid downloads ImageNet weights from its own URLs
+        raise ISGANError(f"could not load ImageNet weights for {m.NAME} ({e}); set MODEL.PRETRAINED False, "
+                         f"or run once with internet access to fill the torch hub cache") from None

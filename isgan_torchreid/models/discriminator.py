@@ -1,0 +1,47 @@
+"""Domain discriminator D_D and class discriminator D_C with a shared trunk (paper Sec. 3.3, 4.1).
+
+Differences from the authors' code (reference notes 1.6, B6, B8), all parameter-count neutral:
+- no Tanh on the input: real and generated images must reach D in the same space;
+- D_D returns logits (use BCEWithLogits), not Sigmoid probabilities;
+- the k4 s1 head convs use 'same' padding (1 before, 2 after), so the patch map keeps the trunk
+  size H/32 x W/32 (12x4 at 384x128 instead of the reference's 10x2) and small inputs such as
+  128x64 (trunk 4x2) still work;
+- D_C uses a global average pool instead of a fixed (12, 4) kernel.
+"""
+from typing import Tuple
+
+import torch
+from torch import nn
+
+__all__ = ["Discriminator"]
+
+_TRUNK_CHANNELS = (32, 64, 128, 256, 256)
+
+
+def _same_conv4(cin: int, cout: int) -> nn.Sequential:
+    """k4 s1 conv with asymmetric zero padding (1 top/left, 2 bottom/right): keeps the map size."""
+    return nn.Sequential(nn.ZeroPad2d((1, 2, 1, 2)), nn.Conv2d(cin, cout, 4, 1, 0))
+
+
+class Discriminator(nn.Module):
+    """Shared stride-2 trunk with a PatchGAN domain head (D_D) and a classification head (D_C)."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        # first block without normalisation
+        layers = [nn.Conv2d(3, _TRUNK_CHANNELS[0], 4, 2, 1), nn.LeakyReLU(0.2)]
+        for cin, cout in zip(_TRUNK_CHANNELS[:-1], _TRUNK_CHANNELS[1:]):
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.InstanceNorm2d(cout), nn.LeakyReLU(0.2)]
+        self.trunk = nn.Sequential(*layers)
+        self.patch_head = nn.Sequential(
+            _same_conv4(256, 256), nn.InstanceNorm2d(256), nn.LeakyReLU(0.2), _same_conv4(256, 1)
+        )
+        self.class_conv = nn.Sequential(_same_conv4(256, 256), nn.InstanceNorm2d(256))
+        self.class_fc = nn.Linear(256, num_classes)
+
+    def forward(self, img: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, 3, H, W) -> (patch logits (B, 1, H/32, W/32), class logits (B, num_classes))."""
+        x = self.trunk(img)  # (B, 256, H/32, W/32)
+        patch_logits = self.patch_head(x)  # (B, 1, H/32, W/32)
+        pooled = self.class_conv(x).mean(dim=(2, 3))  # (B, 256)
+        return patch_logits, self.class_fc(pooled)

@@ -1,0 +1,99 @@
+"""Identity-related encoder E_R and identity-unrelated encoder E_U (paper Sec. 3.2, 3.3, 4.1).
+
+Both sit on the shared trunk and own their part branches. E_R reduces each pooled feature with a
+1x1 conv + BN (the test-time descriptor is their concatenation) and classifies it [Eq. 1-2].
+E_U maps each pooled feature to a Gaussian (mu, logvar) and samples it by reparameterisation,
+which the KL loss [Eq. 5] pulls towards N(0, 1).
+"""
+from typing import List, Optional, Tuple
+
+import torch
+import torchvision
+from torch import nn
+
+from .branches import PartBranches, kaiming_init_
+
+__all__ = ["IdentityEncoder", "NuisanceEncoder"]
+
+
+class IdentityEncoder(nn.Module):
+    """E_R: max-pooled part branches, K reductions (1x1 conv + BN, no ReLU) and K classifiers."""
+
+    def __init__(
+        self,
+        resnet: torchvision.models.ResNet,
+        num_classes: int,
+        parts=(1, 2, 3),
+        feat_dim: int = 256,
+    ):
+        super().__init__()
+        self.branches = PartBranches(resnet, parts, pool="max")
+        self.feat_dim = feat_dim
+        channels = self.branches.out_channels
+        self.reductions = nn.ModuleList(
+            nn.Sequential(nn.Conv2d(channels, feat_dim, 1, bias=False), nn.BatchNorm2d(feat_dim))
+            for _ in range(self.num_features)
+        )
+        self.classifiers = nn.ModuleList(
+            nn.Linear(feat_dim, num_classes) for _ in range(self.num_features)
+        )
+        kaiming_init_(self.reductions)
+        kaiming_init_(self.classifiers)
+
+    @property
+    def num_features(self) -> int:
+        """K: the number of part features."""
+        return self.branches.num_features
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """(B, C4, h, w) trunk map -> (id feature (B, K*feat_dim), K logits (B, num_classes))."""
+        pooled = self.branches(x)  # (B, K, C5)
+        feats = [
+            reduce(pooled[:, k, :, None, None]).flatten(1)  # (B, C5, 1, 1) -> (B, feat_dim)
+            for k, reduce in enumerate(self.reductions)
+        ]
+        logits = [classify(f) for classify, f in zip(self.classifiers, feats)]
+        return torch.cat(feats, dim=1), logits  # (B, K*feat_dim)
+
+
+class NuisanceEncoder(nn.Module):
+    """E_U: part branches with K Gaussian heads (mu, logvar), sampled by reparameterisation."""
+
+    def __init__(
+        self,
+        resnet: torchvision.models.ResNet,
+        parts=(1, 2, 3),
+        feat_dim: int = 64,
+        pool: str = "avg",
+    ):
+        super().__init__()
+        self.branches = PartBranches(resnet, parts, pool=pool)
+        self.feat_dim = feat_dim
+        channels = self.branches.out_channels
+        self.mu = nn.ModuleList(nn.Linear(channels, feat_dim) for _ in range(self.num_features))
+        self.logvar = nn.ModuleList(nn.Linear(channels, feat_dim) for _ in range(self.num_features))
+
+    @property
+    def num_features(self) -> int:
+        """K: the number of part features."""
+        return self.branches.num_features
+
+    def forward(
+        self, x: torch.Tensor, generator: Optional[torch.Generator] = None
+    ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(B, C4, h, w) trunk map -> z (B, K*feat_dim), mu and logvar (B, K, feat_dim).
+
+        In train mode z = mu + exp(logvar / 2) * eps with eps ~ N(0, 1) drawn from ``generator``
+        (torch's default generator when None; it must live on the input's device).
+        In eval mode z = mu.
+        """
+        pooled = self.branches(x)  # (B, K, C5)
+        mu = torch.stack([head(pooled[:, k]) for k, head in enumerate(self.mu)], dim=1)
+        logvar = torch.stack([head(pooled[:, k]) for k, head in enumerate(self.logvar)], dim=1)
+        if self.training:
+            std = torch.exp(0.5 * logvar)
+            eps = torch.randn(std.shape, generator=generator, device=std.device, dtype=std.dtype)
+            z = mu + std * eps  # (B, K, feat_dim)
+        else:
+            z = mu
+        return z.flatten(1), mu, logvar  # (B, K*feat_dim)

@@ -1,0 +1,98 @@
+"""Generator G (paper Sec. 3.3 and 4.1): id feature + nid feature + noise + one-hot label -> image.
+
+As in the authors' code (reference notes 1.5, D5): an FC layer to a 512x1x1 map, then seven
+transposed convolutions. The first has kernel (H/64, W/64) and gives an H/64 x W/64 map; six
+x2 upsamplings reach H x W. The output goes through Tanh, so targets must live in [-1, 1].
+"""
+from typing import Optional
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from ..errors import ISGANError
+from .branches import kaiming_init_
+
+__all__ = ["check_image_size", "Generator"]
+
+# output channels of the six x2 upsamplings (the first transposed conv keeps 512 channels)
+_UP_CHANNELS = (512, 512, 256, 128, 64, 3)
+
+
+def check_image_size(height: int, width: int) -> None:
+    """Raise ISGANError unless height and width are positive multiples of 64 (G upsamples x64)."""
+    if height <= 0 or width <= 0 or height % 64 or width % 64:
+        raise ISGANError(
+            f"image size {height}x{width} is not supported by the generator; set DATA.HEIGHT and "
+            f"DATA.WIDTH to positive multiples of 64 (e.g. 384x128, 256x128 or 128x64)"
+        )
+
+
+def _up_block(cin: int, cout: int, kernel, stride: int, padding: int, dropout: float) -> nn.Module:
+    """ConvT (no bias) + BN + LeakyReLU(0.2), followed by Dropout when ``dropout`` > 0."""
+    layers = [
+        nn.ConvTranspose2d(cin, cout, kernel, stride, padding, bias=False),
+        nn.BatchNorm2d(cout),
+        nn.LeakyReLU(0.2),
+    ]
+    if dropout > 0:
+        layers.append(nn.Dropout(dropout))
+    return nn.Sequential(*layers)
+
+
+class Generator(nn.Module):
+    """G: cat(id, nid, noise, one_hot(label)) -> FC -> 7 transposed convs -> Tanh image."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        id_dim: int = 2048,
+        nid_dim: int = 512,
+        noise_dim: int = 128,
+        height: int = 384,
+        width: int = 128,
+        dropout: float = 0.2,
+    ):
+        super().__init__()
+        check_image_size(height, width)
+        self.num_classes = num_classes
+        self.noise_dim = noise_dim
+        self.fc = nn.Sequential(
+            nn.Linear(id_dim + nid_dim + noise_dim + num_classes, 512),
+            nn.BatchNorm1d(512),
+            nn.LeakyReLU(0.2),
+            nn.Dropout(dropout),
+        )
+        # 1x1 -> H/64 x W/64
+        blocks = [_up_block(512, 512, (height // 64, width // 64), 1, 0, dropout)]
+        cin = 512
+        for i, cout in enumerate(_UP_CHANNELS[:-1]):
+            # blocks 2-5 keep the dropout, block 6 has none (as in the reference)
+            blocks.append(_up_block(cin, cout, 4, 2, 1, dropout if i < 4 else 0.0))
+            cin = cout
+        blocks.append(
+            nn.Sequential(nn.ConvTranspose2d(cin, _UP_CHANNELS[-1], 4, 2, 1, bias=False), nn.Tanh())
+        )
+        self.deconvs = nn.Sequential(*blocks)
+        kaiming_init_(self)
+
+    def forward(
+        self,
+        id_feat: torch.Tensor,
+        nid_feat: torch.Tensor,
+        labels: torch.Tensor,
+        noise: Optional[torch.Tensor] = None,
+        generator: Optional[torch.Generator] = None,
+    ) -> torch.Tensor:
+        """(B, id_dim), (B, nid_dim), (B,) labels [, (B, noise_dim)] -> (B, 3, H, W) in [-1, 1].
+
+        When ``noise`` is None it is drawn from N(0, 1) with ``generator`` (torch's default if None).
+        """
+        if noise is None:
+            noise = torch.randn(
+                id_feat.shape[0], self.noise_dim,
+                generator=generator, device=id_feat.device, dtype=id_feat.dtype,
+            )
+        one_hot = F.one_hot(labels, self.num_classes).to(id_feat.dtype)  # (B, C)
+        x = self.fc(torch.cat([id_feat, nid_feat, noise, one_hot], dim=1))  # (B, 512)
+        return self.deconvs(x[:, :, None, None])  # (B, 512, 1, 1) -> (B, 3, H, W)

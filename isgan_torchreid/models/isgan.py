@@ -1,0 +1,57 @@
+"""IS-GAN (paper Sec. 3.3, Fig. 2): the MGN-like baseline plus E_U, G, D_D and D_C.
+
+``forward`` is the baseline's (E_R only), so torchreid can train stage 1 and evaluate the model
+unchanged; the staged engine calls ``encoder_u``, ``generator`` and ``discriminator`` directly.
+One ImageNet ResNet is loaded and deep-copied into the trunk and all part branches of E_R and E_U.
+"""
+from .branches import load_resnet, validate_parts
+from .discriminator import Discriminator
+from .encoders import NuisanceEncoder
+from .generator import Generator, check_image_size
+from .mgn import MGN, check_loss
+
+__all__ = ["ISGAN", "isgan_r50", "isgan_r34", "isgan_r18"]
+
+
+class ISGAN(MGN):
+    """MGN (trunk + E_R, same forward) plus E_U, G and D (``encoder_u``, ``generator``, ``discriminator``)."""
+
+    def __init__(
+        self,
+        num_classes: int,
+        backbone: str = "resnet50",
+        pretrained: bool = True,
+        parts=(1, 2, 3),
+        id_dim: int = 256,
+        nid_dim: int = 64,
+        noise_dim: int = 128,
+        height: int = 384,
+        width: int = 128,
+        eu_pool: str = "avg",
+        loss: str = "softmax",
+    ):
+        # check cheap settings before loading (possibly downloading) the ResNet
+        check_loss(loss)
+        parts = validate_parts(parts)
+        check_image_size(height, width)
+        resnet = load_resnet(backbone, pretrained)
+        super().__init__(num_classes, backbone, pretrained, parts, id_dim, loss, resnet=resnet)
+        self.encoder_u = NuisanceEncoder(resnet, parts, nid_dim, pool=eu_pool)
+        k = self.encoder_r.num_features
+        self.generator = Generator(num_classes, id_dim * k, nid_dim * k, noise_dim, height, width)
+        self.discriminator = Discriminator(num_classes)
+
+
+def isgan_r50(num_classes, loss="softmax", pretrained=True, use_gpu=True, **kwargs):
+    """torchreid factory: IS-GAN on ResNet-50 (``use_gpu`` is accepted for torchreid and unused)."""
+    return ISGAN(num_classes, backbone="resnet50", pretrained=pretrained, loss=loss, **kwargs)
+
+
+def isgan_r34(num_classes, loss="softmax", pretrained=True, use_gpu=True, **kwargs):
+    """torchreid factory: IS-GAN on ResNet-34 (``use_gpu`` is accepted for torchreid and unused)."""
+    return ISGAN(num_classes, backbone="resnet34", pretrained=pretrained, loss=loss, **kwargs)
+
+
+def isgan_r18(num_classes, loss="softmax", pretrained=True, use_gpu=True, **kwargs):
+    """torchreid factory: IS-GAN on ResNet-18 (``use_gpu`` is accepted for torchreid and unused)."""
+    return ISGAN(num_classes, backbone="resnet18", pretrained=pretrained, loss=loss, **kwargs)

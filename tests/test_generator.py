@@ -1,0 +1,71 @@
+"""Tests for the generator G."""
+import pytest
+import torch
+from torch import nn
+
+from isgan_torchreid.errors import ISGANError
+from isgan_torchreid.models.generator import Generator
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def test_parameter_count_matches_reference():
+    g = Generator(751)  # 384x128, id 2048 + nid 512 + noise 128 + one-hot 751 = 3439 inputs
+    assert g.fc[0].in_features == 3439
+    assert n_params(g.fc) == 1_762_304
+    assert n_params(g.deconvs) == 14_293_888
+    assert n_params(g) == 16_056_192
+
+
+def test_structure():
+    g = Generator(5, height=256, width=128)
+    deconvs = [m for m in g.deconvs.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert len(deconvs) == 7
+    assert all(m.bias is None for m in deconvs)
+    assert deconvs[0].kernel_size == (4, 2)  # (H/64, W/64)
+    assert [m.out_channels for m in deconvs] == [512, 512, 512, 256, 128, 64, 3]
+    dropouts = [type(block[-1]) is nn.Dropout for block in g.deconvs]
+    assert dropouts == [True] * 5 + [False, False]  # dropout in blocks 1-5 only
+    assert isinstance(g.deconvs[-1][-1], nn.Tanh)
+    bn_weights = torch.cat([m.weight for m in g.deconvs.modules() if isinstance(m, nn.BatchNorm2d)])
+    assert bn_weights.mean().item() == pytest.approx(1.0, abs=0.01)
+    assert bn_weights.std().item() == pytest.approx(0.02, rel=0.2)
+
+
+@pytest.mark.parametrize("hw", [(384, 128), (256, 128), (128, 64)])
+def test_output_matches_image_size(hw):
+    torch.manual_seed(0)
+    g = Generator(7, id_dim=32, nid_dim=16, height=hw[0], width=hw[1]).train()
+    out = g(torch.randn(2, 32), torch.randn(2, 16), torch.tensor([0, 6]))
+    assert out.shape == (2, 3, *hw)
+    assert out.abs().max().item() <= 1.0
+    out.mean().backward()
+    assert g.fc[0].weight.grad is not None
+
+
+def test_noise_and_label_conditioning():
+    torch.manual_seed(0)
+    g = Generator(4, id_dim=8, nid_dim=8, height=128, width=64).eval()
+    ids, nids, labels = torch.randn(2, 8), torch.randn(2, 8), torch.tensor([1, 3])
+    with torch.no_grad():
+        torch.manual_seed(3)
+        drawn = g(ids, nids, labels)
+        torch.manual_seed(3)
+        given = g(ids, nids, labels, noise=torch.randn(2, 128))
+        other_noise = g(ids, nids, labels, noise=torch.randn(2, 128))
+        other_label = g(ids, nids, labels, noise=torch.zeros(2, 128))
+        same_label = g(ids, nids, torch.tensor([0, 0]), noise=torch.zeros(2, 128))
+        gen_a = g(ids, nids, labels, generator=torch.Generator().manual_seed(9))
+        gen_b = g(ids, nids, labels, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(drawn, given)
+    assert not torch.allclose(given, other_noise)
+    assert not torch.allclose(other_label, same_label)
+    assert torch.equal(gen_a, gen_b)
+
+
+@pytest.mark.parametrize("hw", [(100, 64), (384, 100), (0, 64), (32, 64)])
+def test_bad_size(hw):
+    with pytest.raises(ISGANError, match="DATA.HEIGHT and DATA.WIDTH"):
+        Generator(3, height=hw[0], width=hw[1])

@@ -1,0 +1,146 @@
+"""Tests for the IS-GAN model bundle: reference parameter counts, forward contract, factories."""
+import pytest
+import torch
+import torchvision
+
+from isgan_torchreid.errors import ISGANError
+from isgan_torchreid.models import isgan as isgan_module
+from isgan_torchreid.models.isgan import ISGAN, isgan_r18, isgan_r34, isgan_r50
+
+
+def n_params(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.fixture(scope="module")
+def r50_model():
+    torch.manual_seed(0)
+    return isgan_r50(751, pretrained=False, use_gpu=False)  # 384x128
+
+
+def test_reference_parameter_counts(r50_model):
+    # All counts equal the authors' measured ones (reference notes 1.7). Our deliberate changes
+    # (adaptive pooling, max/avg choice, no input Tanh, 'same' padding in D, logits instead of
+    # Sigmoid, global average pool in D_C) add or remove no parameters.
+    m = r50_model
+    assert n_params(m.backbone) == 2_957_376
+    assert all(n_params(b) == 20_550_656 for b in m.encoder_r.branches.branches)
+    assert n_params(m.encoder_r.reductions) == 4_198_400
+    assert n_params(m.encoder_r.classifiers) == 1_544_056
+    assert n_params(m.backbone) + n_params(m.encoder_r) == 70_351_800
+    assert n_params(m.encoder_u) == 63_750_144
+    assert n_params(m.generator) == 16_056_192
+    assert n_params(m.discriminator) == 4_033_744
+    assert n_params(m) == 154_191_880
+
+
+def test_forward_never_runs_eu_g_d(r50_model):
+    def fail(module, args):
+        raise AssertionError(f"{type(module).__name__} must not run in ISGAN.forward")
+
+    m = r50_model
+    handles = [
+        sub.register_forward_pre_hook(fail) for sub in (m.encoder_u, m.generator, m.discriminator)
+    ]
+    try:
+        x = torch.randn(2, 3, 128, 64)
+        with torch.no_grad():
+            m.eval()
+            assert m(x).shape == (2, 2048)
+            m.train()
+            logits = m(x)
+        assert len(logits) == 8 and all(t.shape == (2, 751) for t in logits)
+    finally:
+        for h in handles:
+            h.remove()
+        m.eval()
+
+
+@pytest.mark.parametrize("hw", [(384, 128), (256, 128), (128, 64)])
+def test_full_pipeline_shapes(hw):
+    torch.manual_seed(0)
+    m = isgan_r18(10, pretrained=False, use_gpu=False, height=hw[0], width=hw[1]).eval()
+    x = torch.randn(2, 3, *hw)
+    with torch.no_grad():
+        trunk = m.backbone(x)
+        id_feat, logits = m.encoder_r(trunk)
+        nid, mu, logvar = m.encoder_u(trunk)
+        fake = m.generator(id_feat, nid, torch.tensor([3, 9]))
+        patch, cls = m.discriminator(fake)
+    assert trunk.shape == (2, 256, hw[0] // 16, hw[1] // 16)
+    assert id_feat.shape == (2, 2048) and nid.shape == (2, 512)
+    assert mu.shape == logvar.shape == (2, 8, 64)
+    assert fake.shape == x.shape
+    assert patch.shape == (2, 1, hw[0] // 32, hw[1] // 32) and cls.shape == (2, 10)
+
+
+def test_one_resnet_copied_everywhere():
+    torch.manual_seed(0)
+    m = ISGAN(4, backbone="resnet18", pretrained=False, height=128, width=64)
+    r_branches = m.encoder_r.branches.branches
+    u_branches = m.encoder_u.branches.branches
+    for r_branch, u_branch in zip(r_branches, u_branches):
+        for p, q in zip(r_branch.parameters(), u_branch.parameters()):
+            assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()  # same values, own storage
+    for r_branch in r_branches[1:]:  # conv4_2.. of every branch is the same ImageNet block
+        for p, q in zip(r_branch[0].parameters(), r_branches[0][0].parameters()):
+            assert torch.equal(p, q) and p.data_ptr() != q.data_ptr()
+
+
+def test_pretrained_weights_loaded_once(monkeypatch):
+    state = torchvision.models.resnet18().state_dict()
+    state["layer4.0.conv1.weight"].fill_(0.25)
+    state["conv1.weight"].fill_(-0.5)
+    calls = []
+
+    def fake_load(url, *args, **kwargs):
+        calls.append(url)
+        return state
+
+    monkeypatch.setattr(torchvision.models._api, "load_state_dict_from_url", fake_load)
+    m = isgan_r18(5, pretrained=True, use_gpu=False, height=128, width=64)
+    assert len(calls) == 1
+    assert torch.all(m.backbone[0].weight == -0.5)
+    for encoder in (m.encoder_r, m.encoder_u):
+        for branch in encoder.branches.branches:
+            assert torch.all(branch[1][0].conv1.weight == 0.25)
+
+
+@pytest.mark.parametrize("parts, k", [((2,), 3), ((3,), 4), ((1, 2), 4), ((1, 3), 5)])
+def test_table3_variants(parts, k):
+    m = isgan_r18(6, pretrained=False, use_gpu=False, parts=parts, height=128, width=64)
+    assert m.encoder_r.num_features == m.encoder_u.num_features == k
+    assert m.generator.fc[0].in_features == 256 * k + 64 * k + 128 + 6
+    m.eval()
+    with torch.no_grad():
+        assert m(torch.randn(2, 3, 128, 64)).shape == (2, 256 * k)
+
+
+def test_r34_factory_and_options():
+    m = isgan_r34(
+        3, pretrained=False, use_gpu=False, loss="triplet", id_dim=32, nid_dim=8,
+        noise_dim=16, height=128, width=64, eu_pool="max",
+    )
+    assert m.encoder_r.branches.out_channels == 512
+    assert len(m.encoder_r.branches.branches[0][0]) == 5  # layer3[1:] of resnet34
+    assert m.encoder_u.branches.pool == "max" and m.loss == "triplet"
+    assert m.generator.fc[0].in_features == 8 * 32 + 8 * 8 + 16 + 3
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"height": 100}, "DATA.HEIGHT"),
+        ({"width": 96}, "DATA.WIDTH"),
+        ({"loss": "center"}, "softmax, triplet"),
+        ({"parts": ()}, "MODEL.PARTS"),
+        ({"backbone": "resnet152"}, "resnet18, resnet34, resnet50"),
+        ({"eu_pool": "median"}, "'max' or 'avg'"),
+    ],
+)
+def test_errors(monkeypatch, kwargs, match):
+    if "backbone" not in kwargs and "eu_pool" not in kwargs:
+        # settings errors are raised before any ResNet is built or downloaded
+        monkeypatch.setattr(isgan_module, "load_resnet", lambda *a: pytest.fail("loaded a ResNet"))
+    with pytest.raises(ISGANError, match=match):
+        ISGAN(3, **{"backbone": "resnet18", "pretrained": False, **kwargs})
