@@ -66,7 +66,8 @@ def results_table(results, ranks=(1, 5, 10)):
     """{stage: {target: metrics}} -> a tabulate table of rank-k and mAP in percent."""
     rows = [[stage, target] + [f"{100 * m[f'rank{r}']:.1f}" for r in ranks] + [f"{100 * m['mAP']:.1f}"]
             for stage, per_target in results.items() for target, m in per_target.items()]
-    return tabulate(rows, headers=["stage", "target"] + [f"R-{r}" for r in ranks] + ["mAP"], tablefmt="github")
+    return tabulate(rows, headers=["stage", "target"] + [f"R-{r}" for r in ranks] + ["mAP"], tablefmt="github",
+                    disable_numparse=True)
 
 
 def setup(cfg):
@@ -78,13 +79,28 @@ def setup(cfg):
     return device, build_datamanager(cfg, use_gpu=device.type == "cuda")
 
 
+def _pop_stages(argv):
+    """Take ``--stages 2 3`` (the integers that follow) out of argv, wherever it stands."""
+    if "--stages" not in argv:
+        return argv, None
+    i = argv.index("--stages")
+    j = i + 1
+    while j < len(argv) and argv[j].isdigit():
+        j += 1
+    if j == i + 1:
+        raise ISGANError("--stages needs stage numbers, e.g. --stages 2 3")
+    return argv[:i] + argv[j:], [int(a) for a in argv[i + 1:j]]
+
+
 @reports_errors
 def train_main(argv):
     """tools/train.py: run the configured stages, resuming an interrupted run; print the results table."""
     p = parser("Train IS-GAN (stages 1-3), MGN or a torchreid model; evaluate on DATA.TARGETS.")
-    p.add_argument("--stages", type=int, nargs="+", help="subset of stages to run (overrides TRAIN.STAGES)")
+    p.add_argument("--stages", metavar="N", help="subset of stages to run, e.g. --stages 2 3 (overrides "
+                   "TRAIN.STAGES)")
+    argv, stages = _pop_stages(argv)
     args = p.parse_args(argv)
-    opts = args.opts + (["TRAIN.STAGES", str(args.stages)] if args.stages else [])
+    opts = args.opts + (["TRAIN.STAGES", str(stages)] if stages else [])
     cfg = load_config(args.config_file, opts)
     device, dm = setup(cfg)
     model = build_model(cfg, dm.num_train_pids)

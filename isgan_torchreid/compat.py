@@ -8,8 +8,9 @@ Narrow patches for what breaks on numpy 2 / torch >= 2.6 / CPU-only machines
 (each is idempotent, applied by :func:`apply_patches` at ``import isgan_torchreid``
 and covered by a test that fails without it):
 
-* ``metrics.rank.eval_cuhk03`` uses ``np.bool`` (removed in numpy 1.24), so the CUHK03
-  metric raises AttributeError. It is re-bound to a namespace where ``np.bool`` is ``bool``.
+* ``metrics.rank.eval_cuhk03`` uses ``np.bool``, absent from numpy 1.24-1.26 (numpy 2 re-added
+  the alias), where the CUHK03 metric raises AttributeError. Where numpy lacks it, the function
+  is re-bound to a namespace in which ``np.bool`` is ``bool``.
 * ``utils.load_checkpoint`` calls ``torch.load`` with the torch >= 2.6 default
   ``weights_only=True``, which rejects torchreid's own checkpoints (``Engine.save_model``
   stores ``rank1`` as a numpy scalar). It now allow-lists numpy scalars and dtypes only.
@@ -66,7 +67,7 @@ def register_dataset(name, cls):
 
 
 class _NumpyWithBool(types.ModuleType):
-    """numpy, plus the ``np.bool`` alias that numpy >= 1.24 removed."""
+    """numpy, plus the ``np.bool`` alias that numpy 1.24-1.26 lack."""
 
     bool = bool
 

@@ -6,6 +6,8 @@ first and fails with the expected path, layout and where to get the data.
 """
 import dataclasses
 import os
+import sys
+import traceback
 
 from .. import compat
 from ..errors import ISGANError
@@ -31,8 +33,8 @@ KNOWN_DATASETS = {
     "cuhk03": (
         [["cuhk03/cuhk03_release/cuhk-03.mat", "cuhk03/cuhk03_new_protocol_config_detected.mat",
           "cuhk03/cuhk03_new_protocol_config_labeled.mat"]],
-        "cuhk03/cuhk03_release/cuhk-03.mat and cuhk03/cuhk03_new_protocol_config_{detected,labeled}.mat "
-        "(the 767/700 split)",
+        "cuhk03/cuhk03_release/cuhk-03.mat, cuhk03/cuhk03_new_protocol_config_detected.mat and "
+        "cuhk03/cuhk03_new_protocol_config_labeled.mat (the 767/700 split)",
         "cuhk03_release.zip (Li et al. CVPR 2014) and the new-protocol split files of Zhong et al. CVPR 2017 "
         "(their re-ranking code, evaluation/data/CUHK03)",
     ),
@@ -109,8 +111,13 @@ def datamanager_kwargs(cfg, use_gpu=False):
 def build_datamanager(cfg, use_gpu=False):
     """Check the datasets, then build torchreid's ``ImageDataManager``."""
     check_datasets(cfg)
-    dm = compat.torchreid_base().data.ImageDataManager(**datamanager_kwargs(cfg, use_gpu))
-    if cfg.SAMPLER.P * cfg.SAMPLER.K > len(dm.train_loader.dataset):
-        raise ISGANError(f"SAMPLER.P x SAMPLER.K = {cfg.SAMPLER.P * cfg.SAMPLER.K} exceeds the "
-                         f"{len(dm.train_loader.dataset)} training images; lower SAMPLER.P")
+    try:
+        dm = compat.torchreid_base().data.ImageDataManager(**datamanager_kwargs(cfg, use_gpu))
+    except AssertionError:  # torchreid validates with bare asserts; say which one failed
+        frame = traceback.extract_tb(sys.exc_info()[2])[-1]
+        if os.path.basename(frame.filename) == "sampler.py":
+            raise ISGANError(f"SAMPLER.P = {cfg.SAMPLER.P} identities per batch exceeds the training identities "
+                             f"of {cfg.DATA.SOURCES}; lower SAMPLER.P") from None
+        raise ISGANError(f"torchreid rejected the data ({frame.filename}:{frame.lineno}: {frame.line}); check the "
+                         f"file names of {cfg.DATA.SOURCES} (Market layout: person id 0-1501, camera 1-6)") from None
     return dm

@@ -1,0 +1,85 @@
+"""cfg -> ImageDataManager: missing datasets fail fast and clearly; transforms and P x K batches."""
+import os
+
+import pytest
+import torch
+
+from isgan_torchreid.config import load_config
+from isgan_torchreid.data.build import build_datamanager, check_datasets, datamanager_kwargs, train_transform
+from isgan_torchreid.errors import ISGANError
+
+
+def cfg_for(root, *sources, opts=()):
+    return load_config(None, ["DATA.ROOT", str(root), "DATA.SOURCES", str(list(sources))] + list(opts))
+
+
+@pytest.mark.parametrize("name, expected", [
+    ("market1501", ["market1501", "Market-1501-v15.09.15", "bounding_box_train", "query", "Market-1501"]),
+    ("dukemtmcreid", ["dukemtmc-reid", "DukeMTMC-reID", "bounding_box_test", "DukeMTMC-reID.zip"]),
+    ("cuhk03", ["cuhk03_release", "cuhk-03.mat", "cuhk03_new_protocol_config_labeled.mat", "767/700"]),
+])
+def test_missing_real_dataset_names_path_layout_and_source(tmp_path, name, expected):
+    with pytest.raises(ISGANError) as info:
+        check_datasets(cfg_for(tmp_path, name))
+    message = str(info.value)
+    assert str(tmp_path) in message and "DATA.ROOT" in message and "\n" not in message
+    for part in expected:
+        assert part in message
+
+
+def test_missing_target_is_checked_too(tmp_path, data_root):
+    cfg = cfg_for(data_root, "synthperson", opts=["DATA.TARGETS", "[dukemtmcreid]"])
+    with pytest.raises(ISGANError, match="dukemtmcreid not found"):
+        check_datasets(cfg)
+
+
+def test_both_market_layouts_accepted(tmp_path):
+    for d in ("bounding_box_train", "query", "bounding_box_test"):
+        os.makedirs(tmp_path / "a" / "market1501" / "Market-1501-v15.09.15" / d)
+        os.makedirs(tmp_path / "b" / "market1501" / d)
+    check_datasets(cfg_for(tmp_path / "a", "market1501"))
+    check_datasets(cfg_for(tmp_path / "b", "market1501"))
+    os.rmdir(tmp_path / "b" / "market1501" / "query")
+    with pytest.raises(ISGANError, match="query"):
+        check_datasets(cfg_for(tmp_path / "b", "market1501"))
+
+
+def test_unknown_and_other_torchreid_datasets(tmp_path):
+    with pytest.raises(ISGANError, match="unknown dataset 'marke1501'.*market1501"):
+        check_datasets(cfg_for(tmp_path, "marke1501"))
+    with pytest.raises(ISGANError, match=f"msmt17 not found at {tmp_path}"):
+        check_datasets(cfg_for(tmp_path, "msmt17"))
+
+
+def test_random_erasing_only_in_stage_1():
+    cfg = load_config(None)
+    names = [lambda t: [type(x).__name__ for x in t.transforms]][0]
+    assert "RandomErasing" in names(train_transform(cfg, 1))
+    assert "RandomErasing" not in names(train_transform(cfg, 2))
+    assert "RandomHorizontalFlip" in names(train_transform(cfg, 3))
+    off = load_config(None, ["DATA.RANDOM_ERASING", "False", "DATA.RANDOM_FLIP", "False"])
+    assert names(train_transform(off, 1)) == ["Resize", "ToTensor", "Normalize"]
+
+
+def test_datamanager_kwargs_follow_config():
+    cfg = load_config(None, ["SAMPLER.P", "8", "SAMPLER.K", "2", "DATA.TARGETS", "[dukemtmcreid, cuhk03]",
+                             "DATA.CUHK03_LABELED", "True"])
+    kw = datamanager_kwargs(cfg)
+    assert kw["batch_size_train"] == 16 and kw["num_instances"] == 2
+    assert kw["train_sampler"] == "RandomIdentitySampler" and kw["cuhk03_labeled"] is True
+    assert kw["sources"] == ["market1501"] and kw["targets"] == ["dukemtmcreid", "cuhk03"]
+
+
+def test_batches_are_p_identities_times_k_images(tiny_cfg):
+    cfg = tiny_cfg("SAMPLER.P", "2", "SAMPLER.K", "3")
+    dm = build_datamanager(cfg)
+    batch = next(iter(dm.train_loader))
+    assert batch["img"].shape == (6, 3, cfg.DATA.HEIGHT, cfg.DATA.WIDTH)
+    pids = batch["pid"].view(2, 3)  # RandomIdentitySampler: K consecutive images per identity
+    assert torch.all(pids == pids[:, :1]) and pids[0, 0] != pids[1, 0]
+    assert dm.num_train_pids == cfg.DATA.SYNTH.NUM_TRAIN_IDS
+
+
+def test_too_many_identities_per_batch(tiny_cfg):
+    with pytest.raises(ISGANError, match="SAMPLER.P"):
+        build_datamanager(tiny_cfg("SAMPLER.P", "50", "TRAIN.STAGES", "[1]"))
