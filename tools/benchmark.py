@@ -1,0 +1,6 @@
+#!/usr/bin/env python
+"""Speed/memory tables: python tools/benchmark.py --config-file configs/isgan_market.yaml [--batch 16]"""
+from isgan_torchreid.benchmark import benchmark_main
+
+if __name__ == "__main__":
+    benchmark_main()
