@@ -42,6 +42,7 @@ _C.DATA.SYNTH.WIDTH = 64
 _C.SAMPLER = CN()
 _C.SAMPLER.P = 4
 _C.SAMPLER.K = 4
+_C.SAMPLER.EPOCH = "identities"  # identities: each id once with K images (authors) | images: torchreid's
 
 # ---------------------------------------------------------------- model
 _C.MODEL = CN()
@@ -122,6 +123,7 @@ _CHOICES = {
     "LOSS.PART_SHUFFLE": ("local", "all", "none"),
     "LOSS.TARGET_SPACE": ("rgb", "tanh"),
     "TRAIN.NONFINITE": ("error", "skip"),
+    "SAMPLER.EPOCH": ("identities", "images"),
     "TEST.METRIC": ("euclidean", "cosine"),
 }
 # keys that do not change what is trained: excluded from the checkpoint's config hash

@@ -12,6 +12,7 @@ import traceback
 from .. import compat
 from ..errors import ISGANError
 from . import synthetic
+from .sampler import identity_once_loader
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -120,4 +121,6 @@ def build_datamanager(cfg, use_gpu=False):
                              f"of {cfg.DATA.SOURCES}; lower SAMPLER.P") from None
         raise ISGANError(f"torchreid rejected the data ({frame.filename}:{frame.lineno}: {frame.line}); check the "
                          f"file names of {cfg.DATA.SOURCES} (Market layout: person id 0-1501, camera 1-6)") from None
+    if cfg.SAMPLER.EPOCH == "identities":
+        dm.train_loader = identity_once_loader(dm.train_loader)
     return dm
