@@ -104,6 +104,14 @@ def test_discriminator_domain_loss_hard_targets(gen):
     torch.testing.assert_close(loss, _bce(real, torch.ones_like(real)) + _bce(fake, torch.zeros_like(fake)))
 
 
+def test_discriminator_domain_loss_fake_weight_sums_the_fake_sets(gen):
+    real = torch.randn(4, 1, 10, 2, generator=gen)
+    fakes = torch.randn(3 * 4, 1, 10, 2, generator=gen)  # three concatenated fake sets
+    loss = discriminator_domain_loss(real, fakes, smooth=False, fake_weight=3)
+    per_set = sum(_bce(f, torch.zeros_like(f)) for f in fakes.chunk(3))  # Eq. 6: one term per fake set
+    torch.testing.assert_close(loss, _bce(real, torch.ones_like(real)) + per_set)
+
+
 def _implied_targets(smoothed_side, calls=2000):
     """Recover each drawn target from one-element losses: BCE(0, t) = log 2 and BCE(10, t) = softplus(10) - 10 t."""
     gen = torch.Generator().manual_seed(11)
