@@ -79,17 +79,25 @@ def setup(cfg):
     return device, build_datamanager(cfg, use_gpu=device.type == "cuda")
 
 
-def _pop_stages(argv):
-    """Take ``--stages 2 3`` (the integers that follow) out of argv, wherever it stands."""
-    if "--stages" not in argv:
+def pop_list_flag(argv, flag, accept, example):
+    """Take ``flag v1 v2 ...`` (the values ``accept`` admits) out of argv, wherever it stands.
+
+    argparse cannot do this beside the trailing ``KEY VALUE`` overrides, which it would swallow.
+    """
+    if flag not in argv:
         return argv, None
-    i = argv.index("--stages")
+    i = argv.index(flag)
     j = i + 1
-    while j < len(argv) and argv[j].isdigit():
+    while j < len(argv) and accept(argv[j]):
         j += 1
     if j == i + 1:
-        raise ISGANError("--stages needs stage numbers, e.g. --stages 2 3")
-    return argv[:i] + argv[j:], [int(a) for a in argv[i + 1:j]]
+        raise ISGANError(f"{flag} needs values, e.g. {flag} {example}")
+    return argv[:i] + argv[j:], argv[i + 1:j]
+
+
+def is_name(arg):
+    """A dataset/method name, as opposed to a flag or an upper-case config KEY."""
+    return not arg.startswith("-") and arg != arg.upper()
 
 
 @reports_errors
@@ -98,9 +106,9 @@ def train_main(argv):
     p = parser("Train IS-GAN (stages 1-3), MGN or a torchreid model; evaluate on DATA.TARGETS.")
     p.add_argument("--stages", metavar="N", help="subset of stages to run, e.g. --stages 2 3 (overrides "
                    "TRAIN.STAGES)")
-    argv, stages = _pop_stages(argv)
+    argv, stages = pop_list_flag(argv, "--stages", str.isdigit, "2 3")
     args = p.parse_args(argv)
-    opts = args.opts + (["TRAIN.STAGES", str(stages)] if stages else [])
+    opts = args.opts + (["TRAIN.STAGES", f"[{', '.join(stages)}]"] if stages else [])
     cfg = load_config(args.config_file, opts)
     device, dm = setup(cfg)
     model = build_model(cfg, dm.num_train_pids)
@@ -115,12 +123,14 @@ def test_main(argv):
     """tools/test.py: evaluate a checkpoint's E_R descriptor on DATA.TARGETS (or --targets)."""
     p = parser("Evaluate a checkpoint on the configured targets.")
     p.add_argument("--weights", required=True, help="checkpoint (ours or torchreid's)")
-    p.add_argument("--targets", nargs="+", help="datasets to evaluate on (overrides DATA.TARGETS)")
+    p.add_argument("--targets", metavar="NAME", help="datasets to evaluate on (overrides DATA.TARGETS)")
+    argv, targets = pop_list_flag(argv, "--targets", is_name, "market1501 dukemtmcreid")
     args = p.parse_args(argv)
     cfg = load_config(args.config_file, args.opts)
-    targets = args.targets or list(cfg.DATA.TARGETS) or list(cfg.DATA.SOURCES)
+    targets = targets or list(cfg.DATA.TARGETS) or list(cfg.DATA.SOURCES)
     cfg.defrost()
     cfg.DATA.SOURCES, cfg.DATA.TARGETS = targets, targets  # training data need not be present
+    cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "test")  # keep the training run's config.yaml
     cfg.MODEL.PRETRAINED = False
     cfg.freeze()
     state = ckpt.load_checkpoint(args.weights)

@@ -87,7 +87,7 @@ def _patch_eval_cuhk03():
     rank.eval_cuhk03 = patched
 
 
-def _numpy_safe_globals():
+def numpy_safe_globals():
     """The numpy objects that torchreid's checkpoints legitimately contain."""
     core = getattr(np, "_core", None) or np.core
     types_ = [core.multiarray.scalar, np.dtype]
@@ -103,7 +103,7 @@ def _patch_load_checkpoint():
 
     @functools.wraps(original)
     def load_checkpoint(fpath):
-        with torch.serialization.safe_globals(_numpy_safe_globals()):
+        with torch.serialization.safe_globals(numpy_safe_globals()):
             return original(fpath)
 
     load_checkpoint._isgan_patched = True

@@ -2,6 +2,7 @@
 import os
 
 import pytest
+import torch
 
 import isgan_torchreid  # noqa: F401  (registers models and datasets into torchreid)
 from isgan_torchreid.config import load_config
@@ -19,6 +20,16 @@ TINY = [
     "TRAIN.STAGE1.EPOCHS", "1", "TRAIN.STAGE2.EPOCHS", "1", "TRAIN.STAGE3.EPOCHS", "1",
     "TRAIN.PRINT_FREQ", "1000", "TEST.BATCH_SIZE", "32",
 ]
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_thread():
+    """One intra-op thread: tiny models gain nothing from two, and on a shared 2-core machine two threads
+    spin-wait for each other (measured 3-5x slower)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

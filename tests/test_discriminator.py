@@ -55,3 +55,21 @@ def test_class_head_is_global_average(disc):
         _, logits = disc(x)
         pooled = disc.class_conv(disc.trunk(x)).mean(dim=(2, 3))  # (B, 256)
     assert torch.allclose(logits, disc.class_fc(pooled), atol=1e-5)
+
+
+def test_class_logits_depend_on_the_image(disc):
+    """Pooling the InstanceNorm output directly (the authors' head) gives 0 per channel: constant logits."""
+    torch.manual_seed(1)
+    x = torch.randn(4, 3, 128, 64)
+    with torch.no_grad():
+        _, logits = disc(x)
+        normalised = disc.class_conv[:2](disc.trunk(x))  # conv + InstanceNorm, before the activation
+    assert normalised.mean(dim=(2, 3)).abs().max() < 1e-4  # why the activation must come before the pool
+    assert (logits[1:] - logits[:1]).abs().amax(dim=1).min() > 1e-3  # every image gets its own logits
+
+
+def test_class_loss_reaches_the_trunk(disc):
+    x = torch.randn(2, 3, 128, 64)
+    _, logits = disc(x)
+    torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).backward()
+    assert disc.trunk[0].weight.grad.abs().sum() > 0 and disc.class_conv[0][1].weight.grad.abs().sum() > 0

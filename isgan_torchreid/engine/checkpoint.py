@@ -2,8 +2,9 @@
 
 Layout under ``OUTPUT_DIR``::
 
-    stage{n}/latest.pth.tar          after every epoch (overwritten atomically)
+    stage{n}/latest.pth.tar          after every epoch (overwritten atomically), and after evaluation
     stage{n}/model.pth.tar-{epoch}   every TRAIN.CHECKPOINT_FREQ epochs and at the end of the stage
+                                     (hard links of ``latest`` at that time: no second write)
 
 A checkpoint is a dict of tensors and plain Python values only, so it loads with
 ``torch.load(weights_only=True)``: model/optimizer/scheduler state dicts, ``stage``,
@@ -11,10 +12,12 @@ A checkpoint is a dict of tensors and plain Python values only, so it loads with
 """
 import os
 import random
+import shutil
 
 import numpy as np
 import torch
 
+from .. import compat
 from ..errors import ISGANError
 
 FORMAT = "isgan-torchreid/1"
@@ -45,17 +48,35 @@ def save_checkpoint(state, path):
             os.remove(tmp)
 
 
+def link_checkpoint(src, dst):
+    """Make ``dst`` hold what ``src`` holds now, atomically, without writing it again (hard link, else copy).
+
+    ``src`` is later replaced by a rename, which leaves the linked ``dst`` unchanged.
+    """
+    tmp = f"{dst}.tmp.{os.getpid()}"
+    try:
+        try:
+            os.link(src, tmp)
+        except OSError:  # file systems without hard links
+            shutil.copyfile(src, tmp)
+        os.replace(tmp, dst)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
 def load_checkpoint(path):
     """Load a checkpoint safely (``weights_only=True``, onto the CPU); clear errors when unreadable."""
     if not os.path.isfile(path):
         raise ISGANError(f"checkpoint not found: {path}; check the path (checkpoints live in OUTPUT_DIR/stage<n>/)")
     try:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        with torch.serialization.safe_globals(compat.numpy_safe_globals()):  # torchreid's rank1: a numpy scalar
+            state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle error, foreign object...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         raise ISGANError(f"checkpoint {path} is corrupt or not a weights-only checkpoint ({reason}); "
-                         f"delete it and resume from an older model.pth.tar-<epoch> in the same folder, "
-                         f"or start the stage again") from None
+                         f"to resume from an older epoch, copy a model.pth.tar-<epoch> of the same folder over "
+                         f"it, or delete it to start the stage again") from None
     if not isinstance(state, dict):
         raise ISGANError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
     return state

@@ -352,7 +352,8 @@ class ISGANEngine(Engine):
                 self.train(print_freq=cfg.TRAIN.PRINT_FREQ)
                 self._after_epoch(stage, node)
             self.evaluate_targets(save_dir)
-            self.save(stage, node.EPOCHS, ckpt.latest_path(out, stage))
+            self.save(stage, node.EPOCHS, ckpt.latest_path(out, stage))  # now with the results
+            ckpt.link_checkpoint(ckpt.latest_path(out, stage), os.path.join(save_dir, f"model.pth.tar-{node.EPOCHS}"))
             self.writer.close()
             self.writer = None
 
@@ -362,8 +363,9 @@ class ISGANEngine(Engine):
         if stage > 1 and (epoch == node.EPOCHS or (self.cfg.TRAIN.SAMPLE_FREQ and epoch % self.cfg.TRAIN.SAMPLE_FREQ == 0)):
             self.save_samples(os.path.join(ckpt.stage_dir(out, stage), "samples", f"epoch{epoch:03d}.png"))
         self.save(stage, epoch, ckpt.latest_path(out, stage))
-        if epoch == node.EPOCHS or epoch % self.cfg.TRAIN.CHECKPOINT_FREQ == 0:
-            self.save(stage, epoch, os.path.join(ckpt.stage_dir(out, stage), f"model.pth.tar-{epoch}"))
+        if epoch < node.EPOCHS and epoch % self.cfg.TRAIN.CHECKPOINT_FREQ == 0:
+            ckpt.link_checkpoint(ckpt.latest_path(out, stage),
+                                 os.path.join(ckpt.stage_dir(out, stage), f"model.pth.tar-{epoch}"))
 
     def save(self, stage, epoch, path):
         """Checkpoint everything needed to resume exactly."""
@@ -415,9 +417,14 @@ class ISGANEngine(Engine):
         return 0
 
     def write_results(self):
-        """results.json in OUTPUT_DIR: {stage: {target: metrics}}."""
+        """results.json in OUTPUT_DIR: {stage: {target: metrics}}, keeping stages of earlier invocations."""
         path = os.path.join(self.cfg.OUTPUT_DIR, "results.json")
+        results = {}
+        if os.path.isfile(path):
+            with open(path) as f:
+                results = json.load(f)
+        results.update({f"stage{s}": r for s, r in self.results.items()})
         tmp = f"{path}.tmp"
         with open(tmp, "w") as f:
-            json.dump({f"stage{s}": r for s, r in self.results.items()}, f, indent=2)
+            json.dump(dict(sorted(results.items())), f, indent=2)
         os.replace(tmp, path)

@@ -6,7 +6,10 @@ Differences from the authors' code (reference notes 1.6, B6, B8), all parameter-
 - the k4 s1 head convs use 'same' padding (1 before, 2 after), so the patch map keeps the trunk
   size H/32 x W/32 (12x4 at 384x128 instead of the reference's 10x2) and small inputs such as
   128x64 (trunk 4x2) still work;
-- D_C uses a global average pool instead of a fixed (12, 4) kernel.
+- D_C uses a global average pool instead of a fixed (12, 4) kernel, after a LeakyReLU: the
+  authors' head pools the InstanceNorm output directly, whose spatial mean is 0 per channel by
+  construction, so their D_C gives the same logits for every image (only the FC bias learns, and
+  L_C carries no gradient to G).
 """
 from typing import Tuple
 
@@ -36,7 +39,7 @@ class Discriminator(nn.Module):
         self.patch_head = nn.Sequential(
             _same_conv4(256, 256), nn.InstanceNorm2d(256), nn.LeakyReLU(0.2), _same_conv4(256, 1)
         )
-        self.class_conv = nn.Sequential(_same_conv4(256, 256), nn.InstanceNorm2d(256))
+        self.class_conv = nn.Sequential(_same_conv4(256, 256), nn.InstanceNorm2d(256), nn.LeakyReLU(0.2))
         self.class_fc = nn.Linear(256, num_classes)
 
     def forward(self, img: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,179 @@
+"""Checkpoints: atomic save, clear errors on corrupt files, partial weight loading, RNG state, config hash."""
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from isgan_torchreid.cli import setup
+from isgan_torchreid.engine import checkpoint as ckpt
+from isgan_torchreid.engine.staged import ISGANEngine
+from isgan_torchreid.errors import ISGANError
+from isgan_torchreid.models import build_model
+from isgan_torchreid.models.isgan import ISGAN
+
+
+def small_state(seed):
+    torch.manual_seed(seed)
+    net = nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.Linear(64, 8))
+    return {"stage": 1, "epoch": seed, "model": net.state_dict(), "rng": ckpt.rng_state()}
+
+
+def assert_same_state(a, b):
+    assert a.keys() == b.keys()
+    for key in a:
+        assert torch.equal(a[key], b[key]), key
+
+
+def test_save_load_roundtrip_is_weights_only(tmp_path):
+    path = str(tmp_path / "stage1" / "latest.pth.tar")  # the folder is created
+    state = small_state(3)
+    ckpt.save_checkpoint(state, path)
+    loaded = torch.load(path, map_location="cpu", weights_only=True)  # no pickled objects inside
+    assert loaded["format"] == ckpt.FORMAT and loaded["epoch"] == 3
+    assert_same_state(loaded["model"], state["model"])
+    assert os.listdir(tmp_path / "stage1") == ["latest.pth.tar"]  # no temp file left
+
+
+@pytest.mark.parametrize("keep", [0.5, 0.0])
+def test_truncated_checkpoint_raises_clear_error(tmp_path, keep):
+    path = str(tmp_path / "latest.pth.tar")
+    ckpt.save_checkpoint(small_state(0), path)
+    size = os.path.getsize(path)
+    with open(path, "r+b") as f:
+        f.truncate(int(size * keep))
+    with pytest.raises(ISGANError) as info:
+        ckpt.load_checkpoint(path)
+    message = str(info.value)
+    assert path in message and "corrupt" in message and "model.pth.tar-<epoch>" in message
+    assert "\n" not in message  # one line, printable by the CLI
+
+
+def test_missing_and_foreign_checkpoints(tmp_path):
+    with pytest.raises(ISGANError, match="checkpoint not found"):
+        ckpt.load_checkpoint(str(tmp_path / "nope.pth.tar"))
+    path = str(tmp_path / "list.pth.tar")
+    torch.save([torch.zeros(1)], path)
+    with pytest.raises(ISGANError, match="holds a list"):
+        ckpt.load_checkpoint(path)
+    with pytest.raises(ISGANError, match="no model weights"):
+        ckpt.model_state({"epoch": 3, "stage": 1})
+
+
+def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
+    folder = tmp_path / "stage2"
+    path = str(folder / "latest.pth.tar")
+    previous = small_state(1)
+    ckpt.save_checkpoint(previous, path)
+    real_save = torch.save
+
+    def dies_midway(obj, f, *args, **kwargs):
+        real_save(obj, f, *args, **kwargs)  # the whole payload reaches the temp file...
+        f.truncate(f.tell() // 2)  # ...then the write is cut short
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", dies_midway)
+    with pytest.raises(OSError, match="No space left"):
+        ckpt.save_checkpoint(small_state(2), path)
+    monkeypatch.undo()
+    assert os.listdir(folder) == ["latest.pth.tar"]  # the temp file is gone
+    state = ckpt.load_checkpoint(path)
+    assert state["epoch"] == 1
+    assert_same_state(state["model"], previous["model"])
+
+
+def test_linked_checkpoint_keeps_its_content_when_latest_moves_on(tmp_path):
+    latest, kept = str(tmp_path / "latest.pth.tar"), str(tmp_path / "model.pth.tar-5")
+    ckpt.save_checkpoint(small_state(1), latest)
+    ckpt.link_checkpoint(latest, kept)
+    ckpt.save_checkpoint(small_state(2), latest)  # the next epoch replaces latest by a rename
+    assert ckpt.load_checkpoint(kept)["epoch"] == 1 and ckpt.load_checkpoint(latest)["epoch"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["latest.pth.tar", "model.pth.tar-5"]
+
+
+def test_load_weights_skips_classifiers_of_another_num_classes(tmp_path, capsys):
+    kwargs = dict(backbone="resnet18", pretrained=False, parts=(2,), height=128, width=64)
+    torch.manual_seed(0)
+    source = ISGAN(8, **kwargs)
+    torch.manual_seed(1)
+    target = ISGAN(5, **kwargs)
+    path = str(tmp_path / "model.pth.tar-1")
+    ckpt.save_checkpoint({"model": source.state_dict(), "num_classes": 8}, path)
+    src, before = source.state_dict(), {k: v.clone() for k, v in target.state_dict().items()}
+    differing = {k for k in src if src[k].shape != before[k].shape}
+    # the identity classifiers, D_C's last layer and G's one-hot input columns depend on num_classes
+    assert {k for k in differing if k.startswith("encoder_r.classifiers.")} == {
+        f"encoder_r.classifiers.{i}.{p}" for i in range(source.encoder_r.num_features) for p in ("weight", "bias")}
+
+    skipped = ckpt.load_weights(target, ckpt.model_state(ckpt.load_checkpoint(path)))
+
+    assert set(skipped) == differing
+    out = capsys.readouterr().out
+    assert f"skipped {len(differing)}" in out and "encoder_r.classifiers.0.bias" in out
+    after = target.state_dict()
+    for key in after:
+        if key in differing:
+            assert torch.equal(after[key], before[key]), key  # left at initialisation
+        else:
+            assert torch.equal(after[key], src[key]), key  # encoders, G body, D trunk loaded
+    assert any(k.startswith("backbone.") for k in after) and any(k.startswith("encoder_r.reductions") for k in after)
+
+
+def test_load_weights_reads_torchreid_checkpoints(tmp_path):
+    torch.manual_seed(0)
+    source = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    torch.manual_seed(1)
+    target = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))
+    weights = {f"module.{k}": v for k, v in source.state_dict().items()}  # DataParallel names
+    path = str(tmp_path / "model.pth.tar-60")
+    torch.save({"state_dict": weights, "epoch": 60}, path)
+    assert ckpt.load_weights(target, ckpt.model_state(ckpt.load_checkpoint(path)), verbose=False) == []
+    assert_same_state(target.state_dict(), source.state_dict())
+
+
+def test_rng_state_roundtrip():
+    random.seed(5), np.random.seed(5), torch.manual_seed(5)
+    state = ckpt.rng_state()
+    first = (random.random(), np.random.rand(), torch.rand(3))
+    random.seed(9), np.random.seed(9), torch.manual_seed(9)
+    ckpt.set_rng_state(state)
+    second = (random.random(), np.random.rand(), torch.rand(3))
+    assert first[:2] == second[:2] and torch.equal(first[2], second[2])
+
+
+@pytest.fixture
+def stage1_checkpoint(tiny_cfg):
+    """An engine's stage-1 checkpoint at epoch 1 in tiny_cfg's OUTPUT_DIR; returns (dm, saved model state)."""
+    cfg = tiny_cfg("MODEL.PARTS", "[2]")  # small model: the checkpoint is written and read three times
+    device, dm = setup(cfg)
+    torch.manual_seed(0)
+    engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
+    engine.stage = 1
+    engine._build_optimizers(1)
+    path = ckpt.latest_path(cfg.OUTPUT_DIR, 1)
+    engine.save(1, 1, path)
+    yield dm, {k: v.clone() for k, v in engine.model.state_dict().items()}
+    os.remove(path)  # ~150 MB
+
+
+@pytest.mark.parametrize("overrides, compatible", [
+    (["TEST.FLIP", "False", "TEST.RANKS", "[1, 3]", "TRAIN.PRINT_FREQ", "7", "TRAIN.CHECKPOINT_FREQ", "3",
+      "TRAIN.SAMPLE_FREQ", "2", "DATA.WORKERS", "1"], True),
+    (["LOSS.LAMBDA_S", "5.0"], False),
+    (["TRAIN.STAGE1.LR", "0.01"], False),
+])
+def test_resume_checks_training_config_hash(tiny_cfg, stage1_checkpoint, overrides, compatible):
+    dm, saved = stage1_checkpoint
+    cfg = tiny_cfg("MODEL.PARTS", "[2]", *overrides)
+    torch.manual_seed(1)  # other initial weights, so a restore is visible
+    engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
+    engine.stage = 1
+    engine._build_optimizers(1)
+    if not compatible:
+        with pytest.raises(ISGANError, match=r"different config \(hash .*use a new OUTPUT_DIR"):
+            engine._restore(1)
+        return
+    assert engine._restore(1) == 1  # resumes after epoch 1
+    assert_same_state(engine.model.state_dict(), saved)

@@ -1,0 +1,150 @@
+"""tools/compare.py: IS-GAN, its stage-1 baseline, MGN and torchreid's pcb_p6 under one tiny setting."""
+import contextlib
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+import torchreid
+
+from isgan_torchreid import cli, compare
+from isgan_torchreid.errors import ISGANError
+from isgan_torchreid.models import mgn_r18
+
+from conftest import CONFIGS, REPO, TINY
+
+CONFIG = os.path.join(CONFIGS, "compare_synthetic.yaml")
+METHODS = ["isgan", "baseline", "mgn", "pcb_p6"]
+NUM_TRAIN_IDS = 8  # TINY's DATA.SYNTH.NUM_TRAIN_IDS
+
+
+def count(module):
+    return sum(p.numel() for p in module.parameters())
+
+
+def run_compare(out, data_root, methods=()):
+    """compare_main on the tiny config (``--methods`` last, after the overrides); returns (rows, printed text)."""
+    argv = ["--config-file", CONFIG, *TINY, "DATA.ROOT", data_root, "OUTPUT_DIR", str(out)]
+    argv += ["--methods", *methods] if methods else []
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        rows = compare.compare_main(argv)
+    return rows, printed.getvalue()
+
+
+@pytest.fixture(scope="module")
+def compared(data_root, tmp_path_factory):
+    """One comparison of the four default methods (1 epoch per stage); its ~7 GB of checkpoints go afterwards."""
+    out = tmp_path_factory.mktemp("compare")
+    rows, printed = run_compare(out, data_root)
+    yield dict(out=out, rows=rows, printed=printed, by_method={r["method"]: r for r in rows})
+    shutil.rmtree(out, ignore_errors=True)
+
+
+def test_table_has_every_method(compared):
+    assert [r["method"] for r in compared["rows"]] == METHODS  # one target: one row per method
+    table = compared["printed"][compared["printed"].index("| method"):].splitlines()
+    assert "params at test (M)" in table[0] and "train img/s" in table[0] and "test img/s" in table[0]
+    assert [line.split("|")[1].strip() for line in table[2:6]] == METHODS
+    assert compared["by_method"]["baseline"]["run"] == "isgan/stage1"
+    assert compared["by_method"]["isgan"]["run"] == "isgan/stage3"
+
+
+def test_metrics_and_speeds(compared):
+    for r in compared["rows"]:
+        assert 0.0 <= r["rank1"] <= r["rank5"] <= 1.0 and 0.0 <= r["mAP"] <= 1.0
+        assert r["train_images_per_s"] > 0 and r["test_images_per_s"] > 0
+        assert 0 < r["params_test"] < r["params_total"]
+
+
+def test_baseline_is_stage1_of_the_isgan_run(compared):
+    with open(compared["out"] / "isgan" / "results.json") as f:
+        results = json.load(f)
+    base, isgan = compared["by_method"]["baseline"], compared["by_method"]["isgan"]
+    for row, stage in ((base, "stage1"), (isgan, "stage3")):
+        for key in ("rank1", "rank5", "mAP", "test_images_per_s"):
+            assert row[key] == results[stage]["synthperson"][key]
+    with open(compared["out"] / "isgan" / "train_speed.json") as f:
+        speed = json.load(f)
+    assert base["train_images_per_s"] == pytest.approx(speed["1"]["images"] / speed["1"]["seconds"])
+    assert not (compared["out"] / "baseline").exists()
+
+
+def test_feature_dims_and_parameters(compared):
+    by = compared["by_method"]
+    assert by["isgan"]["feature_dim"] == by["baseline"]["feature_dim"] == by["mgn"]["feature_dim"] == 8 * 256
+    assert by["pcb_p6"]["feature_dim"] == 6 * 2048  # torchreid's PCB: 6 stripes of ResNet-50 layer4 features
+    # E_R at test time is the same network in IS-GAN, its baseline and MGN; E_U, G and D only count in total
+    assert by["isgan"]["params_test"] == by["baseline"]["params_test"] == by["mgn"]["params_test"]
+    assert by["baseline"]["params_total"] == by["mgn"]["params_total"] < by["isgan"]["params_total"]
+    # what the descriptor does not depend on: MGN's classifiers; PCB's reduction layer and classifiers
+    mgn = mgn_r18(NUM_TRAIN_IDS, pretrained=False)
+    assert by["mgn"]["params_total"] - by["mgn"]["params_test"] == count(mgn.encoder_r.classifiers)
+    pcb = torchreid.models.build_model("pcb_p6", NUM_TRAIN_IDS, pretrained=False)
+    assert by["pcb_p6"]["params_total"] - by["pcb_p6"]["params_test"] == count(pcb.conv5) + count(pcb.classifier)
+
+
+def test_csv_json_and_run_folders(compared):
+    out, rows = compared["out"], compared["rows"]
+    with open(out / "comparison.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [r["method"] for r in table] == METHODS
+    assert [float(r["mAP"]) for r in table] == pytest.approx([r["mAP"] for r in rows])
+    with open(out / "comparison.json") as f:
+        data = json.load(f)
+    assert data["rows"] == rows
+    assert data["overrides"]["pcb_p6"] == ["MODEL.NAME", "pcb_p6", "TRAIN.STAGES", "[1]"]
+    for run, stages in (("isgan", (1, 2, 3)), ("mgn", (1,)), ("pcb_p6", (1,))):
+        for stage in stages:
+            assert (out / run / f"stage{stage}" / "latest.pth.tar").is_file()
+        assert (out / run / "results.json").is_file()
+        assert f"NAME: {run}" in (out / run / "config.yaml").read_text()
+        assert "Stage 1" in (out / run / "log.txt").read_text()
+
+
+def test_resumed_comparison_reuses_the_runs(compared, data_root):
+    """A second call on the same OUTPUT_DIR trains nothing; the baseline alone runs IS-GAN's stage 1 only."""
+    out = compared["out"]
+    latest = out / "isgan" / "stage1" / "latest.pth.tar"
+    mtime = latest.stat().st_mtime_ns
+    rows, printed = run_compare(out, data_root, methods=["baseline", "mgn"])
+    assert "already complete" in printed and latest.stat().st_mtime_ns == mtime
+    assert [r["method"] for r in rows] == ["baseline", "mgn"]
+    for r in rows:
+        assert r == compared["by_method"][r["method"]]
+
+
+@pytest.mark.parametrize("methods, extra, message", [
+    (["isgan", "gan"], [], "unknown method 'gan'"),
+    (["mgn", "mgn"], [], "names mgn more than once"),
+    (["pcb_p6"], ["DATA.HEIGHT", "64", "DATA.WIDTH", "32"], "pcb_p6 pools 6 horizontal stripes but DATA.HEIGHT = 64"),
+])
+def test_user_errors(tmp_path, data_root, methods, extra, message):
+    with pytest.raises(ISGANError, match=message):
+        compare.compare(CONFIG, TINY + ["DATA.ROOT", data_root, "OUTPUT_DIR", str(tmp_path / "o"), *extra], methods)
+    assert not (tmp_path / "o").exists()  # checked before anything is written or trained
+
+
+def test_list_flags_stand_anywhere():
+    def pop(argv):
+        return cli.pop_list_flag(argv, "--methods", cli.is_name, "mgn")
+
+    assert pop(["--methods", "mgn", "pcb_p6", "--config-file", "c", "SEED", "2"]) == \
+        (["--config-file", "c", "SEED", "2"], ["mgn", "pcb_p6"])
+    assert pop(["--config-file", "c", "SEED", "2", "--methods", "mgn"]) == (["--config-file", "c", "SEED", "2"], ["mgn"])
+    assert pop(["--config-file", "c"]) == (["--config-file", "c"], None)
+    assert cli.pop_list_flag(["--stages", "2", "3", "SEED", "2"], "--stages", str.isdigit, "2 3") == \
+        (["SEED", "2"], ["2", "3"])
+
+
+def test_tool_prints_one_line_errors(tmp_path):
+    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "compare.py"), "--config-file", CONFIG,
+                           "OUTPUT_DIR", str(tmp_path), "--methods"], capture_output=True, text=True, cwd=REPO,
+                          timeout=120)
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: --methods needs values, e.g. --methods")

@@ -1,0 +1,450 @@
+"""The staged IS-GAN engine: per-stage policy, one iteration's call graph, learning, resume, non-finite losses, CLI.
+
+Everything uses the tiny config (ResNet-18, 128x64, 8 ids x 6 images, P=2 K=4) with MODEL.PARTS [2] (one
+3-feature branch per encoder: half the model, so half the compute and half the checkpoints, which hold the model
+and Adam's amsgrad moments and are written several times per stage); the call-graph test keeps the default parts.
+Single steps share one data manager per module.
+"""
+import glob
+import json
+import os
+import re
+import shutil
+
+import pytest
+import torch
+import yaml
+from torch import nn
+
+import isgan_torchreid.losses.isgan as loss_module
+from isgan_torchreid.cli import setup, train_main
+from isgan_torchreid.config import load_config
+from isgan_torchreid.engine import checkpoint as ckpt
+from isgan_torchreid.engine.staged import ISGANEngine
+from isgan_torchreid.errors import ISGANError
+from isgan_torchreid.models import build_model
+
+from conftest import CONFIGS, TINY
+
+MODULES = ("backbone", "encoder_r", "encoder_u", "generator", "discriminator")
+TRAINED = {
+    1: {"backbone", "encoder_r"},
+    2: {"encoder_u", "generator", "discriminator"},
+    3: set(MODULES),
+}
+SMALL = ["MODEL.PARTS", "[2]"]
+METRICS = ("rank1", "rank5", "rank10", "mAP")
+
+
+# ---------------------------------------------------------------- fixtures and helpers
+
+@pytest.fixture(scope="module")
+def make_cfg(data_root, tmp_path_factory):
+    """``make_cfg(*overrides)``: the small tiny config (OUTPUT_DIR in a module temp folder), frozen."""
+    out = str(tmp_path_factory.mktemp("staged-unit") / "out")
+
+    def make(*overrides):
+        opts = TINY + SMALL + ["DATA.ROOT", data_root, "OUTPUT_DIR", out] + list(overrides)
+        return load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), opts)
+    return make
+
+
+@pytest.fixture(scope="module")
+def dm(make_cfg):
+    """One data manager for every single-step test."""
+    return setup(make_cfg())[1]
+
+
+@pytest.fixture(scope="module")
+def batches(dm):
+    """Two fixed training batches (dicts with 'img' (8, 3, 128, 64) and 'pid')."""
+    torch.manual_seed(0)
+    loader = iter(dm.train_loader)
+    return [next(loader), next(loader)]
+
+
+@pytest.fixture
+def make_engine(make_cfg, dm):
+    """``make_engine(*overrides, seed=0)``: a fresh seeded ISGAN model in an engine on the shared data."""
+    def make(*overrides, seed=0):
+        cfg = make_cfg(*overrides)
+        torch.manual_seed(seed)
+        return ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
+    return make
+
+
+def prepare(engine, stage, epoch=0, batch_idx=0):
+    """Put ``engine`` into ``stage`` as run_stage and torchreid's ``Engine.train`` do, at (epoch, batch_idx)."""
+    engine.stage = stage
+    engine._build_optimizers(stage)
+    engine.epoch, engine.batch_idx = epoch, batch_idx
+    engine.set_model_mode("train")
+    engine.two_stepped_transfer_learning(epoch, 0, None)  # torchreid's version would unfreeze everything
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def is_bn_buffer(name):
+    return name.rsplit(".", 1)[-1] in ("running_mean", "running_var", "num_batches_tracked")
+
+
+def changed_tensors(module, before, buffers):
+    """{name: changed?} for the parameters (buffers=False) or the BN buffers (buffers=True) of ``module``."""
+    names = [n for n, _ in module.named_buffers()] if buffers else [n for n, _ in module.named_parameters()]
+    after = module.state_dict()
+    return {n: not torch.equal(after[n], before[n]) for n in names if not buffers or is_bn_buffer(n)}
+
+
+def write_config(path, overrides):
+    """A YAML config on top of isgan_synthetic.yaml from KEY VALUE pairs (the CLI's ``--stages`` takes no pairs)."""
+    data = {"_BASE_": os.path.join(CONFIGS, "isgan_synthetic.yaml")}
+    for key, raw in zip(overrides[0::2], overrides[1::2]):
+        *parents, last = key.split(".")
+        node = data
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[last] = yaml.safe_load(raw)
+    path.write_text(yaml.safe_dump(data))
+    return str(path)
+
+
+def metrics(results):
+    return {stage: {t: {m: r[m] for m in METRICS} for t, r in per.items()} for stage, per in results.items()}
+
+
+# ---------------------------------------------------------------- 1. stage policy
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_stage_policy_one_step(make_engine, batches, stage):
+    engine = make_engine()
+    model = engine.model
+    prepare(engine, stage)
+    for name in MODULES:
+        module = getattr(model, name)
+        trained = name in TRAINED[stage]
+        assert all(p.requires_grad == trained for p in module.parameters()), name
+        assert all(m.training == trained for m in module.modules()), name  # frozen BN (1d and 2d) in eval
+
+    before = {name: snapshot(getattr(model, name)) for name in MODULES}
+    d_calls, d_step_grads = [], {}
+    disc = model.discriminator
+    disc.register_forward_pre_hook(lambda m, args: d_calls.append(any(p.requires_grad for p in m.parameters())))
+    if stage > 1:
+        def record(optimizer, args, kwargs):
+            d_step_grads.update({n: p.grad.clone() for n, p in disc.named_parameters()})
+        engine.optimizer_d.register_step_pre_hook(record)
+
+    summary = engine.forward_backward(batches[0])
+
+    assert all(torch.isfinite(torch.tensor(v)) for v in summary.values())
+    for name in MODULES:
+        module = getattr(model, name)
+        params = changed_tensors(module, before[name], buffers=False)
+        stats = changed_tensors(module, before[name], buffers=True)
+        if name in TRAINED[stage]:
+            # every parameter moves, except in D those whose gradient is zero up to rounding (~1e-9), where SGD's
+            # weight-decay step (lr * 1e-4 * w) is below float32 resolution: the conv biases before an
+            # InstanceNorm, and D_C's head (its global average pool follows an InstanceNorm, so it sees ~0)
+            grads = {n: p.grad for n, p in module.named_parameters()}
+            still = [n for n, c in params.items() if not c and not (grads[n] is not None and
+                                                                    grads[n].abs().max() < 1e-6)]
+            assert still == [], (name, still)
+            assert sum(params.values()) >= len(params) // 2, name
+            assert all(stats.values()), (name, [n for n, c in stats.items() if not c])  # BN in train mode
+        else:
+            assert not any(params.values()), (name, [n for n, c in params.items() if c])
+            assert not any(stats.values()), (name, [n for n, c in stats.items() if c])
+            assert all(p.grad is None for p in module.parameters()), name
+        assert all(p.requires_grad == (name in TRAINED[stage]) for p in module.parameters()), name
+    if stage == 1:
+        assert d_calls == []
+    else:
+        # D step with D trainable, G step against a frozen D; the G loss leaves D's gradients untouched
+        assert d_calls == [True, False]
+        assert d_step_grads.keys() == dict(disc.named_parameters()).keys()
+        for n, p in disc.named_parameters():
+            assert torch.equal(p.grad, d_step_grads[n]), n
+    # G's BatchNorms saw exactly one batch per iteration (one concatenated call)
+    bns = [m for m in model.generator.modules() if isinstance(m, (nn.BatchNorm1d, nn.BatchNorm2d))]
+    bn_counts = {m.num_batches_tracked.item() for m in bns}
+    assert bn_counts == ({0} if stage == 1 else {1})
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_optimizers_cover_the_trained_modules(make_engine, stage):
+    engine = make_engine("TRAIN.LR_MULT_GU", "0.01")
+    engine._build_optimizers(stage)
+    lr = engine.cfg.TRAIN[f"STAGE{stage}"].LR
+
+    def ids(*names):
+        return {id(p) for n in names for p in getattr(engine.model, n).parameters()}
+
+    groups = [({id(p) for p in g["params"]}, g["lr"]) for g in engine.optimizer.param_groups]
+    if stage == 2:
+        assert groups == [(ids("encoder_u", "generator"), lr)]
+    else:  # G and E_U at LR_MULT_GU x the stage lr
+        assert groups == [(ids("backbone", "encoder_r"), lr), (ids("encoder_u", "generator"), pytest.approx(0.01 * lr))]
+    assert [{id(p) for p in g["params"]} for g in engine.optimizer_d.param_groups] == [ids("discriminator")]
+    assert set(engine._optims) == {"model", "discriminator"}  # both saved, both stepped by update_lr
+
+
+def test_non_gan_model_trains_in_stage1_only(make_cfg, dm, batches):
+    cfg = make_cfg("MODEL.NAME", "mgn", "TRAIN.STAGES", "[1]")
+    torch.manual_seed(0)
+    engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
+    assert not engine.is_gan
+    prepare(engine, 1)
+    before = snapshot(engine.model)
+    summary = engine.forward_backward(batches[0])
+    assert set(summary) == {"L_R", "L_tri", "acc"}  # cross-entropy + batch-hard triplet (MGN)
+    assert all(changed_tensors(engine.model, before, buffers=False).values())
+    with pytest.raises(ISGANError, match="MGN has no E_U/G/D: train it with TRAIN.STAGES"):
+        engine.run_stages([1, 2])
+
+
+# ---------------------------------------------------------------- 2. call graph of one iteration
+
+def test_stage1_runs_only_backbone_and_encoder_r(make_engine, batches):
+    engine = make_engine()
+    prepare(engine, 1)
+
+    def forbid(module, args):
+        raise AssertionError(f"{type(module).__name__} ran in stage 1")
+
+    for name in ("encoder_u", "generator", "discriminator"):
+        getattr(engine.model, name).register_forward_pre_hook(forbid)
+    ran = []
+    engine.model.encoder_r.register_forward_hook(lambda m, args, out: ran.append(torch.is_grad_enabled()))
+    summary = engine.forward_backward(batches[0])
+    assert ran == [True] and set(summary) == {"L_R", "acc"}
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_gan_iteration_call_graph(make_engine, batches, stage):
+    engine = make_engine("MODEL.PARTS", "[1, 2, 3]")  # the default K = 8 features
+    prepare(engine, stage)
+    model, B = engine.model, batches[0]["img"].size(0)
+    trunk_calls, g_batches, d_batches = [], [], []
+
+    def watch_trunk(module, args, out):
+        first = out[0] if isinstance(out, tuple) else out
+        trunk_calls.append((type(module).__name__, torch.is_grad_enabled(), first.grad_fn is not None))
+
+    model.backbone.register_forward_hook(watch_trunk)
+    model.encoder_r.register_forward_hook(watch_trunk)
+    model.generator.register_forward_pre_hook(lambda m, args: g_batches.append(args[0].size(0)))
+    model.discriminator.register_forward_pre_hook(lambda m, args: d_batches.append(args[0].size(0)))
+
+    summary = engine.forward_backward(batches[0])
+
+    grad = stage == 3  # stage 2 runs the frozen trunk and E_R under no_grad
+    assert [c[1:] for c in trunk_calls] == [(grad, grad), (grad, grad)]
+    assert g_batches == [3 * B]  # auto | shuffled | part-shuffled in one call
+    assert d_batches == [B + 3 * B, 3 * B]  # D step on [real | fakes], G step on the fakes
+    assert {"L1_auto", "L1_shuffled", "L1_part_shuffled", "L_S", "L_PS", "L_U", "L_D", "L_C", "D_dom",
+            "D_cls"} <= set(summary)
+    assert ("L_R" in summary) == (stage == 3)
+
+
+# ---------------------------------------------------------------- 3. short runs learn
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+def test_stage2_reconstruction_decreases(make_engine, batches):
+    engine = make_engine(seed=1)
+    prepare(engine, 2)
+    torch.manual_seed(1)
+    log = [engine.forward_backward(batches[i % 2]) for i in range(24)]
+    for key in ("L1_auto", "L1_shuffled", "L1_part_shuffled"):
+        first, last = mean([s[key] for s in log[:4]]), mean([s[key] for s in log[-4:]])
+        assert last < 0.8 * first, (key, [round(s[key], 3) for s in log])
+
+
+def test_stage3_total_loss_decreases(make_engine, batches):
+    engine = make_engine(seed=2)
+    prepare(engine, 3)
+    torch.manual_seed(2)
+    log = [engine.forward_backward(batches[i % 2]) for i in range(10)]
+    total = [sum(v for k, v in s.items() if k.startswith("L_")) for s in log]  # Eq. 8, encoder/G side
+    # from scratch, 20 x L_R dominates (~250) and falls fastest; measured last/first ~0.15-0.2
+    assert mean(total[-3:]) < 0.5 * mean(total[:3]), [round(t, 2) for t in total]
+
+
+# ---------------------------------------------------------------- 6. non-finite losses
+
+def nan_loss(*args, **kwargs):
+    return torch.tensor(float("nan"))
+
+
+@pytest.mark.parametrize("stage, loss_fn, term", [
+    (1, "identity_loss", "L_R"), (2, "reconstruction_loss", "L_S"), (3, "discriminator_domain_loss", "D_dom")])
+def test_nonfinite_error_names_where(make_engine, batches, monkeypatch, stage, loss_fn, term):
+    engine = make_engine()
+    prepare(engine, stage, epoch=2, batch_idx=4)
+    monkeypatch.setattr(loss_module, loss_fn, nan_loss)
+    with pytest.raises(ISGANError, match=rf"non-finite loss {term} = nan at stage {stage}, epoch 3, iteration 5; "
+                                         rf".*TRAIN\.STAGE{stage}\.LR.*TRAIN\.NONFINITE skip"):
+        engine.forward_backward(batches[0])
+
+
+@pytest.mark.parametrize("stage, loss_fn, frozen", [
+    (1, "identity_loss", MODULES),
+    (2, "reconstruction_loss", MODULES[:4]),  # the encoder/G step is skipped; D's finite step runs
+    (3, "discriminator_domain_loss", ("discriminator",)),  # the D step is skipped; the encoder/G step runs
+])
+def test_nonfinite_skip_leaves_parameters(make_engine, batches, monkeypatch, stage, loss_fn, frozen):
+    engine = make_engine("TRAIN.NONFINITE", "skip")
+    prepare(engine, stage)
+    monkeypatch.setattr(loss_module, loss_fn, nan_loss)
+    before = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
+    engine.forward_backward(batches[0])
+    assert engine.skipped_steps == 1
+    for n, p in engine.model.named_parameters():
+        module = n.split(".", 1)[0]
+        if module in frozen:
+            assert torch.equal(p, before[n]), n
+    trained = TRAINED[stage] - set(frozen)
+    assert all(any(not torch.equal(p, before[n]) for n, p in engine.model.named_parameters()
+                   if n.startswith(m + ".")) for m in trained)
+    engine.forward_backward(batches[1])  # counts every skip
+    assert engine.skipped_steps == 2
+
+
+# ---------------------------------------------------------------- full runs through the CLI
+
+@pytest.fixture(scope="module")
+def run_args(data_root):
+    """``run_args(out, *overrides)``: train_main argv for a tiny run (small model, stage 2 over two epochs)."""
+    def make(out, *overrides):
+        return (["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--debug"] + TINY + SMALL
+                + ["DATA.ROOT", data_root, "OUTPUT_DIR", str(out), "TRAIN.STAGE2.EPOCHS", "2"] + list(overrides))
+    return make
+
+
+@pytest.fixture(scope="module")
+def full_run(run_args, tmp_path_factory):
+    """One uninterrupted three-stage run; yields (OUTPUT_DIR, results). Its folder, where the other runs of this
+    module write too, is removed afterwards (GBs of checkpoints)."""
+    root = tmp_path_factory.mktemp("staged-runs")
+    out = root / "full"
+    results = train_main(run_args(out))
+    yield out, results
+    shutil.rmtree(root, ignore_errors=True)
+
+
+# ---------------------------------------------------------------- 7. end to end
+
+def test_end_to_end_outputs(full_run):
+    out, results = full_run
+    assert sorted(results) == [1, 2, 3]
+    for stage, per_target in results.items():
+        assert list(per_target) == ["synthperson"]
+        for m in METRICS:
+            assert 0.0 <= per_target["synthperson"][m] <= 1.0, (stage, m)
+    # E_R and the trunk are frozen in stage 2: the same descriptor, the same evaluation
+    assert metrics(results)[2] == metrics(results)[1]
+    with open(out / "results.json") as f:
+        assert json.load(f) == {f"stage{s}": r for s, r in results.items()}
+    assert load_config(str(out / "config.yaml")).TRAIN.STAGE2.EPOCHS == 2
+    for stage, epochs in ((1, 1), (2, 2), (3, 1)):
+        folder = out / f"stage{stage}"
+        assert (folder / "latest.pth.tar").is_file() and (folder / f"model.pth.tar-{epochs}").is_file()
+        assert glob.glob(str(folder / "events.out.tfevents.*")), stage
+        state = ckpt.load_checkpoint(str(folder / "latest.pth.tar"))
+        assert (state["stage"], state["epoch"], state["num_classes"]) == (stage, epochs, 8)
+        assert state["results"] == results[stage]
+        samples = sorted(os.listdir(folder / "samples")) if stage > 1 else []
+        assert samples == ([] if stage == 1 else [f"epoch{epochs:03d}.png"])
+        for name in samples:
+            assert (folder / "samples" / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "stage1" / "samples").exists()
+
+
+# ---------------------------------------------------------------- 4. kill and resume
+
+def test_interrupted_run_resumes_exactly(full_run, run_args, monkeypatch):
+    full_out, full_results = full_run
+    out = full_out.parent / "resumed"
+    args = run_args(out, "TRAIN.STAGES", "[1, 2]")  # stage 3 resumes by the same code; not hashed
+    # stage 1 as the same config wrote it (hard links, to save its run); the run goes on from its end
+    (out / "stage1").mkdir(parents=True)
+    for name in ("latest.pth.tar", "model.pth.tar-1"):
+        os.link(full_out / "stage1" / name, out / "stage1" / name)
+    real_step = ISGANEngine.forward_backward
+
+    def killed_in_stage2_epoch2(self, data):
+        if (self.stage, self.epoch, self.batch_idx) == (2, 1, 2):
+            raise KeyboardInterrupt
+        return real_step(self, data)
+
+    with monkeypatch.context() as m:
+        m.setattr(ISGANEngine, "forward_backward", killed_in_stage2_epoch2)
+        with pytest.raises(KeyboardInterrupt):
+            train_main(args)
+    assert ckpt.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))["epoch"] == 1
+
+    results = train_main(args)
+
+    assert metrics(results) == {s: metrics(full_results)[s] for s in (1, 2)}
+    resumed = ckpt.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))
+    reference = ckpt.load_checkpoint(str(full_out / "stage2" / "latest.pth.tar"))
+    assert resumed["epoch"] == reference["epoch"] == 2
+    assert resumed["model"].keys() == reference["model"].keys()
+    different = [k for k, v in resumed["model"].items() if not torch.equal(v, reference["model"][k])]
+    assert different == [], different[:5]
+    for name, opt in reference["optimizers"].items():  # Adam (E_U, G) and SGD (D) moments too
+        for index, moments in opt["state"].items():
+            for key, value in moments.items():
+                assert torch.equal(resumed["optimizers"][name]["state"][index][key], value), (name, index, key)
+
+
+def test_finished_run_does_no_work(full_run, run_args, monkeypatch):
+    out, results = full_run
+    mtimes = {p: os.stat(p).st_mtime_ns for p in glob.glob(str(out / "stage*" / "*.pth.tar*"))}
+
+    def forbidden(*args, **kwargs):
+        raise AssertionError("a finished run must not train, evaluate or save")
+
+    monkeypatch.setattr(ISGANEngine, "forward_backward", forbidden)
+    monkeypatch.setattr(ISGANEngine, "_evaluate", forbidden)
+    monkeypatch.setattr(ckpt, "save_checkpoint", forbidden)
+    assert train_main(run_args(out)) == results  # from the checkpoints
+    assert {p: os.stat(p).st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_results_json_keeps_earlier_invocations(make_engine, tmp_path):
+    engine = make_engine(seed=0)
+    engine.results = {1: {"synthperson": {"mAP": 0.5}}}
+    engine.write_results()
+    engine.results = {2: {"synthperson": {"mAP": 0.6}}}  # e.g. a later --stages 2 run
+    engine.write_results()
+    with open(os.path.join(engine.cfg.OUTPUT_DIR, "results.json")) as f:
+        assert json.load(f) == {"stage1": {"synthperson": {"mAP": 0.5}}, "stage2": {"synthperson": {"mAP": 0.6}}}
+
+
+# ---------------------------------------------------------------- 7. stages 2-3 without stage 1
+
+def test_later_stages_need_stage1_weights(full_run, data_root, tmp_path, capsys):
+    full_out, full_results = full_run
+    out = full_out.parent / "stages23"
+    base = TINY + SMALL + ["DATA.ROOT", data_root, "OUTPUT_DIR", str(out), "TRAIN.STAGE3.EPOCHS", "0"]
+    config = write_config(tmp_path / "stages23.yaml", base)
+    missing = str(out / "stage1" / "latest.pth.tar")
+    with pytest.raises(ISGANError, match=rf"{re.escape(missing)} does not exist.*TRAIN\.INIT_WEIGHTS"):
+        train_main(["--config-file", config, "--debug", "--stages", "2", "3"])
+    with pytest.raises(SystemExit) as exit_info:  # without --debug: one line on stderr, exit status 2
+        train_main(["--config-file", config, "--stages", "2", "3"])
+    assert exit_info.value.code == 2 and missing in capsys.readouterr().err
+
+    init = str(full_out / "stage1" / "model.pth.tar-1")
+    config = write_config(tmp_path / "init.yaml", base + ["TRAIN.INIT_WEIGHTS", init])
+    results = train_main(["--config-file", config, "--debug", "--stages", "2", "3"])
+    assert sorted(results) == [2, 3]
+    assert not (out / "stage1").exists()
+    assert ckpt.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))["epoch"] == 1
+    # E_R comes from the stage-1 checkpoint and stays frozen in stage 2 (stage 3 has 0 epochs here)
+    assert metrics(results)[2] == metrics(results)[3] == metrics(full_results)[1]
