@@ -106,7 +106,7 @@ def _bench_method(cfg, method, batch, iters, warmup, device):
     rows = []
     for stage in (1, 2, 3) if method == "isgan" else (1,):
         engine.stage = stage
-        engine._build_optimizers(stage)
+        engine.build_optimizers(stage)
         engine.apply_stage_policy()
         engine.epoch = engine.batch_idx = 0
         sec, peak = _timed(lambda: engine.forward_backward(data), iters, warmup, device)

@@ -21,10 +21,15 @@ import functools
 import importlib
 import inspect
 import types
+import warnings
 
 import numpy as np
 import torch
-import torchreid
+
+# torchreid warns at import that its compiled evaluator is missing; the project never uses that path
+# (engine/evaluation.py is exact and faster), so the warning would only mislead.
+warnings.filterwarnings("ignore", message="Cython evaluation", category=UserWarning)
+import torchreid  # noqa: E402
 
 
 def torchreid_base():

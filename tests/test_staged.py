@@ -7,6 +7,7 @@ Single steps share one data manager per module.
 """
 import glob
 import json
+import math
 import os
 import re
 import shutil
@@ -76,7 +77,7 @@ def make_engine(make_cfg, dm):
 def prepare(engine, stage, epoch=0, batch_idx=0):
     """Put ``engine`` into ``stage`` as run_stage and torchreid's ``Engine.train`` do, at (epoch, batch_idx)."""
     engine.stage = stage
-    engine._build_optimizers(stage)
+    engine.build_optimizers(stage)
     engine.epoch, engine.batch_idx = epoch, batch_idx
     engine.set_model_mode("train")
     engine.two_stepped_transfer_learning(epoch, 0, None)  # torchreid's version would unfreeze everything
@@ -175,7 +176,7 @@ def test_stage_policy_one_step(make_engine, batches, stage):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_optimizers_cover_the_trained_modules(make_engine, stage):
     engine = make_engine("TRAIN.LR_MULT_GU", "0.01")
-    engine._build_optimizers(stage)
+    engine.build_optimizers(stage)
     lr = engine.cfg.TRAIN[f"STAGE{stage}"].LR
 
     def ids(*names):
@@ -246,6 +247,33 @@ def test_gan_iteration_call_graph(make_engine, batches, stage):
     assert {"L1_auto", "L1_shuffled", "L1_part_shuffled", "L_S", "L_PS", "L_U", "L_D", "L_C", "D_dom",
             "D_cls"} <= set(summary)
     assert ("L_R" in summary) == (stage == 3)
+
+
+@pytest.mark.parametrize("stage", [1, 2, 3])
+def test_mixed_precision_on_cpu(make_engine, batches, stage):
+    """TRAIN.AMP runs the same step under bfloat16 autocast on CPU (float16 + loss scaling on CUDA)."""
+    engine = make_engine("TRAIN.AMP", "True")
+    prepare(engine, stage)
+    dtypes = []
+    module = engine.model.generator if stage > 1 else engine.model.encoder_r
+    module.register_forward_hook(lambda m, args, out: dtypes.append((out[0] if isinstance(out, tuple) else out).dtype))
+    before = {n: snapshot(getattr(engine.model, n)) for n in TRAINED[stage]}
+    summary = engine.forward_backward(batches[0])
+    assert dtypes == [torch.bfloat16] and not engine.scalers["model"].is_enabled()  # no scaling needed on CPU
+    assert all(math.isfinite(v) for v in summary.values())
+    for name in TRAINED[stage]:
+        assert any(changed_tensors(getattr(engine.model, name), before[name], buffers=False).values()), name
+    assert all(p.dtype == torch.float32 for p in engine.model.parameters())  # master weights stay float32
+
+
+def test_channels_last(make_engine, batches):
+    engine = make_engine("TRAIN.CHANNELS_LAST", "True")
+    assert engine.model.backbone[0].weight.is_contiguous(memory_format=torch.channels_last)
+    prepare(engine, 2)
+    seen = []
+    engine.model.backbone.register_forward_pre_hook(
+        lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
+    assert all(math.isfinite(v) for v in engine.forward_backward(batches[0]).values()) and seen == [True]
 
 
 # ---------------------------------------------------------------- 3. short runs learn

@@ -54,13 +54,18 @@ class ISGANEngine(Engine):
         super().__init__(datamanager, use_gpu=device.type == "cuda")
         self.cfg = cfg
         self.device = device
-        self.model = model.to(device)
+        self.memory_format = torch.channels_last if cfg.TRAIN.CHANNELS_LAST else torch.contiguous_format
+        self.model = model.to(device, memory_format=self.memory_format)
         self.stage = None
         self.results = {}  # stage -> target -> metrics
         self.is_gan = all(hasattr(model, m) for m in GAN_MODULES)
         self.triplet = compat.torchreid_base().losses.TripletLoss(margin=cfg.LOSS.TRIPLET_MARGIN)
         self.skipped_steps = 0
         self.register_model("model", self.model, None, None)
+        # TRAIN.AMP: float16 with loss scaling on CUDA, bfloat16 (no scaling needed) on CPU
+        self.amp_dtype = torch.float16 if device.type == "cuda" else torch.bfloat16
+        scale = cfg.TRAIN.AMP and device.type == "cuda"
+        self.scalers = {name: torch.amp.GradScaler(device.type, enabled=scale) for name in ("model", "discriminator")}
 
     # ------------------------------------------------------------------ stage policy
 
@@ -93,7 +98,8 @@ class ISGANEngine(Engine):
         """torchreid would re-open every layer here; the stage policy decides instead."""
         self.apply_stage_policy()
 
-    def _build_optimizers(self, stage):
+    def build_optimizers(self, stage):
+        """Adam for the encoders and G, SGD for D, each over the modules ``stage`` trains; MultiStepLR each."""
         cfg, node = self.cfg.TRAIN, self.cfg.TRAIN[f"STAGE{stage}"]
         enc_gen = [m for m in self.trainable_modules(stage) if m is not getattr(self.model, "discriminator", None)]
         if stage == 3 and cfg.LR_MULT_GU != 1.0:
@@ -106,7 +112,8 @@ class ISGANEngine(Engine):
         opt = torch.optim.Adam(groups, lr=node.LR, betas=tuple(cfg.ADAM_BETAS), weight_decay=cfg.WEIGHT_DECAY,
                                amsgrad=cfg.AMSGRAD)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(node.MILESTONES), gamma=cfg.GAMMA)
-        self._models.clear(), self._optims.clear(), self._scheds.clear()
+        for registry in (self._models, self._optims, self._scheds):
+            registry.clear()
         self.register_model("model", self.model, opt, sched)
         self.optimizer, self.scheduler = opt, sched
         self.optimizer_d = None
@@ -121,11 +128,22 @@ class ISGANEngine(Engine):
 
     def forward_backward(self, data):
         """One training step of the current stage; returns each loss term for logging."""
-        imgs = data["img"].to(self.device, non_blocking=True)
+        imgs = data["img"].to(self.device, non_blocking=True, memory_format=self.memory_format)
         pids = data["pid"].to(self.device, non_blocking=True)
         if self.stage == 1:
             return self._step_stage1(imgs, pids)
         return self._step_gan(imgs, pids)
+
+    def autocast(self):
+        """Mixed-precision context for forward passes and losses (no-op unless TRAIN.AMP)."""
+        return torch.autocast(self.device.type, dtype=self.amp_dtype, enabled=self.cfg.TRAIN.AMP)
+
+    def _optimize(self, name, loss, optimizer):
+        """Backward and step through the (possibly disabled) gradient scaler of ``name``."""
+        scaler = self.scalers[name]
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
 
     def _check_finite(self, terms):
         """Stop (or skip the step) on a non-finite loss, naming stage, epoch, iteration and term."""
@@ -142,18 +160,18 @@ class ISGANEngine(Engine):
 
     def _step_stage1(self, imgs, pids):
         cfg = self.cfg.LOSS
-        outputs = self.model(imgs)
-        logits, features = outputs if isinstance(outputs, tuple) else (outputs, None)
-        logits = logits if isinstance(logits, (list, tuple)) else [logits]
-        terms = {"L_R": L.identity_loss(logits, pids, cfg.ID_REDUCTION, cfg.LABEL_SMOOTH)}
-        if features is not None:
-            features = features if isinstance(features, (list, tuple)) else [features]
-            terms["L_tri"] = cfg.LAMBDA_TRIPLET * torch.stack([self.triplet(f, pids) for f in features]).mean()
-        loss = sum(terms.values())
+        with self.autocast():
+            outputs = self.model(imgs)
+            logits, features = outputs if isinstance(outputs, tuple) else (outputs, None)
+            logits = logits if isinstance(logits, (list, tuple)) else [logits]
+            terms = {"L_R": L.identity_loss(logits, pids, cfg.ID_REDUCTION, cfg.LABEL_SMOOTH)}
+            if features is not None:
+                features = features if isinstance(features, (list, tuple)) else [features]
+                terms["L_tri"] = cfg.LAMBDA_TRIPLET * torch.stack(
+                    [self.triplet(f.float(), pids) for f in features]).mean()
         self.optimizer.zero_grad(set_to_none=True)
         if self._check_finite(terms):
-            loss.backward()
-            self.optimizer.step()
+            self._optimize("model", sum(terms.values()), self.optimizer)
         acc = (logits[0].argmax(1) == pids).float().mean()
         return {**{k: v.item() for k, v in terms.items()}, "acc": acc.item()}
 
@@ -206,7 +224,8 @@ class ISGANEngine(Engine):
         model, disc = self.model, self.model.discriminator
         B = imgs.size(0)
         target = self.image_target(imgs)
-        fakes, sets, mu, logvar, logits = self.generate(imgs, pids)
+        with self.autocast():
+            fakes, sets, mu, logvar, logits = self.generate(imgs, pids)
         n = len(sets)
         labels = pids.repeat(n)
         # sets whose D_C term counts [Eq. 7]: the shuffled ones, plus the auto-encoded with CLASS_ON_AUTO
@@ -216,38 +235,37 @@ class ISGANEngine(Engine):
 
         # ---- D step: real vs detached fakes in one pass [Eq. 6, 7]
         disc.requires_grad_(True)
-        patch, cls = disc(torch.cat([target, fakes.detach()]))  # (B + n*B, 1, h, w), (B + n*B, C)
-        d_terms = {"D_dom": cfg.D_LAMBDA_D * L.discriminator_domain_loss(
-            patch[:B], patch[B:], smooth=cfg.D_LABEL_SMOOTH, fake_weight=n)}
-        d_cls = L.class_loss(cls[:B], pids)
-        if n_cls:
-            d_cls = d_cls + n_cls * L.class_loss(cls[B:][cls_mask], labels[cls_mask])
-        d_terms["D_cls"] = cfg.D_LAMBDA_C * d_cls
+        with self.autocast():
+            patch, cls = disc(torch.cat([target.to(fakes.dtype), fakes.detach()]))  # (B + n*B, 1, h, w), (B + n*B, C)
+            d_terms = {"D_dom": cfg.D_LAMBDA_D * L.discriminator_domain_loss(
+                patch[:B], patch[B:], smooth=cfg.D_LABEL_SMOOTH, fake_weight=n)}
+            d_cls = L.class_loss(cls[:B], pids)
+            if n_cls:
+                d_cls = d_cls + n_cls * L.class_loss(cls[B:][cls_mask], labels[cls_mask])
+            d_terms["D_cls"] = cfg.D_LAMBDA_C * d_cls
         self.optimizer_d.zero_grad(set_to_none=True)
         if self._check_finite(d_terms):
-            sum(d_terms.values()).backward()
-            self.optimizer_d.step()
+            self._optimize("discriminator", sum(d_terms.values()), self.optimizer_d)
 
         # ---- encoder/G step against the updated D, with D frozen
         disc.requires_grad_(False)
-        patch, cls = disc(fakes)  # (n*B, 1, h, w), (n*B, C)
-        recon = {s: L.reconstruction_loss(f, target) for s, f in zip(sets, fakes.chunk(n))}
-        lambda_u = cfg.LAMBDA_U[self.stage - 2]
-        terms = {}
-        if "auto" in recon:
-            terms["L_S"] = cfg.LAMBDA_S * (recon["auto"] + recon["shuffled"])
-        if "part_shuffled" in recon:
-            terms["L_PS"] = cfg.LAMBDA_PS * recon["part_shuffled"]
-        terms["L_U"] = lambda_u * L.kl_loss(mu, logvar, cfg.KL_REDUCTION)
-        terms["L_D"] = cfg.LAMBDA_D * n * L.generator_domain_loss(patch)
-        if n_cls:
-            terms["L_C"] = cfg.LAMBDA_C * n_cls * L.class_loss(cls[cls_mask], labels[cls_mask])
-        if self.stage == 3:
-            terms["L_R"] = cfg.LAMBDA_R * L.identity_loss(logits, pids, cfg.ID_REDUCTION, cfg.LABEL_SMOOTH)
+        with self.autocast():
+            patch, cls = disc(fakes)  # (n*B, 1, h, w), (n*B, C)
+            recon = {s: L.reconstruction_loss(f, target) for s, f in zip(sets, fakes.chunk(n))}
+            terms = {}
+            if "auto" in recon:
+                terms["L_S"] = cfg.LAMBDA_S * (recon["auto"] + recon["shuffled"])
+            if "part_shuffled" in recon:
+                terms["L_PS"] = cfg.LAMBDA_PS * recon["part_shuffled"]
+            terms["L_U"] = cfg.LAMBDA_U[self.stage - 2] * L.kl_loss(mu, logvar, cfg.KL_REDUCTION)
+            terms["L_D"] = cfg.LAMBDA_D * n * L.generator_domain_loss(patch)
+            if n_cls:
+                terms["L_C"] = cfg.LAMBDA_C * n_cls * L.class_loss(cls[cls_mask], labels[cls_mask])
+            if self.stage == 3:
+                terms["L_R"] = cfg.LAMBDA_R * L.identity_loss(logits, pids, cfg.ID_REDUCTION, cfg.LABEL_SMOOTH)
         self.optimizer.zero_grad(set_to_none=True)
         if self._check_finite(terms):
-            sum(terms.values()).backward()
-            self.optimizer.step()
+            self._optimize("model", sum(terms.values()), self.optimizer)
         disc.requires_grad_(True)
         summary = {k: v.item() for k, v in {**terms, **d_terms}.items()}
         summary.update({f"L1_{s}": v.item() for s, v in recon.items()})
@@ -338,7 +356,7 @@ class ISGANEngine(Engine):
         cfg, out = self.cfg, self.cfg.OUTPUT_DIR
         node = cfg.TRAIN[f"STAGE{stage}"]
         self.stage = stage
-        self._build_optimizers(stage)
+        self.build_optimizers(stage)
         self.train_loader.dataset.transform = train_transform(cfg, stage)
         start_epoch = self._restore(stage)
         save_dir = ckpt.stage_dir(out, stage)
@@ -375,6 +393,7 @@ class ISGANEngine(Engine):
             "model": self.model.state_dict(),
             "optimizers": {n: o.state_dict() for n, o in self._optims.items()},
             "schedulers": {n: s.state_dict() for n, s in self._scheds.items()},
+            "scalers": {n: s.state_dict() for n, s in self.scalers.items() if s.is_enabled()},
             "rng": ckpt.rng_state(),
             "config_hash": config_hash(self.cfg),
             "num_classes": self.datamanager.num_train_pids,
@@ -397,6 +416,8 @@ class ISGANEngine(Engine):
                 self._optims[name].load_state_dict(sd)
             for name, sd in state["schedulers"].items():
                 self._scheds[name].load_state_dict(sd)
+            for name, sd in state.get("scalers", {}).items():
+                self.scalers[name].load_state_dict(sd)
             ckpt.set_rng_state(state["rng"])
             if state["results"]:
                 self.results[stage] = state["results"]
