@@ -3,9 +3,11 @@ import os
 
 import pytest
 import torch
+import torchvision.transforms as T
 
 from isgan_torchreid.config import load_config
-from isgan_torchreid.data.build import build_datamanager, check_datasets, datamanager_kwargs, train_transform
+from isgan_torchreid.data.build import (build_datamanager, check_datasets, datamanager_kwargs, train_transform,
+                                        use_forkserver)
 from isgan_torchreid.errors import ISGANError
 
 
@@ -83,3 +85,30 @@ def test_batches_are_p_identities_times_k_images(tiny_cfg):
 def test_too_many_identities_per_batch(tiny_cfg):
     with pytest.raises(ISGANError, match="SAMPLER.P"):
         build_datamanager(tiny_cfg("SAMPLER.P", "50", "TRAIN.STAGES", "[1]"))
+
+
+def test_workers_start_from_a_forkserver_and_see_the_stage_transform(tiny_cfg):
+    dm = build_datamanager(tiny_cfg("DATA.WORKERS", "2"))
+    loaders = [dm.train_loader] + [l for split in dm.test_loader.values() for l in split.values()]
+    assert all(l.multiprocessing_context.get_start_method() == "forkserver" for l in loaders)
+    batch = next(iter(dm.train_loader))
+    assert batch["img"].abs().sum() > 0
+    dm.train_loader.dataset.transform = T.Compose([T.Resize((8, 4)), T.ToTensor()])  # as the engine does per stage
+    assert next(iter(dm.train_loader))["img"].shape == (8, 3, 8, 4)
+
+
+class Unpicklable(torch.utils.data.Dataset):
+    def __init__(self):
+        self.transform = lambda x: x
+
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, i):
+        return self.transform(i)
+
+
+def test_unpicklable_datasets_keep_forked_workers():
+    loader = torch.utils.data.DataLoader(Unpicklable(), num_workers=1)
+    use_forkserver([loader])
+    assert loader.multiprocessing_context is None and list(loader) == [torch.tensor([0]), torch.tensor([1])]

@@ -5,7 +5,9 @@ or fails obscurely offline), so :func:`check_datasets` looks for every source an
 first and fails with the expected path, layout and where to get the data.
 """
 import dataclasses
+import multiprocessing
 import os
+import pickle
 import sys
 import traceback
 
@@ -86,6 +88,29 @@ def train_transform(cfg, stage):
     return transform
 
 
+def use_forkserver(loaders):
+    """Start the loaders' workers from a small forkserver that has imported the package.
+
+    Forking the trainer itself (torch's default) was measured to stall the first batch of every
+    epoch by 10-15 s once the process holds a model and has written a checkpoint. Workers stay
+    per-epoch, so their seeds still come from the checkpointed torch RNG (exact resume). A dataset
+    that cannot be pickled (a user's, holding a lambda) keeps torch's default start method.
+    """
+    context = multiprocessing.get_context("forkserver")
+    context.set_forkserver_preload(["isgan_torchreid"])
+    for loader in loaders:
+        if loader.num_workers > 0 and _picklable(loader.dataset):
+            loader.multiprocessing_context = context
+
+
+def _picklable(obj):
+    try:
+        pickle.dumps(obj)
+    except Exception:  # pickle raises several types (PicklingError, AttributeError, TypeError)
+        return False
+    return True
+
+
 def datamanager_kwargs(cfg, use_gpu=False):
     """``ImageDataManager`` arguments: P x K batches from torchreid's RandomIdentitySampler."""
     sources = list(cfg.DATA.SOURCES)
@@ -123,4 +148,5 @@ def build_datamanager(cfg, use_gpu=False):
                          f"file names of {cfg.DATA.SOURCES} (Market layout: person id 0-1501, camera 1-6)") from None
     if cfg.SAMPLER.EPOCH == "identities":
         dm.train_loader = identity_once_loader(dm.train_loader)
+    use_forkserver([dm.train_loader] + [loader for split in dm.test_loader.values() for loader in split.values()])
     return dm

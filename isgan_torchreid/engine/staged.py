@@ -357,7 +357,7 @@ class ISGANEngine(Engine):
         node = cfg.TRAIN[f"STAGE{stage}"]
         self.stage = stage
         self.build_optimizers(stage)
-        self.train_loader.dataset.transform = train_transform(cfg, stage)
+        self.train_loader.dataset.transform = train_transform(cfg, stage)  # workers start per epoch: they see it
         start_epoch = self._restore(stage)
         save_dir = ckpt.stage_dir(out, stage)
         done = start_epoch >= node.EPOCHS and stage in self.results
