@@ -87,7 +87,8 @@ _C.TRAIN.D_WEIGHT_DECAY = 1e-4
 _C.TRAIN.LR_MULT_GU = 1.0  # stage-3 lr multiplier for G and E_U (authors intended 0.01, never applied)
 _C.TRAIN.GAMMA = 0.1
 _C.TRAIN.PRINT_FREQ = 20
-_C.TRAIN.CHECKPOINT_FREQ = 50  # epochs; "latest" is written after every epoch
+_C.TRAIN.RESUME_FREQ = 1  # epochs between "latest" checkpoints (what an interrupted run resumes from)
+_C.TRAIN.CHECKPOINT_FREQ = 50  # epochs between kept model.pth.tar-<epoch> (at "latest" epochs only)
 _C.TRAIN.SAMPLE_FREQ = 10  # epochs between image grids in stages 2-3 (0: only at the end)
 _C.TRAIN.AMP = False  # mixed precision: float16 + loss scaling on CUDA, bfloat16 on CPU
 _C.TRAIN.CHANNELS_LAST = False  # channels-last memory format for the model and its inputs
@@ -130,7 +131,7 @@ _CHOICES = {
 }
 # keys that do not change what is trained: excluded from the checkpoint's config hash
 _HASH_EXCLUDED = ("OUTPUT_DIR", "DEVICE", "TRAIN.STAGES", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ",
-                  "TRAIN.SAMPLE_FREQ", "DATA.ROOT", "DATA.WORKERS", "DATA.TARGETS", "TEST")
+                  "TRAIN.RESUME_FREQ", "TRAIN.SAMPLE_FREQ", "DATA.ROOT", "DATA.WORKERS", "DATA.TARGETS", "TEST")
 
 
 def get_default_config():
@@ -264,6 +265,8 @@ def validate(cfg):
     if cfg.MODEL.NAME != "isgan" and stages != [1]:
         raise ISGANError(f"MODEL.NAME {cfg.MODEL.NAME} trains in one stage: set TRAIN.STAGES [1] "
                          f"(stages 2-3 exist only for isgan)")
+    if cfg.TRAIN.RESUME_FREQ < 1 or cfg.TRAIN.CHECKPOINT_FREQ < 1:
+        raise ISGANError("TRAIN.RESUME_FREQ and TRAIN.CHECKPOINT_FREQ count epochs: use 1 or more")
     if not cfg.DATA.SOURCES:
         raise ISGANError("DATA.SOURCES is empty: name at least one dataset, e.g. market1501")
     if cfg.SAMPLER.P < 1 or cfg.SAMPLER.K < 1:

@@ -444,6 +444,17 @@ def test_finished_run_does_no_work(full_run, run_args, monkeypatch):
     assert {p: os.stat(p).st_mtime_ns for p in mtimes} == mtimes
 
 
+def test_checkpoint_frequencies(make_engine, monkeypatch):
+    engine = make_engine("TRAIN.RESUME_FREQ", "2", "TRAIN.CHECKPOINT_FREQ", "4", "TRAIN.STAGE1.EPOCHS", "7")
+    saved, kept = [], []
+    monkeypatch.setattr(engine, "save", lambda stage, epoch, path: saved.append(epoch))
+    monkeypatch.setattr(ckpt, "link_checkpoint", lambda src, dst: kept.append(os.path.basename(dst)))
+    node = engine.cfg.TRAIN.STAGE1
+    for engine.epoch in range(7):
+        engine._after_epoch(1, node)
+    assert saved == [2, 4, 6, 7] and kept == ["model.pth.tar-4"]  # the last epoch is kept after evaluation
+
+
 def test_results_json_keeps_earlier_invocations(make_engine, tmp_path):
     engine = make_engine(seed=0)
     engine.results = {1: {"synthperson": {"mAP": 0.5}}}

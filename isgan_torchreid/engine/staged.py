@@ -380,6 +380,8 @@ class ISGANEngine(Engine):
         out = self.cfg.OUTPUT_DIR
         if stage > 1 and (epoch == node.EPOCHS or (self.cfg.TRAIN.SAMPLE_FREQ and epoch % self.cfg.TRAIN.SAMPLE_FREQ == 0)):
             self.save_samples(os.path.join(ckpt.stage_dir(out, stage), "samples", f"epoch{epoch:03d}.png"))
+        if epoch % self.cfg.TRAIN.RESUME_FREQ and epoch < node.EPOCHS:
+            return
         self.save(stage, epoch, ckpt.latest_path(out, stage))
         if epoch < node.EPOCHS and epoch % self.cfg.TRAIN.CHECKPOINT_FREQ == 0:
             ckpt.link_checkpoint(ckpt.latest_path(out, stage),
