@@ -200,7 +200,7 @@ def _coerce(key, default, value, origin):
             return value
         fail()
     if isinstance(default, (list, tuple)):
-        if isinstance(value, (str, int, float)) and not isinstance(value, bool) and key.endswith(("SOURCES", "TARGETS")):
+        if isinstance(value, str) and key.endswith(("SOURCES", "TARGETS")):  # DATA.SOURCES market1501
             value = [value]
         if not isinstance(value, (list, tuple)):
             fail()

@@ -229,9 +229,9 @@ class ISGANEngine(Engine):
         n = len(sets)
         labels = pids.repeat(n)
         # sets whose D_C term counts [Eq. 7]: the shuffled ones, plus the auto-encoded with CLASS_ON_AUTO
-        cls_mask = torch.tensor([s != "auto" or cfg.CLASS_ON_AUTO for s in sets], device=imgs.device)
-        cls_mask = cls_mask.repeat_interleave(B)  # (n*B,)
-        n_cls = int(sum(s != "auto" or cfg.CLASS_ON_AUTO for s in sets))
+        counted = [s != "auto" or cfg.CLASS_ON_AUTO for s in sets]
+        cls_mask = torch.tensor(counted, device=imgs.device).repeat_interleave(B)  # (n*B,)
+        n_cls = sum(counted)
 
         # ---- D step: real vs detached fakes in one pass [Eq. 6, 7]
         disc.requires_grad_(True)
@@ -378,7 +378,8 @@ class ISGANEngine(Engine):
     def _after_epoch(self, stage, node):
         epoch = self.epoch + 1
         out = self.cfg.OUTPUT_DIR
-        if stage > 1 and (epoch == node.EPOCHS or (self.cfg.TRAIN.SAMPLE_FREQ and epoch % self.cfg.TRAIN.SAMPLE_FREQ == 0)):
+        sample_freq = self.cfg.TRAIN.SAMPLE_FREQ
+        if stage > 1 and (epoch == node.EPOCHS or (sample_freq and epoch % sample_freq == 0)):
             self.save_samples(os.path.join(ckpt.stage_dir(out, stage), "samples", f"epoch{epoch:03d}.png"))
         if epoch % self.cfg.TRAIN.RESUME_FREQ and epoch < node.EPOCHS:
             return
@@ -430,7 +431,8 @@ class ISGANEngine(Engine):
             source = prev if os.path.isfile(prev) else self.cfg.TRAIN.INIT_WEIGHTS
             if not source:
                 raise ISGANError(f"stage {stage} starts from stage {stage - 1}'s weights, but {prev} does not exist; "
-                                 f"run stage {stage - 1} first (TRAIN.STAGES) or set TRAIN.INIT_WEIGHTS to a checkpoint")
+                                 f"run stage {stage - 1} first (TRAIN.STAGES) or set TRAIN.INIT_WEIGHTS to a "
+                                 f"checkpoint")
             state = ckpt.load_checkpoint(source)
             if source == prev and state["epoch"] < self.cfg.TRAIN[f"STAGE{stage - 1}"].EPOCHS:
                 raise ISGANError(f"stage {stage - 1} is unfinished ({source} is at epoch {state['epoch']}); "
