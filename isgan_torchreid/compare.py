@@ -71,7 +71,7 @@ class TimedEngine(ISGANEngine):
         entry = self.speed.setdefault(str(self.stage), {"images": 0, "seconds": 0.0})
         entry["images"] += self._images
         entry["seconds"] += time.perf_counter() - start
-        _write_json(self.speed_path, self.speed)
+        ckpt.write_json(self.speed_path, self.speed)
 
 
 class _Tee:
@@ -96,13 +96,6 @@ def images_per_s(speed, stages):
     if len(entries) < len(stages):
         return None
     return sum(e["images"] for e in entries) / max(sum(e["seconds"] for e in entries), 1e-9)
-
-
-def _write_json(path, data):
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
 
 
 def method_overrides(method):
@@ -254,7 +247,7 @@ def write_comparison(rows, output_dir, config_file, runs):
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    _write_json(os.path.join(output_dir, "comparison.json"),
+    ckpt.write_json(os.path.join(output_dir, "comparison.json"),
                 {"config_file": os.path.abspath(config_file), "overrides": runs, "rows": rows})
     print(f"=> wrote {os.path.join(output_dir, 'comparison.csv')} and comparison.json")
 

@@ -10,6 +10,7 @@ A checkpoint is a dict of tensors and plain Python values only, so it loads with
 ``torch.load(weights_only=True)``: model/optimizer/scheduler state dicts, ``stage``,
 ``epoch`` (epochs completed), ``config_hash``, ``num_classes``, ``results`` and ``rng``.
 """
+import json
 import os
 import random
 import shutil
@@ -31,6 +32,20 @@ def stage_dir(output_dir, stage):
 def latest_path(output_dir, stage):
     """Path of the checkpoint written after every epoch of ``stage``."""
     return os.path.join(stage_dir(output_dir, stage), "latest.pth.tar")
+
+
+def keep_epoch(output_dir, stage, epoch):
+    """Keep the current ``latest`` of ``stage`` as ``model.pth.tar-{epoch}`` (a hard link, no second write)."""
+    kept = os.path.join(stage_dir(output_dir, stage), f"model.pth.tar-{epoch}")
+    link_checkpoint(latest_path(output_dir, stage), kept)
+
+
+def write_json(path, data):
+    """Write ``data`` as JSON atomically (temp file in the same folder, then rename)."""
+    tmp = f"{path}.tmp.{os.getpid()}"
+    with open(tmp, "w") as f:
+        json.dump(data, f, indent=2)
+    os.replace(tmp, path)
 
 
 def save_checkpoint(state, path):

@@ -371,7 +371,7 @@ class ISGANEngine(Engine):
                 self._after_epoch(stage, node)
             self.evaluate_targets(save_dir)
             self.save(stage, node.EPOCHS, ckpt.latest_path(out, stage))  # now with the results
-            ckpt.link_checkpoint(ckpt.latest_path(out, stage), os.path.join(save_dir, f"model.pth.tar-{node.EPOCHS}"))
+            ckpt.keep_epoch(out, stage, node.EPOCHS)
             self.writer.close()
             self.writer = None
 
@@ -385,8 +385,7 @@ class ISGANEngine(Engine):
             return
         self.save(stage, epoch, ckpt.latest_path(out, stage))
         if epoch < node.EPOCHS and epoch % self.cfg.TRAIN.CHECKPOINT_FREQ == 0:
-            ckpt.link_checkpoint(ckpt.latest_path(out, stage),
-                                 os.path.join(ckpt.stage_dir(out, stage), f"model.pth.tar-{epoch}"))
+            ckpt.keep_epoch(out, stage, epoch)
 
     def save(self, stage, epoch, path):
         """Checkpoint everything needed to resume exactly."""
@@ -449,7 +448,4 @@ class ISGANEngine(Engine):
             with open(path) as f:
                 results = json.load(f)
         results.update({f"stage{s}": r for s, r in self.results.items()})
-        tmp = f"{path}.tmp"
-        with open(tmp, "w") as f:
-            json.dump(dict(sorted(results.items())), f, indent=2)
-        os.replace(tmp, path)
+        ckpt.write_json(path, dict(sorted(results.items())))
