@@ -105,10 +105,7 @@ def _bench_method(cfg, method, batch, iters, warmup, device):
     engine = ISGANEngine(cfg, _NoData(num_classes), model, device)
     rows = []
     for stage in (1, 2, 3) if method == "isgan" else (1,):
-        engine.stage = stage
-        engine.build_optimizers(stage)
-        engine.apply_stage_policy()
-        engine.epoch = engine.batch_idx = 0
+        engine.enter_stage(stage)
         sec, peak = _timed(lambda: engine.forward_backward(data), iters, warmup, device)
         rows.append([method, f"train stage {stage}" if method == "isgan" else "train", 1000 * sec, batch / sec,
                      peak / 2**20])

@@ -150,8 +150,7 @@ def stage1_checkpoint(tiny_cfg):
     device, dm = setup(cfg)
     torch.manual_seed(0)
     engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
-    engine.stage = 1
-    engine.build_optimizers(1)
+    engine.enter_stage(1)
     path = ckpt.latest_path(cfg.OUTPUT_DIR, 1)
     engine.save(1, 1, path)
     yield dm, {k: v.clone() for k, v in engine.model.state_dict().items()}
@@ -169,8 +168,7 @@ def test_resume_checks_training_config_hash(tiny_cfg, stage1_checkpoint, overrid
     cfg = tiny_cfg("MODEL.PARTS", "[2]", *overrides)
     torch.manual_seed(1)  # other initial weights, so a restore is visible
     engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
-    engine.stage = 1
-    engine.build_optimizers(1)
+    engine.enter_stage(1)
     if not compatible:
         with pytest.raises(ISGANError, match=r"different config \(hash .*use a new OUTPUT_DIR"):
             engine._restore(1)

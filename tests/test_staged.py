@@ -76,8 +76,7 @@ def make_engine(make_cfg, dm):
 
 def prepare(engine, stage, epoch=0, batch_idx=0):
     """Put ``engine`` into ``stage`` as run_stage and torchreid's ``Engine.train`` do, at (epoch, batch_idx)."""
-    engine.stage = stage
-    engine.build_optimizers(stage)
+    engine.enter_stage(stage)
     engine.epoch, engine.batch_idx = epoch, batch_idx
     engine.set_model_mode("train")
     engine.two_stepped_transfer_learning(epoch, 0, None)  # torchreid's version would unfreeze everything

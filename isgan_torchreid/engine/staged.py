@@ -351,13 +351,20 @@ class ISGANEngine(Engine):
         self.write_results()
         return self.results
 
+    def enter_stage(self, stage):
+        """Make ``stage`` current: its optimisers, its train transform, its freezing policy, epoch 0."""
+        self.stage = stage
+        self.build_optimizers(stage)
+        if self.train_loader is not None:  # workers start per epoch: they see the new transform
+            self.train_loader.dataset.transform = train_transform(self.cfg, stage)
+        self.epoch = self.batch_idx = 0
+        self.apply_stage_policy()
+
     def run_stage(self, stage):
         """Train one stage from its latest checkpoint, the previous stage's, or scratch; then evaluate."""
         cfg, out = self.cfg, self.cfg.OUTPUT_DIR
         node = cfg.TRAIN[f"STAGE{stage}"]
-        self.stage = stage
-        self.build_optimizers(stage)
-        self.train_loader.dataset.transform = train_transform(cfg, stage)  # workers start per epoch: they see it
+        self.enter_stage(stage)
         start_epoch = self._restore(stage)
         save_dir = ckpt.stage_dir(out, stage)
         done = start_epoch >= node.EPOCHS and stage in self.results
