@@ -79,6 +79,18 @@ def setup(cfg):
     return device, build_datamanager(cfg, use_gpu=device.type == "cuda")
 
 
+def build_engine(cfg, dm, device, hooks=None):
+    """The model of MODEL.NAME in an :class:`ISGANEngine` (``hooks``: the training hooks by default).
+
+    The RNGs are seeded again after the model is built, so that the data order and augmentations of a run
+    do not depend on how many random numbers its model's construction drew: IS-GAN's stage 1 and the E_R
+    baseline see the same batches.
+    """
+    model = build_model(cfg, dm.num_train_pids)
+    compat.torchreid_base().utils.set_random_seed(cfg.SEED)
+    return ISGANEngine(cfg, dm, model, device, hooks)
+
+
 def pop_list_flag(argv, flag, accept, example):
     """Take ``flag v1 v2 ...`` (the values ``accept`` admits) out of argv, wherever it stands.
 
@@ -111,9 +123,7 @@ def train_main(argv):
     opts = args.opts + (["TRAIN.STAGES", f"[{', '.join(stages)}]"] if stages else [])
     cfg = load_config(args.config_file, opts)
     device, dm = setup(cfg)
-    model = build_model(cfg, dm.num_train_pids)
-    engine = ISGANEngine(cfg, dm, model, device)
-    results = engine.run_stages()
+    results = build_engine(cfg, dm, device).run_stages()
     print(results_table(results, cfg.TEST.RANKS))
     return results
 
@@ -138,8 +148,7 @@ def test_main(argv):
     weights = ckpt.model_state(state)
     model = build_model(cfg, state.get("num_classes") or dm.num_train_pids)
     ckpt.load_weights(model, weights)
-    engine = ISGANEngine(cfg, dm, model, device)
-    engine.stage = "test"
-    engine.evaluate_targets(cfg.OUTPUT_DIR)
+    engine = ISGANEngine(cfg, dm, model, device, hooks=[])
+    engine.evaluate_targets(key="test", save_dir=cfg.OUTPUT_DIR)
     print(results_table(engine.results, cfg.TEST.RANKS))
     return engine.results

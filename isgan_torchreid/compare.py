@@ -1,20 +1,21 @@
-"""Drop-in comparison: IS-GAN, its stage-1 baseline, MGN and torchreid models under one setting.
+"""Drop-in comparison: IS-GAN, its E_R baseline, MGN and torchreid models under one setting.
 
-Every method is a list of config overrides on top of one compare config, so all of them share
-the data manager settings, the P x K sampler, the input size, the optimiser and the seed, and all
-are trained by :class:`~isgan_torchreid.engine.staged.ISGANEngine` (stage 1 for everything but
-IS-GAN) and evaluated by the same evaluator. Each run keeps its config, checkpoints, TensorBoard
-events, results and ``log.txt`` in ``OUTPUT_DIR/<method>/``. The baseline is not trained again:
-it is stage 1 of the IS-GAN run (the E_R network trained with L_R alone, paper Sec. 4.1).
+Every method is a list of config overrides on top of one compare config, so all of them share the data
+manager settings, the P x K sampler, the input size, the optimiser, the seed and the evaluator, and all
+are trained by :class:`~isgan_torchreid.engine.staged.ISGANEngine`. Every method gets IS-GAN's E_R
+schedule: the stage-1 epochs, then the stage-3 epochs at the stage-3 learning rate. IS-GAN runs stages
+[1, 2, 3] (E_R is frozen in stage 2); every other method runs stages [1, 3], its stage 3 continuing its
+own identity objective. The baseline is IS-GAN's E_R network trained that way with L_R alone (paper
+Sec. 3.2), so IS-GAN's gain over it is what the GAN stages add, not the learning-rate drop.
+Each run keeps its config, checkpoints, TensorBoard events, results and ``log.txt`` in
+``OUTPUT_DIR/<method>/``.
 
 Output: one table (printed), ``OUTPUT_DIR/comparison.csv`` and ``OUTPUT_DIR/comparison.json``.
 """
 import contextlib
 import csv
-import json
 import os
 import sys
-import time
 
 import torch
 from tabulate import tabulate
@@ -22,56 +23,18 @@ from tabulate import tabulate
 from . import cli, compat
 from .config import load_config
 from .engine import checkpoint as ckpt
-from .engine.staged import ISGANEngine
+from .engine.hooks import EpochTimer, default_hooks
 from .errors import ISGANError
-from .models import build_model
 
 DEFAULT_METHODS = ("isgan", "baseline", "mgn", "pcb_p6")
-BASELINE = "baseline"  # stage 1 of the isgan run, not a run of its own
-# method -> config overrides; any other torchreid model name trains as MODEL.NAME <name>, TRAIN.STAGES [1]
+# method -> config overrides; any other torchreid model name trains as MODEL.NAME <name> on stages [1, 3]
 METHOD_OVERRIDES = {
     "isgan": ["MODEL.NAME", "isgan", "TRAIN.STAGES", "[1, 2, 3]"],
-    "mgn": ["MODEL.NAME", "mgn", "TRAIN.STAGES", "[1]"],
+    "baseline": ["MODEL.NAME", "baseline", "TRAIN.STAGES", "[1, 3]"],
+    "mgn": ["MODEL.NAME", "mgn", "TRAIN.STAGES", "[1, 3]"],
 }
 COLUMNS = ("method", "run", "target", "feature_dim", "params_test", "params_total", "rank1", "rank5", "mAP",
            "train_images_per_s", "test_images_per_s")
-
-
-class TimedEngine(ISGANEngine):
-    """ISGANEngine that counts the images of every training step and times every epoch.
-
-    ``speed`` maps a stage to ``{"images", "seconds"}`` summed over the epochs run in this and any
-    previous (resumed) session; it is kept in ``speed_path`` so a resumed comparison still reports it.
-    """
-
-    def __init__(self, cfg, datamanager, model, device, speed_path):
-        super().__init__(cfg, datamanager, model, device)
-        self.speed_path = speed_path
-        self.speed = {}
-        if os.path.isfile(speed_path):
-            with open(speed_path) as f:
-                self.speed = json.load(f)
-        for stage in cfg.TRAIN.STAGES:  # a stage without a checkpoint starts from scratch: so does its timing
-            if not os.path.isfile(ckpt.latest_path(cfg.OUTPUT_DIR, stage)):
-                self.speed.pop(str(stage), None)
-        self._images = 0
-
-    def forward_backward(self, data):
-        """Count the batch, then the engine's training step."""
-        self._images += data["img"].size(0)
-        return super().forward_backward(data)
-
-    def train(self, *args, **kwargs):
-        """One epoch (data loading included), timed; the stage's totals are saved after it."""
-        self._images = 0
-        start = time.perf_counter()
-        super().train(*args, **kwargs)
-        if self.device.type == "cuda":
-            torch.cuda.synchronize(self.device)
-        entry = self.speed.setdefault(str(self.stage), {"images": 0, "seconds": 0.0})
-        entry["images"] += self._images
-        entry["seconds"] += time.perf_counter() - start
-        ckpt.write_json(self.speed_path, self.speed)
 
 
 class _Tee:
@@ -105,23 +68,17 @@ def method_overrides(method):
     if method not in compat.model_factory():
         raise ISGANError(f"--methods: unknown method {method!r}; use isgan, baseline, mgn or a torchreid model name "
                          f"({', '.join(sorted(compat.model_factory()))})")
-    return ["MODEL.NAME", method, "TRAIN.STAGES", "[1]"]
+    return ["MODEL.NAME", method, "TRAIN.STAGES", "[1, 3]"]
 
 
 def runs_for(methods):
-    """``--methods`` -> {run name: overrides}; the baseline alone runs IS-GAN's stage 1 only."""
+    """``--methods`` -> {run name: overrides}."""
     if not methods:
         raise ISGANError("--methods is empty; name at least one of isgan, baseline, mgn or a torchreid model")
     repeated = sorted({m for m in methods if methods.count(m) > 1})
     if repeated:
         raise ISGANError(f"--methods names {', '.join(repeated)} more than once; list each method once")
-    runs = {}
-    if "isgan" in methods or BASELINE in methods:
-        runs["isgan"] = method_overrides("isgan")
-        if "isgan" not in methods:
-            runs["isgan"][-2:] = ["TRAIN.STAGES", "[1]"]
-    runs.update({m: method_overrides(m) for m in methods if m not in ("isgan", BASELINE)})
-    return runs
+    return {m: method_overrides(m) for m in methods}
 
 
 def check_part_pooling(cfg):
@@ -172,31 +129,27 @@ def train_run(cfg):
     """Set up, build, train and evaluate one run (stdout also goes to OUTPUT_DIR/log.txt); returns its summary.
 
     The summary holds what the table needs, so the engine, its model and optimiser states are freed
-    before the next run starts: ``results``, ``speed``, ``size`` (:func:`model_size`) and
-    ``stage1_params`` (parameters of the modules stage 1 trains).
+    before the next run starts: ``results``, ``speed`` ({stage: images, seconds}) and ``size``
+    (:func:`model_size`).
     """
     cli.prepare_output_dir(cfg.OUTPUT_DIR)
     with open(os.path.join(cfg.OUTPUT_DIR, "log.txt"), "a") as log, \
             contextlib.redirect_stdout(_Tee(sys.stdout, log)):
         print(f"=> {cfg.MODEL.NAME}: stages {list(cfg.TRAIN.STAGES)} in {cfg.OUTPUT_DIR}")
         device, dm = cli.setup(cfg)
-        model = build_model(cfg, dm.num_train_pids)
-        engine = TimedEngine(cfg, dm, model, device, os.path.join(cfg.OUTPUT_DIR, "train_speed.json"))
+        timer = EpochTimer(os.path.join(cfg.OUTPUT_DIR, "train_speed.json"))
+        engine = cli.build_engine(cfg, dm, device, hooks=default_hooks(cfg) + [timer])
         results = engine.run_stages()
         print(cli.results_table(results, cfg.TEST.RANKS))
-    return {
-        "results": results,
-        "speed": engine.speed,
-        "size": model_size(model, cfg.DATA.HEIGHT, cfg.DATA.WIDTH, device),
-        "stage1_params": sum(p.numel() for m in engine.trainable_modules(1) for p in m.parameters()),
-    }
+    size = model_size(engine.model, cfg.DATA.HEIGHT, cfg.DATA.WIDTH, device)
+    return {"results": results, "speed": timer.speed, "size": size}
 
 
-def _rows(method, run, summary, stages, size):
-    """One row per target for ``method``, read from the run's results of the last of ``stages``."""
-    feature_dim, params_test, params_total = size
+def _rows(method, summary, stages):
+    """One row per target for ``method``, read from the run's results of its last stage."""
+    feature_dim, params_test, params_total = summary["size"]
     return [{
-        "method": method, "run": f"{run}/stage{stages[-1]}", "target": target, "feature_dim": feature_dim,
+        "method": method, "run": f"{method}/stage{stages[-1]}", "target": target, "feature_dim": feature_dim,
         "params_test": params_test, "params_total": params_total, "rank1": m["rank1"], "rank5": m["rank5"],
         "mAP": m["mAP"], "train_images_per_s": images_per_s(summary["speed"], stages),
         "test_images_per_s": m["test_images_per_s"],
@@ -215,15 +168,7 @@ def compare(config_file, opts=(), methods=DEFAULT_METHODS):
         check_part_pooling(cfg)
     cli.prepare_output_dir(base.OUTPUT_DIR)
     summaries = {run: train_run(cfg) for run, cfg in cfgs.items()}
-
-    rows = []
-    for method in methods:
-        run = "isgan" if method == BASELINE else method
-        summary, stages = summaries[run], list(cfgs[run].TRAIN.STAGES)
-        size = summary["size"]
-        if method == BASELINE:  # the E_R network alone: what stage 1 trains and evaluates
-            stages, size = [1], size[:2] + (summary["stage1_params"],)
-        rows += _rows(method, run, summary, stages, size)
+    rows = [row for m in methods for row in _rows(m, summaries[m], list(cfgs[m].TRAIN.STAGES))]
     write_comparison(rows, base.OUTPUT_DIR, config_file, runs)
     return rows
 
@@ -255,14 +200,15 @@ def write_comparison(rows, output_dir, config_file, runs):
 @cli.reports_errors
 def compare_main(argv):
     """tools/compare.py: train and evaluate each method under one config; print, CSV and JSON the table."""
-    p = cli.parser("Compare IS-GAN, its stage-1 baseline, MGN and torchreid models under one setting.")
-    p.add_argument("--methods", metavar="NAME", help="isgan, baseline (= stage 1 of the isgan run), mgn or "
+    p = cli.parser("Compare IS-GAN, its E_R baseline, MGN and torchreid models under one setting.")
+    p.add_argument("--methods", metavar="NAME", help="isgan, baseline (IS-GAN's E_R trained with L_R only), mgn or "
                    f"torchreid model names, e.g. --methods isgan mgn (default: {' '.join(DEFAULT_METHODS)})")
     argv, methods = cli.pop_list_flag(argv, "--methods", cli.is_name, "isgan baseline mgn pcb_p6")
     methods = methods or list(DEFAULT_METHODS)
     args = p.parse_args(argv)
     rows = compare(args.config_file, args.opts, methods)
     print(comparison_table(rows))
-    print("baseline = stage 1 of the isgan run (E_R trained with L_R only; not trained again). params at test: "
-          "those the test descriptor depends on; train img/s: isgan over all its stages, data loading included.")
+    print("Every method: stage-1 epochs, then stage-3 epochs at the stage-3 learning rate (IS-GAN's E_R schedule; "
+          "isgan adds its stage 2). baseline = IS-GAN's E_R trained with L_R only. params at test: those the test "
+          "descriptor depends on; train img/s: over all stages of the run, data loading included.")
     return rows

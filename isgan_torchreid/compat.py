@@ -68,6 +68,18 @@ def register_dataset(name, cls):
     torchreid_base().data.register_image_dataset(name, cls)
 
 
+def set_engine_models(engine, entries):
+    """Make ``entries`` (name -> (model, optimizer, scheduler)) the only models a torchreid ``Engine`` keeps.
+
+    torchreid's ``Engine.register_model`` adds to private registries (``_models``, ``_optims``, ``_scheds``)
+    that ``set_model_mode``, ``update_lr`` and ``get_current_lr`` read; a new stage replaces them.
+    """
+    for registry in (engine._models, engine._optims, engine._scheds):
+        registry.clear()
+    for name, (model, optimizer, scheduler) in entries.items():
+        engine.register_model(name, model, optimizer, scheduler)
+
+
 # --------------------------------------------------------------------------- patches
 
 

@@ -46,7 +46,9 @@ _C.SAMPLER.EPOCH = "identities"  # identities: each id once with K images (autho
 
 # ---------------------------------------------------------------- model
 _C.MODEL = CN()
-_C.MODEL.NAME = "isgan"  # isgan | mgn | any torchreid model name (pcb_p6, resnet50, osnet_x1_0, ...)
+# isgan | baseline (E_R alone, L_R only: IS-GAN's stage-1 network) | mgn | any torchreid model name
+# (pcb_p6, resnet50, osnet_x1_0, ...); the factory names isgan_r50/r34/r18, mgn_r50/r18 mean NAME + BACKBONE
+_C.MODEL.NAME = "isgan"
 _C.MODEL.BACKBONE = "resnet50"  # resnet50 | resnet34 | resnet18 (isgan, mgn)
 _C.MODEL.PRETRAINED = True  # ImageNet weights through torchvision
 _C.MODEL.PARTS = [1, 2, 3]  # stripes per branch: part-1, part-2, part-3 (Table 3 variants)
@@ -54,6 +56,7 @@ _C.MODEL.ID_DIM = 256  # p of E_R: K x 256 = 2048-d test descriptor
 _C.MODEL.NID_DIM = 64  # p of E_U
 _C.MODEL.NOISE_DIM = 128
 _C.MODEL.EU_POOL = "avg"  # the authors' code pools E_U with avg; the paper says max
+_C.MODEL.G_JOINT_BATCH = True  # G runs the three fake sets as one BatchNorm batch (False: one call per set)
 
 # ---------------------------------------------------------------- losses, Eq. 8
 _C.LOSS = CN()
@@ -242,12 +245,30 @@ def merge_overrides(cfg, opts, origin="command line"):
         _merge(cfg, nested, origin)
 
 
+# torchreid factory names (isgan_torchreid.models.MODELS) -> (MODEL.NAME, MODEL.BACKBONE)
+FACTORY_NAMES = {f"{method}_r{depth}": (method, f"resnet{depth}")
+                 for method, depths in (("isgan", (18, 34, 50)), ("mgn", (18, 50))) for depth in depths}
+
+
+def resolve_factory_name(cfg):
+    """MODEL.NAME isgan_r18 (a torchreid factory name) -> NAME isgan, BACKBONE resnet18, so that MODEL.PARTS,
+    ID_DIM and the input size still apply; a different explicit MODEL.BACKBONE is refused."""
+    if cfg.MODEL.NAME not in FACTORY_NAMES:
+        return
+    name, backbone = FACTORY_NAMES[cfg.MODEL.NAME]
+    if cfg.MODEL.BACKBONE not in (backbone, _C.MODEL.BACKBONE):
+        raise ISGANError(f"MODEL.NAME {cfg.MODEL.NAME} means MODEL.NAME {name} with MODEL.BACKBONE {backbone}, but "
+                         f"MODEL.BACKBONE is {cfg.MODEL.BACKBONE}; set MODEL.NAME {name} and MODEL.BACKBONE")
+    cfg.MODEL.NAME, cfg.MODEL.BACKBONE = name, backbone
+
+
 def load_config(config_file=None, opts=()):
     """Defaults <- config file (with its ``_BASE_`` chain) <- ``KEY VALUE`` overrides, validated, frozen."""
     cfg = get_default_config()
     if config_file:
         _merge(cfg, _read_yaml(config_file), config_file)
     merge_overrides(cfg, list(opts))
+    resolve_factory_name(cfg)
     validate(cfg)
     cfg.freeze()
     return cfg
@@ -262,27 +283,38 @@ def validate(cfg):
     stages = list(cfg.TRAIN.STAGES)
     if not stages or sorted(set(stages)) != stages or not set(stages) <= {1, 2, 3}:
         raise ISGANError(f"TRAIN.STAGES = {stages}: use an increasing subset of [1, 2, 3], e.g. [1, 2, 3] or [2, 3]")
-    if cfg.MODEL.NAME != "isgan" and stages != [1]:
-        raise ISGANError(f"MODEL.NAME {cfg.MODEL.NAME} trains in one stage: set TRAIN.STAGES [1] "
-                         f"(stages 2-3 exist only for isgan)")
+    if cfg.MODEL.NAME != "isgan" and 2 in stages:
+        raise ISGANError(f"MODEL.NAME {cfg.MODEL.NAME} has no stage 2 (E_U, G and D exist only for isgan): set "
+                         f"TRAIN.STAGES [1], or [1, 3] for IS-GAN's E_R schedule")
     if cfg.TRAIN.RESUME_FREQ < 1 or cfg.TRAIN.CHECKPOINT_FREQ < 1:
         raise ISGANError("TRAIN.RESUME_FREQ and TRAIN.CHECKPOINT_FREQ count epochs: use 1 or more")
     if not cfg.DATA.SOURCES:
         raise ISGANError("DATA.SOURCES is empty: name at least one dataset, e.g. market1501")
     if cfg.SAMPLER.P < 1 or cfg.SAMPLER.K < 1:
         raise ISGANError(f"SAMPLER.P = {cfg.SAMPLER.P}, SAMPLER.K = {cfg.SAMPLER.K}: both must be >= 1")
-    if cfg.MODEL.NAME == "isgan" and (2 in stages or 3 in stages):
-        if cfg.SAMPLER.K < 2:
-            raise ISGANError("SAMPLER.K must be >= 2 for stages 2-3: identity shuffling needs a positive "
-                             "partner of the same identity in the batch")
+    if any(p < 1 for p in cfg.MODEL.PARTS) or len(set(cfg.MODEL.PARTS)) != len(cfg.MODEL.PARTS) \
+            or not cfg.MODEL.PARTS:
+        raise ISGANError(f"MODEL.PARTS = {cfg.MODEL.PARTS}: distinct positive stripe counts, e.g. [1, 2, 3]")
+    if cfg.MODEL.NAME == "isgan":
         for key in ("HEIGHT", "WIDTH"):
             if cfg.DATA[key] % 64:
                 raise ISGANError(f"DATA.{key} = {cfg.DATA[key]} must be divisible by 64 for the generator "
                                  f"(six x2 upsamplings); e.g. 384x128, 256x128 or 128x64")
+    if cfg.MODEL.NAME == "isgan" and (2 in stages or 3 in stages):
+        if cfg.SAMPLER.K < 2:
+            raise ISGANError("SAMPLER.K must be >= 2 for stages 2-3: identity shuffling needs a positive "
+                             "partner of the same identity in the batch")
+        stripes = sum(p for p in cfg.MODEL.PARTS if p > 1)
+        slots = stripes if cfg.LOSS.PART_SHUFFLE == "local" else len(cfg.MODEL.PARTS) + stripes
+        if cfg.LOSS.LAMBDA_PS > 0 and cfg.LOSS.PART_SHUFFLE != "none" and slots < 2:
+            raise ISGANError(f"LOSS.PART_SHUFFLE {cfg.LOSS.PART_SHUFFLE} swaps among {slots} feature(s) of "
+                             f"MODEL.PARTS {cfg.MODEL.PARTS}, but a part-level shuffle needs at least 2: add "
+                             f"stripes (e.g. MODEL.PARTS [1, 2, 3]) or set LOSS.LAMBDA_PS 0")
+        if cfg.LOSS.LAMBDA_S <= 0 and cfg.LOSS.LAMBDA_PS <= 0:
+            raise ISGANError("LOSS.LAMBDA_S and LOSS.LAMBDA_PS are both 0: stages 2-3 need at least one of the "
+                             "identity-shuffling losses (Eq. 3, 4)")
         if len(cfg.LOSS.LAMBDA_U) != 2:
             raise ISGANError(f"LOSS.LAMBDA_U = {cfg.LOSS.LAMBDA_U}: give two values, for stage 2 and stage 3")
-    if any(p < 1 for p in cfg.MODEL.PARTS) or len(set(cfg.MODEL.PARTS)) != len(cfg.MODEL.PARTS):
-        raise ISGANError(f"MODEL.PARTS = {cfg.MODEL.PARTS}: distinct positive stripe counts, e.g. [1, 2, 3]")
     for s in (1, 2, 3):
         node = cfg.TRAIN[f"STAGE{s}"]
         if node.EPOCHS < 0 or node.LR <= 0:

@@ -11,7 +11,6 @@ from PIL import Image, ImageDraw
 from torch import Tensor
 from torchvision.utils import make_grid
 
-from isgan_torchreid.errors import ISGANError
 
 __all__ = ["denormalize", "save_grid"]
 
@@ -29,15 +28,15 @@ def denormalize(x: Tensor, mean: Sequence[float], std: Sequence[float]) -> Tenso
 def save_grid(path: str, columns: Sequence[Tensor], titles: Optional[Sequence[str]] = None) -> None:
     """Write one PNG whose rows are samples and whose columns are the given (B, 3, H, W) tensors in [0, 1]."""
     if len(columns) == 0:
-        raise ISGANError(f"save_grid: no image columns given for {path}; pass at least one (B, 3, H, W) tensor")
+        raise ValueError(f"save_grid: no image columns given for {path}; pass at least one (B, 3, H, W) tensor")
     shape = columns[0].shape
     if len(shape) != 4 or any(c.shape != shape for c in columns):
-        raise ISGANError(
+        raise ValueError(
             f"save_grid: columns for {path} have shapes {[tuple(c.shape) for c in columns]}; "
             "all must be the same (B, 3, H, W)"
         )
     if titles is not None and len(titles) != len(columns):
-        raise ISGANError(f"save_grid: {len(titles)} titles for {len(columns)} columns; give one title per column")
+        raise ValueError(f"save_grid: {len(titles)} titles for {len(columns)} columns; give one title per column")
 
     tiles = torch.stack([c.detach().float().cpu() for c in columns], dim=1).flatten(0, 1)  # (B*C, 3, H, W)
     grid = make_grid(tiles.clamp(0.0, 1.0), nrow=len(columns), padding=_PADDING)  # (3, H', W')

@@ -42,7 +42,7 @@ def r50():
 
 
 def test_load_resnet_unknown_name_lists_choices():
-    with pytest.raises(ISGANError, match="resnet18, resnet34, resnet50"):
+    with pytest.raises(ValueError, match="resnet18, resnet34, resnet50"):
         load_resnet("resnet101", pretrained=False)
 
 
@@ -162,7 +162,7 @@ def test_bottleneck_stride_one(r50):
 
 @pytest.mark.parametrize("parts", [(), (0,), (1, 1), (1, -2), (1.5,), (True,), "123", None])
 def test_invalid_parts(r18, parts):
-    with pytest.raises(ISGANError, match="MODEL.PARTS"):
+    with pytest.raises(ValueError, match="MODEL.PARTS"):
         PartBranches(r18, parts=parts)
 
 
@@ -171,5 +171,5 @@ def test_validate_parts_accepts_lists():
 
 
 def test_invalid_pool(r18):
-    with pytest.raises(ISGANError, match="'max' or 'avg'"):
+    with pytest.raises(ValueError, match="'max' or 'avg'"):
         PartBranches(r18, pool="sum")

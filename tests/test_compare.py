@@ -1,4 +1,4 @@
-"""tools/compare.py: IS-GAN, its stage-1 baseline, MGN and torchreid's pcb_p6 under one tiny setting."""
+"""tools/compare.py: IS-GAN, its E_R baseline, MGN and torchreid's pcb_p6 under one tiny setting and schedule."""
 import contextlib
 import csv
 import io
@@ -13,6 +13,7 @@ import torch
 import torchreid
 
 from isgan_torchreid import cli, compare
+from isgan_torchreid.config import load_config
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import mgn_r18
 
@@ -51,8 +52,8 @@ def test_table_has_every_method(compared):
     table = compared["printed"][compared["printed"].index("| method"):].splitlines()
     assert "params at test (M)" in table[0] and "train img/s" in table[0] and "test img/s" in table[0]
     assert [line.split("|")[1].strip() for line in table[2:6]] == METHODS
-    assert compared["by_method"]["baseline"]["run"] == "isgan/stage1"
-    assert compared["by_method"]["isgan"]["run"] == "isgan/stage3"
+    for method in METHODS:  # every method ends with stage 3: IS-GAN's E_R schedule
+        assert compared["by_method"][method]["run"] == f"{method}/stage3"
 
 
 def test_metrics_and_speeds(compared):
@@ -62,17 +63,23 @@ def test_metrics_and_speeds(compared):
         assert 0 < r["params_test"] < r["params_total"]
 
 
-def test_baseline_is_stage1_of_the_isgan_run(compared):
-    with open(compared["out"] / "isgan" / "results.json") as f:
-        results = json.load(f)
-    base, isgan = compared["by_method"]["baseline"], compared["by_method"]["isgan"]
-    for row, stage in ((base, "stage1"), (isgan, "stage3")):
-        for key in ("rank1", "rank5", "mAP", "test_images_per_s"):
-            assert row[key] == results[stage]["synthperson"][key]
-    with open(compared["out"] / "isgan" / "train_speed.json") as f:
-        speed = json.load(f)
-    assert base["train_images_per_s"] == pytest.approx(speed["1"]["images"] / speed["1"]["seconds"])
-    assert not (compared["out"] / "baseline").exists()
+def test_baseline_follows_isgans_schedule(compared):
+    """The baseline's stage 1 is IS-GAN's stage 1 exactly (same initial E_R, same batches); its stage 3 continues
+    at the stage-3 learning rate with L_R alone, where IS-GAN adds its GAN losses."""
+    out = compared["out"]
+    results = {run: json.loads((out / run / "results.json").read_text()) for run in ("isgan", "baseline")}
+    metrics = {run: {k: v for k, v in r["stage1"]["synthperson"].items() if k != "test_images_per_s"}
+               for run, r in results.items()}
+    assert metrics["baseline"] == metrics["isgan"]
+    assert sorted(results["baseline"]) == ["stage1", "stage3"]
+    isgan = torch.load(out / "isgan" / "stage1" / "latest.pth.tar", weights_only=True)["state_dict"]
+    base = torch.load(out / "baseline" / "stage1" / "latest.pth.tar", weights_only=True)["state_dict"]
+    assert base.keys() == {k for k in isgan if k.startswith(("backbone.", "encoder_r."))}
+    assert all(torch.equal(base[k], isgan[k]) for k in base)
+    lrs = {run: load_config(str(out / run / "config.yaml")).TRAIN.STAGE3.LR for run in ("isgan", "baseline")}
+    assert lrs["baseline"] == lrs["isgan"]
+    stage3 = torch.load(out / "baseline" / "stage3" / "latest.pth.tar", weights_only=True)
+    assert [g["lr"] for g in stage3["optimizers"]["model"]["optimizer"]["param_groups"]] == [lrs["isgan"]]
 
 
 def test_feature_dims_and_parameters(compared):
@@ -98,8 +105,8 @@ def test_csv_json_and_run_folders(compared):
     with open(out / "comparison.json") as f:
         data = json.load(f)
     assert data["rows"] == rows
-    assert data["overrides"]["pcb_p6"] == ["MODEL.NAME", "pcb_p6", "TRAIN.STAGES", "[1]"]
-    for run, stages in (("isgan", (1, 2, 3)), ("mgn", (1,)), ("pcb_p6", (1,))):
+    assert data["overrides"]["pcb_p6"] == ["MODEL.NAME", "pcb_p6", "TRAIN.STAGES", "[1, 3]"]
+    for run, stages in (("isgan", (1, 2, 3)), ("baseline", (1, 3)), ("mgn", (1, 3)), ("pcb_p6", (1, 3))):
         for stage in stages:
             assert (out / run / f"stage{stage}" / "latest.pth.tar").is_file()
         assert (out / run / "results.json").is_file()
@@ -108,9 +115,9 @@ def test_csv_json_and_run_folders(compared):
 
 
 def test_resumed_comparison_reuses_the_runs(compared, data_root):
-    """A second call on the same OUTPUT_DIR trains nothing; the baseline alone runs IS-GAN's stage 1 only."""
+    """A second call on the same OUTPUT_DIR trains nothing."""
     out = compared["out"]
-    latest = out / "isgan" / "stage1" / "latest.pth.tar"
+    latest = out / "baseline" / "stage3" / "latest.pth.tar"
     mtime = latest.stat().st_mtime_ns
     rows, printed = run_compare(out, data_root, methods=["baseline", "mgn"])
     assert "already complete" in printed and latest.stat().st_mtime_ns == mtime

@@ -7,6 +7,7 @@ import yaml
 
 from isgan_torchreid.config import config_hash, dump_config, get_default_config, load_config, merge_overrides
 from isgan_torchreid.errors import ISGANError
+from isgan_torchreid.models import build_model
 
 from conftest import CONFIGS
 
@@ -86,9 +87,38 @@ def test_invalid_values(opts, expected):
         load_config(None, opts)
 
 
-def test_stage1_only_allows_any_size_and_k1():
-    cfg = load_config(None, ["TRAIN.STAGES", "[1]", "DATA.HEIGHT", "200", "SAMPLER.K", "1"])
-    assert cfg.DATA.HEIGHT == 200
+def test_identity_models_allow_any_size_and_k1():
+    for name in ("baseline", "mgn", "pcb_p6"):
+        cfg = load_config(None, ["MODEL.NAME", name, "TRAIN.STAGES", "[1, 3]", "DATA.HEIGHT", "200", "SAMPLER.K", "1"])
+        assert cfg.DATA.HEIGHT == 200
+    # IS-GAN's generator needs multiples of 64 even when only stage 1 runs: the model holds G
+    with pytest.raises(ISGANError, match="DATA.HEIGHT = 200 must be divisible by 64"):
+        load_config(None, ["TRAIN.STAGES", "[1]", "DATA.HEIGHT", "200"])
+    assert load_config(None, ["TRAIN.STAGES", "[1]", "SAMPLER.K", "1"]).SAMPLER.K == 1
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["MODEL.NAME", "mgn", "TRAIN.STAGES", "[1, 2]"], "MODEL.NAME mgn has no stage 2"),
+    (["MODEL.PARTS", "[1]"], r"LOSS.PART_SHUFFLE local swaps among 0 feature\(s\) of MODEL.PARTS \[1\]"),
+    (["LOSS.LAMBDA_S", "0", "LOSS.LAMBDA_PS", "0"], "LAMBDA_S and LOSS.LAMBDA_PS are both 0"),
+    (["MODEL.NAME", "isgan_r18", "MODEL.BACKBONE", "resnet34"], "means MODEL.NAME isgan with MODEL.BACKBONE resnet18"),
+])
+def test_stage_and_model_rules(opts, message):
+    with pytest.raises(ISGANError, match=message):
+        load_config(None, opts)
+
+
+@pytest.mark.parametrize("name, method, backbone", [
+    ("isgan_r18", "isgan", "resnet18"), ("isgan_r34", "isgan", "resnet34"), ("isgan_r50", "isgan", "resnet50"),
+    ("mgn_r18", "mgn", "resnet18"), ("mgn_r50", "mgn", "resnet50")])
+def test_factory_names_mean_name_and_backbone(name, method, backbone):
+    """MODEL.NAME isgan_r18 (torchreid's factory name) keeps MODEL.PARTS, ID_DIM and the input size in force."""
+    cfg = load_config(None, ["MODEL.NAME", name, "MODEL.PARTS", "[2, 3]", "MODEL.ID_DIM", "128", "TRAIN.STAGES", "[1]",
+                             "MODEL.PRETRAINED", "False"])
+    assert (cfg.MODEL.NAME, cfg.MODEL.BACKBONE, cfg.MODEL.PARTS, cfg.MODEL.ID_DIM) == (method, backbone, [2, 3], 128)
+    model = build_model(cfg.clone(), 5) if backbone == "resnet18" else None
+    if model is not None:
+        assert model.encoder_r.branches.parts == (2, 3) and model.descriptor_dim == 7 * 128  # K = (1 + 2) + (1 + 3)
 
 
 def test_odd_overrides_and_bad_files(tmp_path):

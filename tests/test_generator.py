@@ -3,7 +3,6 @@ import pytest
 import torch
 from torch import nn
 
-from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models.generator import Generator
 
 
@@ -67,5 +66,5 @@ def test_noise_and_label_conditioning():
 
 @pytest.mark.parametrize("hw", [(100, 64), (384, 100), (0, 64), (32, 64)])
 def test_bad_size(hw):
-    with pytest.raises(ISGANError, match="DATA.HEIGHT and DATA.WIDTH"):
+    with pytest.raises(ValueError, match="DATA.HEIGHT and DATA.WIDTH"):
         Generator(3, height=hw[0], width=hw[1])

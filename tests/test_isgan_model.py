@@ -3,7 +3,6 @@ import pytest
 import torch
 import torchvision
 
-from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import isgan as isgan_module
 from isgan_torchreid.models.isgan import ISGAN, isgan_r18, isgan_r34, isgan_r50
 
@@ -142,5 +141,5 @@ def test_errors(monkeypatch, kwargs, match):
     if "backbone" not in kwargs and "eu_pool" not in kwargs:
         # settings errors are raised before any ResNet is built or downloaded
         monkeypatch.setattr(isgan_module, "load_resnet", lambda *a: pytest.fail("loaded a ResNet"))
-    with pytest.raises(ISGANError, match=match):
+    with pytest.raises(ValueError, match=match):
         ISGAN(3, **{"backbone": "resnet18", "pretrained": False, **kwargs})

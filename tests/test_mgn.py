@@ -3,7 +3,6 @@ import pytest
 import torch
 import torchreid
 
-from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models.mgn import MGN, mgn_r18, mgn_r50
 
 NUM_CLASSES = 9
@@ -93,5 +92,5 @@ def test_r50_parameter_count():
     ],
 )
 def test_errors(kwargs, match):
-    with pytest.raises(ISGANError, match=match):
+    with pytest.raises(ValueError, match=match):
         MGN(3, **{"backbone": "resnet18", "pretrained": False, **kwargs})

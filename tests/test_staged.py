@@ -21,6 +21,7 @@ import isgan_torchreid.losses.isgan as loss_module
 from isgan_torchreid.cli import setup, train_main
 from isgan_torchreid.config import load_config
 from isgan_torchreid.engine import checkpoint as ckpt
+from isgan_torchreid.engine.hooks import Checkpointer, ResultsWriter
 from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
@@ -79,7 +80,11 @@ def prepare(engine, stage, epoch=0, batch_idx=0):
     engine.enter_stage(stage)
     engine.epoch, engine.batch_idx = epoch, batch_idx
     engine.set_model_mode("train")
-    engine.two_stepped_transfer_learning(epoch, 0, None)  # torchreid's version would unfreeze everything
+
+
+def compat_models(engine):
+    """The model names torchreid's Engine keeps (its registry, as compat sets it)."""
+    return engine.get_model_names()
 
 
 def snapshot(module):
@@ -134,7 +139,7 @@ def test_stage_policy_one_step(make_engine, batches, stage):
     if stage > 1:
         def record(optimizer, args, kwargs):
             d_step_grads.update({n: p.grad.clone() for n, p in disc.named_parameters()})
-        engine.optimizer_d.register_step_pre_hook(record)
+        engine.optimizers["discriminator"].optimizer.register_step_pre_hook(record)
 
     summary = engine.forward_backward(batches[0])
 
@@ -175,19 +180,21 @@ def test_stage_policy_one_step(make_engine, batches, stage):
 @pytest.mark.parametrize("stage", [2, 3])
 def test_optimizers_cover_the_trained_modules(make_engine, stage):
     engine = make_engine("TRAIN.LR_MULT_GU", "0.01")
-    engine.build_optimizers(stage)
+    engine.enter_stage(stage)
     lr = engine.cfg.TRAIN[f"STAGE{stage}"].LR
 
     def ids(*names):
         return {id(p) for n in names for p in getattr(engine.model, n).parameters()}
 
-    groups = [({id(p) for p in g["params"]}, g["lr"]) for g in engine.optimizer.param_groups]
+    groups = [({id(p) for p in g["params"]}, g["lr"]) for g in engine.optimizers["model"].optimizer.param_groups]
     if stage == 2:
         assert groups == [(ids("encoder_u", "generator"), lr)]
     else:  # G and E_U at LR_MULT_GU x the stage lr
         assert groups == [(ids("backbone", "encoder_r"), lr), (ids("encoder_u", "generator"), pytest.approx(0.01 * lr))]
-    assert [{id(p) for p in g["params"]} for g in engine.optimizer_d.param_groups] == [ids("discriminator")]
-    assert set(engine._optims) == {"model", "discriminator"}  # both saved, both stepped by update_lr
+    d_groups = engine.optimizers["discriminator"].optimizer.param_groups
+    assert [{id(p) for p in g["params"]} for g in d_groups] == [ids("discriminator")]
+    assert set(engine.optimizers) == {"model", "discriminator"}  # both saved
+    assert set(compat_models(engine)) == {"model", "discriminator"}  # both switched and stepped by torchreid
 
 
 def test_non_gan_model_trains_in_stage1_only(make_cfg, dm, batches):
@@ -200,7 +207,7 @@ def test_non_gan_model_trains_in_stage1_only(make_cfg, dm, batches):
     summary = engine.forward_backward(batches[0])
     assert set(summary) == {"L_R", "L_tri", "acc"}  # cross-entropy + batch-hard triplet (MGN)
     assert all(changed_tensors(engine.model, before, buffers=False).values())
-    with pytest.raises(ISGANError, match="MGN has no E_U/G/D: train it with TRAIN.STAGES"):
+    with pytest.raises(ISGANError, match=r"MGN has no stage 2 .*TRAIN.STAGES \[1, 3\]"):
         engine.run_stages([1, 2])
 
 
@@ -258,7 +265,7 @@ def test_mixed_precision_on_cpu(make_engine, batches, stage):
     module.register_forward_hook(lambda m, args, out: dtypes.append((out[0] if isinstance(out, tuple) else out).dtype))
     before = {n: snapshot(getattr(engine.model, n)) for n in TRAINED[stage]}
     summary = engine.forward_backward(batches[0])
-    assert dtypes == [torch.bfloat16] and not engine.scalers["model"].is_enabled()  # no scaling needed on CPU
+    assert dtypes == [torch.bfloat16] and not engine.optimizers["model"].scaler.is_enabled()  # no scaling on CPU
     assert all(math.isfinite(v) for v in summary.values())
     for name in TRAINED[stage]:
         assert any(changed_tensors(getattr(engine.model, name), before[name], buffers=False).values()), name
@@ -420,13 +427,14 @@ def test_interrupted_run_resumes_exactly(full_run, run_args, monkeypatch):
     resumed = ckpt.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))
     reference = ckpt.load_checkpoint(str(full_out / "stage2" / "latest.pth.tar"))
     assert resumed["epoch"] == reference["epoch"] == 2
-    assert resumed["model"].keys() == reference["model"].keys()
-    different = [k for k, v in resumed["model"].items() if not torch.equal(v, reference["model"][k])]
+    assert resumed["state_dict"].keys() == reference["state_dict"].keys()
+    different = [k for k, v in resumed["state_dict"].items() if not torch.equal(v, reference["state_dict"][k])]
     assert different == [], different[:5]
     for name, opt in reference["optimizers"].items():  # Adam (E_U, G) and SGD (D) moments too
-        for index, moments in opt["state"].items():
+        for index, moments in opt["optimizer"]["state"].items():
             for key, value in moments.items():
-                assert torch.equal(resumed["optimizers"][name]["state"][index][key], value), (name, index, key)
+                resumed_value = resumed["optimizers"][name]["optimizer"]["state"][index][key]
+                assert torch.equal(resumed_value, value), (name, index, key)
 
 
 def test_finished_run_does_no_work(full_run, run_args, monkeypatch):
@@ -445,21 +453,25 @@ def test_finished_run_does_no_work(full_run, run_args, monkeypatch):
 
 def test_checkpoint_frequencies(make_engine, monkeypatch):
     engine = make_engine("TRAIN.RESUME_FREQ", "2", "TRAIN.CHECKPOINT_FREQ", "4", "TRAIN.STAGE1.EPOCHS", "7")
+    engine.enter_stage(1)
     saved, kept = [], []
-    monkeypatch.setattr(engine, "save", lambda stage, epoch, path: saved.append(epoch))
-    monkeypatch.setattr(ckpt, "link_checkpoint", lambda src, dst: kept.append(os.path.basename(dst)))
-    node = engine.cfg.TRAIN.STAGE1
+    monkeypatch.setattr(ckpt, "save_training_state", lambda engine, epoch: saved.append(epoch))
+    monkeypatch.setattr(ckpt, "save_weights", lambda engine, epoch: kept.append(epoch))
+    hook = next(h for h in engine.hooks if isinstance(h, Checkpointer))
     for engine.epoch in range(7):
-        engine._after_epoch(1, node)
-    assert saved == [2, 4, 6, 7] and kept == ["model.pth.tar-4"]  # the last epoch is kept after evaluation
+        hook.after_epoch()
+    assert saved == [2, 4, 6, 7] and kept == [4]
+    hook.after_stage()  # after evaluation: the last epoch, with its results, in both files
+    assert saved[-1] == kept[-1] == 7
 
 
 def test_results_json_keeps_earlier_invocations(make_engine, tmp_path):
     engine = make_engine(seed=0)
+    hook = next(h for h in engine.hooks if isinstance(h, ResultsWriter))
     engine.results = {1: {"synthperson": {"mAP": 0.5}}}
-    engine.write_results()
+    hook.after_train()
     engine.results = {2: {"synthperson": {"mAP": 0.6}}}  # e.g. a later --stages 2 run
-    engine.write_results()
+    hook.after_train()
     with open(os.path.join(engine.cfg.OUTPUT_DIR, "results.json")) as f:
         assert json.load(f) == {"stage1": {"synthperson": {"mAP": 0.5}}, "stage2": {"synthperson": {"mAP": 0.6}}}
 

@@ -203,7 +203,7 @@ def test_registered_defaults_and_styles_differ():
     assert synthetic._STYLES['a'] != synthetic._STYLES['b']
     with pytest.raises(ISGANError, match='set_default_spec'):
         default_spec('no_such_dataset')
-    with pytest.raises(ISGANError, match='SynthSpec'):
+    with pytest.raises(TypeError, match='SynthSpec'):
         set_default_spec('synthperson', {'seed': 1})
 
 

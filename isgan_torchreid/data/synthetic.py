@@ -134,7 +134,7 @@ _DEFAULT_SPECS = {
 def set_default_spec(name, spec):
     """Registers ``spec`` as what ``ensure(root, name)`` generates (call before torchreid loads it)."""
     if not isinstance(spec, SynthSpec):
-        raise ISGANError(f'set_default_spec({name!r}, ...) needs a SynthSpec, got {type(spec).__name__}')
+        raise TypeError(f'set_default_spec({name!r}, ...) needs a SynthSpec, got {type(spec).__name__}')
     _DEFAULT_SPECS[name] = spec
 
 
@@ -609,7 +609,7 @@ def _is_current(dataset_dir, spec):
 def generate(dataset_dir, spec):
     """Renders ``spec`` into ``dataset_dir``, replacing it atomically (via a hidden sibling folder)."""
     if not isinstance(spec, SynthSpec):
-        raise ISGANError(f'generate({dataset_dir!r}, ...) needs a SynthSpec, got {type(spec).__name__}')
+        raise TypeError(f'generate({dataset_dir!r}, ...) needs a SynthSpec, got {type(spec).__name__}')
     dataset_dir = osp.abspath(osp.expanduser(dataset_dir))
     parent, name = osp.split(dataset_dir)
     if osp.exists(dataset_dir) and not osp.isfile(osp.join(dataset_dir, 'spec.json')) \

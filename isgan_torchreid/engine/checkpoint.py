@@ -1,24 +1,27 @@
-"""Checkpoints: atomic save, safe (``weights_only``) load, partial weight loading, RNG state.
+"""Checkpoints: atomic save, safe (``weights_only``) load, partial weight loading, RNG state, resume.
 
 Layout under ``OUTPUT_DIR``::
 
-    stage{n}/latest.pth.tar          after every epoch (overwritten atomically), and after evaluation
-    stage{n}/model.pth.tar-{epoch}   every TRAIN.CHECKPOINT_FREQ epochs and at the end of the stage
-                                     (hard links of ``latest`` at that time: no second write)
+    stage{n}/latest.pth.tar          every TRAIN.RESUME_FREQ epochs and at the end of the stage (atomic):
+                                     everything needed to resume exactly
+    stage{n}/model.pth.tar-{epoch}   every TRAIN.CHECKPOINT_FREQ epochs and at the end of the stage:
+                                     weights only, written on their own (damage to ``latest`` spares them)
 
 A checkpoint is a dict of tensors and plain Python values only, so it loads with
-``torch.load(weights_only=True)``: model/optimizer/scheduler state dicts, ``stage``,
-``epoch`` (epochs completed), ``config_hash``, ``num_classes``, ``results`` and ``rng``.
+``torch.load(weights_only=True)``. The weights sit under ``state_dict``, where torchreid's
+``load_pretrained_weights`` looks; ``stage``, ``epoch`` (epochs completed), ``config_hash``, ``num_classes``
+and ``results`` describe them. ``latest`` adds ``optimizers`` (optimiser, scheduler and AMP scaler state per
+optimiser) and ``rng`` (Python, numpy and torch generators).
 """
 import json
 import os
 import random
-import shutil
 
 import numpy as np
 import torch
 
 from .. import compat
+from ..config import config_hash
 from ..errors import ISGANError
 
 FORMAT = "isgan-torchreid/1"
@@ -34,10 +37,10 @@ def latest_path(output_dir, stage):
     return os.path.join(stage_dir(output_dir, stage), "latest.pth.tar")
 
 
-def keep_epoch(output_dir, stage, epoch):
-    """Keep the current ``latest`` of ``stage`` as ``model.pth.tar-{epoch}`` (a hard link, no second write)."""
-    kept = os.path.join(stage_dir(output_dir, stage), f"model.pth.tar-{epoch}")
-    link_checkpoint(latest_path(output_dir, stage), kept)
+def read_json(path):
+    """The JSON value stored at ``path``."""
+    with open(path) as f:
+        return json.load(f)
 
 
 def write_json(path, data):
@@ -63,23 +66,6 @@ def save_checkpoint(state, path):
             os.remove(tmp)
 
 
-def link_checkpoint(src, dst):
-    """Make ``dst`` hold what ``src`` holds now, atomically, without writing it again (hard link, else copy).
-
-    ``src`` is later replaced by a rename, which leaves the linked ``dst`` unchanged.
-    """
-    tmp = f"{dst}.tmp.{os.getpid()}"
-    try:
-        try:
-            os.link(src, tmp)
-        except OSError:  # file systems without hard links
-            shutil.copyfile(src, tmp)
-        os.replace(tmp, dst)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def load_checkpoint(path):
     """Load a checkpoint safely (``weights_only=True``, onto the CPU); clear errors when unreadable."""
     if not os.path.isfile(path):
@@ -99,12 +85,12 @@ def load_checkpoint(path):
 
 def model_state(state):
     """The model weights in a checkpoint: ours (``model``) or torchreid's (``state_dict``), or a bare state dict."""
-    for key in ("model", "state_dict"):
+    for key in ("state_dict", "model"):  # "model": files of version 0.1
         if isinstance(state.get(key), dict):
             return state[key]
     if all(isinstance(v, torch.Tensor) for v in state.values()):
         return state
-    raise ISGANError("checkpoint holds no model weights (expected a 'model' or 'state_dict' entry)")
+    raise ISGANError("checkpoint holds no model weights (expected a 'state_dict' entry)")
 
 
 def load_weights(model, weights, verbose=True):
@@ -148,3 +134,83 @@ def set_rng_state(state):
     torch.set_rng_state(state["torch"])
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+# ------------------------------------------------------------------ the engine's state
+
+
+def kept_path(output_dir, stage, epoch):
+    """Path of the weights-only checkpoint kept at ``epoch`` of ``stage``."""
+    return os.path.join(stage_dir(output_dir, stage), f"model.pth.tar-{epoch}")
+
+
+def _weights_state(engine, epoch):
+    stage = engine.stage
+    finished = epoch >= engine.cfg.TRAIN[f"STAGE{stage}"].EPOCHS
+    return {
+        "stage": stage,
+        "epoch": epoch,
+        "state_dict": engine.model.state_dict(),
+        "config_hash": config_hash(engine.cfg),
+        "num_classes": engine.num_classes,
+        "results": engine.results.get(stage, {}) if finished else {},
+    }
+
+
+def save_weights(engine, epoch):
+    """Write the engine's weights alone as ``model.pth.tar-{epoch}`` of its stage."""
+    save_checkpoint(_weights_state(engine, epoch), kept_path(engine.cfg.OUTPUT_DIR, engine.stage, epoch))
+
+
+def save_training_state(engine, epoch):
+    """Write everything needed to resume the engine's stage after ``epoch`` to its ``latest.pth.tar``."""
+    state = _weights_state(engine, epoch)
+    state["optimizers"] = {name: opt.state_dict() for name, opt in engine.optimizers.items()}
+    state["rng"] = rng_state()
+    save_checkpoint(state, latest_path(engine.cfg.OUTPUT_DIR, engine.stage))
+
+
+def resume_or_initialize(engine, stage):
+    """Resume ``stage`` from its ``latest``, or load the previous stage's weights; returns the epochs done.
+
+    A later stage without a checkpoint starts from the previous stage of the objective's stages (2 for
+    IS-GAN's stage 3, 1 for a baseline's) when finished, or, when OUTPUT_DIR has none, from
+    TRAIN.INIT_WEIGHTS.
+    """
+    cfg = engine.cfg
+    out = cfg.OUTPUT_DIR
+    path = latest_path(out, stage)
+    if os.path.isfile(path):
+        state = load_checkpoint(path)
+        if state.get("config_hash") != config_hash(cfg):
+            raise ISGANError(f"{path} was written with a different config (hash {state.get('config_hash')} vs "
+                             f"{config_hash(cfg)}); use a new OUTPUT_DIR, or delete {os.path.dirname(path)} "
+                             f"to restart stage {stage}")
+        engine.model.load_state_dict(model_state(state))
+        if "optimizers" in state:
+            for name, opt_state in state["optimizers"].items():
+                engine.optimizers[name].load_state_dict(opt_state)
+            set_rng_state(state["rng"])
+            print(f"=> resumed stage {stage} from {path} (epoch {state['epoch']})")
+        else:  # a kept weights-only checkpoint copied over latest, as the corrupt-checkpoint error advises
+            print(f"=> resumed stage {stage} from the weights in {path} (epoch {state['epoch']}); it holds no "
+                  f"optimiser or RNG state, so those start afresh")
+        if state.get("results"):
+            engine.results[stage] = state["results"]
+        return state["epoch"]
+    earlier = [s for s in engine.objective.stages if s < stage]
+    if not earlier:
+        return 0
+    before = earlier[-1]
+    prev = latest_path(out, before)
+    source = prev if os.path.isfile(prev) else cfg.TRAIN.INIT_WEIGHTS
+    if not source:
+        raise ISGANError(f"stage {stage} starts from stage {before}'s weights, but {prev} does not exist; "
+                         f"run stage {before} first (TRAIN.STAGES) or set TRAIN.INIT_WEIGHTS to a checkpoint")
+    state = load_checkpoint(source)
+    if source == prev and state["epoch"] < cfg.TRAIN[f"STAGE{before}"].EPOCHS:
+        raise ISGANError(f"stage {before} is unfinished ({source} is at epoch {state['epoch']}); "
+                         f"finish it first: add {before} to TRAIN.STAGES")
+    load_weights(engine.model, model_state(state))
+    print(f"=> stage {stage} initialised from {source}")
+    return 0

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from isgan_torchreid.errors import ISGANError
 
 __all__ = [
     "identity_loss",
@@ -30,9 +29,9 @@ def identity_loss(
 ) -> Tensor:
     """ID loss L_R [Eq. 1]: cross-entropy of each of the K classifiers, averaged ('mean') or summed ('sum') over K."""
     if reduction not in ("mean", "sum"):
-        raise ISGANError(f"identity loss: reduction {reduction!r} is not one of 'mean' (reference code), 'sum' (paper)")
+        raise ValueError(f"identity loss: reduction {reduction!r} is not one of 'mean' (reference code), 'sum' (paper)")
     if len(logits) == 0:
-        raise ISGANError("identity loss: got no logits; the identity encoder must return one logit tensor per feature")
+        raise ValueError("identity loss: got no logits; the identity encoder must return one logit tensor per feature")
     per_feature = torch.stack(
         [F.cross_entropy(logit.float(), labels, label_smoothing=label_smooth) for logit in logits]
     )  # (K,)
@@ -46,9 +45,9 @@ def kl_loss(mu: Tensor, logvar: Tensor, reduction: str = "official") -> Tensor:
     'paper' sums over the K parts and dims and averages over the batch.
     """
     if reduction not in ("official", "paper"):
-        raise ISGANError(f"KL loss: reduction {reduction!r} is not one of 'official', 'paper'")
+        raise ValueError(f"KL loss: reduction {reduction!r} is not one of 'official', 'paper'")
     if mu.dim() != 3 or mu.shape != logvar.shape:
-        raise ISGANError(
+        raise ValueError(
             f"KL loss: mu {tuple(mu.shape)} and logvar {tuple(logvar.shape)} must both be (B, K, D); "
             "stack the K per-part tensors along dim 1"
         )
@@ -62,7 +61,7 @@ def kl_loss(mu: Tensor, logvar: Tensor, reduction: str = "official") -> Tensor:
 def reconstruction_loss(fake: Tensor, target: Tensor) -> Tensor:
     """Reconstruction term of L_S and L_PS [Eq. 3, 4]: mean absolute error over all pixels."""
     if fake.shape != target.shape:
-        raise ISGANError(
+        raise ValueError(
             f"reconstruction loss: generated images {tuple(fake.shape)} and targets {tuple(target.shape)} differ; "
             "the generator's output size must equal the input image height/width"
         )

@@ -10,7 +10,6 @@ from typing import Optional, Sequence
 import torch
 from torch import Tensor
 
-from isgan_torchreid.errors import ISGANError
 
 __all__ = ["sample_partners", "part_shuffle_mask", "part_shuffle"]
 
@@ -21,7 +20,7 @@ _MAX_SLOTS = 62
 def sample_partners(labels: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
     """Index of a uniformly drawn same-label, different-index partner per sample (itself for singletons)."""
     if labels.dim() != 1:
-        raise ISGANError(
+        raise ValueError(
             f"sample_partners: labels must be a 1-D tensor of identity labels, got shape {tuple(labels.shape)}; "
             "pass the (B,) label vector of the batch"
         )
@@ -43,19 +42,19 @@ def part_shuffle_mask(
     """Per row, a uniformly random non-empty proper subset of `slots` set True: which slots S swaps [Eq. 4]."""
     slots = [int(s) for s in slots]
     if len(set(slots)) != len(slots) or any(not 0 <= s < num_slots for s in slots):
-        raise ISGANError(
+        raise ValueError(
             f"part shuffle: candidate slots {slots} must be distinct indices in [0, {num_slots}); "
             "check the part-shuffle slot list against the number of features K"
         )
     n = len(slots)
     if n < 2:
-        raise ISGANError(
+        raise ValueError(
             f"part shuffle: {n} candidate slot(s) {slots}, but a non-empty proper subset needs at least 2; "
             "this happens when the parts have fewer than 2 stripes in total: add stripes to the part branches, "
             "include the global slots, or set the part-shuffle loss weight (LAMBDA_PS) to 0"
         )
     if n > _MAX_SLOTS:
-        raise ISGANError(f"part shuffle: {n} candidate slots, at most {_MAX_SLOTS} are supported; use fewer stripes")
+        raise ValueError(f"part shuffle: {n} candidate slots, at most {_MAX_SLOTS} are supported; use fewer stripes")
     # An integer uniform in [1, 2^n - 2] is, read as n bits, a uniform non-empty proper subset (no rejection loop).
     code = torch.randint(1, 2**n - 1, (batch_size,), generator=generator, device=device)  # (B,)
     bit = 2 ** torch.arange(n, device=device)  # (n,)
@@ -68,14 +67,14 @@ def part_shuffle_mask(
 def part_shuffle(feat: Tensor, partner_feat: Tensor, mask: Tensor) -> Tensor:
     """Region-wise shuffling operator S [Eq. 4]: slot k of row b comes from the partner where mask[b, k]."""
     if feat.shape != partner_feat.shape:
-        raise ISGANError(
+        raise ValueError(
             f"part shuffle: anchor features {tuple(feat.shape)} and partner features {tuple(partner_feat.shape)} "
             "differ; pass the partner rows of the same feature tensor (feat[partners])"
         )
     batch_size, num_slots = mask.shape
     splits = (feat.dim() == 2 and feat.shape[1] % num_slots == 0) or (feat.dim() == 3 and feat.shape[1] == num_slots)
     if feat.shape[0] != batch_size or not splits:
-        raise ISGANError(
+        raise ValueError(
             f"part shuffle: features {tuple(feat.shape)} do not split into the mask's {num_slots} slots "
             f"for {batch_size} rows; the mask must be (B, K) for features (B, K*D) or (B, K, D)"
         )

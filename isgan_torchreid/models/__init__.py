@@ -15,18 +15,22 @@ MODELS = {
 
 
 def build_model(cfg, num_classes):
-    """MODEL.NAME isgan | mgn (built from MODEL.*) or any torchreid model name (e.g. pcb_p6)."""
+    """MODEL.NAME isgan | baseline | mgn (built from MODEL.*) or any torchreid model name (e.g. pcb_p6).
+
+    ``baseline`` is IS-GAN's E_R network alone (trunk + E_R, cross-entropy only; paper Sec. 3.2): the same
+    architecture and, for the same seed, the same initial weights as IS-GAN's E_R.
+    """
     m = cfg.MODEL
     if m.NAME == "isgan":
         return ISGAN(num_classes, backbone=m.BACKBONE, pretrained=m.PRETRAINED, parts=tuple(m.PARTS),
                      id_dim=m.ID_DIM, nid_dim=m.NID_DIM, noise_dim=m.NOISE_DIM, height=cfg.DATA.HEIGHT,
                      width=cfg.DATA.WIDTH, eu_pool=m.EU_POOL)
-    if m.NAME == "mgn":  # cross-entropy on all K logits + batch-hard triplet on the global features
+    if m.NAME in ("mgn", "baseline"):  # MGN: CE on all K logits + batch-hard triplet on the globals; baseline: CE
         return MGN(num_classes, backbone=m.BACKBONE, pretrained=m.PRETRAINED, parts=tuple(m.PARTS),
-                   feat_dim=m.ID_DIM, loss="triplet")
+                   feat_dim=m.ID_DIM, loss="triplet" if m.NAME == "mgn" else "softmax")
     factory = compat.model_factory()
     if m.NAME not in factory:
-        raise ISGANError(f"MODEL.NAME {m.NAME!r} is unknown; use isgan, mgn or a torchreid model "
+        raise ISGANError(f"MODEL.NAME {m.NAME!r} is unknown; use isgan, baseline, mgn or a torchreid model "
                          f"({', '.join(sorted(factory))})")
     try:
         return factory[m.NAME](num_classes=num_classes, loss="softmax", pretrained=m.PRETRAINED, use_gpu=False)

@@ -38,7 +38,7 @@ RESNETS = {
 def load_resnet(name: str, pretrained: bool) -> torchvision.models.ResNet:
     """Build a torchvision ResNet; with ImageNet weights (torch hub cache) when ``pretrained``."""
     if name not in RESNETS:
-        raise ISGANError(
+        raise ValueError(
             f"unknown backbone {name!r} (MODEL.BACKBONE); choose one of {', '.join(RESNETS)}"
         )
     build, weights = RESNETS[name]
@@ -79,7 +79,7 @@ def validate_parts(parts) -> tuple:
         and len(set(parts)) == len(parts)
     )
     if not ok:
-        raise ISGANError(
+        raise ValueError(
             f"invalid part branches {parts!r} (MODEL.PARTS); give a non-empty tuple of distinct "
             f"positive ints, one per branch, e.g. (1, 2, 3)"
         )
@@ -125,7 +125,7 @@ class PartBranches(nn.Module):
         super().__init__()
         self.parts = validate_parts(parts)
         if pool not in ("max", "avg"):
-            raise ISGANError(
+            raise ValueError(
                 f"unknown pooling {pool!r} for the part branches (MODEL.EU_POOL); use 'max' or 'avg'"
             )
         self.pool = pool

@@ -10,7 +10,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..errors import ISGANError
 from .branches import kaiming_init_
 
 __all__ = ["check_image_size", "Generator"]
@@ -20,9 +19,9 @@ _UP_CHANNELS = (512, 512, 256, 128, 64, 3)
 
 
 def check_image_size(height: int, width: int) -> None:
-    """Raise ISGANError unless height and width are positive multiples of 64 (G upsamples x64)."""
+    """Raise ValueError unless height and width are positive multiples of 64 (G upsamples x64)."""
     if height <= 0 or width <= 0 or height % 64 or width % 64:
-        raise ISGANError(
+        raise ValueError(
             f"image size {height}x{width} is not supported by the generator; set DATA.HEIGHT and "
             f"DATA.WIDTH to positive multiples of 64 (e.g. 384x128, 256x128 or 128x64)"
         )

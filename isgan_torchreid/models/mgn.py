@@ -11,7 +11,6 @@ import torch
 import torchvision
 from torch import nn
 
-from ..errors import ISGANError
 from .branches import build_trunk, load_resnet, validate_parts
 from .encoders import IdentityEncoder
 
@@ -21,9 +20,9 @@ LOSSES = ("softmax", "triplet")
 
 
 def check_loss(loss: str) -> None:
-    """Raise ISGANError unless ``loss`` is one of the train-mode output formats in LOSSES."""
+    """Raise ValueError unless ``loss`` is one of the train-mode output formats in LOSSES."""
     if loss not in LOSSES:
-        raise ISGANError(f"unknown loss {loss!r} for MGN/ISGAN; choose one of {', '.join(LOSSES)}")
+        raise ValueError(f"unknown loss {loss!r} for MGN/ISGAN; choose one of {', '.join(LOSSES)}")
 
 
 class MGN(nn.Module):

@@ -1,0 +1,321 @@
+"""Training objectives: what one step of each stage computes and updates [Eq. 1-8].
+
+An objective is built once from the config, with every loss weight and switch resolved into
+:class:`LossSettings`; the loop (:mod:`.staged`) only feeds batches to :meth:`step`. Each objective also
+owns its method's stage table: the modules a stage trains.
+
+* :class:`IdentityObjective` trains any re-ID model on identities: cross-entropy on each logit tensor
+  [Eq. 1], plus the batch-hard triplet loss on the global features when the model returns them (MGN).
+  Stage 1 trains the whole model; stage 3 continues the same objective, weighted by λ_R as Eq. 8 weights
+  L_R, at the stage-3 learning rate. So the E_R baseline, MGN and torchreid models can follow IS-GAN's
+  E_R schedule (stages [1, 3]); they have no stage 2.
+* :class:`ISGANObjective` adds IS-GAN's stages 2 and 3 (paper Sec. 4.1, "Training"):
+
+=====  ============================  ==================================  ==========================
+stage  trains                        frozen (requires_grad off, BN eval)  loss
+=====  ============================  ==================================  ==========================
+1      backbone, E_R                 E_U, G, D (not even run)             L_R
+2      E_U, G, D_D/D_C               backbone, E_R (run under no_grad)    Eq. 8 without L_R
+3      everything                    nothing                              Eq. 8
+=====  ============================  ==================================  ==========================
+
+One stage-2/3 step: one encoder pass; the auto-encoded, identity-shuffled and part-shuffled inputs go
+through G as one concatenated batch (``MODEL.G_JOINT_BATCH``); one D step on ``[real | fakes.detach()]``;
+then one encoder/G step against the updated D with D's parameters frozen (no wasted D gradients).
+"""
+import dataclasses
+import warnings
+from typing import Dict, List, NamedTuple, Optional, Tuple
+
+import torch
+from torch import Tensor, nn
+
+from .. import compat
+from ..data.build import IMAGENET_MEAN, IMAGENET_STD
+from ..losses import isgan as L
+from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners
+from ..visualize import denormalize
+
+__all__ = ["LossSettings", "Precision", "Generation", "IdentityObjective", "ISGANObjective", "build_objective"]
+
+# attributes of ISGAN that each stage trains
+ISGAN_STAGE_MODULES = {
+    1: ("backbone", "encoder_r"),
+    2: ("encoder_u", "generator", "discriminator"),
+    3: ("backbone", "encoder_r", "encoder_u", "generator", "discriminator"),
+}
+GAN_MODULES = ("encoder_u", "generator", "discriminator")
+
+
+@dataclasses.dataclass(frozen=True)
+class LossSettings:
+    """The LOSS group, resolved once: the weights of Eq. 8 and the choices of README "Loss scaling"."""
+
+    lambda_r: float
+    lambda_u: Tuple[float, float]  # (stage 2, stage 3)
+    lambda_s: float
+    lambda_ps: float
+    lambda_d: float  # generator side of L_D
+    lambda_c: float  # generator side of L_C
+    d_lambda_d: float  # discriminator side of L_D
+    d_lambda_c: float  # discriminator side of L_C
+    id_reduction: str
+    kl_reduction: str
+    label_smooth: float
+    d_label_smooth: bool
+    class_on_auto: bool
+    part_shuffle: str
+    target_space: str
+    triplet_margin: float
+    lambda_triplet: float
+
+    @classmethod
+    def from_config(cls, cfg):
+        """Read ``cfg.LOSS`` (keys of the same names, upper case)."""
+        values = {f.name: cfg.LOSS[f.name.upper()] for f in dataclasses.fields(cls)}
+        values["lambda_u"] = tuple(values["lambda_u"])
+        return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class Precision:
+    """TRAIN.AMP and TRAIN.CHANNELS_LAST for one device: float16 + loss scaling on CUDA, bfloat16 on CPU."""
+
+    device_type: str
+    amp: bool = False
+    channels_last: bool = False
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return torch.float16 if self.device_type == "cuda" else torch.bfloat16
+
+    @property
+    def memory_format(self) -> torch.memory_format:
+        return torch.channels_last if self.channels_last else torch.contiguous_format
+
+    def autocast(self):
+        """Mixed-precision context for forward passes and losses (a no-op without TRAIN.AMP)."""
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.amp)
+
+    def grad_scaler(self) -> torch.amp.GradScaler:
+        """Loss scaling for float16 (enabled on CUDA with AMP only)."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.amp and self.device_type == "cuda")
+
+
+class Generation(NamedTuple):
+    """What G made from one batch of B images [Eq. 3, 4]."""
+
+    fakes: Tensor  # (n_sets * B, 3, H, W), sets in the order of ``sets``
+    sets: List[str]  # subset of "auto", "shuffled", "part_shuffled"
+    mu: Tensor  # (B, K, p_U)
+    logvar: Tensor  # (B, K, p_U)
+    id_feat: Tensor  # (B, K * p_R)
+    logits: List[Tensor]  # K x (B, C), E_R's classifiers
+    partner: Tensor  # (B,) index of each row's positive partner
+    part_mask: Optional[Tensor]  # (B, K) slots taken from the partner, None without part shuffling
+
+
+def _floats(terms: Dict[str, Tensor]) -> Dict[str, float]:
+    """Loss tensors -> floats for logging, with one host synchronisation."""
+    if not terms:
+        return {}
+    values = torch.stack([v.detach().float().reshape(()) for v in terms.values()]).tolist()
+    return dict(zip(terms, values))
+
+
+class IdentityObjective:
+    """Identity training of any re-ID model: CE on each logit tensor [Eq. 1] (+ batch-hard triplet)."""
+
+    stages = (1, 3)
+
+    def __init__(self, model: nn.Module, losses: LossSettings, precision: Precision):
+        self.model = model
+        self.losses = losses
+        self.precision = precision
+        self.triplet = compat.torchreid_base().losses.TripletLoss(margin=losses.triplet_margin)
+
+    def trainable_modules(self, stage: int) -> List[nn.Module]:
+        """The modules that ``stage`` updates (all of them: stage 3 only lowers the learning rate)."""
+        return [self.model]
+
+    def optimized_groups(self, stage: int) -> Dict[str, List[nn.Module]]:
+        """Optimiser name -> the modules it updates in ``stage``."""
+        return {"model": self.trainable_modules(stage)}
+
+    def identity_terms(self, logits, features, pids: Tensor, weight: float = 1.0) -> Dict[str, Tensor]:
+        """``weight`` x (L_R [Eq. 1] on K logit tensors, + λ_tri x batch-hard triplet on the given features)."""
+        logits = logits if isinstance(logits, (list, tuple)) else [logits]
+        s = self.losses
+        terms = {"L_R": weight * L.identity_loss(logits, pids, s.id_reduction, s.label_smooth)}
+        if features is not None:
+            features = features if isinstance(features, (list, tuple)) else [features]
+            terms["L_tri"] = weight * s.lambda_triplet * torch.stack(
+                [self.triplet(f.float(), pids) for f in features]).mean()
+        return terms
+
+    def step(self, imgs: Tensor, pids: Tensor, stage: int, updates) -> Dict[str, float]:
+        """One identity step; stage 3 weights the objective by λ_R (Eq. 8). Returns the terms and accuracy."""
+        with self.precision.autocast():
+            outputs = self.model(imgs)
+            logits, features = outputs if isinstance(outputs, tuple) else (outputs, None)
+            weight = 1.0 if stage == 1 else self.losses.lambda_r
+            terms = self.identity_terms(logits, features, pids, weight)
+        updates["model"](terms)
+        first = logits[0] if isinstance(logits, (list, tuple)) else logits
+        terms["acc"] = (first.argmax(1) == pids).float().mean()
+        return _floats(terms)
+
+
+class ISGANObjective(IdentityObjective):
+    """IS-GAN's three stages [Eq. 1-8]; stage 1 is the identity objective on E_R."""
+
+    stages = (1, 2, 3)
+
+    def __init__(self, model: nn.Module, losses: LossSettings, precision: Precision, joint_g_batch: bool = True):
+        super().__init__(model, losses, precision)
+        if losses.lambda_s <= 0 and losses.lambda_ps <= 0:
+            raise ValueError("ISGANObjective: LAMBDA_S and LAMBDA_PS are both 0; stages 2-3 need one of them")
+        self.joint_g_batch = joint_g_batch
+
+    def trainable_modules(self, stage: int) -> List[nn.Module]:
+        return [getattr(self.model, name) for name in ISGAN_STAGE_MODULES[stage]]
+
+    def optimized_groups(self, stage: int) -> Dict[str, List[nn.Module]]:
+        """Encoders + G under one optimiser, D under its own (stages 2-3)."""
+        disc = self.model.discriminator
+        modules = self.trainable_modules(stage)
+        groups = {"model": [m for m in modules if m is not disc]}
+        if stage > 1:
+            groups["discriminator"] = [disc]
+        return groups
+
+    # ------------------------------------------------------------------ images
+
+    def image_target(self, imgs: Tensor) -> Tensor:
+        """Normalised input -> the space G's tanh output and D's inputs live in (LOSS.TARGET_SPACE)."""
+        if self.losses.target_space == "tanh":
+            return torch.tanh(imgs)
+        mean = imgs.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+        std = imgs.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+        return (imgs * std + mean) * 2 - 1  # [-1, 1] RGB
+
+    def image_to_unit(self, fake: Tensor) -> Tensor:
+        """Inverse of :meth:`image_target`, to [0, 1] RGB for display."""
+        if self.losses.target_space == "tanh":
+            return denormalize(torch.atanh(fake.clamp(-0.999, 0.999)), IMAGENET_MEAN, IMAGENET_STD)
+        return ((fake + 1) / 2).clamp(0, 1)
+
+    # ------------------------------------------------------------------ generation
+
+    def generate(self, imgs: Tensor, pids: Tensor, stage: int) -> Generation:
+        """Encode once, pick partners, shuffle, and run G [Eq. 3, 4]; E_R runs under no_grad in stage 2."""
+        model, s = self.model, self.losses
+        with torch.set_grad_enabled(stage == 3 and torch.is_grad_enabled()):
+            trunk = model.backbone(imgs)  # (B, C4, H/16, W/16)
+            id_feat, logits = model.encoder_r(trunk)  # (B, K*p_R), K x (B, C)
+        if stage == 2:
+            trunk = trunk.detach()
+        nid, mu, logvar = model.encoder_u(trunk)  # (B, K*p_U), (B, K, p_U) x2
+        partner = sample_partners(pids)  # (B,)
+        id_partner = id_feat[partner]
+        sets, ids, mask = [], [], None
+        if s.lambda_s > 0:
+            sets += ["auto", "shuffled"]  # i == j and i != j in Eq. 3
+            ids += [id_feat, id_partner]
+        if s.lambda_ps > 0:
+            sets.append("part_shuffled")  # Eq. 4
+            mask = self.part_mask(id_feat.size(0), id_feat.device)
+            ids.append(id_feat if mask is None else part_shuffle(id_feat, id_partner, mask))
+        n = len(sets)
+        if self.joint_g_batch:  # one BatchNorm batch of n*B
+            fakes = model.generator(torch.cat(ids), nid.repeat(n, 1), pids.repeat(n))  # (n*B, 3, H, W)
+        else:  # each set normalised on its own
+            fakes = torch.cat([model.generator(i, nid, pids) for i in ids])
+        return Generation(fakes, sets, mu, logvar, id_feat, logits, partner, mask)
+
+    def part_mask(self, batch_size: int, device) -> Optional[Tensor]:
+        """(B, K) slots S swaps, per LOSS.PART_SHUFFLE; None for 'none' (the authors' code, bug B1)."""
+        mode = self.losses.part_shuffle
+        if mode == "none":
+            return None
+        branches = self.model.encoder_r.branches
+        slots = branches.local_indices if mode == "local" else list(range(branches.num_features))
+        return part_shuffle_mask(batch_size, branches.num_features, slots, device=device)
+
+    # ------------------------------------------------------------------ one step
+
+    def step(self, imgs: Tensor, pids: Tensor, stage: int, updates) -> Dict[str, float]:
+        """One step of ``stage``: the identity step in stage 1, else a D step then an encoder/G step."""
+        if stage == 1:
+            return super().step(imgs, pids, stage, updates)
+        s = self.losses
+        disc = self.model.discriminator
+        B = imgs.size(0)
+        target = self.image_target(imgs)
+        with self.precision.autocast():
+            gen = self.generate(imgs, pids, stage)
+        n = len(gen.sets)
+        labels = pids.repeat(n)
+        # sets whose D_C term counts [Eq. 7]: the shuffled ones, plus the auto-encoded with CLASS_ON_AUTO
+        counted = [name != "auto" or s.class_on_auto for name in gen.sets]
+        cls_mask = torch.tensor(counted, device=imgs.device).repeat_interleave(B)  # (n*B,)
+        n_cls = sum(counted)
+
+        # ---- D step: real vs detached fakes in one pass [Eq. 6, 7]
+        disc.requires_grad_(True)
+        with self.precision.autocast():
+            patch, cls = disc(torch.cat([target.to(gen.fakes.dtype), gen.fakes.detach()]))  # (B+n*B, 1, h, w), (B+n*B, C)
+            d_terms = {"D_dom": s.d_lambda_d * L.discriminator_domain_loss(
+                patch[:B], patch[B:], smooth=s.d_label_smooth, fake_weight=n)}
+            d_cls = L.class_loss(cls[:B], pids)
+            if n_cls:
+                d_cls = d_cls + n_cls * L.class_loss(cls[B:][cls_mask], labels[cls_mask])
+            d_terms["D_cls"] = s.d_lambda_c * d_cls
+        updates["discriminator"](d_terms)
+
+        # ---- encoder/G step against the updated D, with D frozen
+        disc.requires_grad_(False)
+        with self.precision.autocast():
+            patch, cls = disc(gen.fakes)  # (n*B, 1, h, w), (n*B, C)
+            recon = {name: L.reconstruction_loss(f, target) for name, f in zip(gen.sets, gen.fakes.chunk(n))}
+            terms = {}
+            if "auto" in recon:
+                terms["L_S"] = s.lambda_s * (recon["auto"] + recon["shuffled"])
+            if "part_shuffled" in recon:
+                terms["L_PS"] = s.lambda_ps * recon["part_shuffled"]
+            terms["L_U"] = s.lambda_u[stage - 2] * L.kl_loss(gen.mu, gen.logvar, s.kl_reduction)
+            terms["L_D"] = s.lambda_d * n * L.generator_domain_loss(patch)
+            if n_cls:
+                terms["L_C"] = s.lambda_c * n_cls * L.class_loss(cls[cls_mask], labels[cls_mask])
+            if stage == 3:
+                terms.update(self.identity_terms(gen.logits, None, pids, s.lambda_r))
+        updates["model"](terms)
+        disc.requires_grad_(True)
+        return _floats({**terms, **d_terms, **{f"L1_{k}": v for k, v in recon.items()}})
+
+
+def singleton_identities(dataset) -> int:
+    """Number of training identities with a single image (their shuffling degenerates to auto-encoding)."""
+    counts = {}
+    for item in dataset:
+        counts[item[1]] = counts.get(item[1], 0) + 1
+    return sum(1 for c in counts.values() if c == 1)
+
+
+def warn_singletons(dataset, objective) -> None:
+    """Warn once when identity/part shuffling will pair some images with themselves."""
+    if not isinstance(objective, ISGANObjective):
+        return
+    n = singleton_identities(dataset)
+    if n:
+        warnings.warn(f"{n} training identities have a single image: their identity and part shuffling "
+                      f"degenerate to auto-encoding (the positive partner is the same image)", stacklevel=2)
+
+
+def build_objective(cfg, model: nn.Module, device: torch.device) -> IdentityObjective:
+    """IS-GAN's objective for a model with E_U, G and D; the identity objective for any other."""
+    losses = LossSettings.from_config(cfg)
+    precision = Precision(device.type, cfg.TRAIN.AMP, cfg.TRAIN.CHANNELS_LAST)
+    if all(hasattr(model, name) for name in GAN_MODULES):
+        return ISGANObjective(model, losses, precision, cfg.MODEL.G_JOINT_BATCH)
+    return IdentityObjective(model, losses, precision)
