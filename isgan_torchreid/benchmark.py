@@ -1,7 +1,9 @@
 """Benchmarks printed as tables (speed/memory targets live here, never in unit tests)."""
 import concurrent.futures
 import multiprocessing
+import os
 import resource
+import statistics
 import time
 
 import numpy as np
@@ -9,7 +11,10 @@ import torch
 import torchreid
 from tabulate import tabulate
 
+from isgan_torchreid import authors
 from isgan_torchreid.engine.evaluation import compute_distance_matrix, evaluate_rank
+from isgan_torchreid.errors import ISGANError
+from isgan_torchreid.profiling import profile_step, profile_tables
 
 
 def bench_evaluator(num_query=3368, num_gallery=15913, num_ids=750, num_cams=6, seed=0):
@@ -50,26 +55,79 @@ class _NoData:
         self.sources = []
 
 
+NUM_CLASSES = 751  # Market-1501's training identities
+
+
+def _sync(device):
+    """Wait for queued CUDA work, so that the clock measures it (no-op on CPU)."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
 def _timed(fn, iters, warmup, device):
     """Median seconds of ``fn()`` over ``iters`` calls after ``warmup`` calls; peak memory in bytes."""
     for _ in range(warmup):
         fn()
+    _sync(device)
     if device.type == "cuda":
-        torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
-    times = []
-    for _ in range(iters):
-        start = time.perf_counter()
-        fn()
-        if device.type == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - start)
+    times = interleaved_seconds({"fn": fn}, iters, warmup=0, sync=lambda: _sync(device))["fn"]
     peak = torch.cuda.max_memory_allocated() if device.type == "cuda" else _peak_rss()
-    return float(np.median(times)), peak
+    return statistics.median(times), peak
 
 
 def _peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def interleaved_seconds(steps, iters, warmup=1, sync=None, clock=time.perf_counter):
+    """Seconds of each call of the ``steps`` ({name: fn}), called in turn (A B A B ...) after ``warmup`` rounds.
+
+    Interleaving exposes every implementation to the same machine state (load, heat, memory), so ratios
+    taken within one run stay fair when the machine drifts. ``sync()`` runs before each clock reading.
+    Returns {name: [seconds of each of the ``iters`` timed calls]}.
+    """
+    sync = sync or (lambda: None)
+    for _ in range(warmup):
+        for fn in steps.values():
+            fn()
+    seconds = {name: [] for name in steps}
+    for _ in range(iters):
+        for name, fn in steps.items():
+            sync()
+            start = clock()
+            fn()
+            sync()
+            seconds[name].append(clock() - start)
+    return seconds
+
+
+def spread(seconds):
+    """(min, median, max) of a list of timings."""
+    return min(seconds), statistics.median(seconds), max(seconds)
+
+
+def _in_fresh_process(fn, *args):
+    """``fn(*args)`` in a new (spawned) process: own peak memory, own imports; its exceptions re-raised here."""
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def _our_engine(cfg, method, batch, device):
+    """Our engine on a random P x K batch of the configured size: (engine, model, batch dict)."""
+    import isgan_torchreid  # noqa: F401  (registration in a fresh process)
+    from isgan_torchreid.engine.staged import ISGANEngine
+    from isgan_torchreid.models import build_model
+
+    gen = torch.Generator().manual_seed(0)
+    imgs = torch.randn(batch, 3, cfg.DATA.HEIGHT, cfg.DATA.WIDTH, generator=gen)
+    data = {"img": imgs, "pid": torch.arange(batch) // cfg.SAMPLER.K}  # P x K layout
+    cfg = cfg.clone()
+    cfg.defrost()
+    cfg.MODEL.NAME, cfg.MODEL.PRETRAINED = method, False
+    model = build_model(cfg, NUM_CLASSES)
+    return ISGANEngine(cfg, _NoData(NUM_CLASSES), model, device), model, data
 
 
 def bench_training(cfg, methods=("isgan", "mgn", "pcb_p6"), batch=16, iters=2, warmup=1, device=None):
@@ -81,28 +139,14 @@ def bench_training(cfg, methods=("isgan", "mgn", "pcb_p6"), batch=16, iters=2, w
     """
     device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
     rows = []
-    context = multiprocessing.get_context("spawn")
     for method in methods:
-        with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
-            rows += pool.submit(_bench_method, cfg, method, batch, iters, warmup, str(device)).result()
+        rows += _in_fresh_process(_bench_method, cfg, method, batch, iters, warmup, str(device))
     return rows
 
 
 def _bench_method(cfg, method, batch, iters, warmup, device):
-    import isgan_torchreid  # noqa: F401  (registration in the fresh process)
-    from isgan_torchreid.engine.staged import ISGANEngine
-    from isgan_torchreid.models import build_model
-
     device = torch.device(device)
-    num_classes = 751
-    gen = torch.Generator().manual_seed(0)
-    imgs = torch.randn(batch, 3, cfg.DATA.HEIGHT, cfg.DATA.WIDTH, generator=gen)
-    data = {"img": imgs, "pid": torch.arange(batch) // cfg.SAMPLER.K}  # P x K layout
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.NAME, cfg.MODEL.PRETRAINED = method, False
-    model = build_model(cfg, num_classes)
-    engine = ISGANEngine(cfg, _NoData(num_classes), model, device)
+    engine, model, data = _our_engine(cfg, method, batch, device)
     rows = []
     for stage in (1, 2, 3) if method == "isgan" else (1,):
         engine.enter_stage(stage)
@@ -111,55 +155,119 @@ def _bench_method(cfg, method, batch, iters, warmup, device):
                      peak / 2**20])
     model.eval()
     with torch.no_grad():
-        x = imgs.to(device)
+        x = data["img"].to(device)
         sec, peak = _timed(lambda: model(x), iters, warmup, device)
     rows.append([method, "inference", 1000 * sec, batch / sec, peak / 2**20])
     return rows
 
 
-# The authors' code, measured on this project's 2-core CPU (torch 2.14.1), ResNet-50, 384x128,
-# batch 16 (reference notes 1.9): seconds per training iteration of each stage.
-REFERENCE_CPU_SECONDS = {"train stage 1": 27.0, "train stage 2": 37.6, "train stage 3": 54.2}
-
-
-def training_table(rows, cfg, batch, device):
-    """Rows of :func:`bench_training` as a table, with the speed-up over the authors' code where comparable."""
-    comparable = (device.type == "cpu" and batch == 16 and cfg.MODEL.BACKBONE == "resnet50"
-                  and (cfg.DATA.HEIGHT, cfg.DATA.WIDTH) == (384, 128))
-    table = []
-    for method, phase, ms, ips, mib in rows:
-        ref = REFERENCE_CPU_SECONDS.get(phase) if comparable and method == "isgan" else None
-        table.append([method, phase, f"{ms:.0f}", f"{ips:.2f}", f"{mib:.0f}",
-                      f"{ref:.1f}" if ref else "-", f"{ref * 1000 / ms:.2f}x" if ref else "-"])
-    headers = ["method", "phase", "ms/iter", "images/s", "peak MiB" + (" (GPU)" if device.type == "cuda" else
-               " (max RSS)"), "authors' s/iter", "speed-up"]
+def training_table(rows, device):
+    """Rows of :func:`bench_training` as a table."""
+    table = [[method, phase, f"{ms:.0f}", f"{ips:.2f}", f"{mib:.0f}"] for method, phase, ms, ips, mib in rows]
+    headers = ["method", "phase", "ms/iter", "images/s",
+               "peak MiB" + (" (GPU)" if device.type == "cuda" else " (max RSS)")]
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def compare_with_authors(cfg, reference, batch, iters, warmup, device, stages=(1, 2, 3)):
+    """Same-run seconds per training iteration of our engine and of the authors' code, stage by stage.
+
+    The authors' code is imported from the checkout ``reference`` and patched in memory
+    (:mod:`isgan_torchreid.authors`). Both get the same random P x K batch. Per stage, after ``warmup``
+    untimed rounds, they alternate ours, authors', ours, ... for ``iters`` timed iterations each.
+    Returns {stage: {"ours": [s, ...], "authors": [s, ...]}}.
+    """
+    device = torch.device(device)
+    code = authors.load(reference, device, batch // cfg.SAMPLER.K, cfg.SAMPLER.K, NUM_CLASSES)
+    engine, _, data = _our_engine(cfg, "isgan", batch, device)
+    seconds = {}
+    for stage in stages:
+        engine.enter_stage(stage)
+        theirs = authors.AuthorsStage(code, stage)
+        seconds[stage] = interleaved_seconds(
+            {"ours": lambda: engine.forward_backward(data), "authors": lambda: theirs.step(data["img"], data["pid"])},
+            iters, warmup, sync=lambda: _sync(device))
+        del theirs  # one of their models at a time
+    return seconds
+
+
+def comparison_table(seconds):
+    """{stage: {"ours": [...], "authors": [...]}} as a table of spreads and speed-ups (authors' / ours)."""
+    table = []
+    for stage, times in seconds.items():
+        ours, theirs = spread(times["ours"]), spread(times["authors"])
+        pairs = [a / o for o, a in zip(times["ours"], times["authors"])]
+        table.append([f"train stage {stage}", " / ".join(f"{1000 * s:.0f}" for s in ours),
+                      " / ".join(f"{1000 * s:.0f}" for s in theirs), f"{theirs[1] / ours[1]:.2f}x",
+                      f"{min(pairs):.2f}x - {max(pairs):.2f}x"])
+    headers = ["phase", "ours ms/iter (min / median / max)", "authors' ms/iter (min / median / max)",
+               "speed-up (authors' / ours, medians)", "speed-up per pair (min - max)"]
+    return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def profile_stages(cfg, batch, device, stages=(1, 2, 3), limit=15):
+    """torch.profiler tables of one iteration of each of our stages (after one warm-up), as text."""
+    device = torch.device(device)
+    engine, model, data = _our_engine(cfg, "isgan", batch, device)
+    parts = []
+    for stage in stages:
+        engine.enter_stage(stage)
+        step = lambda: engine.forward_backward(data)  # noqa: E731
+        step()
+        events = profile_step(step, model, device)
+        parts.append(f"profile of one stage-{stage} iteration (after one warm-up)\n\n"
+                     + profile_tables(events, device, limit))
+    return "\n\n".join(parts)
+
+
 def benchmark_main(argv=None):
-    """tools/benchmark.py: training/inference speed and memory tables, and the evaluator benchmark."""
+    """tools/benchmark.py: speed/memory tables, the same-run comparison with the authors' code, profiles."""
     from isgan_torchreid.cli import parser, reports_errors, select_device
     from isgan_torchreid.config import load_config
 
     @reports_errors
     def main(argv):
         p = parser("Print speed/memory tables: IS-GAN stages 1-3 and inference, MGN, torchreid's pcb_p6; "
-                   "and the fast evaluator against torchreid's.")
+                   "the fast evaluator against torchreid's; optionally the authors' code timed in the same "
+                   "run, and profiles of our stages.")
         p.add_argument("--batch", type=int, default=16)
-        p.add_argument("--iters", type=int, default=2, help="timed iterations (median reported)")
+        p.add_argument("--iters", type=int, help="timed iterations (default 2; with --reference, per stage and "
+                       "implementation, default 5)")
         p.add_argument("--methods", default="isgan,mgn,pcb_p6")
         p.add_argument("--skip-training", action="store_true")
         p.add_argument("--skip-evaluator", action="store_true")
+        p.add_argument("--reference", metavar="DIR", help="a checkout of the authors' code (git clone "
+                       "https://github.com/cvlab-yonsei/ISGAN): time it against ours in the same run, "
+                       "interleaved, per stage")
+        p.add_argument("--profile", action="store_true", help="torch.profiler tables of one iteration of each "
+                       "of our stages: module groups (forward/backward) and top operators")
         args = p.parse_args(argv)
         cfg = load_config(args.config_file, args.opts)
         device = select_device(cfg)
+        if args.iters is not None and args.iters < 1:
+            raise ISGANError(f"--iters must be at least 1, not {args.iters}")
+        if args.reference:
+            authors.check_checkout(args.reference)
+            authors.check_setting(cfg.MODEL.BACKBONE, cfg.DATA.HEIGHT, cfg.DATA.WIDTH, args.batch, cfg.SAMPLER.K)
         torch.manual_seed(cfg.SEED)
         print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-              f"{cfg.MODEL.BACKBONE} {cfg.DATA.HEIGHT}x{cfg.DATA.WIDTH}, batch {args.batch}")
+              f"{cfg.MODEL.BACKBONE} {cfg.DATA.HEIGHT}x{cfg.DATA.WIDTH}, batch {args.batch}, "
+              f"TRAIN.AMP {cfg.TRAIN.AMP}, TRAIN.CHANNELS_LAST {cfg.TRAIN.CHANNELS_LAST}")
         if not args.skip_training:
-            rows = bench_training(cfg, methods=args.methods.split(","), batch=args.batch, iters=args.iters,
+            rows = bench_training(cfg, methods=args.methods.split(","), batch=args.batch, iters=args.iters or 2,
                                   device=device)
-            print(training_table(rows, cfg, args.batch, device))
+            print(training_table(rows, device))
+        if args.reference:
+            iters = args.iters or 5
+            seconds = _in_fresh_process(compare_with_authors, cfg, os.path.abspath(args.reference), args.batch,
+                                        iters, 1, str(device))
+            print(f"\nSame run, ours and the authors' code ({args.reference}) alternating per stage: one warm-up "
+                  f"each, then {iters} timed iterations each; batch {args.batch} = "
+                  f"{args.batch // cfg.SAMPLER.K} x {cfg.SAMPLER.K}, random inputs.")
+            print(comparison_table(seconds))
+        if args.profile:
+            print()
+            print(_in_fresh_process(profile_stages, cfg, args.batch, str(device)))
         if not args.skip_evaluator:
             rows = bench_evaluator()
             print(tabulate([[n, f"{s:.2f}", f"{x:.1f}x", e] for n, s, x, e in rows],

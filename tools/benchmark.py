@@ -1,5 +1,6 @@
 #!/usr/bin/env python
-"""Speed/memory tables: python tools/benchmark.py --config-file configs/isgan_market.yaml [--batch 16]"""
+"""Speed/memory tables: python tools/benchmark.py --config-file configs/isgan_market.yaml [--batch 16]
+[--reference DIR_OF_THE_AUTHORS_CHECKOUT] [--profile]"""
 from isgan_torchreid.benchmark import benchmark_main
 
 if __name__ == "__main__":
