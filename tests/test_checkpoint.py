@@ -18,7 +18,7 @@ from isgan_torchreid.models.isgan import ISGAN
 def small_state(seed):
     torch.manual_seed(seed)
     net = nn.Sequential(nn.Linear(64, 64), nn.BatchNorm1d(64), nn.Linear(64, 8))
-    return {"stage": 1, "epoch": seed, "model": net.state_dict(), "rng": ckpt.rng_state()}
+    return {"stage": 1, "epoch": seed, "state_dict": net.state_dict(), "rng": ckpt.rng_state()}
 
 
 def assert_same_state(a, b):
@@ -33,7 +33,7 @@ def test_save_load_roundtrip_is_weights_only(tmp_path):
     ckpt.save_checkpoint(state, path)
     loaded = torch.load(path, map_location="cpu", weights_only=True)  # no pickled objects inside
     assert loaded["format"] == ckpt.FORMAT and loaded["epoch"] == 3
-    assert_same_state(loaded["model"], state["model"])
+    assert_same_state(loaded["state_dict"], state["state_dict"])
     assert os.listdir(tmp_path / "stage1") == ["latest.pth.tar"]  # no temp file left
 
 
@@ -81,7 +81,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert os.listdir(folder) == ["latest.pth.tar"]  # the temp file is gone
     state = ckpt.load_checkpoint(path)
     assert state["epoch"] == 1
-    assert_same_state(state["model"], previous["model"])
+    assert_same_state(state["state_dict"], previous["state_dict"])
 
 
 def test_linked_checkpoint_keeps_its_content_when_latest_moves_on(tmp_path):
@@ -100,7 +100,7 @@ def test_load_weights_skips_classifiers_of_another_num_classes(tmp_path, capsys)
     torch.manual_seed(1)
     target = ISGAN(5, **kwargs)
     path = str(tmp_path / "model.pth.tar-1")
-    ckpt.save_checkpoint({"model": source.state_dict(), "num_classes": 8}, path)
+    ckpt.save_checkpoint({"state_dict": source.state_dict(), "num_classes": 8}, path)
     src, before = source.state_dict(), {k: v.clone() for k, v in target.state_dict().items()}
     differing = {k for k in src if src[k].shape != before[k].shape}
     # the identity classifiers, D_C's last layer and G's one-hot input columns depend on num_classes

@@ -420,8 +420,8 @@ def test_interrupted_run_resumes_exactly(full_run, run_args, monkeypatch):
     resumed = ckpt.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))
     reference = ckpt.load_checkpoint(str(full_out / "stage2" / "latest.pth.tar"))
     assert resumed["epoch"] == reference["epoch"] == 2
-    assert resumed["model"].keys() == reference["model"].keys()
-    different = [k for k, v in resumed["model"].items() if not torch.equal(v, reference["model"][k])]
+    assert resumed["state_dict"].keys() == reference["state_dict"].keys()
+    different = [k for k, v in resumed["state_dict"].items() if not torch.equal(v, reference["state_dict"][k])]
     assert different == [], different[:5]
     for name, opt in reference["optimizers"].items():  # Adam (E_U, G) and SGD (D) moments too
         for index, moments in opt["state"].items():

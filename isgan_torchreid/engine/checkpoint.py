@@ -7,12 +7,18 @@ Layout under ``OUTPUT_DIR``::
                                      (hard links of ``latest`` at that time: no second write)
 
 A checkpoint is a dict of tensors and plain Python values only, so it loads with
-``torch.load(weights_only=True)``: model/optimizer/scheduler state dicts, ``stage``,
-``epoch`` (epochs completed), ``config_hash``, ``num_classes``, ``results`` and ``rng``.
+``torch.load(weights_only=True)``: the model's weights under ``state_dict`` (the key torchreid's
+``load_pretrained_weights`` and ``FeatureExtractor`` read), optimizer/scheduler state dicts,
+``stage``, ``epoch`` (epochs completed), ``config_hash``, ``num_classes``, ``results`` and ``rng``.
+
+Every file is written to ``{path}.tmp.{pid}`` and renamed; :func:`remove_stale_temp_files` deletes
+the temp files of writers that died (kill -9) before the rename.
 """
+import contextlib
 import json
 import os
 import random
+import re
 import shutil
 
 import numpy as np
@@ -22,6 +28,7 @@ from .. import compat
 from ..errors import ISGANError
 
 FORMAT = "isgan-torchreid/1"
+_TEMP_NAME = re.compile(r".+\.tmp\.(\d+)$")  # {path}.tmp.{pid}: the temp file of an atomic write
 
 
 def stage_dir(output_dir, stage):
@@ -80,10 +87,88 @@ def link_checkpoint(src, dst):
             os.remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temp path beside ``path`` to write to; then fsync it and rename it to ``path``.
+
+    On any error (or interruption) the temp file is removed and ``path`` keeps its previous content.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def remove_stale_temp_files(folder):
+    """Delete ``*.tmp.<pid>`` files under ``folder`` whose writer process is gone; return their paths.
+
+    A writer killed between creating its temp file and the rename (kill -9, power loss) leaves the
+    previous file intact and this temp file behind. Temp files of live processes (a concurrent writer,
+    this process) are kept.
+    """
+    removed = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            match = _TEMP_NAME.match(name)
+            if match and not _process_alive(int(match.group(1))):
+                path = os.path.join(root, name)
+                try:
+                    os.remove(path)
+                except FileNotFoundError:  # removed meanwhile by another cleaner
+                    continue
+                removed.append(path)
+    return sorted(removed)
+
+
+def _process_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def is_safetensors(path):
+    """True when ``path`` starts like a safetensors file: an 8-byte little-endian header length, then '{'."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path)
+
+
+def _load_safetensors(path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+        return {"state_dict": load_file(path), "metadata": metadata}
+    except (SafetensorError, OSError, ValueError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ISGANError(f"weights file {path} is a corrupt safetensors file ({reason}); write it again, or load "
+                         f"the stage's latest.pth.tar / model.pth.tar-<epoch> instead") from None
+
+
 def load_checkpoint(path):
-    """Load a checkpoint safely (``weights_only=True``, onto the CPU); clear errors when unreadable."""
+    """Load a checkpoint safely (``weights_only=True``, onto the CPU); clear errors when unreadable.
+
+    A safetensors file (an encoder file, see :mod:`isgan_torchreid.deploy`) loads as
+    ``{'state_dict': tensors, 'metadata': its string metadata}``.
+    """
     if not os.path.isfile(path):
         raise ISGANError(f"checkpoint not found: {path}; check the path (checkpoints live in OUTPUT_DIR/stage<n>/)")
+    if is_safetensors(path):
+        return _load_safetensors(path)
     try:
         with torch.serialization.safe_globals(compat.numpy_safe_globals()):  # torchreid's rank1: a numpy scalar
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -98,13 +183,14 @@ def load_checkpoint(path):
 
 
 def model_state(state):
-    """The model weights in a checkpoint: ours (``model``) or torchreid's (``state_dict``), or a bare state dict."""
-    for key in ("model", "state_dict"):
+    """The model weights in a checkpoint: ``state_dict`` (ours and torchreid's), ``model`` (ours before
+    the torchreid-compatible format), or a bare state dict; ``module.`` prefixes are kept (see load_weights)."""
+    for key in ("state_dict", "model"):
         if isinstance(state.get(key), dict):
             return state[key]
-    if all(isinstance(v, torch.Tensor) for v in state.values()):
+    if state and all(isinstance(v, torch.Tensor) for v in state.values()):
         return state
-    raise ISGANError("checkpoint holds no model weights (expected a 'model' or 'state_dict' entry)")
+    raise ISGANError("checkpoint holds no model weights (expected a 'state_dict' or 'model' entry)")
 
 
 def load_weights(model, weights, verbose=True):

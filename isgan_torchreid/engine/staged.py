@@ -399,7 +399,7 @@ class ISGANEngine(Engine):
         state = {
             "stage": stage,
             "epoch": epoch,
-            "model": self.model.state_dict(),
+            "state_dict": self.model.state_dict(),  # the key torchreid's loaders read
             "optimizers": {n: o.state_dict() for n, o in self._optims.items()},
             "schedulers": {n: s.state_dict() for n, s in self._scheds.items()},
             "scalers": {n: s.state_dict() for n, s in self.scalers.items() if s.is_enabled()},
@@ -420,7 +420,7 @@ class ISGANEngine(Engine):
                 raise ISGANError(f"{path} was written with a different config (hash {state.get('config_hash')} vs "
                                  f"{config_hash(self.cfg)}); use a new OUTPUT_DIR, or delete {os.path.dirname(path)} "
                                  f"to restart stage {stage}")
-            self.model.load_state_dict(state["model"])
+            self.model.load_state_dict(ckpt.model_state(state))
             for name, sd in state["optimizers"].items():
                 self._optims[name].load_state_dict(sd)
             for name, sd in state["schedulers"].items():
