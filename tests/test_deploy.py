@@ -11,6 +11,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import warnings
 import zipfile
 
 import numpy as np
@@ -20,7 +21,6 @@ import torch
 import torchreid
 from PIL import Image
 
-import isgan_torchreid
 from isgan_torchreid import cli
 from isgan_torchreid.config import load_config
 from isgan_torchreid.deploy import (Encoder, embed, encoder_spec, encoder_state, list_images, load_encoder,
@@ -241,7 +241,8 @@ def test_load_encoder_every_kind_gives_the_same_encoder(runs, tmp_path, capsys):
 
 def test_load_encoder_refuses_what_does_not_fit(runs, tmp_path):
     _, _, model, out = runs("isgan")
-    with pytest.raises(ISGANError, match=r"does not fit a resnet18 encoder with parts \[1, 2\].* 66 unused.*spec=") as err:
+    with pytest.raises(ISGANError, match=r"does not fit a resnet18 encoder with parts \[1, 2\].* 66 unused.*spec="
+                       ) as err:
         load_encoder(checkpoint_path(out, "encoder"), "cpu", spec={"parts": [1, 2]})
     assert "\n" not in str(err.value)
     osnet = str(tmp_path / "osnet.pth")
@@ -396,7 +397,8 @@ def _run(fmt, path, x):
         session = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
         assert [i.name for i in session.get_inputs()] == ["images"]
         return torch.from_numpy(session.run(["features"], {"images": x.numpy()})[0])
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.9 marks torch.jit as deprecated
         return torch.jit.load(path)(x)
 
 
@@ -498,3 +500,29 @@ def test_killed_writer_leaves_previous_checkpoint_and_its_temp_file_is_removed(t
     live.write_text("{}")
     assert ckpt.remove_stale_temp_files(str(tmp_path)) == [str(temp)]
     assert sorted(os.listdir(folder)) == ["latest.pth.tar", live.name]
+
+
+def test_onnx_through_torch_export(runs, tmp_path):
+    """--dynamo: the torch.export-based exporter (onnxscript) gives the same parity and dynamic batch."""
+    _, _, _, out = runs("isgan")
+    encoder = load_encoder(checkpoint_path(out, "encoder"), "cpu")
+    path = export_onnx(encoder, str(tmp_path / "encoder.onnx"), raw=True, dynamo=True)
+    x = torch.randn(3, 3, 128, 64, generator=torch.Generator().manual_seed(4))
+    expected = embed(encoder, x, flip=False, normalize=False)
+    for batch in (1, 3):
+        assert (_run("onnx", path, x[:batch]) - expected[:batch]).abs().max().item() <= 1e-4
+    assert os.listdir(tmp_path) == ["encoder.onnx"]  # weights inside, no external data file
+
+
+def test_inference_benchmark_at_small_settings(tiny_cfg):
+    from isgan_torchreid.benchmark import bench_inference, inference_tables
+
+    cfg = tiny_cfg("MODEL.PARTS", "[2]")
+    rows, sizes, params = bench_inference(cfg, batches=(1, 2), iters=1, warmup=0, threads=1)
+    assert [(r[0], r[1]) for r in rows] == [(n, b) for b in (1, 2) for n in ("pytorch eager", "torchscript",
+                                                                             "onnxruntime")]
+    assert all(ms > 0 and ips > 0 for _, _, ms, ips in rows)
+    per_param = {name: bpp for name, _, bpp in sizes}
+    assert abs(per_param["safetensors"] - 4) < 0.04 and abs(per_param["torchscript"] - 4) < 0.1
+    assert 3.5 < per_param["onnx"] < 4.1  # BN folded into the convolutions
+    assert "onnxruntime" in inference_tables(rows, sizes, params)

@@ -1,4 +1,5 @@
-"""Tests for the evaluation module: exact CMC/mAP, distances, flip-summed features, re-ranking."""
+"""Tests for the evaluation module: exact CMC/mAP, distances, flip-summed features, re-ranking, memory bounds."""
+import os
 import tracemalloc
 
 import numpy as np
@@ -12,6 +13,8 @@ from isgan_torchreid.engine import evaluation
 from isgan_torchreid.engine.evaluation import (compute_distance_matrix, evaluate, evaluate_rank,
                                                extract_features, rerank)
 from isgan_torchreid.errors import ISGANError
+
+from conftest import CONFIGS
 
 
 @pytest.fixture
@@ -340,3 +343,15 @@ def test_evaluate_wires_the_parts(use_rerank):
     for key in ('mAP', 'rank1', 'rank5', 'rank10'):
         assert isinstance(results[key], float) and 0 <= results[key] <= 1
     assert results['rank1'] > 0.5  # the identity signal is found
+
+
+def test_gallery_benchmark_runs_at_a_small_size(capsys):
+    """tools/benchmark.py --gallery Q G: time and peak memory of evaluate() on random features, in a fresh process."""
+    from isgan_torchreid.benchmark import benchmark_main
+
+    benchmark_main(['--config-file', os.path.join(CONFIGS, 'isgan_synthetic.yaml'), '--gallery', '300', '2000',
+                    '--max-mib', '4'])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert cells[0] == '300 x 2,000' and float(cells[1]) > 0 and cells[5] == '4'
+    assert cells[6] == f'{300 * 2000 * 4 / 2 ** 20:.0f}'  # the matrix that is never held

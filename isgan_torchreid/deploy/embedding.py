@@ -61,7 +61,8 @@ def _as_tensor(image, transform):
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image)  # (H, W, 3) uint8 RGB
     elif not isinstance(image, Image.Image):
-        raise TypeError(f"embed: expected image paths, PIL images or (H, W, 3) uint8 arrays, got {type(image).__name__}")
+        raise TypeError(f"embed: expected image paths, PIL images or (H, W, 3) uint8 arrays, "
+                        f"got {type(image).__name__}")
     return transform(image)
 
 

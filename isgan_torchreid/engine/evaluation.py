@@ -206,9 +206,10 @@ def distance_chunks(qf, gf, metric='euclidean', chunk_size=1024):
             f'compute_distance_matrix: expected (Q, D) and (G, D) features, got {tuple(qf.shape)} and '
             f'{tuple(gf.shape)}; flatten the descriptors to one row per image'
         )
-    if metric == 'euclidean':
-        g_sq = gf.pow(2).sum(dim=1)  # (G,)
-    elif metric == 'cosine':
+    if metric == 'euclidean':  # (G,) squared norms, a chunk of rows at a time: no (G, D) temporary
+        g_sq = torch.cat([gf.new_empty(0)] + [gf[i:i + chunk_size].pow(2).sum(dim=1)
+                                              for i in range(0, gf.size(0), chunk_size)])
+    elif metric == 'cosine':  # normalised copies of the features (Q x D and G x D)
         qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
     else:
         raise ISGANError(
