@@ -5,6 +5,7 @@ import os
 import resource
 import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -179,7 +180,9 @@ def bench_inference(cfg, batches=(1, 64), iters=3, warmup=1, threads=None, folde
             options = ort.SessionOptions()
             options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
             session = ort.InferenceSession(files["onnx"], options, providers=["CPUExecutionProvider"])
-            scripted = torch.jit.load(files["torchscript"])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.9 marks torch.jit as deprecated
+                scripted = torch.jit.load(files["torchscript"])
             runtimes = {
                 "pytorch eager": lambda x: encoder(x),
                 "torchscript": lambda x: scripted(x),
