@@ -1,6 +1,9 @@
 """isgan-torchreid: IS-GAN (Eom & Ham, NeurIPS 2019) as a torchreid plugin."""
 from setuptools import find_packages, setup
 
+# pinned to versions tested with torch 2.14.1 (onnx/onnxruntime parity tests in tests/test_deploy.py)
+EXPORT = ["onnx==1.23.2", "onnxruntime==1.32.0", "onnxscript==0.7.2", "safetensors==0.8.0", "tqdm==4.70.1"]
+
 setup(
     name="isgan-torchreid",
     version="0.1.0",
@@ -23,6 +26,13 @@ setup(
         "pillow",
         "h5py",
         "numpy",
+        # encoder.safetensors (written at the end of each stage) and tools/extract.py's progress bar
+        "safetensors>=0.4.3",
+        "tqdm>=4.60",
     ],
-    extras_require={"test": ["pytest>=7"]},
+    extras_require={
+        # tools/export.py and the inference benchmark; onnxscript only for --dynamo (torch.export-based ONNX)
+        "export": EXPORT,
+        "test": ["pytest>=7"] + EXPORT,  # CI tests the export too
+    },
 )

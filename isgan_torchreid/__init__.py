@@ -4,9 +4,14 @@ Importing the package registers the models (isgan_r50/r34/r18, mgn_r50/r18) into
 ``torchreid.models.build_model`` and the embedded synthetic datasets (synthperson,
 synthperson_b) into ``torchreid.data``, and applies the narrow torchreid compatibility
 patches of :mod:`isgan_torchreid.compat`.
+
+Trained models leave the trainer through :func:`load_encoder` (any checkpoint kind -> the identity
+encoder, eval mode) and :func:`embed` (images -> the descriptor tools/test.py evaluates); see
+:mod:`isgan_torchreid.deploy`.
 """
 from . import compat
 from .data.synthetic import DATASETS
+from .deploy import embed, load_encoder
 from .models import MODELS
 
 __version__ = "0.1.0"

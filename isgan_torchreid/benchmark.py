@@ -4,7 +4,9 @@ import multiprocessing
 import os
 import resource
 import statistics
+import tempfile
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -78,6 +80,15 @@ def _timed(fn, iters, warmup, device):
 
 def _peak_rss():
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def _current_rss():
+    """Resident memory now (Linux /proc; the peak so far where it cannot be read)."""
+    try:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return _peak_rss()
 
 
 def interleaved_seconds(steps, iters, warmup=1, sync=None, clock=time.perf_counter):
@@ -220,6 +231,117 @@ def profile_stages(cfg, batch, device, stages=(1, 2, 3), limit=15):
     return "\n\n".join(parts)
 
 
+def bench_inference(cfg, batches=(1, 64), iters=3, warmup=1, threads=None, folder=None):
+    """Images/s of the identity encoder (random weights, cfg's backbone/parts/size) in PyTorch eager, TorchScript
+    and onnxruntime on the CPU, and the sizes of its safetensors, ONNX and TorchScript files.
+
+    The encoder is the raw one (one forward per image; the evaluated descriptor's flip doubles the cost).
+    ``threads``: intra-op threads of torch and onnxruntime (default: torch's current setting).
+    Returns (speed rows [runtime, batch, ms/batch, images/s], size rows [file, MiB, bytes/parameter]).
+    """
+    import onnxruntime as ort
+
+    from isgan_torchreid.deploy import Encoder, encoder_spec, save_encoder
+    from isgan_torchreid.deploy.export import export_onnx, export_torchscript
+
+    threads = threads or torch.get_num_threads()
+    previous = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        torch.manual_seed(cfg.SEED)
+        encoder = Encoder(encoder_spec(cfg)).eval()
+        with torch.no_grad():  # the branches start as copies of one ResNet; trained ones differ (the ONNX
+            for p in encoder.parameters():  # exporter would store identical tensors once)
+                p.add_(1e-3 * torch.randn_like(p))
+        params = sum(p.numel() for p in encoder.parameters())
+        with tempfile.TemporaryDirectory(dir=folder) as tmp:
+            files = {"safetensors": save_encoder(encoder, cfg, os.path.join(tmp, "encoder.safetensors")),
+                     "onnx": export_onnx(encoder, os.path.join(tmp, "encoder.onnx"), raw=True),
+                     "torchscript": export_torchscript(encoder, os.path.join(tmp, "encoder.pt"), raw=True)}
+            sizes = [[name, os.path.getsize(path) / 2 ** 20, os.path.getsize(path) / params]
+                     for name, path in files.items()]
+            options = ort.SessionOptions()
+            options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+            session = ort.InferenceSession(files["onnx"], options, providers=["CPUExecutionProvider"])
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.9 marks torch.jit as deprecated
+                scripted = torch.jit.load(files["torchscript"])
+            runtimes = {
+                "pytorch eager": lambda x: encoder(x),
+                "torchscript": lambda x: scripted(x),
+                "onnxruntime": lambda x: session.run(None, {"images": x.numpy()}),
+            }
+            rows = []
+            gen = torch.Generator().manual_seed(0)
+            for batch in batches:
+                x = torch.randn(batch, 3, cfg.DATA.HEIGHT, cfg.DATA.WIDTH, generator=gen)
+                for name, run in runtimes.items():
+                    with torch.no_grad():
+                        sec, _ = _timed(lambda: run(x), iters, warmup, torch.device("cpu"))
+                    rows.append([name, batch, 1000 * sec, batch / sec])
+    finally:
+        torch.set_num_threads(previous)
+    return rows, sizes, params
+
+
+def inference_tables(rows, sizes, params):
+    """The two tables of :func:`bench_inference`."""
+    speed = tabulate([[n, b, f"{ms:.1f}", f"{ips:.1f}"] for n, b, ms, ips in rows],
+                     headers=["runtime (CPU)", "batch", "ms/batch", "images/s"], tablefmt="github",
+                     disable_numparse=True)
+    files = tabulate([[n, f"{mib:.1f}", f"{bpp:.3f}"] for n, mib, bpp in sizes],
+                     headers=["encoder file", "MiB", f"bytes / parameter ({params:,} parameters)"],
+                     tablefmt="github", disable_numparse=True)
+    return speed + "\n\n" + files
+
+
+# MSMT17's test split: 11,659 queries and 82,161 gallery images of 3,060 identities from 15 cameras
+MSMT17_SIZE = (11659, 82161, 3060, 15)
+
+
+def bench_gallery(num_query=MSMT17_SIZE[0], num_gallery=MSMT17_SIZE[1], num_ids=MSMT17_SIZE[2],
+                  num_cams=MSMT17_SIZE[3], dim=2048, max_bytes=None):
+    """Time and peak memory of ``evaluate()`` on random L2-normalised features, in a fresh process.
+
+    Returns {'seconds', 'features_mib', 'peak_rss_mib', 'evaluation_peak_mib' (peak RSS above the resident
+    memory once the features existed), 'full_distmat_mib' (what a Q x G float32 matrix would take), 'mAP',
+    'budget_mib'}.
+    """
+    context = multiprocessing.get_context("spawn")
+    with concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context) as pool:
+        return pool.submit(_bench_gallery, num_query, num_gallery, num_ids, num_cams, dim, max_bytes).result()
+
+
+def _bench_gallery(num_query, num_gallery, num_ids, num_cams, dim, max_bytes):
+    from isgan_torchreid.engine import evaluation
+
+    gen = torch.Generator().manual_seed(0)
+    qf = torch.nn.functional.normalize(torch.randn(num_query, dim, generator=gen), dim=1)
+    gf = torch.nn.functional.normalize(torch.randn(num_gallery, dim, generator=gen), dim=1)
+    labels = [torch.randint(high, (n,), generator=gen).numpy()
+              for high, n in ((num_ids, num_query), (num_ids, num_gallery), (num_cams, num_query),
+                              (num_cams, num_gallery))]
+    before = _current_rss()
+    start = time.perf_counter()
+    result = evaluation.evaluate(qf, gf, *labels, max_bytes=max_bytes or evaluation.MAX_BYTES)
+    seconds = time.perf_counter() - start
+    peak = _peak_rss()
+    return {"seconds": seconds, "features_mib": (num_query + num_gallery) * dim * 4 / 2 ** 20,
+            "peak_rss_mib": peak / 2 ** 20, "evaluation_peak_mib": (peak - before) / 2 ** 20,
+            "full_distmat_mib": num_query * num_gallery * 4 / 2 ** 20, "mAP": result["mAP"],
+            "budget_mib": (max_bytes or evaluation.MAX_BYTES) / 2 ** 20}
+
+
+def gallery_table(num_query, num_gallery, result):
+    """One row of :func:`bench_gallery`."""
+    row = [f"{num_query:,} x {num_gallery:,}", f"{result['seconds']:.1f}", f"{result['features_mib']:.0f}",
+           f"{result['evaluation_peak_mib']:.0f}", f"{result['peak_rss_mib']:.0f}", f"{result['budget_mib']:.0f}",
+           f"{result['full_distmat_mib']:.0f}"]
+    return tabulate([row], headers=["query x gallery", "seconds", "features MiB", "evaluation peak MiB (RSS above "
+                                    "features)", "process peak MiB", "budget MiB", "full Q x G matrix MiB"],
+                    tablefmt="github", disable_numparse=True)
+
+
 def benchmark_main(argv=None):
     """tools/benchmark.py: speed/memory tables, the same-run comparison with the authors' code, profiles."""
     from isgan_torchreid.cli import parser, reports_errors, select_device
@@ -241,8 +363,17 @@ def benchmark_main(argv=None):
                        "interleaved, per stage")
         p.add_argument("--profile", action="store_true", help="torch.profiler tables of one iteration of each "
                        "of our stages: module groups (forward/backward) and top operators")
+        p.add_argument("--inference", action="store_true", help="only the identity encoder's inference table "
+                       "(eager / TorchScript / onnxruntime, CPU) and its file sizes")
+        p.add_argument("--inference-batches", default="1,64")
+        p.add_argument("--threads", type=int, help="CPU threads for --inference (default: torch's)")
+        p.add_argument("--gallery", nargs="*", type=int, metavar="N", help="only the evaluation of random features "
+                       "at gallery scale: [QUERIES GALLERY] (default: MSMT17's 11659 82161)")
+        p.add_argument("--max-mib", type=int, help="evaluation memory budget for --gallery (default: evaluate's)")
         args = p.parse_args(argv)
         cfg = load_config(args.config_file, args.opts)
+        if args.inference or args.gallery is not None:
+            return _deploy_tables(cfg, args)
         device = select_device(cfg)
         if args.iters is not None and args.iters < 1:
             raise ISGANError(f"--iters must be at least 1, not {args.iters}")
@@ -275,3 +406,20 @@ def benchmark_main(argv=None):
                            tablefmt="github", disable_numparse=True))
 
     return main(argv)
+
+
+def _deploy_tables(cfg, args):
+    if args.inference:
+        batches = [int(b) for b in args.inference_batches.split(",")]
+        rows, sizes, params = bench_inference(cfg, batches, args.iters or 3, threads=args.threads)
+        print(f"identity encoder: {cfg.MODEL.BACKBONE} {cfg.DATA.HEIGHT}x{cfg.DATA.WIDTH}, "
+              f"parts {list(cfg.MODEL.PARTS)}, {args.threads or torch.get_num_threads()} CPU threads, torch {torch.__version__}, median of "
+              f"{args.iters or 3}")
+        print(inference_tables(rows, sizes, params))
+    if args.gallery is not None:
+        if len(args.gallery) not in (0, 2):
+            raise ISGANError(f"--gallery takes 0 or 2 numbers (QUERIES GALLERY), got {args.gallery}")
+        num_query, num_gallery = args.gallery or MSMT17_SIZE[:2]
+        max_bytes = args.max_mib * 2 ** 20 if args.max_mib else None
+        result = bench_gallery(num_query, num_gallery, max_bytes=max_bytes)
+        print(gallery_table(num_query, num_gallery, result))

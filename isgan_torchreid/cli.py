@@ -41,7 +41,7 @@ def reports_errors(main):
 
 
 def prepare_output_dir(path):
-    """Create ``path`` and check it is writable, before any work is done."""
+    """Create ``path``, check it is writable and remove the temp files of dead writers, before any work is done."""
     try:
         os.makedirs(path, exist_ok=True)
         probe = os.path.join(path, f".write-test-{os.getpid()}")
@@ -51,6 +51,8 @@ def prepare_output_dir(path):
     except OSError as e:
         raise ISGANError(f"output directory {path} is not writable ({e.strerror}); set OUTPUT_DIR to a writable "
                          f"folder") from None
+    for stale in ckpt.remove_stale_temp_files(path):
+        print(f"=> removed {stale}, left by a writer that was killed")
 
 
 def select_device(cfg):
@@ -152,3 +154,64 @@ def test_main(argv):
     engine.evaluate_targets(key="test", save_dir=cfg.OUTPUT_DIR)
     print(results_table(engine.results, cfg.TEST.RANKS))
     return engine.results
+
+
+def _deploy_parser(description):
+    p = argparse.ArgumentParser(description=description)
+    p.add_argument("--weights", required=True, help="encoder.safetensors, a .pth.tar checkpoint (ours or torchreid's)")
+    p.add_argument("--debug", action="store_true", help="show the traceback of user errors")
+    return p
+
+
+@reports_errors
+def extract_main(argv):
+    """tools/extract.py: embed a folder (recursively) or a list of images into an .npz archive."""
+    from .deploy import extract, list_images, load_encoder
+
+    p = _deploy_parser("Embed images with the descriptor tools/test.py evaluates; write paths, features "
+                       "(and pids/camids for Market-named files) to an .npz.")
+    p.add_argument("--images", required=True, help="a folder (walked recursively) or a text file, one path per line")
+    p.add_argument("--out", default="feats.npz", help="output archive (default: feats.npz)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--workers", type=int, default=4, help="image-decoding processes (0: in the main process)")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--no-flip", action="store_true", help="skip the flipped view (default: as the weights' spec)")
+    p.add_argument("--no-normalize", action="store_true", help="skip the L2 normalisation (default: as the spec)")
+    args = p.parse_args(argv)
+    if args.batch_size < 1 or args.workers < 0:
+        raise ISGANError(f"--batch-size {args.batch_size} / --workers {args.workers}: use a batch of 1 or more and "
+                         f"0 or more workers")
+    paths = list_images(args.images)
+    encoder = load_encoder(args.weights, args.device)
+    summary = extract(encoder, paths, args.out, batch_size=args.batch_size, workers=args.workers,
+                      flip=encoder.spec["flip"] and not args.no_flip,
+                      normalize=encoder.spec["normalize"] and not args.no_normalize)
+    print(f"=> {summary['embedded']} of {summary['images']} images -> {args.out} ({summary['dim']}-d"
+          + (", with Market pids/camids" if summary["labels"] else "") + f"); {summary['skipped']} skipped")
+    return summary
+
+
+@reports_errors
+def export_main(argv):
+    """tools/export.py: export the identity encoder to ONNX or TorchScript (dynamic batch)."""
+    from .deploy import load_encoder
+    from .deploy.export import FORMATS, export
+
+    p = _deploy_parser("Export the identity encoder (trunk + E_R) to ONNX or TorchScript, dynamic batch; by default "
+                       "with the evaluated flip + L2 normalisation in the graph.")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--out", required=True, help="output file, e.g. encoder.onnx or encoder.pt")
+    p.add_argument("--height", type=int, help="input height (default: the training size)")
+    p.add_argument("--width", type=int, help="input width (default: the training size)")
+    p.add_argument("--raw", action="store_true", help="export the un-flipped, un-normalised encoder output")
+    p.add_argument("--dynamo", action="store_true", help="ONNX through torch.export (needs onnxscript)")
+    args = p.parse_args(argv)
+    encoder = load_encoder(args.weights, "cpu")
+    try:
+        export(encoder, args.out, args.format, args.height, args.width, args.raw, args.dynamo)
+    except ImportError as e:  # onnx / onnxscript: the [export] extra
+        raise ISGANError(f"{e}; install the export extra: pip install 'isgan-torchreid[export]'") from None
+    h, w = args.height or encoder.spec["height"], args.width or encoder.spec["width"]
+    print(f"=> {args.out}: {args.format}, input images (B, 3, {h}, {w}), output features (B, {encoder.descriptor_dim})"
+          f"{' raw' if args.raw else ''}")
+    return args.out

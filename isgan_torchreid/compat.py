@@ -13,13 +13,18 @@ and covered by a test that fails without it):
   is re-bound to a namespace in which ``np.bool`` is ``bool``.
 * ``utils.load_checkpoint`` calls ``torch.load`` with the torch >= 2.6 default
   ``weights_only=True``, which rejects torchreid's own checkpoints (``Engine.save_model``
-  stores ``rank1`` as a numpy scalar). It now allow-lists numpy scalars and dtypes only.
+  stores ``rank1`` as a numpy scalar). It now allow-lists numpy scalars and dtypes only, and
+  reads safetensors files (the project's ``encoder.safetensors``) as ``{'state_dict': tensors}``,
+  so ``load_pretrained_weights`` and ``FeatureExtractor(model_path=...)`` accept them too.
 * ``utils.FeatureExtractor`` defaults to ``device='cuda'`` and fails on CPU-only machines;
   the default becomes ``'cuda'`` when available, else ``'cpu'``.
 """
+import contextlib
 import functools
 import importlib
 import inspect
+import io
+import os
 import types
 import warnings
 
@@ -80,6 +85,14 @@ def set_engine_models(engine, entries):
         engine.register_model(name, model, optimizer, scheduler)
 
 
+def test_transform(height, width, mean, std):
+    """torchreid's test transform (resize, to tensor, normalise) from ``build_transforms``, without its printout."""
+    with contextlib.redirect_stdout(io.StringIO()):
+        _, transform = torchreid_base().data.transforms.build_transforms(height, width, transforms=None,
+                                                                         norm_mean=mean, norm_std=std)
+    return transform
+
+
 # --------------------------------------------------------------------------- patches
 
 
@@ -115,11 +128,17 @@ def numpy_safe_globals():
 def _patch_load_checkpoint():
     torchtools = _submodule("utils.torchtools")
     original = torchtools.load_checkpoint
-    if getattr(original, "_isgan_patched", False) or not hasattr(torch.serialization, "safe_globals"):
+    if getattr(original, "_isgan_patched", False):
         return
 
     @functools.wraps(original)
     def load_checkpoint(fpath):
+        from .engine import checkpoint  # imported here: it imports this module
+
+        if fpath is not None and os.path.isfile(fpath) and checkpoint.is_safetensors(fpath):
+            return checkpoint.load_checkpoint(fpath)  # {'state_dict': tensors, 'metadata': {...}}
+        if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.4 loads pickles unrestricted
+            return original(fpath)
         with torch.serialization.safe_globals(numpy_safe_globals()):
             return original(fpath)
 

@@ -4,6 +4,7 @@ from urllib.error import URLError
 
 import pytest
 import torch
+import torch.nn.functional as F
 import torchvision
 
 from isgan_torchreid.errors import ISGANError
@@ -12,6 +13,7 @@ from isgan_torchreid.models.branches import (
     build_trunk,
     load_resnet,
     part_pool,
+    stripe_bounds,
     validate_parts,
 )
 
@@ -121,6 +123,29 @@ def test_part_pool_avg_and_non_divisible_height():
     # H=5 is not divisible by 2: torch's adaptive bins are rows 0..2 and 2..4 (row 2 shared)
     assert avg[0, 1, 0].item() == pytest.approx(x[0, 0, 0:3].mean().item())
     assert avg[0, 2, 0].item() == pytest.approx(x[0, 0, 2:5].mean().item())
+
+
+def test_stripe_bounds_are_torchs_adaptive_bins():
+    """part_pool's explicit slices give exactly torch's adaptive pooling at every height (max) and the same
+    average (avg), and the same gradients for a map without ties (what training sees)."""
+    gen = torch.Generator().manual_seed(0)
+    for height in range(1, 31):
+        for n in range(1, 8):
+            x = torch.randn(2, 3, height, 5, generator=gen, requires_grad=True)
+            ours = part_pool(x, n, "max")
+            ref = torch.cat([F.adaptive_max_pool2d(x, 1).flatten(2), F.adaptive_max_pool2d(x, (n, 1)).flatten(2)],
+                            dim=2).transpose(1, 2)
+            ref = ref if n > 1 else ref[:, :1]
+            assert torch.equal(ours, ref), (height, n)
+            weights = torch.randn(ours.shape, generator=gen)
+            grad, = torch.autograd.grad((ours * weights).sum(), x)
+            ref_grad, = torch.autograd.grad((ref * weights).sum(), x)
+            assert torch.equal(grad != 0, ref_grad != 0), (height, n)  # the same maxima receive the gradient
+            torch.testing.assert_close(grad, ref_grad)  # (shared rows sum in another order)
+            avg = torch.cat([F.adaptive_avg_pool2d(x, 1).flatten(2), F.adaptive_avg_pool2d(x, (n, 1)).flatten(2)],
+                            dim=2).transpose(1, 2)
+            torch.testing.assert_close(part_pool(x, n, "avg"), avg if n > 1 else avg[:, :1])
+    assert stripe_bounds(8, 3) == [(0, 3), (2, 6), (5, 8)] and stripe_bounds(24, 3) == [(0, 8), (8, 16), (16, 24)]
 
 
 @pytest.mark.parametrize("parts", list(VARIANTS))

@@ -1,4 +1,5 @@
-"""Tests for the evaluation module: exact CMC/mAP, distances, flip-summed features, re-ranking."""
+"""Tests for the evaluation module: exact CMC/mAP, distances, flip-summed features, re-ranking, memory bounds."""
+import os
 import tracemalloc
 
 import numpy as np
@@ -12,6 +13,8 @@ from isgan_torchreid.engine import evaluation
 from isgan_torchreid.engine.evaluation import (compute_distance_matrix, evaluate, evaluate_rank,
                                                extract_features, rerank)
 from isgan_torchreid.errors import ISGANError
+
+from conftest import CONFIGS
 
 
 @pytest.fixture
@@ -53,14 +56,21 @@ def _query_kinds(q_pids, g_pids, q_camids, g_camids):
     return (same_id & same_cam).any(1), (same_id & ~same_cam).any(1)
 
 
-def _assert_same_as_torchreid(args, max_rank, cuhk03, rng):
+def _rows_budget(rows, num_g, cuhk03):
+    """A max_bytes that makes evaluate_rank rank `rows` queries per chunk."""
+    budget = rows * num_g * (evaluation._CUHK03_BYTES_PER_PAIR if cuhk03 else evaluation._BYTES_PER_PAIR)
+    assert evaluation.chunk_rows(num_g, budget, cuhk03) == rows
+    return budget
+
+
+def _assert_same_as_torchreid(args, max_rank, cuhk03, rng, max_bytes=evaluation.MAX_BYTES):
     """Our evaluate_rank equals torchreid's python evaluator bit for bit (and leaves the RNG alike)."""
     rng.seed(0)
     ref_cmc, ref_map = torchreid.metrics.evaluate_rank(*args, max_rank=max_rank, use_metric_cuhk03=cuhk03,
                                                        use_cython=False)
     ref_next = rng.random_sample()
     rng.seed(0)
-    cmc, mAP = evaluate_rank(*args, max_rank=max_rank, use_metric_cuhk03=cuhk03)
+    cmc, mAP = evaluate_rank(*args, max_rank=max_rank, use_metric_cuhk03=cuhk03, max_bytes=max_bytes)
     assert rng.random_sample() == ref_next  # same number of draws from the global RNG
     assert cmc.dtype == np.float32 and cmc.shape == ref_cmc.shape
     np.testing.assert_array_equal(cmc, ref_cmc)
@@ -81,14 +91,14 @@ PROBLEMS = {
 
 @pytest.mark.parametrize('cuhk03', [False, True], ids=['market', 'cuhk03'])
 @pytest.mark.parametrize('name', list(PROBLEMS))
-def test_evaluate_rank_equals_torchreid(name, cuhk03, numpy_global_rng, monkeypatch):
+def test_evaluate_rank_equals_torchreid(name, cuhk03, numpy_global_rng):
     seed, num_q, num_g, num_ids, num_cams, ties, max_rank = PROBLEMS[name]
     args = _problem(seed, num_q, num_g, num_ids, num_cams, ties)
     same_cam, valid = _query_kinds(*args[1:])
     assert same_cam.any() and valid.any() and not valid.all()  # every situation occurs
     assert (args[2] == 0).any() and (args[2] == -1).any()
-    monkeypatch.setattr(evaluation, '_CHUNK_PAIRS', 7 * num_g)  # several chunks, of 7 or fewer queries
-    cmc, mAP = _assert_same_as_torchreid(args, max_rank, cuhk03, numpy_global_rng)
+    budget = _rows_budget(7, num_g, cuhk03)  # several chunks, of 7 or fewer queries
+    cmc, mAP = _assert_same_as_torchreid(args, max_rank, cuhk03, numpy_global_rng, budget)
     assert np.all(np.diff(cmc) >= 0) and 0 < mAP <= 1
 
 
@@ -102,13 +112,80 @@ def test_gallery_smaller_than_max_rank(cuhk03, numpy_global_rng):
     assert len(cmc) == expected and cmc[-1] == 1
 
 
-def test_ragged_cmc_rows_raise_clear_error():
-    """torchreid crashes stacking CMC rows of unequal length; we name the cause and the fix."""
-    distmat, q_pids, g_pids, q_camids, g_camids = _problem(5, 30, 10, 3, 2, False)
+def test_ragged_cmc_rows_stop_at_the_shortest_list(numpy_global_rng):
+    """torchreid crashes stacking CMC rows of unequal length; ours stops the CMC at the shortest row.
+
+    (Under the CUHK03 protocol every valid query ranks all gallery identities: rows never differ.)
+    """
+    args = _problem(5, 30, 10, 3, 2, False)
     with pytest.raises(ValueError):
-        torchreid.metrics.evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, use_cython=False)
-    with pytest.raises(ISGANError, match='pass max_rank <='):
-        evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids)
+        torchreid.metrics.evaluate_rank(*args, use_cython=False)
+    cmc, _ = evaluate_rank(*args)
+    assert 1 <= len(cmc) < 10
+    # where torchreid works (max_rank = that length) the results are identical
+    _assert_same_as_torchreid(args, len(cmc), False, numpy_global_rng)
+    with pytest.raises(ValueError):  # one rank more and torchreid fails again: the length is the largest
+        torchreid.metrics.evaluate_rank(*args, max_rank=len(cmc) + 1, use_cython=False)
+
+
+def test_tiny_gallery_evaluates_with_nan_beyond_its_ranks(capsys):
+    """26 gallery images: evaluate() must not fail after training; ranks it cannot reach are NaN."""
+    gen = torch.Generator().manual_seed(14)
+    g_pids, g_camids = np.repeat(np.arange(13), 2), np.tile([0, 1], 13)  # 13 ids x 2 cameras
+    q_pids, q_camids = np.arange(13), np.zeros(13, dtype=np.int64)
+    qf, gf = torch.randn(13, 8, generator=gen), torch.randn(26, 8, generator=gen)
+    results = evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, ranks=(1, 5, 10, 30))
+    assert len(results['cmc']) == 26 - 1  # each query loses its same-camera image
+    assert [np.isnan(results[f'rank{r}']) for r in (1, 5, 10, 30)] == [False, False, False, True]
+    assert results['rank10'] == float(results['cmc'][9]) and results['cmc'][-1] == 1
+    assert 'rank-30 reported as NaN' in capsys.readouterr().out
+
+
+@pytest.mark.parametrize('metric', ['euclidean', 'cosine'])
+@pytest.mark.parametrize('cuhk03', [False, True], ids=['market', 'cuhk03'])
+def test_chunked_evaluate_equals_whole_matrix(metric, cuhk03, numpy_global_rng):
+    """Distances computed and ranked chunk by chunk give the CMC/mAP of the whole matrix, bit for bit."""
+    gen = torch.Generator().manual_seed(15)
+    q_pids = torch.randint(0, 12, (70,), generator=gen).numpy()
+    g_pids = torch.randint(0, 12, (300,), generator=gen).numpy()
+    q_camids = torch.randint(0, 3, (70,), generator=gen).numpy()
+    g_camids = torch.randint(0, 3, (300,), generator=gen).numpy()
+    qf, gf = torch.randn(70, 16, generator=gen), torch.randn(300, 16, generator=gen)
+    budget = _rows_budget(8, 300, cuhk03)
+    numpy_global_rng.seed(0)
+    chunked = evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, metric, use_metric_cuhk03=cuhk03,
+                       max_bytes=budget)
+    numpy_global_rng.seed(0)
+    ref_cmc, ref_map = torchreid.metrics.evaluate_rank(compute_distance_matrix(qf, gf, metric).numpy(), q_pids,
+                                                       g_pids, q_camids, g_camids, use_metric_cuhk03=cuhk03,
+                                                       use_cython=False)
+    np.testing.assert_array_equal(chunked['cmc'], ref_cmc)
+    assert chunked['mAP'] == ref_map
+
+
+@pytest.mark.parametrize('cuhk03,distinct_ids', [(False, False), (True, False), (True, True)])
+def test_ranking_memory_stays_within_budget(cuhk03, distinct_ids):
+    """tracemalloc's peak while ranking stays under max_bytes, and uses at least half of it where the
+    estimate is tight (CUHK03 with several images per identity needs far less than its worst case)."""
+    gen = torch.Generator().manual_seed(16)
+    num_q, num_g = 120, 4000
+    distmat = torch.rand(num_q, num_g, generator=gen).numpy()
+    if distinct_ids:  # CUHK03's worst case: one draw per gallery image
+        g_pids, q_pids = np.arange(num_g), np.arange(num_q)
+    else:
+        g_pids = torch.randint(0, 300, (num_g,), generator=gen).numpy()
+        q_pids = torch.randint(0, 300, (num_q,), generator=gen).numpy()
+    q_camids, g_camids = np.zeros(num_q, dtype=np.int64), np.ones(num_g, dtype=np.int64)
+    budget = _rows_budget(20, num_g, cuhk03)
+    tracemalloc.start()
+    try:
+        evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, use_metric_cuhk03=cuhk03, max_bytes=budget)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak <= budget
+    if not cuhk03 or distinct_ids:
+        assert peak >= budget / 2
 
 
 def test_torch_distmat_and_no_valid_query():
@@ -126,7 +203,7 @@ def test_torch_distmat_and_no_valid_query():
 
 def test_evaluate_rank_rejects_mismatched_labels():
     distmat, q_pids, g_pids, q_camids, g_camids = _problem(7, 10, 30, 4, 2, False)
-    with pytest.raises(ISGANError, match='one pid and camid'):
+    with pytest.raises(ValueError, match='one pid and camid'):
         evaluate_rank(distmat, q_pids[:-1], g_pids, q_camids, g_camids)
 
 
@@ -141,9 +218,9 @@ def test_compute_distance_matrix_equals_torchreid(metric):
 
 
 def test_compute_distance_matrix_rejects_bad_input():
-    with pytest.raises(ISGANError, match='unknown metric'):
+    with pytest.raises(ValueError, match='unknown metric'):
         compute_distance_matrix(torch.zeros(2, 3), torch.zeros(4, 3), 'manhattan')
-    with pytest.raises(ISGANError, match='flatten'):
+    with pytest.raises(ValueError, match='flatten'):
         compute_distance_matrix(torch.zeros(2, 3), torch.zeros(4, 5))
 
 
@@ -266,3 +343,15 @@ def test_evaluate_wires_the_parts(use_rerank):
     for key in ('mAP', 'rank1', 'rank5', 'rank10'):
         assert isinstance(results[key], float) and 0 <= results[key] <= 1
     assert results['rank1'] > 0.5  # the identity signal is found
+
+
+def test_gallery_benchmark_runs_at_a_small_size(capsys):
+    """tools/benchmark.py --gallery Q G: time and peak memory of evaluate() on random features, in a fresh process."""
+    from isgan_torchreid.benchmark import benchmark_main
+
+    benchmark_main(['--config-file', os.path.join(CONFIGS, 'isgan_synthetic.yaml'), '--gallery', '300', '2000',
+                    '--max-mib', '4'])
+    row = capsys.readouterr().out.strip().splitlines()[-1]
+    cells = [c.strip() for c in row.strip('|').split('|')]
+    assert cells[0] == '300 x 2,000' and float(cells[1]) > 0 and cells[5] == '4'
+    assert cells[6] == f'{300 * 2000 * 4 / 2 ** 20:.0f}'  # the matrix that is never held

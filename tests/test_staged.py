@@ -391,6 +391,13 @@ def test_end_to_end_outputs(full_run):
         state = ckpt.load_checkpoint(str(folder / "latest.pth.tar"))
         assert (state["stage"], state["epoch"], state["num_classes"]) == (stage, epochs, 8)
         assert state["results"] == results[stage]
+        assert state["encoder_spec"]["parts"] == [2] and "optimizers" in state
+        kept = ckpt.load_checkpoint(str(folder / f"model.pth.tar-{epochs}"))  # weights only, written on its own
+        assert "optimizers" not in kept and "rng" not in kept and kept["results"] == results[stage]
+        assert all(torch.equal(kept["state_dict"][k], v) for k, v in state["state_dict"].items())
+        encoder = ckpt.load_checkpoint(str(folder / "encoder.safetensors"))["state_dict"]  # the descriptor's tensors
+        assert set(encoder) == {k for k in state["state_dict"] if k.startswith(
+            ("backbone.", "encoder_r.branches.", "encoder_r.reductions."))}
         samples = sorted(os.listdir(folder / "samples")) if stage > 1 else []
         assert samples == ([] if stage == 1 else [f"epoch{epochs:03d}.png"])
         for name in samples:

@@ -12,10 +12,16 @@ A checkpoint is a dict of tensors and plain Python values only, so it loads with
 ``load_pretrained_weights`` looks; ``stage``, ``epoch`` (epochs completed), ``config_hash``, ``num_classes``
 and ``results`` describe them. ``latest`` adds ``optimizers`` (optimiser, scheduler and AMP scaler state per
 optimiser) and ``rng`` (Python, numpy and torch generators).
+
+Every file is written to ``{path}.tmp.{pid}`` and renamed; :func:`remove_stale_temp_files` deletes
+the temp files of writers that died (kill -9) before the rename.
 """
+import contextlib
 import json
+import math
 import os
 import random
+import re
 
 import numpy as np
 import torch
@@ -25,6 +31,7 @@ from ..config import config_hash
 from ..errors import ISGANError
 
 FORMAT = "isgan-torchreid/1"
+_TEMP_NAME = re.compile(r".+\.tmp\.(\d+)$")  # {path}.tmp.{pid}: the temp file of an atomic write
 
 
 def stage_dir(output_dir, stage):
@@ -43,12 +50,22 @@ def read_json(path):
         return json.load(f)
 
 
+def _json_safe(value):
+    """``value`` with non-finite floats (e.g. NaN ranks beyond a small gallery) as None: strict JSON."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: _json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(v) for v in value]
+    return value
+
+
 def write_json(path, data):
-    """Write ``data`` as JSON atomically (temp file in the same folder, then rename)."""
-    tmp = f"{path}.tmp.{os.getpid()}"
-    with open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
-    os.replace(tmp, path)
+    """Write ``data`` as strict JSON (non-finite floats as null) atomically (temp file, then rename)."""
+    with atomic_path(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(_json_safe(data), f, indent=2, allow_nan=False)
 
 
 def save_checkpoint(state, path):
@@ -66,10 +83,88 @@ def save_checkpoint(state, path):
             os.remove(tmp)
 
 
+@contextlib.contextmanager
+def atomic_path(path):
+    """Yield a temp path beside ``path`` to write to; then fsync it and rename it to ``path``.
+
+    On any error (or interruption) the temp file is removed and ``path`` keeps its previous content.
+    """
+    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        yield tmp
+        with open(tmp, "rb+") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def remove_stale_temp_files(folder):
+    """Delete ``*.tmp.<pid>`` files under ``folder`` whose writer process is gone; return their paths.
+
+    A writer killed between creating its temp file and the rename (kill -9, power loss) leaves the
+    previous file intact and this temp file behind. Temp files of live processes (a concurrent writer,
+    this process) are kept.
+    """
+    removed = []
+    for root, _, files in os.walk(folder):
+        for name in files:
+            match = _TEMP_NAME.match(name)
+            if match and not _process_alive(int(match.group(1))):
+                path = os.path.join(root, name)
+                try:
+                    os.remove(path)
+                except FileNotFoundError:  # removed meanwhile by another cleaner
+                    continue
+                removed.append(path)
+    return sorted(removed)
+
+
+def _process_alive(pid):
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)  # signal 0: existence check only
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # exists, owned by another user
+        return True
+    return True
+
+
+def is_safetensors(path):
+    """True when ``path`` starts like a safetensors file: an 8-byte little-endian header length, then '{'."""
+    with open(path, "rb") as f:
+        head = f.read(9)
+    return len(head) == 9 and head[8:9] == b"{" and 0 < int.from_bytes(head[:8], "little") < os.path.getsize(path)
+
+
+def _load_safetensors(path):
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as f:
+            metadata = f.metadata() or {}
+        return {"state_dict": load_file(path), "metadata": metadata}
+    except (SafetensorError, OSError, ValueError) as e:
+        reason = " ".join(str(e).split()) or type(e).__name__
+        raise ISGANError(f"weights file {path} is a corrupt safetensors file ({reason}); write it again, or load "
+                         f"the stage's latest.pth.tar / model.pth.tar-<epoch> instead") from None
+
+
 def load_checkpoint(path):
-    """Load a checkpoint safely (``weights_only=True``, onto the CPU); clear errors when unreadable."""
+    """Load a checkpoint safely (``weights_only=True``, onto the CPU); clear errors when unreadable.
+
+    A safetensors file (an encoder file, see :mod:`isgan_torchreid.deploy`) loads as
+    ``{'state_dict': tensors, 'metadata': its string metadata}``.
+    """
     if not os.path.isfile(path):
         raise ISGANError(f"checkpoint not found: {path}; check the path (checkpoints live in OUTPUT_DIR/stage<n>/)")
+    if is_safetensors(path):
+        return _load_safetensors(path)
     try:
         with torch.serialization.safe_globals(compat.numpy_safe_globals()):  # torchreid's rank1: a numpy scalar
             state = torch.load(path, map_location="cpu", weights_only=True)
@@ -88,7 +183,7 @@ def model_state(state):
     for key in ("state_dict", "model"):  # "model": files of version 0.1
         if isinstance(state.get(key), dict):
             return state[key]
-    if all(isinstance(v, torch.Tensor) for v in state.values()):
+    if state and all(isinstance(v, torch.Tensor) for v in state.values()):
         return state
     raise ISGANError("checkpoint holds no model weights (expected a 'state_dict' entry)")
 
@@ -147,7 +242,7 @@ def kept_path(output_dir, stage, epoch):
 def _weights_state(engine, epoch):
     stage = engine.stage
     finished = epoch >= engine.cfg.TRAIN[f"STAGE{stage}"].EPOCHS
-    return {
+    state = {
         "stage": stage,
         "epoch": epoch,
         "state_dict": engine.model.state_dict(),
@@ -155,6 +250,9 @@ def _weights_state(engine, epoch):
         "num_classes": engine.num_classes,
         "results": engine.results.get(stage, {}) if finished else {},
     }
+    if engine.encoder_spec is not None:
+        state["encoder_spec"] = engine.encoder_spec
+    return state
 
 
 def save_weights(engine, epoch):

@@ -3,6 +3,12 @@
 `evaluate_rank` returns exactly what torchreid's pure-Python evaluator
 (`torchreid.metrics.evaluate_rank(..., use_cython=False)`) returns, but processes the queries in
 vectorised chunks instead of one Python iteration per query (minutes -> seconds on Market-1501).
+
+Memory stays bounded at any gallery size: `evaluate` computes the distances of one query chunk at a
+time and ranks it, so no Q x G matrix is held unless it fits `max_bytes` (MSMT17's 11,659 x 82,161
+float32 distances alone would be 3.8 GB). Where the gallery left to some query (after same-camera
+removal) is shorter than the requested ranks, the CMC stops at that length and `evaluate` reports the
+ranks beyond it as NaN (torchreid raises there).
 """
 import numpy as np
 import torch
@@ -11,11 +17,17 @@ import torchreid
 
 from isgan_torchreid.errors import ISGANError
 
-__all__ = ['evaluate_rank', 'compute_distance_matrix', 'extract_features', 'rerank', 'evaluate']
+__all__ = ['MAX_BYTES', 'chunk_rows', 'evaluate_rank', 'rank_chunks', 'distance_chunks', 'compute_distance_matrix',
+           'descriptor', 'extract_features', 'rerank', 'evaluate']
 
-# Query rows per chunk are chosen so that one chunk touches about this many (query, gallery) pairs;
-# measured peak on Market-1501 sizes: ~140 MB (CUHK03 protocol, 10x fewer rows: <= ~300 MB).
-_CHUNK_PAIRS = 1 << 22
+# Default working-memory budget of one query chunk (distances + ranking); evaluate(max_bytes=...).
+MAX_BYTES = 256 * 2 ** 20
+# Working memory per (query, gallery) pair of a chunk, measured with tracemalloc (a test checks both):
+# the int64 argsort, gathered pids/camids, kept positions, hit counts and float64 AP terms peak at
+# 36-41 bytes (+4 for the float32 distances); CUHK03's draws (ten per query, repeat and gallery
+# identity, in several int64 arrays) at up to ~770 bytes when every gallery image is its own identity.
+_BYTES_PER_PAIR = 48
+_CUHK03_BYTES_PER_PAIR = 800
 _CUHK03_REPEATS = 10  # torchreid's eval_cuhk03 `num_repeats`
 _FALLBACK_AVAILABLE_BYTES = 2 * 1024 ** 3  # used when /proc/meminfo cannot be read
 
@@ -99,40 +111,62 @@ def _cuhk03_cmc(hits, keep, kept_pos, sorted_gid, num_gids, max_rank):
     return found.astype(np.float32) / _CUHK03_REPEATS, groups_per_row
 
 
-def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_metric_cuhk03=False):
+def chunk_rows(num_gallery, max_bytes=MAX_BYTES, use_metric_cuhk03=False):
+    """Query rows per chunk so that ranking one chunk against ``num_gallery`` entries fits ``max_bytes``."""
+    per_row = max(num_gallery, 1) * (_CUHK03_BYTES_PER_PAIR if use_metric_cuhk03 else _BYTES_PER_PAIR)
+    return max(1, int(max_bytes) // per_row)
+
+
+def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_metric_cuhk03=False,
+                  max_bytes=MAX_BYTES):
     """CMC curve and mAP, equal to `torchreid.metrics.evaluate_rank(..., use_cython=False)`.
 
     Gallery images with the query's pid and camid are discarded; queries left without a correct
-    match are skipped. `max_rank` is clipped to the gallery size. Rows are ordered with the same
-    `np.argsort(distmat, axis=1)` as torchreid, so ties in `distmat` break the same way. The CMC of
-    the CUHK03 protocol reproduces torchreid's draws from numpy's global RNG one for one, so it is
-    identical under the same `np.random.seed` (and advances the RNG state the same way).
+    match are skipped. `max_rank` is clipped to the gallery size, and further to the shortest list left
+    to a valid query (gallery identities for CUHK03), where torchreid fails stacking rows of unequal
+    length. Rows are ordered with the same `np.argsort(distmat, axis=1)` as torchreid, so ties in
+    `distmat` break the same way. The CMC of the CUHK03 protocol reproduces torchreid's draws from
+    numpy's global RNG one for one, so it is identical under the same `np.random.seed` (and advances
+    the RNG state the same way). Queries are ranked in chunks whose working memory fits `max_bytes`.
 
     Returns:
-        (cmc, mAP): float32 array of length max_rank, and a float.
+        (cmc, mAP): float32 array of length <= max_rank, and a float.
     """
     distmat = _to_numpy(distmat)
+    rows = chunk_rows(distmat.shape[1], max_bytes, use_metric_cuhk03)
+    chunks = (distmat[start:start + rows] for start in range(0, distmat.shape[0], rows))
+    return rank_chunks(chunks, q_pids, g_pids, q_camids, g_camids, max_rank, use_metric_cuhk03)
+
+
+def rank_chunks(chunks, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_metric_cuhk03=False):
+    """`evaluate_rank` on distances given as successive (C, G) row blocks covering every query in order."""
     q_pids, g_pids, q_camids, g_camids = (_to_numpy(a) for a in (q_pids, g_pids, q_camids, g_camids))
-    num_q, num_g = distmat.shape
+    num_q, num_g = len(q_pids), len(g_pids)
     if q_pids.shape != (num_q,) or q_camids.shape != (num_q,) or g_pids.shape != (num_g,) \
             or g_camids.shape != (num_g,):
-        raise ISGANError(
-            f'evaluate_rank: distmat is {num_q}x{num_g} but got {q_pids.shape}/{q_camids.shape} query and '
-            f'{g_pids.shape}/{g_camids.shape} gallery pids/camids; pass one pid and camid per row/column'
+        raise ValueError(
+            f'evaluate_rank: got {q_pids.shape}/{q_camids.shape} query and {g_pids.shape}/{g_camids.shape} '
+            'gallery pids/camids; pass one pid and camid per query and per gallery image'
         )
     max_rank = min(max_rank, num_g)
     gallery_ids, sorted_ids = np.unique(g_pids, return_inverse=True)  # dense gallery identity ids
-    pairs_per_row = max(num_g, 1) * (_CUHK03_REPEATS if use_metric_cuhk03 else 1)
-    chunk = max(1, _CHUNK_PAIRS // pairs_per_row)
 
     cmc_rows, lengths, aps = [], [], []
-    for start in range(0, num_q, chunk):
-        stop = min(start + chunk, num_q)
-        order = np.argsort(distmat[start:stop], axis=1)  # (C, G), the same call as torchreid
+    start = 0
+    for dist in chunks:
+        dist = _to_numpy(dist)
+        stop = start + len(dist)
+        if dist.ndim != 2 or dist.shape[1] != num_g or stop > num_q:
+            raise ValueError(
+                f'evaluate_rank: distmat is {num_q}x{num_g} by its labels but rows {start}-{stop} have shape '
+                f'{dist.shape}; pass one pid and camid per row/column'
+            )
+        order = np.argsort(dist, axis=1)  # (C, G), the same call as torchreid
         matches = g_pids[order] == q_pids[start:stop, None]
         keep = ~(matches & (g_camids[order] == q_camids[start:stop, None]))
         hits = matches & keep
         valid = hits.any(axis=1)  # queries whose identity still appears in the gallery
+        start = stop
         if not valid.any():
             continue
         order, keep, hits = order[valid], keep[valid], hits[valid]
@@ -145,6 +179,9 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_
             cmc, num_listed = _market_cmc(hits, kept_pos, max_rank), num_kept
         cmc_rows.append(cmc)
         lengths.append(np.minimum(num_listed, max_rank))
+    if start != num_q:
+        raise ValueError(f'evaluate_rank: distmat has {start} rows but {num_q} query pids/camids; pass one pid '
+                         'and camid per row/column')
 
     if not aps:
         raise ISGANError(
@@ -152,46 +189,62 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_
             '(torchreid asserts "all query identities do not appear in gallery"); check that query and '
             'gallery come from the same dataset split and that pids/camids are parsed correctly'
         )
-    lengths = np.concatenate(lengths)
-    if np.any(lengths != lengths[0]):
-        raise ISGANError(
-            f'evaluate_rank: max_rank={max_rank} exceeds the {lengths.min()} gallery entries (identities '
-            'for CUHK03) left to some query after removing same-camera matches, so torchreid\'s per-query '
-            f'CMC rows have different lengths and cannot be stacked; pass max_rank <= {lengths.min()}'
-        )
-    all_cmc = np.ascontiguousarray(np.concatenate(cmc_rows)[:, :lengths[0]])  # (num_valid, L)
+    length = int(np.concatenate(lengths).min())  # every row has at least this many ranks
+    all_cmc = np.ascontiguousarray(np.concatenate(cmc_rows)[:, :length])  # (num_valid, length)
     num_valid = float(len(all_cmc))
     return all_cmc.sum(0) / num_valid, float(np.mean(np.concatenate(aps)))
 
 
-def compute_distance_matrix(qf, gf, metric='euclidean', chunk_size=1024):
-    """(Q, G) distances on the features' device, chunked over queries.
+def distance_chunks(qf, gf, metric='euclidean', chunk_size=1024):
+    """(start, (C, G) distances) for successive chunks of ``chunk_size`` queries, on the features' device.
 
     'euclidean' is the squared Euclidean distance and 'cosine' is 1 - cosine similarity, as in
     `torchreid.metrics.compute_distance_matrix`.
     """
     if qf.dim() != 2 or gf.dim() != 2 or qf.size(1) != gf.size(1):
-        raise ISGANError(
+        raise ValueError(
             f'compute_distance_matrix: expected (Q, D) and (G, D) features, got {tuple(qf.shape)} and '
             f'{tuple(gf.shape)}; flatten the descriptors to one row per image'
         )
-    if metric == 'euclidean':
-        g_sq = gf.pow(2).sum(dim=1)  # (G,)
-    elif metric == 'cosine':
+    if metric == 'euclidean':  # (G,) squared norms, a chunk of rows at a time: no (G, D) temporary
+        g_sq = torch.cat([gf.new_empty(0)] + [gf[i:i + chunk_size].pow(2).sum(dim=1)
+                                              for i in range(0, gf.size(0), chunk_size)])
+    elif metric == 'cosine':  # normalised copies of the features (Q x D and G x D)
         qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
     else:
-        raise ISGANError(
+        raise ValueError(
             f'compute_distance_matrix: unknown metric {metric!r}; use "euclidean" or "cosine" (TEST.DIST_METRIC)'
         )
+
+    def chunks():
+        for start in range(0, qf.size(0), chunk_size):
+            q = qf[start:start + chunk_size]  # (C, D)
+            if metric == 'euclidean':
+                sq = q.pow(2).sum(dim=1, keepdim=True) + g_sq  # (C, G)
+                yield start, sq.addmm_(q, gf.t(), beta=1, alpha=-2)
+            else:
+                yield start, 1 - q @ gf.t()
+
+    return chunks()
+
+
+def compute_distance_matrix(qf, gf, metric='euclidean', chunk_size=1024):
+    """(Q, G) distances on the features' device (see `distance_chunks`)."""
+    chunks = distance_chunks(qf, gf, metric, chunk_size)  # validates the inputs
     distmat = qf.new_empty((qf.size(0), gf.size(0)))  # (Q, G)
-    for start in range(0, qf.size(0), chunk_size):
-        q = qf[start:start + chunk_size]  # (C, D)
-        if metric == 'euclidean':
-            sq = q.pow(2).sum(dim=1, keepdim=True) + g_sq  # (C, G)
-            distmat[start:start + chunk_size] = sq.addmm_(q, gf.t(), beta=1, alpha=-2)
-        else:
-            distmat[start:start + chunk_size] = 1 - q @ gf.t()
+    for start, dist in chunks:
+        distmat[start:start + len(dist)] = dist
     return distmat
+
+
+def descriptor(model, imgs, flip=True, normalize=True):
+    """The test descriptor of a batch: f(x) + f(hflip(x)) (with flip), then L2-normalised (with normalize)."""
+    f = model(imgs)  # (B, D)
+    if flip:
+        f = f + model(torch.flip(imgs, dims=[3]))
+    if normalize:
+        f = F.normalize(f, p=2, dim=1)
+    return f
 
 
 def extract_features(model, loader, device, flip=True, normalize=True):
@@ -209,12 +262,7 @@ def extract_features(model, loader, device, flip=True, normalize=True):
     try:
         with torch.no_grad():
             for batch in loader:
-                imgs = batch['img'].to(device)  # (B, 3, H, W)
-                f = model(imgs)  # (B, D)
-                if flip:
-                    f = f + model(torch.flip(imgs, dims=[3]))
-                if normalize:
-                    f = F.normalize(f, p=2, dim=1)
+                f = descriptor(model, batch['img'].to(device), flip, normalize)  # (B, D)
                 feats.append(f.float().cpu())
                 pids.append(np.asarray(batch['pid'], dtype=np.int64).reshape(-1))
                 camids.append(np.asarray(batch['camid'], dtype=np.int64).reshape(-1))
@@ -276,19 +324,25 @@ _rerank = rerank  # evaluate()'s `rerank` flag shadows the function's name
 
 
 def evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, metric='euclidean', rerank=False,
-             use_metric_cuhk03=False, ranks=(1, 5, 10)):
-    """mAP and CMC of query against gallery features: {'mAP', 'rank1', 'rank5', 'rank10', 'cmc'}."""
+             use_metric_cuhk03=False, ranks=(1, 5, 10), max_bytes=MAX_BYTES):
+    """mAP and CMC of query against gallery features: {'mAP', 'rank1', 'rank5', 'rank10', 'cmc'}.
+
+    Without re-ranking, distances are computed and ranked one query chunk at a time within
+    ``max_bytes`` (re-ranking needs the full matrices; `rerank` guards its memory). A rank beyond what
+    the gallery allows (see `evaluate_rank`) is reported as NaN, with a printed note.
+    """
+    max_rank = max(50, *ranks)
     if rerank:
-        distmat = _rerank(qf, gf, metric)
+        cmc, mAP = evaluate_rank(_rerank(qf, gf, metric), q_pids, g_pids, q_camids, g_camids, max_rank,
+                                 use_metric_cuhk03, max_bytes)
     else:
-        distmat = compute_distance_matrix(qf, gf, metric)
-    cmc, mAP = evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids,
-                             max_rank=max(50, *ranks), use_metric_cuhk03=use_metric_cuhk03)
-    if max(ranks) > len(cmc):
-        raise ISGANError(
-            f'evaluate: rank-{max(ranks)} was requested but the CMC has only {len(cmc)} ranks (gallery of '
-            f'{len(g_pids)} images); lower TEST.RANKS'
-        )
+        rows = chunk_rows(len(gf), max_bytes, use_metric_cuhk03)
+        chunks = (dist.cpu().numpy() for _, dist in distance_chunks(qf, gf, metric, rows))
+        cmc, mAP = rank_chunks(chunks, q_pids, g_pids, q_camids, g_camids, max_rank, use_metric_cuhk03)
+    beyond = [r for r in ranks if r > len(cmc)]
+    if beyond:
+        print(f'=> rank-{", ".join(map(str, beyond))} reported as NaN: the CMC has {len(cmc)} ranks, the shortest '
+              f'gallery list left to a query (of {len(g_pids)} gallery images, same-camera matches removed)')
     results = {'mAP': mAP, 'cmc': cmc}
-    results.update({f'rank{r}': float(cmc[r - 1]) for r in ranks})
+    results.update({f'rank{r}': float(cmc[r - 1]) if r <= len(cmc) else float('nan') for r in ranks})
     return results

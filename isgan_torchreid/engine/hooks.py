@@ -11,13 +11,13 @@ import time
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from .. import compat
+from .. import compat, deploy
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..visualize import denormalize, save_grid
 from . import checkpoint as ckpt
 from .objective import ISGANObjective
 
-__all__ = ["HookBase", "Checkpointer", "SampleGrids", "ResultsWriter", "TensorBoardWriter", "ProgressPrinter",
+__all__ = ["HookBase", "Checkpointer", "SampleGrids", "EncoderWriter", "ResultsWriter", "TensorBoardWriter", "ProgressPrinter",
            "EpochTimer", "default_hooks"]
 
 
@@ -117,6 +117,17 @@ class SampleGrids(HookBase):
         save_grid(path, [c.cpu() for c in columns], titles=["real"] + gen.sets)
 
 
+class EncoderWriter(HookBase):
+    """At the end of each stage, the identity encoder alone (trunk + E_R, what the test descriptor needs) as
+    ``stage{n}/encoder.safetensors``, with its spec in the file's metadata (:mod:`isgan_torchreid.deploy`)."""
+
+    def after_stage(self):
+        e = self.engine
+        if e.encoder_spec is not None:
+            path = os.path.join(ckpt.stage_dir(e.cfg.OUTPUT_DIR, e.stage), "encoder.safetensors")
+            deploy.save_encoder(e.model, e.encoder_spec, path)
+
+
 class ResultsWriter(HookBase):
     """``OUTPUT_DIR/results.json``: {"stage<n>": {target: metrics}}, keeping stages of earlier invocations."""
 
@@ -212,7 +223,7 @@ class EpochTimer(HookBase):
 
 
 def default_hooks(cfg):
-    """The hooks of a training run: checkpoints, sample grids, progress, TensorBoard, results.json."""
+    """The hooks of a training run: checkpoints, encoder files, sample grids, progress, TensorBoard, results.json."""
     t = cfg.TRAIN
-    return [Checkpointer(t.RESUME_FREQ, t.CHECKPOINT_FREQ), SampleGrids(t.SAMPLE_FREQ), ProgressPrinter(t.PRINT_FREQ),
-            TensorBoardWriter(), ResultsWriter()]
+    return [Checkpointer(t.RESUME_FREQ, t.CHECKPOINT_FREQ), EncoderWriter(), SampleGrids(t.SAMPLE_FREQ),
+            ProgressPrinter(t.PRINT_FREQ), TensorBoardWriter(), ResultsWriter()]

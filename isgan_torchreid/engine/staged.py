@@ -12,7 +12,7 @@ from typing import Dict, List, Optional, Sequence
 
 import torch
 
-from .. import compat
+from .. import compat, deploy
 from ..data.build import train_transform
 from ..errors import ISGANError
 from . import checkpoint as ckpt
@@ -36,6 +36,8 @@ class ISGANEngine(Engine):
         self.precision = self.objective.precision
         self.model = model.to(device, memory_format=self.precision.memory_format)
         self.is_gan = isinstance(self.objective, ISGANObjective)
+        # what load_encoder needs to rebuild the descriptor (None for torchreid's own models)
+        self.encoder_spec = deploy.encoder_spec(cfg) if deploy.has_identity_encoder(model) else None
         self.stage = None
         self.optimizers = {}
         self.results = {}  # stage (or "test") -> target -> metrics

@@ -8,9 +8,9 @@ all build their branches here.
 import copy
 import os
 from http.client import HTTPException
+from typing import List, Tuple
 
 import torch
-import torch.nn.functional as F
 import torchvision
 from torch import nn
 from torchvision.models.resnet import Bottleneck
@@ -22,6 +22,7 @@ __all__ = [
     "load_resnet",
     "build_trunk",
     "validate_parts",
+    "stripe_bounds",
     "part_pool",
     "PartBranches",
     "kaiming_init_",
@@ -86,21 +87,30 @@ def validate_parts(parts) -> tuple:
     return tuple(parts)
 
 
+def stripe_bounds(height: int, n: int) -> List[Tuple[int, int]]:
+    """Row ranges [start, stop) of n horizontal stripes of a height-row map, top to bottom.
+
+    The bins of torch's adaptive pooling: stripe i covers rows floor(i*H/n) to ceil((i+1)*H/n),
+    so when H is not divisible by n neighbouring stripes share a row.
+    """
+    # ceil as (a + n - 1) // n: stays exact where a tracer records the division of non-negative ints
+    return [((i * height) // n, ((i + 1) * height + n - 1) // n) for i in range(n)]
+
+
 def part_pool(x: torch.Tensor, n: int, pool: str = "max") -> torch.Tensor:
     """Pool a (B, C, H, W) map into [global, stripe_0 .. stripe_{n-1}] (top to bottom).
 
     Returns (B, 1, C) for n == 1 and (B, 1 + n, C) otherwise.
 
-    Pooling is adaptive, so any map size works. The n stripes are equal row blocks when H is
-    divisible by n; otherwise they follow torch's adaptive bins (rows floor(i*H/n) to
-    ceil((i+1)*H/n), so neighbouring stripes may share a row).
+    The stripes are the explicit row slices of :func:`stripe_bounds` (the bins of torch's adaptive
+    pooling, so the values are those of ``F.adaptive_max_pool2d(x, (n, 1))``), reduced with
+    ``amax``/``mean``: any map size exports to ONNX and traces to TorchScript, where adaptive pooling
+    to a size that does not divide the input fails. Training, evaluation and export share this code.
     """
-    pool_fn = F.adaptive_max_pool2d if pool == "max" else F.adaptive_avg_pool2d
-    pooled = pool_fn(x, 1).flatten(2)  # (B, C, 1)
-    if n > 1:
-        stripes = pool_fn(x, (n, 1)).flatten(2)  # (B, C, n)
-        pooled = torch.cat([pooled, stripes], dim=2)  # (B, C, 1+n)
-    return pooled.transpose(1, 2)  # (B, 1 (+n), C)
+    reduce = torch.amax if pool == "max" else torch.mean
+    rows = [(0, x.shape[2])] + (stripe_bounds(x.shape[2], n) if n > 1 else [])  # global, then stripes
+    pooled = [reduce(x[:, :, start:stop], dim=(2, 3)) for start, stop in rows]  # 1 (+n) x (B, C)
+    return torch.stack(pooled, dim=1)  # (B, 1 (+n), C)
 
 
 def _stride_one(layer4: nn.Sequential) -> nn.Sequential:

@@ -17,7 +17,10 @@ __all__ = ["IdentityEncoder", "NuisanceEncoder"]
 
 
 class IdentityEncoder(nn.Module):
-    """E_R: max-pooled part branches, K reductions (1x1 conv + BN, no ReLU) and K classifiers."""
+    """E_R: max-pooled part branches, K reductions (1x1 conv + BN, no ReLU) and K classifiers.
+
+    ``num_classes`` 0 builds no classifiers: the deploy encoder, which needs only the descriptor.
+    """
 
     def __init__(
         self,
@@ -35,7 +38,7 @@ class IdentityEncoder(nn.Module):
             for _ in range(self.num_features)
         )
         self.classifiers = nn.ModuleList(
-            nn.Linear(feat_dim, num_classes) for _ in range(self.num_features)
+            nn.Linear(feat_dim, num_classes) for _ in range(self.num_features if num_classes else 0)
         )
         kaiming_init_(self.reductions)
         kaiming_init_(self.classifiers)
@@ -46,7 +49,7 @@ class IdentityEncoder(nn.Module):
         return self.branches.num_features
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
-        """(B, C4, h, w) trunk map -> (id feature (B, K*feat_dim), K logits (B, num_classes))."""
+        """(B, C4, h, w) trunk map -> (id feature (B, K*feat_dim), K logits (B, num_classes), none if 0)."""
         pooled = self.branches(x)  # (B, K, C5)
         feats = [
             reduce(pooled[:, k, :, None, None]).flatten(1)  # (B, C5, 1, 1) -> (B, feat_dim)
