@@ -33,7 +33,7 @@ $(VENV)/.installed: setup.py
 # one). Its setup.py imports torchreid to read the version, so what that import needs comes first: the
 # project's own requirements (setup.py lists them all), read from its metadata, torchreid's left out.
 $(SRC_VENV)/.installed: setup.py $(wildcard $(TORCHREID_SRC))
-	@test -f $(TORCHREID_SRC) || { echo "error: $(TORCHREID_SRC) not found; pass TORCHREID_SRC=<torchreid 1.4.0 source>"; exit 2; }
+	@test -e $(TORCHREID_SRC) || { echo "error: $(TORCHREID_SRC) not found; pass TORCHREID_SRC=<torchreid 1.4.0 source>"; exit 2; }
 	$(PYTHON) -m venv $(SRC_VENV)
 	$(SRC_BIN)/pip install -q $(TORCH)
 	$(SRC_BIN)/pip install -q --dry-run --no-deps --report $(SRC_VENV)/project.json -e '.[test]'
