@@ -15,16 +15,21 @@ setup(
         # a range here keeps pip from ever replacing the torch a user already has.
         "torch>=2.1",
         "torchvision>=0.16",
-        "torchreid==0.2.5",
+        # PyPI's 0.2.5 (`torchreid.reid.*`) or a source install of 1.4.0 (`torchreid.*`, built with its
+        # Cython evaluator): a lower bound only, so pip keeps whichever one the user already has.
+        "torchreid>=0.2.5",
         "yacs>=0.1.8",
         "gdown",
         "tabulate",
-        # imported by torchreid without being declared by it
+        # imported by torchreid without being declared by it (0.2.5 declares nothing; a 1.4.0 source
+        # install lists them, with dev tools, in a requirements.txt that pip does not read)
         "opencv-python-headless",
         "scipy",
         "tensorboard",
         "pillow",
         "h5py",
+        "imageio",  # CUHK03 preparation from the raw .mat
+        "six",  # torchreid's download_url
         "numpy",
         # encoder.safetensors (written at the end of each stage) and tools/extract.py's progress bar
         "safetensors>=0.4.3",

@@ -1,16 +1,31 @@
 """Everything that touches torchreid's internals, in one place.
 
-torchreid ships in two layouts: the PyPI package 0.2.5 (``torchreid.reid.*``, where
-``import torchreid.data`` fails) and the GitHub 1.4.0 install (``torchreid.data``
-importable). :func:`torchreid_base` hides the difference.
+torchreid is installed in one of two layouts, and the project runs on both
+(:func:`torchreid_base` hides the difference; nothing else names a torchreid module path):
 
-Narrow patches for what breaks on numpy 2 / torch >= 2.6 / CPU-only machines
-(each is idempotent, applied by :func:`apply_patches` at ``import isgan_torchreid``
-and covered by a test that fails without it):
+* **PyPI** ``torchreid`` **0.2.5** (``pip install torchreid``): the library lives under
+  ``torchreid.reid.*``; ``import torchreid.data`` fails, although the top-level package re-exports
+  ``torchreid.data``, ``.models``, ``.metrics``... as attributes. The wheel has no compiled rank
+  evaluator: ``torchreid.reid.metrics.rank`` warns "Cython evaluation ... is unavailable" at import
+  and ``evaluate_rank`` (and so torchreid's stock engines) always runs the pure-Python evaluator.
+* **Source install of 1.4.0** (GitHub, as its README installs it): the library is ``torchreid.*``
+  (``torchreid.reid`` does not exist) and the install compiles the Cython evaluator
+  ``torchreid.metrics.rank_cylib.rank_cy``. ``evaluate_rank`` defaults to ``use_cython=True``, so
+  torchreid's stock engines evaluate with it. It sums in float32, so its mAP and CUHK03 CMC differ
+  from the pure-Python evaluator's in the last float32 bits (the Market CMC, a sum of 0/1, is
+  exact), and it pads the CUHK03 CMC with zeros past the number of gallery identities.
 
-* ``metrics.rank.eval_cuhk03`` uses ``np.bool``, absent from numpy 1.24-1.26 (numpy 2 re-added
-  the alias), where the CUHK03 metric raises AttributeError. Where numpy lacks it, the function
-  is re-bound to a namespace in which ``np.bool`` is ``bool``.
+Both layouts hold the same code otherwise. The project evaluates with
+:mod:`isgan_torchreid.engine.evaluation`, equal to the pure-Python evaluator bit for bit, in both.
+
+Narrow patches for what breaks on numpy 2 / torch >= 2.6 / CPU-only machines, the same in both
+layouts (each is idempotent, applied by :func:`apply_patches` at ``import isgan_torchreid`` and
+covered by a test that fails without it):
+
+* ``metrics.rank.eval_cuhk03`` uses ``np.bool``, absent from numpy 1.24-1.26 (numpy 2 re-added the
+  alias), where the pure-Python CUHK03 metric raises AttributeError (1.4.0's Cython one does not
+  use it). Where numpy lacks it, the function is re-bound to a namespace in which ``np.bool`` is
+  ``bool``.
 * ``utils.load_checkpoint`` calls ``torch.load`` with the torch >= 2.6 default
   ``weights_only=True``, which rejects torchreid's own checkpoints (``Engine.save_model``
   stores ``rank1`` as a numpy scalar). It now allow-lists numpy scalars and dtypes only, and
@@ -31,18 +46,26 @@ import warnings
 import numpy as np
 import torch
 
-# torchreid warns at import that its compiled evaluator is missing; the project never uses that path
-# (engine/evaluation.py is exact and faster), so the warning would only mislead.
+# 0.2.5 warns at import that its compiled evaluator is missing. The project never evaluates with
+# torchreid's evaluator (engine/evaluation.py), so the warning would only mislead. The filter
+# matches that one message only; 1.4.0 has the compiled evaluator and never emits it.
 warnings.filterwarnings("ignore", message="Cython evaluation", category=UserWarning)
 import torchreid  # noqa: E402
 
 
+@functools.lru_cache(maxsize=None)
 def torchreid_base():
-    """The module that holds torchreid's ``data``/``models``/``metrics``/``utils`` subpackages."""
+    """The module that holds torchreid's ``data``/``models``/``metrics``/``utils`` subpackages:
+    ``torchreid.reid`` (PyPI 0.2.5) or ``torchreid`` itself (1.4.0 installed from source)."""
     try:
         return importlib.import_module("torchreid.reid")  # PyPI 0.2.5 layout
     except ImportError:
-        return torchreid  # GitHub 1.4.0 layout
+        return torchreid  # source 1.4.0 layout
+
+
+def has_cython_evaluator():
+    """Whether torchreid's ``evaluate_rank`` runs the compiled evaluator by default (1.4.0 from source)."""
+    return bool(_submodule("metrics.rank").IS_CYTHON_AVAI)
 
 
 def _submodule(dotted):

@@ -1,6 +1,13 @@
-"""torchreid compatibility: registration in both layouts, and each patch fails without it."""
+"""torchreid compatibility: the installed layout (PyPI 0.2.5 or 1.4.0 from source), registration, and each
+patch fails without it."""
+import glob
 import importlib
+import importlib.metadata
+import importlib.util
+import os
 import pickle
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -10,6 +17,8 @@ import torchreid
 import isgan_torchreid
 from isgan_torchreid import compat
 from isgan_torchreid.models import ISGAN, MGN
+
+from conftest import REPO
 
 
 def test_models_registered_in_torchreid_factory():
@@ -25,22 +34,49 @@ def test_models_registered_in_torchreid_factory():
 def test_datasets_registered_and_registration_is_idempotent():
     registry = compat.image_dataset_registry()
     assert registry["synthperson"] is isgan_torchreid.data.synthetic.SynthPerson
+    assert issubclass(registry["synthperson"], torchreid.data.datasets.Market1501)  # the installed layout's class
     compat.register_dataset("synthperson", registry["synthperson"])  # torchreid itself would raise here
     importlib.reload(isgan_torchreid)  # re-import registers again without error
     assert "synthperson_b" in registry
 
 
-def test_torchreid_base_supports_both_layouts(monkeypatch):
-    assert compat.torchreid_base().__name__ == "torchreid.reid"  # the PyPI 0.2.5 layout installed here
-    real_import = importlib.import_module
+# installed version -> (module holding data/models/metrics, compiled rank evaluator built)
+KNOWN_LAYOUTS = {"0.2.5": ("torchreid.reid", False), "1.4.0": ("torchreid", True)}
 
-    def github_layout(name, *args):
-        if name == "torchreid.reid":
-            raise ImportError("No module named 'torchreid.reid'")
-        return real_import(name, *args)
 
-    monkeypatch.setattr(importlib, "import_module", github_layout)
-    assert compat.torchreid_base() is torchreid
+def _installed_layout():
+    """What the installed torchreid's files say: (base module name, compiled evaluator present)."""
+    package_dir = os.path.dirname(importlib.util.find_spec("torchreid").origin)
+    base = "torchreid.reid" if os.path.isdir(os.path.join(package_dir, "reid")) else "torchreid"
+    base_dir = os.path.join(package_dir, *base.split(".")[1:])
+    return base, bool(glob.glob(os.path.join(base_dir, "metrics", "rank_cylib", "rank_cy*.so")))
+
+
+def test_detected_layout_matches_installed_torchreid():
+    base, compiled = _installed_layout()
+    version = importlib.metadata.version("torchreid")
+    if version in KNOWN_LAYOUTS:
+        assert (base, compiled) == KNOWN_LAYOUTS[version], f"torchreid {version} installed unusually"
+    assert compat.torchreid_base().__name__ == base
+    assert compat.has_cython_evaluator() == compiled
+    assert compat.torchreid_base().models.build_model is torchreid.models.build_model
+
+
+def test_import_loads_only_the_installed_layout():
+    """A fresh ``import isgan_torchreid`` loads torchreid modules of one layout only, with no UserWarning."""
+    code = ("import sys, warnings; warnings.simplefilter('error', UserWarning); import isgan_torchreid; "
+            "print(' '.join(m for m in sys.modules if m.split('.')[0] == 'torchreid'))")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    loaded = set(proc.stdout.split())
+    base, compiled = _installed_layout()
+    assert f"{base}.data.datasets.image.market1501" in loaded
+    if base == "torchreid.reid":  # PyPI 0.2.5: no top-level subpackage modules, no compiled evaluator
+        assert not {m for m in loaded if m.startswith(("torchreid.data", "torchreid.metrics"))}
+    else:  # 1.4.0 from source: no torchreid.reid at all, and the compiled evaluator is loaded
+        assert importlib.util.find_spec("torchreid.reid") is None
+        assert not {m for m in loaded if m.startswith("torchreid.reid")}
+    assert (f"{base}.metrics.rank_cylib.rank_cy" in loaded) == compiled
 
 
 def _original(fn):

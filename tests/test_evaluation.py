@@ -9,6 +9,7 @@ import torch.nn.functional as F
 import torchreid
 from torch import nn
 
+from isgan_torchreid import compat
 from isgan_torchreid.engine import evaluation
 from isgan_torchreid.engine.evaluation import (compute_distance_matrix, evaluate, evaluate_rank,
                                                extract_features, rerank)
@@ -126,6 +127,9 @@ def test_ragged_cmc_rows_stop_at_the_shortest_list(numpy_global_rng):
     _assert_same_as_torchreid(args, len(cmc), False, numpy_global_rng)
     with pytest.raises(ValueError):  # one rank more and torchreid fails again: the length is the largest
         torchreid.metrics.evaluate_rank(*args, max_rank=len(cmc) + 1, use_cython=False)
+    if compat.has_cython_evaluator():  # the compiled one reads past short rows: a CMC that goes down
+        compiled, _ = torchreid.metrics.evaluate_rank(*args)
+        assert (np.diff(compiled) < 0).any()
 
 
 def test_tiny_gallery_evaluates_with_nan_beyond_its_ranks(capsys):
@@ -186,6 +190,46 @@ def test_ranking_memory_stays_within_budget(cuhk03, distinct_ids):
     assert peak <= budget
     if not cuhk03 or distinct_ids:
         assert peak >= budget / 2
+
+
+needs_cython = pytest.mark.skipif(not compat.has_cython_evaluator(),
+                                  reason="torchreid's compiled evaluator is built by a 1.4.0 source install only")
+
+
+def _float32_bound(num_q, num_g):
+    """Worst-case error of torchreid's compiled evaluator, which sums in float32 one term at a time:
+    per query up to num_g AP terms (or 10 CUHK03 repeats), then num_q queries, a rounding each."""
+    return (num_g + num_q + 2) * 2.0 ** -24
+
+
+def _cython_and_ours(args, max_rank, cuhk03, rng):
+    rng.seed(0)
+    ref = torchreid.metrics.evaluate_rank(*args, max_rank=max_rank, use_metric_cuhk03=cuhk03)  # default: compiled
+    ref_next = rng.random_sample()
+    rng.seed(0)
+    ours = evaluate_rank(*args, max_rank=max_rank, use_metric_cuhk03=cuhk03)
+    assert rng.random_sample() == ref_next  # the compiled CUHK03 protocol draws the same numbers
+    return ref, ours
+
+
+@needs_cython
+@pytest.mark.parametrize('cuhk03', [False, True], ids=['market', 'cuhk03'])
+@pytest.mark.parametrize('name', list(PROBLEMS))
+def test_evaluate_rank_agrees_with_torchreid_cython(name, cuhk03, numpy_global_rng):
+    """torchreid's compiled evaluator (its default in a 1.4.0 source install) equals ours up to its float32
+    sums: the Market CMC (sums of 0/1) exactly, the CUHK03 CMC (tenths) and the mAP within float32 rounding."""
+    seed, num_q, num_g, num_ids, num_cams, ties, max_rank = PROBLEMS[name]
+    args = _problem(seed, num_q, num_g, num_ids, num_cams, ties)
+    (ref_cmc, ref_map), (cmc, mAP) = _cython_and_ours(args, max_rank, cuhk03, numpy_global_rng)
+    bound = _float32_bound(num_q, num_g)
+    if cuhk03:
+        # past the number of gallery identities the compiled evaluator pads the CMC with zeros; ours ends there
+        assert len(cmc) == min(max_rank, len(np.unique(args[2])))
+        assert not ref_cmc[len(cmc):].any()
+        np.testing.assert_allclose(ref_cmc[:len(cmc)], cmc, rtol=0, atol=bound)
+    else:
+        np.testing.assert_array_equal(ref_cmc, cmc)
+    assert mAP == pytest.approx(ref_map, rel=bound)
 
 
 def test_torch_distmat_and_no_valid_query():

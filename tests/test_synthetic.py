@@ -24,12 +24,8 @@ TINY = SynthSpec(num_train_ids=6, num_test_ids=6, num_cams=3, images_per_id=6, h
 
 
 def _market1501():
-    """torchreid's Market-1501 class (attribute access, falling back to the module path)."""
-    try:
-        return torchreid.data.datasets.image.Market1501
-    except AttributeError:
-        from torchreid.reid.data.datasets.image.market1501 import Market1501
-        return Market1501
+    """torchreid's Market-1501 class (the same attribute path in both torchreid layouts)."""
+    return torchreid.data.datasets.Market1501
 
 
 def _parse(dir_path, relabel=False):

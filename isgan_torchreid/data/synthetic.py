@@ -34,15 +34,16 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from torchreid.reid.data.datasets.dataset import ImageDataset
-from torchreid.reid.data.datasets.image.market1501 import Market1501
-
+from isgan_torchreid import compat
 from isgan_torchreid.errors import ISGANError
 
 __all__ = [
     'SynthSpec', 'generate', 'ensure', 'set_default_spec', 'default_spec', 'SynthPerson',
     'SynthPersonB', 'DATASETS'
 ]
+
+ImageDataset = compat.torchreid_base().data.ImageDataset
+Market1501 = compat.torchreid_base().data.datasets.Market1501
 
 # Bump whenever rendering changes, so datasets made by an older generator are regenerated.
 GENERATOR_VERSION = 1
