@@ -1,11 +1,16 @@
 """Tests for the shared-trunk discriminator (D_D patch logits, D_C class logits)."""
+import os
+
 import pytest
 import torch
 from torch import nn
 
-from isgan_torchreid.bench_dc import class_accuracy, load_identity_images, split_per_identity, train_class_head
+from isgan_torchreid.bench_dc import (bench_dc_main, class_accuracy, load_identity_images, split_per_identity,
+                                      train_class_head)
 from isgan_torchreid.data.synthetic import SynthSpec
 from isgan_torchreid.models.discriminator import Discriminator
+
+from conftest import CONFIGS
 
 
 def n_params(module):
@@ -97,3 +102,15 @@ def test_class_loss_reaches_the_trunk(disc):
     _, logits = disc(x)
     torch.nn.functional.cross_entropy(logits, torch.tensor([0, 1])).backward()
     assert disc.trunk[0].weight.grad.abs().sum() > 0 and disc.class_conv[0][1].weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("opts, message", [
+    (["--dc-heads", "IN-LReLU-avg,foo"], "unknown foo"),
+    (["--dc-train-per-id", "12"], "leaves no held-out image"),
+    (["--dc-seeds", "0,a"], "not a list of integers"),
+])
+def test_dc_benchmark_reports_bad_options(opts, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        bench_dc_main(["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--dc"] + opts)
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1
