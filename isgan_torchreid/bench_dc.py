@@ -31,6 +31,7 @@ __all__ = ["CLASS_HEADS", "with_class_head", "load_identity_images", "split_per_
 
 # Class heads of D compared by bench_class_heads, all on the same trunk and class conv (same parameters):
 # name -> (InstanceNorm between the class conv and its LeakyReLU, global pool over the map).
+# LReLU-avg is Discriminator's head; IN-LReLU-avg was its head before (models/discriminator.py says why).
 CLASS_HEADS = {
     "IN-LReLU-avg": (True, nn.AdaptiveAvgPool2d),
     "LReLU-avg": (False, nn.AdaptiveAvgPool2d),

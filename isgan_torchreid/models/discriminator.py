@@ -6,18 +6,19 @@ Differences from the authors' code (reference notes 1.6, B6, B8), all parameter-
 - the k4 s1 head convs use 'same' padding (1 before, 2 after), so the patch map keeps the trunk
   size H/32 x W/32 (12x4 at 384x128 instead of the reference's 10x2) and small inputs such as
   128x64 (trunk 4x2) still work;
-- D_C is conv -> LeakyReLU -> global average pool -> FC, with no InstanceNorm in the class block. The
-  authors' head pools the InstanceNorm output directly, whose spatial mean is 0 per channel by
-  construction, so their D_C gives the same logits for every image (only the FC bias learns, and
-  L_C carries no gradient to G); their AvgPool kernel (12, 4) also exceeds its 11x3 input (B6).
-  Keeping the InstanceNorm and pooling after the LeakyReLU is not enough: the mean of
-  LeakyReLU(z) over a zero-mean, unit-variance map z is 0.4 mean|z|, one sign-blind shape statistic
-  per channel, so D_C memorises its training images but does not name new ones. Measured by
-  ``tools/benchmark.py --dc`` (isgan_torchreid/bench_dc.py): D trained alone with the class term
-  (SGD, 300 steps of 32) on 8 images of each of the 48 synthperson train identities at 128x64,
-  held-out accuracy on the other 4 images of each was 0.05-0.07 with IN -> LeakyReLU -> average
-  (chance 0.02), 0.92-0.94 without the IN (seeds 0, 1). Max pools reached the same (0.93-0.96);
-  the average keeps L_C's gradient on every position of a generated image's map.
+- D_C is class conv -> LeakyReLU -> global average pool -> FC, with no InstanceNorm in the class
+  block (the paper's extra block has one; it has no parameters). The authors' head pools the
+  InstanceNorm output directly, whose spatial mean is 0 per channel by construction, so their D_C
+  gives the same logits for every image (only the FC bias learns, and L_C carries no gradient to
+  G); their AvgPool kernel (12, 4) also exceeds its 11x3 input (B6). Keeping the InstanceNorm and
+  pooling after the LeakyReLU is not enough: the mean of LeakyReLU(z) over a zero-mean, unit-variance
+  map z is 0.4 mean|z|, one sign-blind shape statistic per channel, and D_C memorises its training
+  images without naming new ones. Measured by ``tools/benchmark.py --dc`` (bench_dc.py): D trained
+  with the class term alone (SGD lr 0.01, 300 steps of 32) on 8 images of each of the 48 synthperson
+  train identities names the other 4 of each with accuracy 0.05-0.07 with that head and 0.92-0.94
+  with this one at 128x64 (0.02-0.05 and 0.81-0.82 at 256x128; chance 0.02; seeds 0, 1). Max pools
+  did as well at 128x64 (0.93-0.96); the average passes L_C's gradient to every position of a
+  generated image's map, the max to one per channel.
 """
 from typing import Tuple
 
