@@ -1,0 +1,176 @@
+"""Does the class discriminator D_C generalise? Held-out accuracy of class heads on real synthetic identities.
+
+L_C [Eq. 7] asks D_C to name the identity of GENERATED images, which it never saw, so a D_C that only
+memorises its training images gives G no useful signal. This benchmark trains D (trunk + class head) with
+the class term of D's loss alone on real images of 'synthperson', with a per-identity split: of every
+train identity, some images train D_C and the rest are held out. It prints train and held-out accuracy
+against chance for each class head of :data:`CLASS_HEADS`::
+
+    python tools/benchmark.py --config-file configs/isgan_synthetic.yaml --dc [--dc-seeds 0,1]
+
+Images are in D's input space for LOSS.TARGET_SPACE rgb ([-1, 1] RGB) at DATA.HEIGHT x DATA.WIDTH;
+the dataset's size comes from DATA.SYNTH; D's optimiser is SGD with TRAIN.D_MOMENTUM/D_WEIGHT_DECAY.
+"""
+import glob
+import os
+
+import numpy as np
+import torch
+from PIL import Image
+from tabulate import tabulate
+from torch import nn
+
+from isgan_torchreid.data import synthetic
+from isgan_torchreid.data.build import synth_spec
+from isgan_torchreid.errors import ISGANError
+from isgan_torchreid.losses.isgan import class_loss
+from isgan_torchreid.models.discriminator import Discriminator
+
+__all__ = ["CLASS_HEADS", "with_class_head", "load_identity_images", "split_per_identity", "train_class_head",
+           "class_accuracy", "bench_class_heads", "bench_dc_main"]
+
+# Class heads of D compared by bench_class_heads, all on the same trunk and class conv (same parameters):
+# name -> (InstanceNorm between the class conv and its LeakyReLU, global pool over the map).
+# LReLU-avg is Discriminator's head; IN-LReLU-avg was its head before (models/discriminator.py says why).
+CLASS_HEADS = {
+    "IN-LReLU-avg": (True, nn.AdaptiveAvgPool2d),
+    "LReLU-avg": (False, nn.AdaptiveAvgPool2d),
+    "IN-LReLU-max": (True, nn.AdaptiveMaxPool2d),
+    "LReLU-max": (False, nn.AdaptiveMaxPool2d),
+}
+
+
+def with_class_head(disc, name):
+    """Give ``disc`` the class head ``name`` of :data:`CLASS_HEADS`, keeping its class conv and FC weights."""
+    norm, pool = CLASS_HEADS[name]
+    conv = disc.class_conv[0]
+    channels = disc.class_fc.in_features
+    disc.class_conv = nn.Sequential(conv, *([nn.InstanceNorm2d(channels)] if norm else []), nn.LeakyReLU(0.2))
+    disc.class_pool = pool(1)
+    return disc
+
+
+def load_identity_images(root, spec, height, width):
+    """The train identities of 'synthperson' made from ``spec`` under ``root``, resized to ``height`` x ``width``.
+
+    Returns images in D's input space for LOSS.TARGET_SPACE rgb, [-1, 1] RGB (N, 3, H, W), and labels 0..P-1 (N,).
+    """
+    train_dir = os.path.join(synthetic.ensure(root, "synthperson", spec), "bounding_box_train")
+    paths = sorted(glob.glob(os.path.join(train_dir, "*.jpg")))  # {pid:04d}_c{cam}s1_{frame:06d}_00.jpg
+    pids = torch.tensor([int(os.path.basename(path)[:4]) for path in paths])
+    pixels = np.stack([np.asarray(Image.open(path).convert("RGB").resize((width, height), Image.BILINEAR))
+                       for path in paths])  # (N, H, W, 3) uint8
+    imgs = torch.from_numpy(pixels).permute(0, 3, 1, 2).float() / 127.5 - 1  # (N, 3, H, W)
+    return imgs, torch.unique(pids, return_inverse=True)[1]
+
+
+def split_per_identity(labels, train_per_id, seed):
+    """Indices (train, held_out): ``train_per_id`` random images of every identity train, the rest are held out."""
+    gen = torch.Generator().manual_seed(seed)
+    train, held_out = [], []
+    for label in labels.unique():
+        idx = torch.nonzero(labels == label).flatten()
+        idx = idx[torch.randperm(len(idx), generator=gen)]
+        if len(idx) <= train_per_id:
+            raise ValueError(f"identity {int(label)} has {len(idx)} images; need more than train_per_id={train_per_id}")
+        train.append(idx[:train_per_id])
+        held_out.append(idx[train_per_id:])
+    return torch.cat(train), torch.cat(held_out)
+
+
+def train_class_head(disc, imgs, labels, train_idx, steps, batch, lr, momentum, weight_decay, seed, device):
+    """Train D (trunk + class head) with the class term of D's loss [Eq. 7] alone on real images.
+
+    SGD with momentum as D's optimiser in training (the patch head gets no gradient, so SGD leaves it alone);
+    random batches of ``train_idx``, random horizontal flips.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    disc.to(device).train()
+    opt = torch.optim.SGD(disc.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
+    for _ in range(steps):
+        idx = train_idx[torch.randint(len(train_idx), (batch,), generator=gen)]
+        x = imgs[idx]  # (B, 3, H, W)
+        flip = torch.rand(batch, generator=gen) < 0.5
+        x = torch.where(flip.view(-1, 1, 1, 1), x.flip(3), x).to(device)
+        loss = class_loss(disc(x)[1], labels[idx].to(device))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+    return disc
+
+
+@torch.no_grad()
+def class_accuracy(disc, imgs, labels, idx, device, batch=128):
+    """Top-1 accuracy of D_C's logits on ``imgs[idx]`` (InstanceNorm has no running statistics: no train/eval gap)."""
+    correct = 0
+    for chunk in idx.split(batch):
+        logits = disc(imgs[chunk].to(device))[1]
+        correct += int((logits.argmax(1).cpu() == labels[chunk]).sum())
+    return correct / len(idx)
+
+
+def bench_class_heads(cfg, heads=tuple(CLASS_HEADS), seeds=(0, 1), steps=300, batch=32, lr=0.01, train_per_id=8,
+                      device=None):
+    """Train/held-out accuracy of D_C on real synthetic identities for each class head and seed.
+
+    Same seed -> same split, same initial weights and the same batches for every head (a paired comparison).
+    Returns rows [head, seed, train acc, held-out acc, chance].
+    """
+    device = device or torch.device("cpu")
+    imgs, labels = load_identity_images(cfg.DATA.ROOT, synth_spec(cfg, "synthperson"), cfg.DATA.HEIGHT,
+                                        cfg.DATA.WIDTH)
+    num_classes = int(labels.max()) + 1
+    rows = []
+    for seed in seeds:
+        train_idx, held_idx = split_per_identity(labels, train_per_id, seed)
+        for head in heads:
+            torch.manual_seed(seed)
+            disc = with_class_head(Discriminator(num_classes), head)
+            train_class_head(disc, imgs, labels, train_idx, steps, batch, lr, cfg.TRAIN.D_MOMENTUM,
+                             cfg.TRAIN.D_WEIGHT_DECAY, seed, device)
+            rows.append([head, seed, class_accuracy(disc, imgs, labels, train_idx, device),
+                         class_accuracy(disc, imgs, labels, held_idx, device), 1 / num_classes])
+    return rows
+
+
+def bench_dc_main(argv=None):
+    """tools/benchmark.py --dc: the D_C table (train and held-out accuracy of each class head and seed)."""
+    from isgan_torchreid.cli import parser, reports_errors, select_device
+    from isgan_torchreid.config import load_config
+
+    @reports_errors
+    def main(argv):
+        p = parser("Train D_C alone on real synthetic identities and print its train and held-out accuracy "
+                   "for each class head (a per-identity split of DATA.SYNTH's train ids).")
+        p.add_argument("--dc", action="store_true", help="this benchmark (tools/benchmark.py dispatches on it)")
+        p.add_argument("--dc-seeds", default="0,1", help="comma-separated seeds (split, init and batches)")
+        p.add_argument("--dc-steps", type=int, default=300)
+        p.add_argument("--dc-batch", type=int, default=32)
+        p.add_argument("--dc-lr", type=float, default=0.01, help="SGD learning rate of D")
+        p.add_argument("--dc-train-per-id", type=int, default=8, help="training images per identity")
+        p.add_argument("--dc-heads", default=",".join(CLASS_HEADS))
+        args = p.parse_args(argv)
+        cfg = load_config(args.config_file, args.opts)
+        device = select_device(cfg)
+        heads = args.dc_heads.split(",")
+        unknown = [h for h in heads if h not in CLASS_HEADS]
+        if unknown:
+            raise ISGANError(f"--dc-heads {args.dc_heads}: unknown {', '.join(unknown)}; use some of "
+                             f"{','.join(CLASS_HEADS)}")
+        if not 1 <= args.dc_train_per_id < cfg.DATA.SYNTH.IMAGES_PER_ID:
+            raise ISGANError(f"--dc-train-per-id {args.dc_train_per_id} leaves no held-out image; use 1 to "
+                             f"{cfg.DATA.SYNTH.IMAGES_PER_ID - 1} (DATA.SYNTH.IMAGES_PER_ID - 1)")
+        try:
+            seeds = [int(s) for s in args.dc_seeds.split(",")]
+        except ValueError:
+            raise ISGANError(f"--dc-seeds {args.dc_seeds} is not a list of integers; use e.g. 0,1") from None
+        print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+              f"{cfg.DATA.HEIGHT}x{cfg.DATA.WIDTH}, {args.dc_steps} SGD steps of {args.dc_batch}, lr {args.dc_lr}, "
+              f"{args.dc_train_per_id} train images per id")
+        rows = bench_class_heads(cfg, heads, seeds, args.dc_steps, args.dc_batch, args.dc_lr, args.dc_train_per_id,
+                                 device)
+        print(tabulate([[h, s, f"{tr:.3f}", f"{ho:.3f}", f"{ch:.3f}", f"{ho / ch:.1f}x"] for h, s, tr, ho, ch in rows],
+                       headers=["class head", "seed", "train acc", "held-out acc", "chance", "held-out / chance"],
+                       tablefmt="github", disable_numparse=True))
+
+    return main(argv)
