@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from conftest import CONFIGS
-from isgan_torchreid import authors
-from isgan_torchreid.benchmark import (_our_engine, benchmark_main, compare_with_authors, comparison_table,
-                                       interleaved_seconds, spread, training_table)
-from isgan_torchreid.profiling import GROUPS, REST, group_split, profile_step, profile_tables
+from isgan_torchreid.benchmarks import authors, benchmark_main
+from isgan_torchreid.benchmarks.common import interleaved_seconds, our_engine, spread
+from isgan_torchreid.benchmarks.profiling import GROUPS, REST, group_split, profile_step, profile_tables
+from isgan_torchreid.benchmarks.training import compare_with_authors, comparison_table, training_table
 
 # what load() imports, with the names AuthorsStage uses; each file also trips one of the patches if missing
 FAKE_CHECKOUT = {
@@ -173,7 +173,7 @@ def test_compare_with_authors_times_both_per_stage(tiny_cfg, fake_checkout):
 
 def test_profile_splits_a_stage2_step_by_module_group_and_removes_its_hooks(tiny_cfg):
     cpu = torch.device("cpu")
-    engine, model, data = _our_engine(tiny_cfg(), "isgan", 8, cpu)
+    engine, model, data = our_engine(tiny_cfg(), "isgan", 8, cpu)
     engine.enter_stage(2)
     events = profile_step(lambda: engine.forward_backward(data), model, cpu)
     split, step = group_split(events, cpu)

@@ -515,7 +515,7 @@ def test_onnx_through_torch_export(runs, tmp_path):
 
 
 def test_inference_benchmark_at_small_settings(tiny_cfg):
-    from isgan_torchreid.benchmark import bench_inference, inference_tables
+    from isgan_torchreid.benchmarks.inference import bench_inference, inference_tables
 
     cfg = tiny_cfg("MODEL.PARTS", "[2]")
     rows, sizes, params = bench_inference(cfg, batches=(1, 2), iters=1, warmup=0, threads=1)

@@ -5,8 +5,8 @@ import pytest
 import torch
 from torch import nn
 
-from isgan_torchreid.bench_dc import (bench_dc_main, class_accuracy, load_identity_images, split_per_identity,
-                                      train_class_head)
+from isgan_torchreid.benchmarks import benchmark_main
+from isgan_torchreid.benchmarks.dc import class_accuracy, load_identity_images, split_per_identity, train_class_head
 from isgan_torchreid.data.synthetic import SynthSpec
 from isgan_torchreid.models.discriminator import Discriminator
 
@@ -111,6 +111,6 @@ def test_class_loss_reaches_the_trunk(disc):
 ])
 def test_dc_benchmark_reports_bad_options(opts, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
-        bench_dc_main(["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--dc"] + opts)
+        benchmark_main(["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--dc"] + opts)
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.startswith("error: ") and message in err and err.count("\n") == 1

@@ -391,7 +391,7 @@ def test_evaluate_wires_the_parts(use_rerank):
 
 def test_gallery_benchmark_runs_at_a_small_size(capsys):
     """tools/benchmark.py --gallery Q G: time and peak memory of evaluate() on random features, in a fresh process."""
-    from isgan_torchreid.benchmark import benchmark_main
+    from isgan_torchreid.benchmarks import benchmark_main
 
     benchmark_main(['--config-file', os.path.join(CONFIGS, 'isgan_synthetic.yaml'), '--gallery', '300', '2000',
                     '--max-mib', '4'])

@@ -39,7 +39,7 @@ import numpy as np
 import torch
 import torchvision
 
-from .errors import ISGANError
+from ..errors import ISGANError
 
 CLONE = "git clone https://github.com/cvlab-yonsei/ISGAN"
 # the files :func:`load` imports (utils/get_optimizer.py through loss.py)

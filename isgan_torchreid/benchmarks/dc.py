@@ -20,14 +20,13 @@ from PIL import Image
 from tabulate import tabulate
 from torch import nn
 
-from isgan_torchreid.data import synthetic
-from isgan_torchreid.data.build import synth_spec
-from isgan_torchreid.errors import ISGANError
-from isgan_torchreid.losses.isgan import class_loss
-from isgan_torchreid.models.discriminator import Discriminator
+from ..data import synthetic
+from ..data.build import synth_spec
+from ..losses.isgan import class_loss
+from ..models.discriminator import Discriminator
 
 __all__ = ["CLASS_HEADS", "with_class_head", "load_identity_images", "split_per_identity", "train_class_head",
-           "class_accuracy", "bench_class_heads", "bench_dc_main"]
+           "class_accuracy", "bench_class_heads", "dc_table"]
 
 # Class heads of D compared by bench_class_heads, all on the same trunk and class conv (same parameters):
 # name -> (InstanceNorm between the class conv and its LeakyReLU, global pool over the map).
@@ -133,44 +132,8 @@ def bench_class_heads(cfg, heads=tuple(CLASS_HEADS), seeds=(0, 1), steps=300, ba
     return rows
 
 
-def bench_dc_main(argv=None):
-    """tools/benchmark.py --dc: the D_C table (train and held-out accuracy of each class head and seed)."""
-    from isgan_torchreid.cli import parser, reports_errors, select_device
-    from isgan_torchreid.config import load_config
-
-    @reports_errors
-    def main(argv):
-        p = parser("Train D_C alone on real synthetic identities and print its train and held-out accuracy "
-                   "for each class head (a per-identity split of DATA.SYNTH's train ids).")
-        p.add_argument("--dc", action="store_true", help="this benchmark (tools/benchmark.py dispatches on it)")
-        p.add_argument("--dc-seeds", default="0,1", help="comma-separated seeds (split, init and batches)")
-        p.add_argument("--dc-steps", type=int, default=300)
-        p.add_argument("--dc-batch", type=int, default=32)
-        p.add_argument("--dc-lr", type=float, default=0.01, help="SGD learning rate of D")
-        p.add_argument("--dc-train-per-id", type=int, default=8, help="training images per identity")
-        p.add_argument("--dc-heads", default=",".join(CLASS_HEADS))
-        args = p.parse_args(argv)
-        cfg = load_config(args.config_file, args.opts)
-        device = select_device(cfg)
-        heads = args.dc_heads.split(",")
-        unknown = [h for h in heads if h not in CLASS_HEADS]
-        if unknown:
-            raise ISGANError(f"--dc-heads {args.dc_heads}: unknown {', '.join(unknown)}; use some of "
-                             f"{','.join(CLASS_HEADS)}")
-        if not 1 <= args.dc_train_per_id < cfg.DATA.SYNTH.IMAGES_PER_ID:
-            raise ISGANError(f"--dc-train-per-id {args.dc_train_per_id} leaves no held-out image; use 1 to "
-                             f"{cfg.DATA.SYNTH.IMAGES_PER_ID - 1} (DATA.SYNTH.IMAGES_PER_ID - 1)")
-        try:
-            seeds = [int(s) for s in args.dc_seeds.split(",")]
-        except ValueError:
-            raise ISGANError(f"--dc-seeds {args.dc_seeds} is not a list of integers; use e.g. 0,1") from None
-        print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
-              f"{cfg.DATA.HEIGHT}x{cfg.DATA.WIDTH}, {args.dc_steps} SGD steps of {args.dc_batch}, lr {args.dc_lr}, "
-              f"{args.dc_train_per_id} train images per id")
-        rows = bench_class_heads(cfg, heads, seeds, args.dc_steps, args.dc_batch, args.dc_lr, args.dc_train_per_id,
-                                 device)
-        print(tabulate([[h, s, f"{tr:.3f}", f"{ho:.3f}", f"{ch:.3f}", f"{ho / ch:.1f}x"] for h, s, tr, ho, ch in rows],
-                       headers=["class head", "seed", "train acc", "held-out acc", "chance", "held-out / chance"],
-                       tablefmt="github", disable_numparse=True))
-
-    return main(argv)
+def dc_table(rows):
+    """Rows of :func:`bench_class_heads` as a table."""
+    return tabulate([[h, s, f"{tr:.3f}", f"{ho:.3f}", f"{ch:.3f}", f"{ho / ch:.1f}x"] for h, s, tr, ho, ch in rows],
+                    headers=["class head", "seed", "train acc", "held-out acc", "chance", "held-out / chance"],
+                    tablefmt="github", disable_numparse=True)

@@ -1,0 +1,152 @@
+"""Benchmarks printed as tables (speed and memory targets live here, never in unit tests).
+
+* :mod:`.training`: per-stage training speed and peak memory (IS-GAN, MGN, torchreid models); the same-run
+  comparison with the authors' code (:mod:`.authors`); profiles of our stages (:mod:`.profiling`);
+* :mod:`.evaluator`: our evaluator against torchreid's; evaluation at gallery scale;
+* :mod:`.inference`: the identity encoder in PyTorch eager, TorchScript and onnxruntime; its file sizes;
+* :mod:`.dc`: does the class discriminator D_C generalise to held-out images;
+* :mod:`.common`: timing, memory and process helpers they share.
+
+``tools/benchmark.py`` is :func:`benchmark_main`.
+"""
+import os
+
+import torch
+
+from ..errors import ISGANError
+
+__all__ = ["benchmark_main"]
+
+
+def _parser():
+    from ..cli import parser
+
+    p = parser("Print speed/memory tables: IS-GAN stages 1-3 and inference, MGN, torchreid's pcb_p6, and the fast "
+               "evaluator against torchreid's (default); or the authors' code timed in the same run, profiles, "
+               "the encoder's inference, evaluation at gallery scale, D_C's generalisation.")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--iters", type=int, help="timed iterations (default 2; with --reference 5 per stage and "
+                   "implementation; with --inference 3)")
+    p.add_argument("--methods", default="isgan,mgn,pcb_p6")
+    p.add_argument("--skip-training", action="store_true")
+    p.add_argument("--skip-evaluator", action="store_true")
+    p.add_argument("--reference", metavar="DIR", help="a checkout of the authors' code (git clone "
+                   "https://github.com/cvlab-yonsei/ISGAN): time it against ours in the same run, interleaved, per "
+                   "stage")
+    p.add_argument("--profile", action="store_true", help="torch.profiler tables of one iteration of each of our "
+                   "stages: module groups (forward/backward) and top operators")
+    only = p.add_argument_group("other tables (each replaces the default tables)")
+    only.add_argument("--inference", action="store_true", help="the identity encoder's inference table (eager / "
+                      "TorchScript / onnxruntime, CPU) and its file sizes")
+    only.add_argument("--inference-batches", default="1,64")
+    only.add_argument("--threads", type=int, help="CPU threads for --inference (default: torch's)")
+    only.add_argument("--gallery", nargs="*", type=int, metavar="N", help="evaluation of random features at gallery "
+                      "scale: [QUERIES GALLERY] (default: MSMT17's 11659 82161)")
+    only.add_argument("--max-mib", type=int, help="evaluation memory budget for --gallery (default: evaluate's)")
+    only.add_argument("--dc", action="store_true", help="train D_C alone on real synthetic identities and print "
+                      "train and held-out accuracy per class head and seed")
+    only.add_argument("--dc-seeds", default="0,1", help="comma-separated seeds (split, init and batches)")
+    only.add_argument("--dc-steps", type=int, default=300)
+    only.add_argument("--dc-batch", type=int, default=32)
+    only.add_argument("--dc-lr", type=float, default=0.01, help="SGD learning rate of D")
+    only.add_argument("--dc-train-per-id", type=int, default=8, help="training images per identity")
+    only.add_argument("--dc-heads", default="IN-LReLU-avg,LReLU-avg,IN-LReLU-max,LReLU-max")
+    return p
+
+
+def _training_tables(cfg, args, device):
+    from . import authors
+    from .common import in_fresh_process
+    from .evaluator import bench_evaluator, evaluator_table
+    from .training import bench_training, compare_with_authors, comparison_table, profile_stages, training_table
+
+    if args.reference:
+        authors.check_checkout(args.reference)
+        authors.check_setting(cfg.MODEL.BACKBONE, cfg.DATA.HEIGHT, cfg.DATA.WIDTH, args.batch, cfg.SAMPLER.K)
+    torch.manual_seed(cfg.SEED)
+    print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{cfg.MODEL.BACKBONE} {cfg.DATA.HEIGHT}x{cfg.DATA.WIDTH}, batch {args.batch}, "
+          f"TRAIN.AMP {cfg.TRAIN.AMP}, TRAIN.CHANNELS_LAST {cfg.TRAIN.CHANNELS_LAST}")
+    if not args.skip_training:
+        rows = bench_training(cfg, methods=args.methods.split(","), batch=args.batch, iters=args.iters or 2,
+                              device=device)
+        print(training_table(rows, device))
+    if args.reference:
+        iters = args.iters or 5
+        seconds = in_fresh_process(compare_with_authors, cfg, os.path.abspath(args.reference), args.batch, iters, 1,
+                                   str(device))
+        print(f"\nSame run, ours and the authors' code ({args.reference}) alternating per stage: one warm-up "
+              f"each, then {iters} timed iterations each; batch {args.batch} = "
+              f"{args.batch // cfg.SAMPLER.K} x {cfg.SAMPLER.K}, random inputs.")
+        print(comparison_table(seconds))
+    if args.profile:
+        print()
+        print(in_fresh_process(profile_stages, cfg, args.batch, str(device)))
+    if not args.skip_evaluator:
+        print(evaluator_table(bench_evaluator()))
+
+
+def _inference_tables(cfg, args):
+    from .inference import bench_inference, inference_tables
+
+    batches = [int(b) for b in args.inference_batches.split(",")]
+    iters = args.iters or 3
+    rows, sizes, params = bench_inference(cfg, batches, iters, threads=args.threads)
+    print(f"identity encoder: {cfg.MODEL.BACKBONE} {cfg.DATA.HEIGHT}x{cfg.DATA.WIDTH}, parts {list(cfg.MODEL.PARTS)}, "
+          f"{args.threads or torch.get_num_threads()} CPU threads, torch {torch.__version__}, median of {iters}")
+    print(inference_tables(rows, sizes, params))
+
+
+def _gallery_table(args):
+    from .evaluator import MSMT17_SIZE, bench_gallery, gallery_table
+
+    if len(args.gallery) not in (0, 2):
+        raise ISGANError(f"--gallery takes 0 or 2 numbers (QUERIES GALLERY), got {args.gallery}")
+    num_query, num_gallery = args.gallery or MSMT17_SIZE[:2]
+    max_bytes = args.max_mib * 2 ** 20 if args.max_mib else None
+    print(gallery_table(num_query, num_gallery, bench_gallery(num_query, num_gallery, max_bytes=max_bytes)))
+
+
+def _dc_table(cfg, args, device):
+    from .dc import CLASS_HEADS, bench_class_heads, dc_table
+
+    heads = args.dc_heads.split(",")
+    unknown = [h for h in heads if h not in CLASS_HEADS]
+    if unknown:
+        raise ISGANError(f"--dc-heads {args.dc_heads}: unknown {', '.join(unknown)}; use some of "
+                         f"{','.join(CLASS_HEADS)}")
+    if not 1 <= args.dc_train_per_id < cfg.DATA.SYNTH.IMAGES_PER_ID:
+        raise ISGANError(f"--dc-train-per-id {args.dc_train_per_id} leaves no held-out image; use 1 to "
+                         f"{cfg.DATA.SYNTH.IMAGES_PER_ID - 1} (DATA.SYNTH.IMAGES_PER_ID - 1)")
+    try:
+        seeds = [int(s) for s in args.dc_seeds.split(",")]
+    except ValueError:
+        raise ISGANError(f"--dc-seeds {args.dc_seeds} is not a list of integers; use e.g. 0,1") from None
+    print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
+          f"{cfg.DATA.HEIGHT}x{cfg.DATA.WIDTH}, {args.dc_steps} SGD steps of {args.dc_batch}, lr {args.dc_lr}, "
+          f"{args.dc_train_per_id} train images per id")
+    print(dc_table(bench_class_heads(cfg, heads, seeds, args.dc_steps, args.dc_batch, args.dc_lr,
+                                     args.dc_train_per_id, device)))
+
+
+def benchmark_main(argv=None):
+    """tools/benchmark.py: the tables the flags ask for (see ``--help``)."""
+    from ..cli import reports_errors, select_device
+    from ..config import load_config
+
+    @reports_errors
+    def main(argv):
+        args = _parser().parse_args(argv)
+        if args.iters is not None and args.iters < 1:
+            raise ISGANError(f"--iters must be at least 1, not {args.iters}")
+        cfg = load_config(args.config_file, args.opts)
+        if args.inference:
+            return _inference_tables(cfg, args)
+        if args.gallery is not None:
+            return _gallery_table(args)
+        device = select_device(cfg)
+        if args.dc:
+            return _dc_table(cfg, args, device)
+        return _training_tables(cfg, args, device)
+
+    return main(argv)
