@@ -151,7 +151,7 @@ def test_stage_policy_one_step(make_engine, batches, stage):
         if name in TRAINED[stage]:
             # every parameter moves, except in D those whose gradient is zero up to rounding (~1e-9), where SGD's
             # weight-decay step (lr * 1e-4 * w) is below float32 resolution: the conv biases before an
-            # InstanceNorm, and D_C's head (its global average pool follows an InstanceNorm, so it sees ~0)
+            # InstanceNorm (which removes them)
             grads = {n: p.grad for n, p in module.named_parameters()}
             still = [n for n, c in params.items() if not c and not (grads[n] is not None and
                                                                     grads[n].abs().max() < 1e-6)]
