@@ -138,7 +138,7 @@ def training_table(rows, cfg, batch, device):
 
 def benchmark_main(argv=None):
     """tools/benchmark.py: training/inference speed and memory tables, and the evaluator benchmark."""
-    from isgan_torchreid.cli import parser, reports_errors, select_device
+    from isgan_torchreid.cli import is_name, parser, pop_list_flag, reports_errors, select_device
     from isgan_torchreid.config import load_config
 
     @reports_errors
@@ -147,9 +147,11 @@ def benchmark_main(argv=None):
                    "and the fast evaluator against torchreid's.")
         p.add_argument("--batch", type=int, default=16)
         p.add_argument("--iters", type=int, default=2, help="timed iterations (median reported)")
-        p.add_argument("--methods", default="isgan,mgn,pcb_p6")
+        p.add_argument("--methods", metavar="NAME", help="methods to time, e.g. --methods isgan mgn or "
+                       "--methods isgan,mgn (default: isgan mgn pcb_p6)")
         p.add_argument("--skip-training", action="store_true")
         p.add_argument("--skip-evaluator", action="store_true")
+        argv, methods = pop_list_flag(argv, "--methods", is_name, "isgan mgn pcb_p6")
         args = p.parse_args(argv)
         cfg = load_config(args.config_file, args.opts)
         device = select_device(cfg)
@@ -157,8 +159,8 @@ def benchmark_main(argv=None):
         print(f"device: {device}, torch {torch.__version__}, threads {torch.get_num_threads()}, "
               f"{cfg.MODEL.BACKBONE} {cfg.DATA.HEIGHT}x{cfg.DATA.WIDTH}, batch {args.batch}")
         if not args.skip_training:
-            rows = bench_training(cfg, methods=args.methods.split(","), batch=args.batch, iters=args.iters,
-                                  device=device)
+            rows = bench_training(cfg, methods=methods or ("isgan", "mgn", "pcb_p6"), batch=args.batch,
+                                  iters=args.iters, device=device)
             print(training_table(rows, cfg, args.batch, device))
         if not args.skip_evaluator:
             rows = bench_evaluator()
