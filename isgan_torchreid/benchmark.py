@@ -138,7 +138,7 @@ def training_table(rows, cfg, batch, device):
 
 def benchmark_main(argv=None):
     """tools/benchmark.py: training/inference speed and memory tables, and the evaluator benchmark."""
-    from isgan_torchreid.cli import is_name, parser, pop_list_flag, reports_errors, select_device
+    from isgan_torchreid.cli import is_name, parse_args, parser, pop_list_flag, reports_errors, select_device
     from isgan_torchreid.config import load_config
 
     @reports_errors
@@ -152,7 +152,7 @@ def benchmark_main(argv=None):
         p.add_argument("--skip-training", action="store_true")
         p.add_argument("--skip-evaluator", action="store_true")
         argv, methods = pop_list_flag(argv, "--methods", is_name, "isgan mgn pcb_p6")
-        args = p.parse_args(argv)
+        args = parse_args(p, argv)
         cfg = load_config(args.config_file, args.opts)
         device = select_device(cfg)
         torch.manual_seed(cfg.SEED)

@@ -29,6 +29,16 @@ def parser(description):
     return p
 
 
+def parse_args(p, argv):
+    """``p.parse_args(argv)``, refusing a flag that ended up among the trailing ``KEY VALUE`` overrides."""
+    args = p.parse_args(argv)
+    late = [a for a in args.opts if a.startswith("--")]
+    if late:
+        raise ISGANError(f"{late[0]} comes after the KEY VALUE overrides (everything after the first KEY is an "
+                         f"override); put flags before them")
+    return args
+
+
 def reports_errors(main):
     """Print an ISGANError as one line (exit 2) unless ``--debug`` is given."""
     @functools.wraps(main)
@@ -225,7 +235,7 @@ def train_main(argv):
     p.add_argument("--eval-only", action="store_true", help="evaluate the run's last checkpoint on DATA.TARGETS "
                    "(results in OUTPUT_DIR/test/); any other checkpoint: tools/test.py --weights")
     argv, stages = pop_list_flag(argv, "--stages", str.isdigit, "2 3")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     opts = args.opts + (["TRAIN.STAGES", f"[{', '.join(stages)}]"] if stages else [])
     cfg = load_config(args.config_file, opts)
     if args.eval_only:
@@ -284,6 +294,6 @@ def test_main(argv):
     p.add_argument("--targets", metavar="NAME", help="datasets to evaluate on (overrides DATA.TARGETS), e.g. "
                    "--targets market1501 dukemtmcreid or --targets market1501,dukemtmcreid")
     argv, targets = pop_list_flag(argv, "--targets", is_name, "market1501 dukemtmcreid")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     cfg = load_config(args.config_file, args.opts)
     return evaluate_weights(cfg, args.weights, targets)

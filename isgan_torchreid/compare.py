@@ -186,7 +186,7 @@ def compare_main(argv):
                    f"torchreid model names, e.g. --methods isgan mgn (default: {' '.join(DEFAULT_METHODS)})")
     argv, methods = cli.pop_list_flag(argv, "--methods", cli.is_name, "isgan baseline mgn pcb_p6")
     methods = methods or list(DEFAULT_METHODS)
-    args = p.parse_args(argv)
+    args = cli.parse_args(p, argv)
     rows = compare(args.config_file, args.opts, methods)
     print(comparison_table(rows))
     print("Every method: stage-1 epochs, then stage-3 epochs at the stage-3 learning rate (IS-GAN's E_R schedule; "

@@ -108,6 +108,15 @@ def test_save_png_is_atomic_and_readable(tmp_path):
     assert stat.S_IMODE(os.stat(path).st_mode) == 0o666 & ~umask
 
 
+def test_save_png_palette(tmp_path):
+    picture = Image.fromarray(np.random.default_rng(0).integers(0, 255, (40, 30, 3), dtype=np.uint8))
+    save_png(picture, str(tmp_path / "rgb.png"))
+    save_png(picture, str(tmp_path / "palette.png"), colors=16)
+    with Image.open(tmp_path / "palette.png") as img:
+        assert img.mode == "P" and len(img.getcolors()) <= 16 and img.size == (30, 40)
+    assert os.path.getsize(tmp_path / "palette.png") < os.path.getsize(tmp_path / "rgb.png")
+
+
 def test_market_names():
     assert parse_market_name("/x/0002_c1s1_000451_03.jpg") == (2, 1)
     assert parse_market_name("-1_c3s2_000001_00.jpg") == (-1, 3)

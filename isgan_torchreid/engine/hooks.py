@@ -130,9 +130,29 @@ class SampleGrids(HookBase):
                   else f"pid {train[i][1]}, cam {train[i][2] + 1}" for i in picks]
         return imgs, torch.tensor([train[i][1] for i in picks]), labels
 
-    @torch.no_grad()
     def draw(self):
         """The grid as a picture (None when no identity has two training images)."""
+        tiles = self.tiles()
+        if tiles is None:
+            return None
+        rows, sets = tiles
+        e = self.engine
+        titles = ["real", "partner"] + [GRID_TITLES[name] for name in sets]
+        titles += ["parts taken"] if len(rows[0]) > len(titles) else []
+        parts = list(e.model.encoder_r.branches.parts)
+        caption = ("partner: the same-identity image whose identity features are shuffled in. G's outputs: "
+                   "auto = own identity + own nuisance features; id-shuffled = partner's identity + own nuisance "
+                   "[Eq. 3]; part-shuffled = own identity with the orange features taken from the partner, own "
+                   f"nuisance [Eq. 4]. Bars: one per part branch of MODEL.PARTS {parts} (a frame: its global "
+                   "feature; inside: its stripes, top to bottom). Eval mode (E_U's mean), the config's seed.")
+        return sheet(rows, title=f"stage {e.stage}, epoch {e.epoch + 1}/{e.max_epoch}: training samples",
+                     column_titles=titles, row_labels=[f"row {b + 1}" for b in range(len(rows))], caption=caption,
+                     font_size=font_size_for(rows[0][0].image.height))
+
+    @torch.no_grad()
+    def tiles(self):
+        """(tiles of the grid, one list per sample; the names of the fake sets shown), or None when no identity
+        has two training images."""
         e = self.engine
         imgs, pids, labels = self._batch()
         if imgs is None:
@@ -158,16 +178,7 @@ class SampleGrids(HookBase):
             if gen.part_mask is not None:
                 row.append(Tile(part_mask_bar(parts, gen.part_mask[b].tolist(), real.size(-2) * scale, 5 * scale)))
             rows.append(row)
-        titles = ["real", "partner"] + [GRID_TITLES[name] for name in gen.sets]
-        titles += ["parts taken"] if gen.part_mask is not None else []
-        caption = ("partner: the same-identity image whose identity features are shuffled in. G's outputs: "
-                   "auto = own identity + own nuisance features; id-shuffled = partner's identity + own nuisance "
-                   "[Eq. 3]; part-shuffled = own identity with the orange features taken from the partner, own "
-                   f"nuisance [Eq. 4]. Bars: one per part branch of MODEL.PARTS {list(parts)} (a frame: its global "
-                   "feature; inside: its stripes, top to bottom). Eval mode (E_U's mean), the config's seed.")
-        return sheet(rows, title=f"stage {e.stage}, epoch {e.epoch + 1}/{e.max_epoch}: training samples",
-                     column_titles=titles, row_labels=[f"row {b + 1}" for b in range(len(rows))], caption=caption,
-                     font_size=font_size_for(real.size(-2) * scale))
+        return rows, gen.sets
 
 
 class ResultsWriter(HookBase):
@@ -231,22 +242,23 @@ class TensorBoardWriter(HookBase):
 class ProgressPrinter(HookBase):
     """Every ``freq`` steps and at each epoch's end, one line of at most 120 columns::
 
-        [s2 e3/8 20/24] 0.41s/it eta 0:00:12 run ~0:12:31 | id 2.345 gen 12.35 disc 1.234 | lr 2.0e-04
+        [s2 e3/8 20/24] 0.41s/it eta 0:00:12 run ~0:12:31 | gen 12.35 disc 1.234 | lr 2.0e-04
 
-    stage, epoch, step; seconds per step of this stage so far; time left in the stage and in the run (all
-    later stages of TRAIN.STAGES, training steps only, '~': includes stages not yet measured, estimated from
-    this stage's speed times :data:`STAGE_COST`); the loss groups of :data:`LOSS_GROUPS` (sums of their terms)
-    averaged over the steps since the last line, and accuracy in identity steps. At each stage's end: its
-    steps and time.
+    stage, epoch and step; seconds per step of this stage so far (data loading and checkpoints included);
+    time left in the stage, and in the run: this stage plus the later stages of TRAIN.STAGES, training steps
+    only ('~': includes stages not run yet, see :meth:`estimate`); the loss groups of :data:`LOSS_GROUPS`
+    (each the sum of its terms) and the accuracy of identity steps, averaged over the steps since the last
+    line. At each stage's end: its steps and training time.
     """
 
     def __init__(self, freq: int):
         self.freq = freq
+        self.per_step = {}  # stage -> measured seconds per step, in this process
 
     def before_stage(self):
         self.start = time.perf_counter()
         self.steps = 0
-        self.window = {}
+        self.window = {name: (0.0, 0) for name in (*LOSS_GROUPS, "acc")}  # the order of the line
 
     def after_step(self):
         e = self.engine
@@ -256,37 +268,44 @@ class ProgressPrinter(HookBase):
         if "acc" in e.summary:
             shown["acc"] = e.summary["acc"]
         for name, value in shown.items():
-            total, n = self.window.get(name, (0.0, 0))
+            total, n = self.window[name]
             self.window[name] = (total + value, n + 1)
+        self.per_step[e.stage] = (self.last - self.start) / self.steps
         step = e.batch_idx + 1
         if step % self.freq == 0 or step == e.num_batches:
             print(self.line())
-            self.window = {}
+            self.window = {name: (0.0, 0) for name in self.window}
+
+    def estimate(self, stage):
+        """Seconds per step of a stage not run yet: stage 3 trains what stages 1 and 2 train, so the sum of
+        theirs when both were measured; else the current stage's, scaled by :data:`STAGE_COST` (IS-GAN)."""
+        e = self.engine
+        if stage == 3 and e.is_gan and {1, 2} <= set(self.per_step):
+            return self.per_step[1] + self.per_step[2]
+        cost = STAGE_COST if e.is_gan else {}
+        return self.per_step[e.stage] * cost.get(stage, 1.0) / cost.get(e.stage, 1.0)
 
     def seconds_left(self):
         """(seconds left in the stage, in the run, whether the run's includes estimated stages)."""
         e = self.engine
-        per_step = (self.last - self.start) / self.steps
-        stage_left = per_step * ((e.max_epoch - e.epoch - 1) * e.num_batches + e.num_batches - e.batch_idx - 1)
+        stage_left = self.per_step[e.stage] * ((e.max_epoch - e.epoch) * e.num_batches - e.batch_idx - 1)
         later = [s for s in e.cfg.TRAIN.STAGES if s > e.stage]
-        cost = STAGE_COST if e.is_gan else {}
-        ratio = {s: cost.get(s, 1.0) / cost.get(e.stage, 1.0) for s in later}
-        run_left = stage_left + sum(per_step * ratio[s] * e.cfg.TRAIN[f"STAGE{s}"].EPOCHS * e.num_batches
+        run_left = stage_left + sum(self.estimate(s) * e.cfg.TRAIN[f"STAGE{s}"].EPOCHS * e.num_batches
                                     for s in later)
         return stage_left, run_left, bool(later)
 
     def line(self):
         e = self.engine
-        per_step = (self.last - self.start) / self.steps
+        per_step = self.per_step[e.stage]
         stage_left, run_left, estimated = self.seconds_left()
-        groups = " ".join(f"{g} {t / n:.4g}" for g, (t, n) in self.window.items())
+        groups = " ".join(f"{g} {t / n:.4g}" for g, (t, n) in self.window.items() if n)
         lr = e.optimizers["model"].optimizer.param_groups[0]["lr"]
         return (f"[s{e.stage} e{e.epoch + 1}/{e.max_epoch} {e.batch_idx + 1}/{e.num_batches}] {per_step:.2f}s/it "
                 f"eta {_clock(stage_left)} run {'~' if estimated else ''}{_clock(run_left)} | {groups} | "
                 f"lr {lr:.1e}")
 
     def after_stage(self):
-        if self.steps:
+        if self.steps:  # a stage that trained in this process
             seconds = self.last - self.start
             print(f"=> stage {self.engine.stage}: {self.steps} steps in {_clock(seconds)} "
                   f"({seconds / self.steps:.2f}s/it, evaluation excluded)")

@@ -209,8 +209,13 @@ def part_mask_bar(parts: Sequence[int], taken: Sequence[bool], height: int, cell
     return picture
 
 
-def save_png(picture: Image.Image, path: str) -> None:
-    """Write ``picture`` as PNG at ``path`` atomically (temp file in the same folder, then rename)."""
+def save_png(picture: Image.Image, path: str, colors: int = 0) -> None:
+    """Write ``picture`` as PNG at ``path`` atomically (temp file in the same folder, then rename); with
+    ``colors`` (2-256) as a palette PNG of that many colours (median cut, several times smaller)."""
+    if colors:
+        if not 2 <= colors <= 256:
+            raise ValueError(f"save_png: colors must be 2-256 (or 0: full RGB), got {colors}")
+        picture = picture.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")

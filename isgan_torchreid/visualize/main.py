@@ -18,7 +18,7 @@ import numpy as np
 import torch
 
 from .. import compat
-from ..cli import is_value, pop_list_flag, reports_errors, select_device
+from ..cli import is_value, parse_args, pop_list_flag, reports_errors, select_device
 from ..config import config_hash, load_config
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD, build_datamanager
 from ..engine import checkpoint as ckpt
@@ -200,6 +200,7 @@ def run_rank(args, opts):
         cfg, state = checkpoint_config(weights, args.config_file, opts)
         model, device = load_model(cfg, state, strict=False)
         stage = f" stage {state['stage']}" if "stage" in state else ""
+        stage += " = E_R baseline" if cfg.MODEL.NAME == "isgan" and state.get("stage") == 1 else ""
         run = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(weights))))
         models.append((cfg, RankedModel(f"{cfg.MODEL.NAME}{stage} ({run})", model, test_transform(cfg), device)))
     data = load_config(args.config_file, opts) if args.config_file else models[0][0]
@@ -231,6 +232,8 @@ def build_parser():
         s.add_argument("--out", required=True, metavar="FILE.png", help="the picture to write")
         s.add_argument("--scale", type=int, default=0, help="enlarge images N times (default: to ~256 rows)")
         s.add_argument("--font-size", type=int, default=0, help="text size in pixels (default: from the scale)")
+        s.add_argument("--colors", type=int, default=0, metavar="N", help="write a palette PNG of N <= 256 colours "
+                       "(several times smaller; default: full RGB)")
         s.add_argument("--debug", action="store_true", help="show the traceback of user errors")
         return s
 
@@ -268,14 +271,16 @@ def visualize_main(argv):
     if argv and argv[0] in LIST_FLAGS:
         for flag, example in LIST_FLAGS[argv[0]]:
             argv, lists[flag] = pop_list_flag(argv, flag, is_value, example)
-    args = parser.parse_args(argv)
+    args = parse_args(parser, argv)
     for flag, values in lists.items():
         setattr(args, flag[2:], values)
     if not args.weights:
         raise ISGANError(f"{args.command} needs --weights, e.g. --weights {LIST_FLAGS[args.command][0][1]}")
     if not args.out.lower().endswith(".png"):
         raise ISGANError(f"--out {args.out}: the picture is written as PNG; name it FILE.png")
+    if args.colors and not 2 <= args.colors <= 256:
+        raise ISGANError(f"--colors {args.colors}: a palette PNG holds 2-256 colours")
     picture = COMMANDS[args.command](args, args.opts)
-    save_png(picture, args.out)
+    save_png(picture, args.out, args.colors)
     print(f"=> wrote {args.out} ({picture.width}x{picture.height})")
     return picture
