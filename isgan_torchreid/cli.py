@@ -234,6 +234,7 @@ def train_main(argv):
                         help="start from scratch; refused when OUTPUT_DIR holds checkpoints (never deleted)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the run's last checkpoint on DATA.TARGETS "
                    "(results in OUTPUT_DIR/test/); any other checkpoint: tools/test.py --weights")
+    command = "tools/train.py " + " ".join(argv)
     argv, stages = pop_list_flag(argv, "--stages", str.isdigit, "2 3")
     args = parse_args(p, argv)
     opts = args.opts + (["TRAIN.STAGES", f"[{', '.join(stages)}]"] if stages else [])
@@ -245,7 +246,7 @@ def train_main(argv):
         raise ISGANError(f"--no-resume: {cfg.OUTPUT_DIR} already holds checkpoints ({_listing(found)}), which are "
                          f"never deleted; set a new OUTPUT_DIR, or move {os.path.join(cfg.OUTPUT_DIR, 'stage*')} aside")
     prepare_output_dir(cfg.OUTPUT_DIR)
-    with console_log(os.path.join(cfg.OUTPUT_DIR, "train.log"), "tools/train.py " + " ".join(argv)):
+    with console_log(os.path.join(cfg.OUTPUT_DIR, "train.log"), command):
         print(f"=> {'resuming from' if found else 'starting with no'} checkpoints in {cfg.OUTPUT_DIR}")
         device, dm = setup(cfg)
         results = build_engine(cfg, dm, device).run_stages()

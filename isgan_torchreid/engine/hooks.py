@@ -171,12 +171,13 @@ class SampleGrids(HookBase):
         real = denormalize(imgs, IMAGENET_MEAN, IMAGENET_STD)
         fakes = dict(zip(gen.sets, (e.objective.image_to_unit(f) for f in gen.fakes.chunk(len(gen.sets)))))
         parts = e.model.encoder_r.branches.parts
+        bar_height, cell = real.size(-2) * scale, max(8, 5 * scale)
         rows = []
         for b, p in enumerate(gen.partner.tolist()):
             row = [Tile(to_pil(real[b], scale), labels[b]), Tile(to_pil(real[p], scale), f"row {p + 1}")]
             row += [Tile(to_pil(fakes[name][b], scale)) for name in gen.sets]
             if gen.part_mask is not None:
-                row.append(Tile(part_mask_bar(parts, gen.part_mask[b].tolist(), real.size(-2) * scale, 5 * scale)))
+                row.append(Tile(part_mask_bar(parts, gen.part_mask[b].tolist(), bar_height, cell)))
             rows.append(row)
         return rows, gen.sets
 

@@ -198,7 +198,7 @@ def swap_figure(dis: Disentangler, imgs: Tensor, shown: Tensor, paths: Sequence[
     swapped, swapped_cls = dis.swap(codes, swapped_codes, slots, what)
     names = slot_names(dis.parts)
     taken = [k in set(slots) for k in range(len(names))]
-    bar = part_mask_bar(dis.parts, taken, height=shown.size(-2) * scale, cell=5 * scale)
+    bar = part_mask_bar(dis.parts, taken, height=shown.size(-2) * scale, cell=max(8, 5 * scale))
     who = ["a", "b"]
     rows = []
     for i in range(2):

@@ -89,7 +89,8 @@ def ranking_figure(models: List[RankedModel], queries: Sequence, gallery: Sequen
             rows.append([Tile(strip)])
             head = f"query {q + 1}: {market_label(item[0])}\n" if m == 0 else ""
             labels.append(f"{head}{ranked.name}\n{correct}/{topk} correct")
-    title = f"Top-{topk} retrieval on {target} ({len(gallery)} gallery images), {len(models)} model(s) per query"
+    title = (f"Top-{topk} retrieval on {target} ({len(gallery)} gallery images), "
+             f"{len(models)} model{'s' if len(models) > 1 else ''} per query")
     caption = (f"Each row: the query (left), then the {topk} nearest gallery images, nearest first, by the model's "
                f"test descriptor (flip {'on' if test_cfg.FLIP else 'off'}, {test_cfg.METRIC} distance, no "
                f"re-ranking). Green border: same identity as the query; red: another identity. Gallery images of "
