@@ -217,7 +217,7 @@ def swap_figure(dis: Disentangler, imgs: Tensor, shown: Tensor, paths: Sequence[
                f"orange = taken from the other image. {CLASS_INPUT_NOTE}" + (f" Weights: {source}." if source else ""))
     return sheet(rows, title=title, column_titles=["input", "auto-encoded", f"with the other's {what}", "the other",
                                                    "features"],
-                 row_labels=[f"{w}" for w in who], caption=caption, font_size=font_size)
+                 row_labels=who, caption=caption, font_size=font_size)
 
 
 def pairs_figure(dis: Disentangler, imgs: Tensor, shown: Tensor, paths: Sequence[str], scale: int, font_size: int,
