@@ -1,14 +1,18 @@
-"""Command-line entry points behind tools/*.py: argument parsing, one place that reports errors."""
+"""Command-line entry points behind tools/*.py: argument parsing, one place that reports errors, the console log."""
 import argparse
+import contextlib
 import functools
+import glob
 import os
 import sys
+import time
+import traceback
 
 import torch
 from tabulate import tabulate
 
 from . import compat
-from .config import dump_config, load_config
+from .config import dump_config, get_default_config, load_config
 from .data.build import build_datamanager
 from .engine import checkpoint as ckpt
 from .engine.staged import ISGANEngine
@@ -23,6 +27,16 @@ def parser(description):
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return p
+
+
+def parse_args(p, argv):
+    """``p.parse_args(argv)``, refusing a flag that ended up among the trailing ``KEY VALUE`` overrides."""
+    args = p.parse_args(argv)
+    late = [a for a in args.opts if a.startswith("--")]
+    if late:
+        raise ISGANError(f"{late[0]} comes after the KEY VALUE overrides (everything after the first KEY is an "
+                         f"override); put flags before them")
+    return args
 
 
 def reports_errors(main):
@@ -64,12 +78,57 @@ def select_device(cfg):
     return torch.device(cfg.DEVICE)
 
 
+STAGE2_NOTE = ("stage 2 trains E_U, G and D only: E_R and the trunk (the test descriptor) stay as stage 1 left "
+               "them, so stage 2's metrics equal stage 1's by construction.")
+
+
 def results_table(results, ranks=(1, 5, 10)):
-    """{stage: {target: metrics}} -> a tabulate table of rank-k and mAP in percent."""
+    """{stage: {target: metrics}} -> a tabulate table of rank-k and mAP in percent (+ a note under stage 2)."""
     rows = [[stage, target] + [f"{100 * m[f'rank{r}']:.1f}" for r in ranks] + [f"{100 * m['mAP']:.1f}"]
             for stage, per_target in results.items() for target, m in per_target.items()]
-    return tabulate(rows, headers=["stage", "target"] + [f"R-{r}" for r in ranks] + ["mAP"], tablefmt="github",
-                    disable_numparse=True)
+    table = tabulate(rows, headers=["stage", "target"] + [f"R-{r}" for r in ranks] + ["mAP"], tablefmt="github",
+                     disable_numparse=True)
+    return table + (f"\nNote: {STAGE2_NOTE}" if 2 in results else "")
+
+
+class _Tee:
+    """A text stream writing to several streams; anything else (isatty, fileno, encoding) is the first's."""
+
+    def __init__(self, *streams):
+        self.streams = streams
+
+    def write(self, text):
+        for s in self.streams:
+            s.write(text)
+        return len(text)
+
+    def flush(self):
+        for s in self.streams:
+            s.flush()
+
+    def __getattr__(self, name):
+        return getattr(self.streams[0], name)
+
+
+@contextlib.contextmanager
+def console_log(path, command=""):
+    """Mirror stdout and stderr into ``path`` (appended, line-buffered) within the block, after a header line
+    with the time and ``command``; an exception that ends the block is written there too (ISGANError as its
+    one ``error:`` line, anything else as its traceback)."""
+    with open(path, "a", buffering=1) as log:
+        log.write(f"\n==> {time.strftime('%Y-%m-%d %H:%M:%S')} {command}\n")
+        out, err = sys.stdout, sys.stderr
+        sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
+        try:
+            yield
+        except ISGANError as e:
+            log.write(f"error: {e}\n")
+            raise
+        except BaseException:
+            log.write(traceback.format_exc())
+            raise
+        finally:
+            sys.stdout, sys.stderr = out, err
 
 
 def setup(cfg):
@@ -94,19 +153,40 @@ def build_engine(cfg, dm, device, hooks=None):
 
 
 def pop_list_flag(argv, flag, accept, example):
-    """Take ``flag v1 v2 ...`` (the values ``accept`` admits) out of argv, wherever it stands.
+    """Take ``flag v1 v2 ...`` out of argv, wherever it stands; returns (the rest, the values or None if absent).
 
-    argparse cannot do this beside the trailing ``KEY VALUE`` overrides, which it would swallow.
+    Every tool parses its list-valued flags (--stages, --targets, --methods, --weights, ...) here, the same way:
+    values follow the flag separated by spaces, commas or both (``--stages 2 3``, ``--stages 2,3``,
+    ``--stages=2,3``), and the flag may be repeated (values add up). A value ends where an argument is not
+    admitted by ``accept`` (another flag, a ``KEY VALUE`` override). argparse cannot do this beside the
+    trailing overrides, which it would swallow.
     """
-    if flag not in argv:
-        return argv, None
-    i = argv.index(flag)
-    j = i + 1
-    while j < len(argv) and accept(argv[j]):
-        j += 1
-    if j == i + 1:
-        raise ISGANError(f"{flag} needs values, e.g. {flag} {example}")
-    return argv[:i] + argv[j:], argv[i + 1:j]
+    rest, values, found = [], [], False
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        if arg != flag and not arg.startswith(flag + "="):
+            rest.append(arg)
+            i += 1
+            continue
+        found = True
+        taken = [arg[len(flag) + 1:]] if arg != flag else []
+        i += 1
+        while arg == flag and i < len(argv) and _values(argv[i]) and all(accept(v) for v in _values(argv[i])):
+            taken.append(argv[i])
+            i += 1
+        items = [v for t in taken for v in _values(t)]
+        if not items:
+            raise ISGANError(f"{flag} needs values, e.g. {flag} {example}")
+        bad = [v for v in items if not accept(v)]
+        if bad:
+            raise ISGANError(f"{flag} {bad[0]}: not a valid value; e.g. {flag} {example}")
+        values += items
+    return rest, (values if found else None)
+
+
+def _values(token):
+    return [v for v in token.split(",") if v]
 
 
 def is_name(arg):
@@ -114,45 +194,97 @@ def is_name(arg):
     return not arg.startswith("-") and arg != arg.upper()
 
 
+def is_config_key(arg):
+    """A ``KEY`` of the overrides: its first dotted part is a top-level config key (SEED, DATA, TRAIN, ...)."""
+    return arg.split(".")[0] in get_default_config()
+
+
+def is_value(arg):
+    """A path or number given to a list flag, as opposed to a flag or a config KEY."""
+    return not arg.startswith("-") and not is_config_key(arg)
+
+
+def checkpoints_in(output_dir):
+    """The checkpoints a run left in ``output_dir`` (``stage*/latest.pth.tar`` and ``model.pth.tar-*``)."""
+    return sorted(glob.glob(os.path.join(output_dir, "stage*", "latest.pth.tar"))
+                  + glob.glob(os.path.join(output_dir, "stage*", "model.pth.tar-*")))
+
+
+def last_checkpoint(cfg):
+    """``latest.pth.tar`` of the last stage of TRAIN.STAGES that has one in OUTPUT_DIR."""
+    for stage in reversed(list(cfg.TRAIN.STAGES)):
+        path = ckpt.latest_path(cfg.OUTPUT_DIR, stage)
+        if os.path.isfile(path):
+            return path
+    raise ISGANError(f"--eval-only: {cfg.OUTPUT_DIR} holds no checkpoint of stages {list(cfg.TRAIN.STAGES)}; "
+                     f"train first, or evaluate any checkpoint with tools/test.py --weights")
+
+
 @reports_errors
 def train_main(argv):
-    """tools/train.py: run the configured stages, resuming an interrupted run; print the results table."""
+    """tools/train.py: run the configured stages, resuming an interrupted run; print the results table.
+
+    The console (stdout and stderr) is mirrored into OUTPUT_DIR/train.log, appended by every invocation.
+    """
     p = parser("Train IS-GAN (stages 1-3), MGN or a torchreid model; evaluate on DATA.TARGETS.")
-    p.add_argument("--stages", metavar="N", help="subset of stages to run, e.g. --stages 2 3 (overrides "
-                   "TRAIN.STAGES)")
+    p.add_argument("--stages", metavar="N", help="subset of stages to run, e.g. --stages 2 3 or --stages 2,3 "
+                   "(overrides TRAIN.STAGES)")
+    resume = p.add_mutually_exclusive_group()
+    resume.add_argument("--resume", dest="resume", action="store_true", default=True,
+                        help="continue the run in OUTPUT_DIR from its checkpoints (the default)")
+    resume.add_argument("--no-resume", dest="resume", action="store_false",
+                        help="start from scratch; refused when OUTPUT_DIR holds checkpoints (never deleted)")
+    p.add_argument("--eval-only", action="store_true", help="evaluate the run's last checkpoint on DATA.TARGETS "
+                   "(results in OUTPUT_DIR/test/); any other checkpoint: tools/test.py --weights")
+    command = "tools/train.py " + " ".join(argv)
     argv, stages = pop_list_flag(argv, "--stages", str.isdigit, "2 3")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv)
     opts = args.opts + (["TRAIN.STAGES", f"[{', '.join(stages)}]"] if stages else [])
     cfg = load_config(args.config_file, opts)
-    device, dm = setup(cfg)
-    results = build_engine(cfg, dm, device).run_stages()
-    print(results_table(results, cfg.TEST.RANKS))
+    if args.eval_only:
+        return evaluate_weights(cfg, last_checkpoint(cfg))
+    found = checkpoints_in(cfg.OUTPUT_DIR)
+    if not args.resume and found:
+        raise ISGANError(f"--no-resume: {cfg.OUTPUT_DIR} already holds checkpoints ({_listing(found)}), which are "
+                         f"never deleted; set a new OUTPUT_DIR, or move {os.path.join(cfg.OUTPUT_DIR, 'stage*')} aside")
+    prepare_output_dir(cfg.OUTPUT_DIR)
+    with console_log(os.path.join(cfg.OUTPUT_DIR, "train.log"), command):
+        print(f"=> {'resuming from' if found else 'starting with no'} checkpoints in {cfg.OUTPUT_DIR}")
+        device, dm = setup(cfg)
+        results = build_engine(cfg, dm, device).run_stages()
+        print(results_table(results, cfg.TEST.RANKS))
     return results
 
 
-@reports_errors
-def test_main(argv):
-    """tools/test.py: evaluate a checkpoint's E_R descriptor on DATA.TARGETS (or --targets)."""
-    p = parser("Evaluate a checkpoint on the configured targets.")
-    p.add_argument("--weights", required=True, help="checkpoint (ours or torchreid's)")
-    p.add_argument("--targets", metavar="NAME", help="datasets to evaluate on (overrides DATA.TARGETS)")
-    argv, targets = pop_list_flag(argv, "--targets", is_name, "market1501 dukemtmcreid")
-    args = p.parse_args(argv)
-    cfg = load_config(args.config_file, args.opts)
+def _listing(paths, n=2):
+    shown = [os.path.relpath(p, os.path.dirname(os.path.dirname(p))) for p in paths[:n]]
+    return ", ".join(shown) + (f" and {len(paths) - n} more" if len(paths) > n else "")
+
+
+def evaluate_weights(cfg, weights, targets=None):
+    """Evaluate the E_R descriptor of checkpoint ``weights`` on ``targets`` (default: DATA.TARGETS or SOURCES);
+    print the table, add the results under the checkpoint's path to OUTPUT_DIR/test/results.json."""
     targets = targets or list(cfg.DATA.TARGETS) or list(cfg.DATA.SOURCES)
+    cfg = cfg.clone()
     cfg.defrost()
     cfg.DATA.SOURCES, cfg.DATA.TARGETS = targets, targets  # training data need not be present
     cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "test")  # keep the training run's config.yaml
     cfg.MODEL.PRETRAINED = False
     cfg.freeze()
-    state = ckpt.load_checkpoint(args.weights)
+    state = ckpt.load_checkpoint(weights)
     device, dm = setup(cfg)
-    weights = ckpt.model_state(state)
+    print(f"=> evaluating {weights}" + (f" (stage {state['stage']}, epoch {state['epoch']})" if "stage" in state
+                                        else ""))
     model = build_model(cfg, state.get("num_classes") or dm.num_train_pids)
-    ckpt.load_weights(model, weights)
+    ckpt.load_weights(model, ckpt.model_state(state))
     engine = ISGANEngine(cfg, dm, model, device, hooks=[])
     engine.evaluate_targets(key="test", save_dir=cfg.OUTPUT_DIR)
     print(results_table(engine.results, cfg.TEST.RANKS))
+    path = os.path.join(cfg.OUTPUT_DIR, "results.json")
+    stored = ckpt.read_json(path) if os.path.isfile(path) else {}
+    stored[os.path.abspath(weights)] = engine.results["test"]
+    ckpt.write_json(path, stored)
+    print(f"=> results in {path}")
     return engine.results
 
 
@@ -215,3 +347,17 @@ def export_main(argv):
     print(f"=> {args.out}: {args.format}, input images (B, 3, {h}, {w}), output features (B, {encoder.descriptor_dim})"
           f"{' raw' if args.raw else ''}")
     return args.out
+
+
+@reports_errors
+def test_main(argv):
+    """tools/test.py: evaluate a checkpoint's E_R descriptor on DATA.TARGETS (or --targets); the results are
+    added to OUTPUT_DIR/test/results.json under the checkpoint's path."""
+    p = parser("Evaluate a checkpoint on the configured targets.")
+    p.add_argument("--weights", required=True, help="checkpoint (ours or torchreid's)")
+    p.add_argument("--targets", metavar="NAME", help="datasets to evaluate on (overrides DATA.TARGETS), e.g. "
+                   "--targets market1501 dukemtmcreid or --targets market1501,dukemtmcreid")
+    argv, targets = pop_list_flag(argv, "--targets", is_name, "market1501 dukemtmcreid")
+    args = parse_args(p, argv)
+    cfg = load_config(args.config_file, args.opts)
+    return evaluate_weights(cfg, args.weights, targets)

@@ -7,15 +7,13 @@ schedule: the stage-1 epochs, then the stage-3 epochs at the stage-3 learning ra
 [1, 2, 3] (E_R is frozen in stage 2); every other method runs stages [1, 3], its stage 3 continuing its
 own identity objective. The baseline is IS-GAN's E_R network trained that way with L_R alone (paper
 Sec. 3.2), so IS-GAN's gain over it is what the GAN stages add, not the learning-rate drop.
-Each run keeps its config, checkpoints, TensorBoard events, results and ``log.txt`` in
+Each run keeps its config, checkpoints, TensorBoard events, results and ``train.log`` in
 ``OUTPUT_DIR/<method>/``.
 
 Output: one table (printed), ``OUTPUT_DIR/comparison.csv`` and ``OUTPUT_DIR/comparison.json``.
 """
-import contextlib
 import csv
 import os
-import sys
 
 import torch
 from tabulate import tabulate
@@ -35,22 +33,6 @@ METHOD_OVERRIDES = {
 }
 COLUMNS = ("method", "run", "target", "feature_dim", "params_test", "params_total", "rank1", "rank5", "mAP",
            "train_images_per_s", "test_images_per_s")
-
-
-class _Tee:
-    """A text stream writing to several streams (the console and a run's log.txt)."""
-
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, text):
-        for s in self.streams:
-            s.write(text)
-        return len(text)
-
-    def flush(self):
-        for s in self.streams:
-            s.flush()
 
 
 def images_per_s(speed, stages):
@@ -126,15 +108,14 @@ def model_size(model, height, width, device):
 
 
 def train_run(cfg):
-    """Set up, build, train and evaluate one run (stdout also goes to OUTPUT_DIR/log.txt); returns its summary.
+    """Set up, build, train and evaluate one run (the console also goes to OUTPUT_DIR/train.log); returns its summary.
 
     The summary holds what the table needs, so the engine, its model and optimiser states are freed
     before the next run starts: ``results``, ``speed`` ({stage: images, seconds}) and ``size``
     (:func:`model_size`).
     """
     cli.prepare_output_dir(cfg.OUTPUT_DIR)
-    with open(os.path.join(cfg.OUTPUT_DIR, "log.txt"), "a") as log, \
-            contextlib.redirect_stdout(_Tee(sys.stdout, log)):
+    with cli.console_log(os.path.join(cfg.OUTPUT_DIR, "train.log"), f"tools/compare.py: run {cfg.MODEL.NAME}"):
         print(f"=> {cfg.MODEL.NAME}: stages {list(cfg.TRAIN.STAGES)} in {cfg.OUTPUT_DIR}")
         device, dm = cli.setup(cfg)
         timer = EpochTimer(os.path.join(cfg.OUTPUT_DIR, "train_speed.json"))
@@ -205,7 +186,7 @@ def compare_main(argv):
                    f"torchreid model names, e.g. --methods isgan mgn (default: {' '.join(DEFAULT_METHODS)})")
     argv, methods = cli.pop_list_flag(argv, "--methods", cli.is_name, "isgan baseline mgn pcb_p6")
     methods = methods or list(DEFAULT_METHODS)
-    args = p.parse_args(argv)
+    args = cli.parse_args(p, argv)
     rows = compare(args.config_file, args.opts, methods)
     print(comparison_table(rows))
     print("Every method: stage-1 epochs, then stage-3 epochs at the stage-3 learning rate (IS-GAN's E_R schedule; "

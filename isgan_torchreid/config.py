@@ -218,9 +218,7 @@ def _merge(cfg, data, origin, prefix=""):
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in cfg:
-            close = difflib.get_close_matches(key, list(cfg.keys()), n=3)
-            hint = f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
-            raise ISGANError(f"{origin}: unknown config key {full}{hint} (valid under "
+            raise ISGANError(f"{origin}: unknown config key {full}{_suggestion(cfg, key, prefix)} (valid under "
                              f"{prefix or 'top level'}: {', '.join(sorted(cfg.keys()))})")
         if isinstance(cfg[key], CN):
             if not isinstance(value, dict):
@@ -230,11 +228,51 @@ def _merge(cfg, data, origin, prefix=""):
             cfg[key] = _coerce(full, cfg[key], value, origin)
 
 
+def _suggestion(cfg, key, prefix):
+    """'; did you mean ...?' for an unknown ``key`` under ``prefix``: its upper-case twin (torchreid writes
+    ``model.name``), else the closest names."""
+    if key.upper() in cfg:
+        return f"; config keys are upper case: did you mean {prefix}{key.upper()}?"
+    close = difflib.get_close_matches(key.upper(), list(cfg.keys()), n=3)
+    return f"; did you mean {', '.join(prefix + c for c in close)}?" if close else ""
+
+
+def _has_key(cfg, dotted):
+    node = cfg
+    for part in dotted.split("."):
+        if not isinstance(node, CN) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def _refuse_lower_case(cfg, key, origin):
+    """An unknown lower-case KEY (torchreid's ``model.name``): name its upper-case twin, or where it fails."""
+    parts = key.upper().split(".")
+    known = 0
+    while known < len(parts) and _has_key(cfg, ".".join(parts[:known + 1])):
+        known += 1
+    if known == len(parts):
+        raise ISGANError(f"{origin}: unknown config key {key}; config keys are upper case: did you mean "
+                         f"{key.upper()}?")
+    if known == 0:
+        return  # nothing in common: the ordinary message
+    prefix = ".".join(parts[:known]) + "."
+    node = cfg
+    for part in parts[:known]:
+        node = node[part]
+    raise ISGANError(f"{origin}: unknown config key {key}; config keys are upper case, and {prefix[:-1]} has no "
+                     f"{parts[known]}{_suggestion(node, parts[known], prefix)} (valid under {prefix}: "
+                     f"{', '.join(sorted(node.keys()))})")
+
+
 def merge_overrides(cfg, opts, origin="command line"):
     """Apply ``KEY VALUE`` pairs (e.g. ``TRAIN.STAGE1.EPOCHS 5``), values parsed as YAML."""
     if len(opts) % 2:
         raise ISGANError(f"{origin}: overrides come as KEY VALUE pairs, got an odd number: {opts}")
     for key, raw in zip(opts[0::2], opts[1::2]):
+        if key != key.upper() and not _has_key(cfg, key):
+            _refuse_lower_case(cfg, key, origin)
         try:
             value = yaml.safe_load(raw) if isinstance(raw, str) else raw
         except yaml.YAMLError:

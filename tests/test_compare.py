@@ -111,7 +111,7 @@ def test_csv_json_and_run_folders(compared):
             assert (out / run / f"stage{stage}" / "latest.pth.tar").is_file()
         assert (out / run / "results.json").is_file()
         assert f"NAME: {run}" in (out / run / "config.yaml").read_text()
-        assert "Stage 1" in (out / run / "log.txt").read_text()
+        assert "Stage 1" in (out / run / "train.log").read_text()
 
 
 def test_resumed_comparison_reuses_the_runs(compared, data_root):

@@ -58,6 +58,25 @@ def test_unknown_key_names_it_and_suggests(tmp_path):
         load_config(None, ["TRAIN.STAGE4.EPOCHS", "1"])
 
 
+@pytest.mark.parametrize("key, message", [
+    ("model.name", r"unknown config key model\.name; config keys are upper case: did you mean MODEL\.NAME\?"),
+    ("test.rerank", r"did you mean TEST\.RERANK\?"),
+    ("train.max_epoch", r"unknown config key train\.max_epoch; config keys are upper case, and TRAIN has no "
+                        r"MAX_EPOCH \(valid under TRAIN\.: "),
+    ("Model.nmae", r"and MODEL has no NMAE; did you mean MODEL\.NAME\?"),
+])
+def test_lower_case_keys_suggest_their_upper_case_twin(key, message):
+    with pytest.raises(ISGANError, match=message):
+        load_config(None, [key, "x"])
+
+
+def test_lower_case_yaml_key_suggests_its_twin(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("model:\n  name: mgn\n")
+    with pytest.raises(ISGANError, match=r"unknown config key model; config keys are upper case: did you mean MODEL\?"):
+        load_config(str(path))
+
+
 @pytest.mark.parametrize("key, value, expected", [
     ("TRAIN.STAGE1.EPOCHS", "ten", "TRAIN.STAGE1.EPOCHS expects int"),
     ("MODEL.PRETRAINED", "1", "MODEL.PRETRAINED expects bool"),

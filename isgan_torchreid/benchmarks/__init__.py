@@ -27,7 +27,8 @@ def _parser():
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iters", type=int, help="timed iterations (default 2; with --reference 5 per stage and "
                    "implementation; with --inference 3)")
-    p.add_argument("--methods", default="isgan,mgn,pcb_p6")
+    p.add_argument("--methods", metavar="NAME", help="methods to time, e.g. --methods isgan mgn or --methods "
+                   "isgan,mgn (default: isgan mgn pcb_p6)")
     p.add_argument("--skip-training", action="store_true")
     p.add_argument("--skip-evaluator", action="store_true")
     p.add_argument("--reference", metavar="DIR", help="a checkout of the authors' code (git clone "
@@ -68,8 +69,8 @@ def _training_tables(cfg, args, device):
           f"{cfg.MODEL.BACKBONE} {cfg.DATA.HEIGHT}x{cfg.DATA.WIDTH}, batch {args.batch}, "
           f"TRAIN.AMP {cfg.TRAIN.AMP}, TRAIN.CHANNELS_LAST {cfg.TRAIN.CHANNELS_LAST}")
     if not args.skip_training:
-        rows = bench_training(cfg, methods=args.methods.split(","), batch=args.batch, iters=args.iters or 2,
-                              device=device)
+        rows = bench_training(cfg, methods=args.methods or ("isgan", "mgn", "pcb_p6"), batch=args.batch,
+                              iters=args.iters or 2, device=device)
         print(training_table(rows, device))
     if args.reference:
         iters = args.iters or 5
@@ -131,12 +132,14 @@ def _dc_table(cfg, args, device):
 
 def benchmark_main(argv=None):
     """tools/benchmark.py: the tables the flags ask for (see ``--help``)."""
-    from ..cli import reports_errors, select_device
+    from ..cli import is_name, parse_args, pop_list_flag, reports_errors, select_device
     from ..config import load_config
 
     @reports_errors
     def main(argv):
-        args = _parser().parse_args(argv)
+        argv, methods = pop_list_flag(list(argv), "--methods", is_name, "isgan mgn pcb_p6")
+        args = parse_args(_parser(), argv)
+        args.methods = methods
         if args.iters is not None and args.iters < 1:
             raise ISGANError(f"--iters must be at least 1, not {args.iters}")
         cfg = load_config(args.config_file, args.opts)

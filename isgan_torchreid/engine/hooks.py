@@ -13,12 +13,30 @@ from torch.utils.tensorboard import SummaryWriter
 
 from .. import compat, deploy
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
-from ..visualize import denormalize, save_grid
+from ..visualize.canvas import (Tile, denormalize, display_scale, font_size_for, market_label, parse_market_name,
+                                part_mask_bar, save_png, sheet, to_array, to_pil)
 from . import checkpoint as ckpt
 from .objective import ISGANObjective
 
-__all__ = ["HookBase", "Checkpointer", "SampleGrids", "EncoderWriter", "ResultsWriter", "TensorBoardWriter", "ProgressPrinter",
-           "EpochTimer", "default_hooks"]
+__all__ = ["HookBase", "Checkpointer", "SampleGrids", "EncoderWriter", "ResultsWriter", "TensorBoardWriter",
+           "ProgressPrinter", "EpochTimer", "default_hooks", "LOSS_GROUPS", "STAGE_COST", "grouped"]
+
+# the loss terms of a step, grouped for the progress line and TensorBoard: E_R's identity terms, the
+# encoder/G terms of Eq. 8 and D's terms [Eq. 6, 7]
+LOSS_GROUPS = {"id": ("L_R", "L_tri"), "gen": ("L_S", "L_PS", "L_U", "L_D", "L_C"), "disc": ("D_dom", "D_cls")}
+# seconds per step of IS-GAN's stages relative to stage 1, for the ETA of stages not yet run: README
+# "Benchmarks" (ResNet-50, 384x128, CPU: 3630 / 8332 / 13274 ms per step)
+STAGE_COST = {1: 1.0, 2: 2.3, 3: 3.7}
+GRID_TITLES = {"auto": "G: auto", "shuffled": "G: id-shuffled", "part_shuffled": "G: part-shuffled"}
+
+
+def grouped(summary):
+    """A step's {term: value} -> {group: {term: value}}; terms outside LOSS_GROUPS fall in "other"."""
+    groups = {}
+    for name, value in summary.items():
+        group = next((g for g, terms in LOSS_GROUPS.items() if name in terms), "other")
+        groups.setdefault(group, {})[name] = value
+    return groups
 
 
 class HookBase:
@@ -68,8 +86,13 @@ class Checkpointer(HookBase):
 
 
 class SampleGrids(HookBase):
-    """In stages 2-3, a grid of real | auto-encoded | identity-shuffled | part-shuffled images every ``freq``
-    epochs (0: only at the end) in ``stage{n}/samples/epoch{e}.png``; RNG-neutral, so resume stays exact."""
+    """In stages 2-3, a labelled grid every ``freq`` epochs (0: only at the end) in
+    ``stage{n}/samples/epoch{e}.png`` and in TensorBoard (tag ``samples``); RNG-neutral, so resume stays exact.
+
+    One row per training sample (two of each of the first ``num_ids`` identities with two or more images):
+    the image with its pid and camera, the partner it was paired with for identity shuffling, G's auto-encoded,
+    identity-shuffled and part-shuffled outputs [Eq. 3, 4], and the part mask (which features S swapped).
+    """
 
     def __init__(self, freq: int, num_ids: int = 4):
         self.freq = freq
@@ -81,27 +104,59 @@ class SampleGrids(HookBase):
         if e.stage == 1 or not isinstance(e.objective, ISGANObjective):
             return
         if epoch == e.max_epoch or (self.freq and epoch % self.freq == 0):
-            path = os.path.join(ckpt.stage_dir(e.cfg.OUTPUT_DIR, e.stage), "samples", f"epoch{epoch:03d}.png")
-            self.save(path)
+            picture = self.draw()
+            if picture is None:
+                return
+            save_png(picture, os.path.join(ckpt.stage_dir(e.cfg.OUTPUT_DIR, e.stage), "samples",
+                                           f"epoch{epoch:03d}.png"))
+            for hook in e.hooks:
+                if isinstance(hook, TensorBoardWriter):
+                    hook.add_image("samples", picture)
 
     def _batch(self):
-        """Two images of each of the first ``num_ids`` identities with two or more (normalised, (n, 3, H, W))."""
+        """Two images of each of the first ``num_ids`` identities with two or more: normalised (n, 3, H, W),
+        training pids (n,), labels ('pid P, cam C' from Market-style names)."""
         e = self.engine
         train = e.train_loader.dataset.train
         by_pid = {}
         for index, item in enumerate(train):
             by_pid.setdefault(item[1], []).append(index)
-        picks = [i for idx in list(by_pid.values())[:self.num_ids] if len(idx) > 1 for i in idx[:2]]
+        picks = [i for idx in [v for v in by_pid.values() if len(v) > 1][:self.num_ids] for i in idx[:2]]
+        if not picks:
+            return None, None, None
         read = compat.torchreid_base().utils.read_image
-        imgs = torch.stack([e.datamanager.transform_te(read(train[i][0])) for i in picks]) if picks else None
-        return imgs, torch.tensor([train[i][1] for i in picks])
+        imgs = torch.stack([e.datamanager.transform_te(read(train[i][0])) for i in picks])
+        labels = [market_label(train[i][0]) if parse_market_name(train[i][0])
+                  else f"pid {train[i][1]}, cam {train[i][2] + 1}" for i in picks]
+        return imgs, torch.tensor([train[i][1] for i in picks]), labels
+
+    def draw(self):
+        """The grid as a picture (None when no identity has two training images)."""
+        tiles = self.tiles()
+        if tiles is None:
+            return None
+        rows, sets = tiles
+        e = self.engine
+        titles = ["real", "partner"] + [GRID_TITLES[name] for name in sets]
+        titles += ["parts taken"] if len(rows[0]) > len(titles) else []
+        parts = list(e.model.encoder_r.branches.parts)
+        caption = ("partner: the same-identity image whose identity features are shuffled in. G's outputs: "
+                   "auto = own identity + own nuisance features; id-shuffled = partner's identity + own nuisance "
+                   "[Eq. 3]; part-shuffled = own identity with the orange features taken from the partner, own "
+                   f"nuisance [Eq. 4]. Bars: one per part branch of MODEL.PARTS {parts} (a frame: its global "
+                   "feature; inside: its stripes, top to bottom). Eval mode (E_U's mean), the config's seed.")
+        return sheet(rows, title=f"stage {e.stage}, epoch {e.epoch + 1}/{e.max_epoch}: training samples",
+                     column_titles=titles, row_labels=[f"row {b + 1}" for b in range(len(rows))], caption=caption,
+                     font_size=font_size_for(rows[0][0].image.height))
 
     @torch.no_grad()
-    def save(self, path):
+    def tiles(self):
+        """(tiles of the grid, one list per sample; the names of the fake sets shown), or None when no identity
+        has two training images."""
         e = self.engine
-        imgs, pids = self._batch()
+        imgs, pids, labels = self._batch()
         if imgs is None:
-            return
+            return None
         imgs, pids = imgs.to(e.device), pids.to(e.device)
         model = e.model
         was_training = model.training
@@ -112,9 +167,19 @@ class SampleGrids(HookBase):
         model.train(was_training)
         if was_training:
             e.apply_stage_policy()
-        columns = [denormalize(imgs, IMAGENET_MEAN, IMAGENET_STD)]
-        columns += [e.objective.image_to_unit(f) for f in gen.fakes.chunk(len(gen.sets))]
-        save_grid(path, [c.cpu() for c in columns], titles=["real"] + gen.sets)
+        scale = display_scale(imgs.size(-2))
+        real = denormalize(imgs, IMAGENET_MEAN, IMAGENET_STD)
+        fakes = dict(zip(gen.sets, (e.objective.image_to_unit(f) for f in gen.fakes.chunk(len(gen.sets)))))
+        parts = e.model.encoder_r.branches.parts
+        bar_height, cell = real.size(-2) * scale, max(8, 5 * scale)
+        rows = []
+        for b, p in enumerate(gen.partner.tolist()):
+            row = [Tile(to_pil(real[b], scale), labels[b]), Tile(to_pil(real[p], scale), f"row {p + 1}")]
+            row += [Tile(to_pil(fakes[name][b], scale)) for name in gen.sets]
+            if gen.part_mask is not None:
+                row.append(Tile(part_mask_bar(parts, gen.part_mask[b].tolist(), bar_height, cell)))
+            rows.append(row)
+        return rows, gen.sets
 
 
 class EncoderWriter(HookBase):
@@ -140,56 +205,128 @@ class ResultsWriter(HookBase):
 
 
 class TensorBoardWriter(HookBase):
-    """Each step's loss terms and learning rate, and each stage's test metrics, in ``stage{n}/`` event files.
+    """Each step's loss terms (not averaged) and learning rates, each stage's test metrics and the sample
+    grids, in ``stage{n}/`` event files.
 
-    The step counts iterations over the whole run (stages in order), so curves of consecutive stages join;
-    a resumed stage purges the steps it will repeat.
+    The global step counts iterations over all stages of the objective ([1, 2, 3] for IS-GAN), whether or not
+    this invocation runs them (``--stages 2 3`` after stage 1 continues its curve). A resumed stage opens its
+    writer with ``purge_step`` at the first step it repeats, so TensorBoard drops the steps the interrupted
+    session logged after its last checkpoint: every step appears once. Tags: ``loss_<group>/<term>`` and
+    ``loss_<group>/total`` for the groups of :data:`LOSS_GROUPS`, ``train/<term>`` for the others (accuracy,
+    the unweighted L1 of each fake set), ``train/lr``, ``train/lr_D``, ``test/<target>/<metric>``.
     """
 
     def before_stage(self):
         e = self.engine
-        self.writer = SummaryWriter(log_dir=ckpt.stage_dir(e.cfg.OUTPUT_DIR, e.stage), purge_step=self._step())
+        self.writer = SummaryWriter(log_dir=ckpt.stage_dir(e.cfg.OUTPUT_DIR, e.stage), purge_step=self.step())
 
-    def _step(self):
+    def step(self):
+        """The global step of the engine's current iteration."""
         e = self.engine
-        earlier = sum(e.cfg.TRAIN[f"STAGE{s}"].EPOCHS for s in e.cfg.TRAIN.STAGES if s < e.stage)
+        earlier = sum(e.cfg.TRAIN[f"STAGE{s}"].EPOCHS for s in e.objective.stages if s < e.stage)
         return (earlier + e.epoch) * e.num_batches + e.batch_idx
 
     def after_step(self):
         e = self.engine
-        step = self._step()
-        for name, value in e.summary.items():
-            self.writer.add_scalar(f"train/{name}", value, step)
-        self.writer.add_scalar("train/lr", e.optimizers["model"].optimizer.param_groups[0]["lr"], step)
+        step = self.step()
+        for group, terms in grouped(e.summary).items():
+            prefix = f"loss_{group}" if group in LOSS_GROUPS else "train"
+            for name, value in terms.items():
+                self.writer.add_scalar(f"{prefix}/{name}", value, step)
+            if group in LOSS_GROUPS:
+                self.writer.add_scalar(f"{prefix}/total", sum(terms.values()), step)
+        for name, opt in e.optimizers.items():
+            tag = "train/lr" if name == "model" else "train/lr_D"
+            self.writer.add_scalar(tag, opt.optimizer.param_groups[0]["lr"], step)
+
+    def add_image(self, tag, picture):
+        """A picture (PIL) at the current step."""
+        self.writer.add_image(tag, to_array(picture), self.step(), dataformats="HWC")
 
     def after_stage(self):
         e = self.engine
         for target, metrics in e.results.get(e.stage, {}).items():
             for name in ("rank1", "mAP"):
-                self.writer.add_scalar(f"test/{target}/{name}", metrics[name], self._step())
+                self.writer.add_scalar(f"test/{target}/{name}", metrics[name], self.step())
         self.writer.close()
 
 
 class ProgressPrinter(HookBase):
-    """A line every ``freq`` steps: stage, epoch, step, seconds per step, ETA of the stage, losses, lr."""
+    """Every ``freq`` steps and at each epoch's end, one line of at most 120 columns::
+
+        [s2 e3/8 20/24] 0.41s/it eta 0:00:12 run ~0:12:31 | gen 12.35 disc 1.234 | lr 2.0e-04
+
+    stage, epoch and step; seconds per step of this stage so far (data loading and checkpoints included);
+    time left in the stage, and in the run: this stage plus the later stages of TRAIN.STAGES, training steps
+    only ('~': includes stages not run yet, see :meth:`estimate`); the loss groups of :data:`LOSS_GROUPS`
+    (each the sum of its terms) and the accuracy of identity steps, averaged over the steps since the last
+    line. At each stage's end: its steps and training time.
+    """
 
     def __init__(self, freq: int):
         self.freq = freq
+        self.per_step = {}  # stage -> measured seconds per step, in this process
 
-    def before_epoch(self):
+    def before_stage(self):
         self.start = time.perf_counter()
+        self.steps = 0
+        self.window = {name: (0.0, 0) for name in (*LOSS_GROUPS, "acc")}  # the order of the line
 
     def after_step(self):
         e = self.engine
+        self.steps += 1
+        self.last = time.perf_counter()
+        shown = {g: sum(terms.values()) for g, terms in grouped(e.summary).items() if g in LOSS_GROUPS}
+        if "acc" in e.summary:
+            shown["acc"] = e.summary["acc"]
+        for name, value in shown.items():
+            total, n = self.window[name]
+            self.window[name] = (total + value, n + 1)
+        self.per_step[e.stage] = (self.last - self.start) / self.steps
         step = e.batch_idx + 1
-        if step % self.freq and step != e.num_batches:
-            return
-        per_step = (time.perf_counter() - self.start) / step
-        left = (e.max_epoch - e.epoch - 1) * e.num_batches + e.num_batches - step
-        losses = " ".join(f"{k} {v:.3f}" for k, v in e.summary.items())
+        if step % self.freq == 0 or step == e.num_batches:
+            print(self.line())
+            self.window = {name: (0.0, 0) for name in self.window}
+
+    def estimate(self, stage):
+        """Seconds per step of a stage not run yet: stage 3 trains what stages 1 and 2 train, so the sum of
+        theirs when both were measured; else the current stage's, scaled by :data:`STAGE_COST` (IS-GAN)."""
+        e = self.engine
+        if stage == 3 and e.is_gan and {1, 2} <= set(self.per_step):
+            return self.per_step[1] + self.per_step[2]
+        cost = STAGE_COST if e.is_gan else {}
+        return self.per_step[e.stage] * cost.get(stage, 1.0) / cost.get(e.stage, 1.0)
+
+    def seconds_left(self):
+        """(seconds left in the stage, in the run, whether the run's includes estimated stages)."""
+        e = self.engine
+        stage_left = self.per_step[e.stage] * ((e.max_epoch - e.epoch) * e.num_batches - e.batch_idx - 1)
+        later = [s for s in e.cfg.TRAIN.STAGES if s > e.stage]
+        run_left = stage_left + sum(self.estimate(s) * e.cfg.TRAIN[f"STAGE{s}"].EPOCHS * e.num_batches
+                                    for s in later)
+        return stage_left, run_left, bool(later)
+
+    def line(self):
+        e = self.engine
+        per_step = self.per_step[e.stage]
+        stage_left, run_left, estimated = self.seconds_left()
+        groups = " ".join(f"{g} {t / n:.4g}" for g, (t, n) in self.window.items() if n)
         lr = e.optimizers["model"].optimizer.param_groups[0]["lr"]
-        print(f"stage {e.stage} epoch [{e.epoch + 1}/{e.max_epoch}][{step}/{e.num_batches}] {per_step:.2f}s/it "
-              f"eta {time.strftime('%H:%M:%S', time.gmtime(per_step * left))} | {losses} | lr {lr:.2e}")
+        return (f"[s{e.stage} e{e.epoch + 1}/{e.max_epoch} {e.batch_idx + 1}/{e.num_batches}] {per_step:.2f}s/it "
+                f"eta {_clock(stage_left)} run {'~' if estimated else ''}{_clock(run_left)} | {groups} | "
+                f"lr {lr:.1e}")
+
+    def after_stage(self):
+        if self.steps:  # a stage that trained in this process
+            seconds = self.last - self.start
+            print(f"=> stage {self.engine.stage}: {self.steps} steps in {_clock(seconds)} "
+                  f"({seconds / self.steps:.2f}s/it, evaluation excluded)")
+
+
+def _clock(seconds):
+    """h:mm:ss, hours unbounded."""
+    seconds = int(round(seconds))
+    return f"{seconds // 3600}:{seconds % 3600 // 60:02d}:{seconds % 60:02d}"
 
 
 class EpochTimer(HookBase):

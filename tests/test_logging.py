@@ -1,0 +1,294 @@
+"""What a run tells its user: the progress line and its ETA, TensorBoard steps (continuous across stages and
+resumes, no duplicates), sample grids, train.log, the results table, --resume/--no-resume, --eval-only and
+tools/test.py's results.json."""
+import os
+import sys
+from types import SimpleNamespace
+
+import pytest
+import torch
+from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+from isgan_torchreid import cli
+from isgan_torchreid.config import load_config
+from isgan_torchreid.engine import checkpoint as ckpt
+from isgan_torchreid.engine import hooks
+from isgan_torchreid.engine.hooks import (LOSS_GROUPS, STAGE_COST, ProgressPrinter, SampleGrids, TensorBoardWriter,
+                                          grouped)
+from isgan_torchreid.engine.staged import ISGANEngine
+from isgan_torchreid.errors import ISGANError
+from isgan_torchreid.models import build_model
+from isgan_torchreid.visualize.canvas import Tile, sheet, to_pil
+
+from conftest import CONFIGS, TINY
+
+CONFIG = os.path.join(CONFIGS, "isgan_synthetic.yaml")
+
+
+# ---------------------------------------------------------------- the progress line
+
+class Clock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def fake_engine(cfg, stage, num_batches, is_gan=True):
+    lr = SimpleNamespace(optimizer=SimpleNamespace(param_groups=[{"lr": 2e-4}]))
+    return SimpleNamespace(cfg=cfg, stage=stage, epoch=0, max_epoch=cfg.TRAIN[f"STAGE{stage}"].EPOCHS, batch_idx=-1,
+                           num_batches=num_batches, is_gan=is_gan, optimizers={"model": lr}, summary={},
+                           objective=SimpleNamespace(stages=(1, 2, 3) if is_gan else (1, 3)))
+
+
+def steps(printer, engine, clock, n, seconds, summary):
+    """Run ``n`` steps of ``seconds`` each through the printer."""
+    for _ in range(n):
+        clock.now += seconds
+        engine.summary = summary
+        engine.batch_idx += 1
+        printer.after_step()
+
+
+def test_progress_line_groups_fits_and_estimates_the_run(monkeypatch, capsys):
+    clock = Clock()
+    monkeypatch.setattr(hooks.time, "perf_counter", clock)
+    cfg = load_config(None, ["TRAIN.STAGE1.EPOCHS", "300", "TRAIN.STAGE2.EPOCHS", "200", "TRAIN.STAGE3.EPOCHS", "100",
+                             "TRAIN.PRINT_FREQ", "2"])
+    nb = 1000
+    printer = ProgressPrinter(2)
+    engine = printer.engine = fake_engine(cfg, 1, nb)
+    printer.before_stage()
+    steps(printer, engine, clock, 2, 3.0, {"L_R": 1.0, "acc": 0.25})
+    steps(printer, engine, clock, 2, 3.0, {"L_R": 3.0, "acc": 0.75})
+    first, second = capsys.readouterr().out.splitlines()
+    assert first.startswith("[s1 e1/300 2/1000] 3.00s/it eta ") and "| id 1 acc 0.25 |" in first
+    assert "| id 3 acc 0.75 | lr 2.0e-04" in second  # averaged over the steps since the last line
+    stage_left, run_left, estimated = printer.seconds_left()
+    assert stage_left == pytest.approx(3.0 * (300 * nb - 4))
+    later = 3.0 * nb * (200 * STAGE_COST[2] + 100 * STAGE_COST[3])  # stages 2 and 3 scaled from stage 1's speed
+    assert run_left == pytest.approx(stage_left + later) and estimated
+    assert f"run ~{hooks._clock(run_left)}" in second
+
+    # stage 2 after a measured stage 1: stage 3 trains both, so its estimate is their sum
+    printer.after_stage()
+    assert capsys.readouterr().out.startswith("=> stage 1: 4 steps in 0:00:12 (3.00s/it")
+    engine.stage, engine.batch_idx, engine.max_epoch = 2, -1, 200
+    printer.before_stage()
+    worst = {"L_S": -123456.7, "L_PS": 1e-7, "L_U": 1.0, "L_D": 1.0, "L_C": 1.0, "D_dom": 1e9, "D_cls": 1.0,
+             "L1_auto": 1.0}
+    steps(printer, engine, clock, 2, 12.345, worst)
+    line = capsys.readouterr().out.strip()
+    assert len(line) <= 120, (len(line), line)
+    assert " | gen -1.235e+05 disc 1e+09 | " in line and "L1_auto" not in line
+    _, run_left, _ = printer.seconds_left()
+    stage_left = 12.345 * (200 * nb - 2)
+    assert run_left == pytest.approx(stage_left + (3.0 + 12.345) * 100 * nb)
+
+    engine.stage, engine.batch_idx, engine.max_epoch = 3, -1, 100  # the last stage: nothing estimated
+    printer.before_stage()
+    steps(printer, engine, clock, 2, 1.0, {"L_R": 1.0})
+    assert " eta 27:46:38 run 27:46:38 | id 1 | " in capsys.readouterr().out  # 99998 s; no "~"
+
+
+def test_loss_groups_cover_every_logged_term():
+    terms = {"L_S", "L_PS", "L_U", "L_D", "L_C", "D_dom", "D_cls", "L_R", "L_tri"}
+    assert {t for group in LOSS_GROUPS.values() for t in group} == terms
+    assert grouped({"L_R": 1, "D_dom": 2, "acc": 3}) == {"id": {"L_R": 1}, "disc": {"D_dom": 2}, "other": {"acc": 3}}
+
+
+def test_global_step_spans_the_objectives_stages():
+    cfg = load_config(None, ["TRAIN.STAGE1.EPOCHS", "5", "TRAIN.STAGE2.EPOCHS", "3", "TRAIN.STAGES", "[2, 3]"])
+    writer = TensorBoardWriter()
+    writer.engine = fake_engine(cfg, 2, 10)
+    writer.engine.epoch, writer.engine.batch_idx = 1, 4
+    assert writer.step() == (5 + 1) * 10 + 4  # stage 1's steps come first, even when this run skips stage 1
+    writer.engine.stage = 3
+    assert writer.step() == (5 + 3 + 1) * 10 + 4
+    baseline = fake_engine(cfg, 3, 10, is_gan=False)  # stages (1, 3): no stage-2 steps
+    baseline.batch_idx = 0
+    writer.engine = baseline
+    assert writer.step() == 5 * 10
+
+
+# ---------------------------------------------------------------- sample grids
+
+def test_sample_grid_rows_partner_mask_and_tensorboard(tiny_cfg, tmp_path):
+    cfg = tiny_cfg("MODEL.PARTS", "[2]")
+    device, dm = cli.setup(cfg)
+    torch.manual_seed(0)
+    grids, board = SampleGrids(freq=1, num_ids=3), TensorBoardWriter()
+    engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device, hooks=[grids, board])
+    engine.enter_stage(2)
+    engine.num_batches = 4
+    board.before_stage()
+    rows, sets = grids.tiles()
+    assert len(rows) == 6 and sets == ["auto", "shuffled", "part_shuffled"]
+    for b, row in enumerate(rows):
+        assert row[0].label.startswith("pid ") and ", cam " in row[0].label  # from the Market-style name
+        partner = int(row[1].label.split()[-1]) - 1
+        assert partner != b and rows[partner][0].label.split(",")[0] == row[0].label.split(",")[0]  # same pid
+        assert row[1].image.tobytes() == rows[partner][0].image.tobytes()  # the partner's picture
+        assert row[0].image.size == (128, 256)  # 128x64 shown twice as large
+        assert len(row) == 2 + 3 + 1  # real, partner, three fakes, the part-mask bar
+    grids.after_epoch()  # epoch 1 of 1
+    board.writer.close()
+    path = os.path.join(cfg.OUTPUT_DIR, "stage2", "samples", "epoch001.png")
+    assert open(path, "rb").read(8) == b"\x89PNG\r\n\x1a\n"
+    events = EventAccumulator(os.path.join(cfg.OUTPUT_DIR, "stage2"), size_guidance={"images": 0})
+    events.Reload()
+    assert events.Tags()["images"] == ["samples"]
+    (image,) = events.Images("samples")
+    assert image.step == cfg.TRAIN.STAGE1.EPOCHS * 4 and image.height > 6 * 256
+
+
+# ---------------------------------------------------------------- console log and table
+
+def test_console_log_mirrors_and_appends(tmp_path, capsys):
+    path = str(tmp_path / "train.log")
+    with cli.console_log(path, "first"):
+        print("to both")
+        print("a warning", file=sys.stderr)
+    with pytest.raises(ISGANError):
+        with cli.console_log(path, "second"):
+            raise ISGANError("bad input; fix it")
+    captured = capsys.readouterr()
+    assert captured.out == "to both\n" and captured.err == "a warning\n"
+    text = open(path).read().splitlines()
+    assert text[1].endswith(" first") and text[2:4] == ["to both", "a warning"]
+    assert text[-2].endswith(" second") and text[-1] == "error: bad input; fix it"
+
+
+def test_results_table_notes_stage2():
+    m = {"rank1": 0.5, "rank5": 0.75, "rank10": 0.8, "mAP": 0.25}
+    assert "Note: stage 2" in cli.results_table({1: {"a": m}, 2: {"a": m}, 3: {"a": m}})
+    assert "Note" not in cli.results_table({1: {"a": m}, 3: {"a": m}})
+
+
+# ---------------------------------------------------------------- list flags, the same in every tool
+
+def test_list_flags_accept_spaces_commas_and_repeats():
+    pop = cli.pop_list_flag
+    assert pop(["--stages", "2", "3", "SEED", "1"], "--stages", str.isdigit, "2 3") == (["SEED", "1"], ["2", "3"])
+    assert pop(["--stages", "2,3"], "--stages", str.isdigit, "2 3")[1] == ["2", "3"]
+    assert pop(["--stages=2,3", "SEED", "1"], "--stages", str.isdigit, "2 3") == (["SEED", "1"], ["2", "3"])
+    assert pop(["--stages", "2,", "3"], "--stages", str.isdigit, "2 3")[1] == ["2", "3"]
+    assert pop(["--w", "a", "--x", "--w", "b,c"], "--w", cli.is_value, "a") == (["--x"], ["a", "b", "c"])
+    assert pop(["--x"], "--w", cli.is_value, "a") == (["--x"], None)
+    with pytest.raises(ISGANError, match="--stages needs values, e.g. --stages 2 3"):
+        pop(["--stages", "SEED", "1"], "--stages", str.isdigit, "2 3")
+    with pytest.raises(ISGANError, match="--stages x: not a valid value"):
+        pop(["--stages=2,x"], "--stages", str.isdigit, "2 3")
+    assert cli.is_config_key("MODEL.NAME") and cli.is_config_key("SEED") and not cli.is_value("DATA.ROOT")
+    assert cli.is_value("0012_c1s1_000001_00.jpg") and cli.is_value("7")
+
+
+def test_every_tool_parses_list_flags_alike(tmp_path, monkeypatch):
+    from isgan_torchreid import benchmark, compare
+    from isgan_torchreid.visualize import main as visualize
+    seen = {}
+    monkeypatch.setattr(cli, "setup", lambda cfg: seen.update(stages=list(cfg.TRAIN.STAGES)) or (None, None))
+    monkeypatch.setattr(cli, "build_engine", lambda *a: SimpleNamespace(run_stages=lambda: {}))
+    cli.train_main(["--config-file", CONFIG, "--stages", "2,3", "OUTPUT_DIR", str(tmp_path / "t")])
+    monkeypatch.setattr(cli, "evaluate_weights", lambda cfg, w, targets: seen.update(targets=targets))
+    cli.test_main(["--config-file", CONFIG, "--weights", "w", "--targets", "market1501,dukemtmcreid"])
+    monkeypatch.setattr(compare, "compare", lambda c, o, methods: seen.update(methods=methods) or [])
+    compare.compare_main(["--config-file", CONFIG, "--methods", "isgan,mgn"])
+    monkeypatch.setattr(benchmark, "bench_training", lambda cfg, methods, **k: seen.update(bench=list(methods)) or [])
+    benchmark.benchmark_main(["--config-file", CONFIG, "--skip-evaluator", "--methods", "isgan", "mgn"])
+    monkeypatch.setitem(visualize.COMMANDS, "grid", lambda args, opts: seen.update(images=args.images)
+                        or sheet([[Tile(to_pil(torch.zeros(3, 4, 4)))]]))
+    visualize.visualize_main(["grid", "--weights", "w", "--images", "a.jpg,b.jpg", "c.jpg", "--out",
+                              str(tmp_path / "g.png")])
+    assert seen == {"stages": [2, 3], "targets": ["market1501", "dukemtmcreid"], "methods": ["isgan", "mgn"],
+                    "bench": ["isgan", "mgn"], "images": ["a.jpg", "b.jpg", "c.jpg"]}
+
+
+# ---------------------------------------------------------------- a run: interrupted, resumed, evaluated
+
+@pytest.fixture(scope="module")
+def interrupted_run(data_root, tmp_path_factory):
+    """The E_R baseline (stages [1, 3]; small checkpoints) trained with an interruption in stage 1's second
+    epoch after its TensorBoard events reached the disk, then resumed to the end; yields (argv, OUTPUT_DIR)."""
+    out = str(tmp_path_factory.mktemp("logging-run") / "out")
+    argv = ["--config-file", CONFIG, "--debug"] + TINY + [
+        "MODEL.NAME", "baseline", "MODEL.PARTS", "[2]", "TRAIN.STAGES", "[1, 3]", "TRAIN.STAGE1.EPOCHS", "2",
+        "TRAIN.PRINT_FREQ", "2", "DATA.ROOT", data_root, "OUTPUT_DIR", out]
+    real_step = ISGANEngine.forward_backward
+
+    def interrupted(self, data):
+        if (self.stage, self.epoch, self.batch_idx) == (1, 1, 2):
+            for hook in self.hooks:
+                if isinstance(hook, TensorBoardWriter):
+                    hook.writer.flush()  # the steps after the checkpoint are on disk
+            raise KeyboardInterrupt
+        return real_step(self, data)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(ISGANEngine, "forward_backward", interrupted)
+        with pytest.raises(KeyboardInterrupt):
+            cli.train_main(argv)
+    cli.train_main(argv)
+    yield argv, out
+
+
+def scalar_steps(folder, tag):
+    events = EventAccumulator(folder)
+    events.Reload()
+    return [e.step for e in events.Scalars(tag)]
+
+
+def test_tensorboard_steps_are_continuous_and_unique(interrupted_run):
+    _, out = interrupted_run
+    nb = 4  # 8 identities once, 2 per batch
+    assert scalar_steps(os.path.join(out, "stage1"), "loss_id/L_R") == list(range(2 * nb))  # purged, then re-run
+    assert scalar_steps(os.path.join(out, "stage3"), "loss_id/L_R") == list(range(2 * nb, 3 * nb))
+    assert scalar_steps(os.path.join(out, "stage3"), "train/lr") == list(range(2 * nb, 3 * nb))
+    assert scalar_steps(os.path.join(out, "stage1"), "test/synthperson/mAP") == [2 * nb]
+
+
+def test_train_log_holds_both_sessions(interrupted_run):
+    _, out = interrupted_run
+    text = open(os.path.join(out, "train.log")).read()
+    assert text.count("==> ") == 2 and "KeyboardInterrupt" in text
+    assert "=> resuming from checkpoints" in text and "[s1 e2/2 2/4]" in text and "| R-1 " in text
+    assert "Note: stage 2" not in text  # the baseline has no stage 2
+
+
+def test_no_resume_refuses_and_keeps_checkpoints(interrupted_run, capsys):
+    argv, out = interrupted_run
+    before = cli.checkpoints_in(out)
+    with pytest.raises(SystemExit) as info:
+        cli.train_main(["--no-resume"] + [a for a in argv if a != "--debug"])
+    err = capsys.readouterr().err.strip()
+    assert info.value.code == 2 and err.count("\n") == 0
+    assert err.startswith(f"error: --no-resume: {out} already holds checkpoints (stage1/latest.pth.tar") and \
+        "set a new OUTPUT_DIR" in err
+    assert cli.checkpoints_in(out) == before
+
+
+def test_eval_only_and_test_results_json(interrupted_run):
+    argv, out = interrupted_run
+    results = cli.train_main(["--eval-only"] + argv)
+    stored = ckpt.read_json(os.path.join(out, "test", "results.json"))
+    latest = os.path.abspath(ckpt.latest_path(out, 3))
+    assert stored == {latest: results["test"]}
+    trained = ckpt.read_json(os.path.join(out, "results.json"))["stage3"]
+    assert {k: v for k, v in results["test"]["synthperson"].items() if k != "test_images_per_s"} == \
+        {k: v for k, v in trained["synthperson"].items() if k != "test_images_per_s"}  # the last stage's weights
+    stage1 = ckpt.latest_path(out, 1)
+    cli.test_main(["--config-file", CONFIG, "--weights", stage1] + argv[3:])
+    assert set(ckpt.read_json(os.path.join(out, "test", "results.json"))) == {latest, os.path.abspath(stage1)}
+
+
+def test_flags_after_the_overrides_are_refused(tmp_path, capsys):
+    with pytest.raises(ISGANError, match="--no-resume comes after the KEY VALUE overrides.*put flags before them"):
+        cli.train_main(["--config-file", CONFIG, "--debug", "SEED", "2", "--no-resume"])
+
+
+def test_eval_only_without_checkpoints(tmp_path, capsys):
+    with pytest.raises(SystemExit):
+        cli.train_main(["--config-file", CONFIG, "--eval-only", "OUTPUT_DIR", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert err.startswith("error: --eval-only: ") and "tools/test.py --weights" in err
