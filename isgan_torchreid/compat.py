@@ -202,7 +202,11 @@ def _patch_read_image():
     for module in (_submodule("utils.tools"), _submodule("utils"), _submodule("data.datasets.dataset")):
         if getattr(module.read_image, "_isgan_patched", False):
             continue
-        read_image = functools.wraps(module.read_image)(images.read_image)
+
+        @functools.wraps(module.read_image)
+        def read_image(path):
+            return images.read_image(path)
+
         read_image._isgan_patched = True
         module.read_image = read_image
 

@@ -337,6 +337,8 @@ def check_ranges(cfg):
         value = _lookup(cfg, key)
         for name, v in ([(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list)
                         else [(key, value)]):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):  # elements of lists with [] defaults
+                raise ISGANError(f"{name} = {v!r} is not a number; use numbers in {interval}")
             if not in_interval(v, interval):
                 raise ISGANError(f"{name} = {v!r} is outside its allowed range {interval}; set a finite value "
                                  f"within it")

@@ -35,8 +35,10 @@ def decode(path):
         return img.convert("RGB")
 
 
-def _reason(error):
+def _reason(error, path):
+    """``error`` in a few words: its type and first line, without the path (PIL repeats it)."""
     text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = text.replace(repr(path), "").replace(path, "").strip(" :")
     return f"{type(error).__name__}: {text}" if text else type(error).__name__
 
 
@@ -48,11 +50,11 @@ def read_image(path):
             return decode(path)
         except OSError as e:
             if e.errno is None or attempt + 1 == READ_ATTEMPTS:
-                reason = _reason(e)
+                reason = _reason(e, path)
                 break
             time.sleep(READ_PAUSE)
         except Exception as e:  # PIL raises SyntaxError, ValueError, DecompressionBombError... on broken files
-            reason = _reason(e)
+            reason = _reason(e, path)
             break
     raise BadImageError(f"image {path} cannot be read ({reason}); replace or delete it and run again (the run "
                         f"resumes from its latest checkpoint; DATA.ON_BAD_IMAGE skip leaves such images out)")
@@ -63,7 +65,7 @@ def unreadable(path):
     try:
         decode(path)
     except Exception as e:  # any failure to decode makes the image unusable
-        return _reason(e)
+        return _reason(e, path)
     return None
 
 
@@ -119,7 +121,7 @@ def check_images(paths, cache=None, threads=None):
             try:
                 st = os.stat(path)
             except OSError as e:
-                bad[path] = _reason(e)
+                bad[path] = _reason(e, path)
                 continue
             entry = records[folder].get(os.path.basename(path))
             if entry and entry[:2] == [st.st_size, st.st_mtime_ns]:
