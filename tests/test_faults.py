@@ -214,9 +214,14 @@ def test_torchreid_read_image_retried_forever_and_is_replaced_everywhere(tmp_pat
     with pytest.raises(InterruptedError):
         tools.read_image.__wrapped__(path)  # torchreid's own: no way out but the interruption
     assert "Will redo" in retries[0]
-    for module in (tools, compat._submodule("utils"), compat._submodule("data.datasets.dataset")):
+    modules = (tools, compat._submodule("utils"), compat._submodule("data.datasets.dataset"))
+    for module in modules:
         with pytest.raises(BadImageError, match="cannot identify image file"):
             module.read_image(path)
+    dataset = compat._submodule("data.datasets.dataset").ImageDataset
+    patched = [m.read_image for m in modules] + [dataset.__init__, dataset.__getitem__]
+    compat.apply_patches()  # idempotent: nothing wrapped twice
+    assert [m.read_image for m in modules] + [dataset.__init__, dataset.__getitem__] == patched
 
 
 def test_read_image_retries_io_errors_a_bounded_number_of_times(monkeypatch, tmp_path):
