@@ -20,10 +20,11 @@ test-pypi: $(VENV)/.installed
 	$(BIN)/python -m pytest -q tests
 
 # Under the source layout, what touches torchreid: import and registration, models, datasets, torchreid's stock
-# engines, evaluation against both torchreid evaluators, checkpoints and torchreid's loaders, a tiny 3-stage run.
+# engines, evaluation against both torchreid evaluators, checkpoints and torchreid's loaders, the patched image
+# reading and dataset checks (fault injection), a tiny 3-stage run.
 SRC_TESTS := tests/test_compat.py tests/test_isgan_model.py tests/test_mgn.py tests/test_synthetic.py \
 	tests/test_data_build.py tests/test_torchreid_engines.py tests/test_evaluation.py tests/test_checkpoint.py \
-	tests/test_deploy.py tests/test_staged.py::test_end_to_end_outputs
+	tests/test_deploy.py tests/test_faults.py tests/test_staged.py::test_end_to_end_outputs
 
 test-src: $(SRC_VENV)/.installed
 	$(SRC_BIN)/python -m pytest -q $(SRC_TESTS)

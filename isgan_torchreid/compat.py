@@ -33,6 +33,13 @@ covered by a test that fails without it):
   so ``load_pretrained_weights`` and ``FeatureExtractor(model_path=...)`` accept them too.
 * ``utils.FeatureExtractor`` defaults to ``device='cuda'`` and fails on CPU-only machines;
   the default becomes ``'cuda'`` when available, else ``'cpu'``.
+* ``utils.read_image`` retries forever when an image cannot be read (one corrupt JPEG hangs training);
+  it becomes :func:`isgan_torchreid.data.images.read_image` (bounded retries, then ``BadImageError``),
+  in every module that imported it by name.
+* ``ImageDataset.__init__`` passes its split lists through the check that :func:`checking_image_datasets`
+  installs (unreadable images left out before torchreid counts identities; empty splits named by folder
+  instead of torchreid's ``IndexError``), and ``ImageDataset.__getitem__`` replaces a training image that
+  fails to load by another image of the same identity in datasets marked by :func:`skip_unreadable_at_load`.
 """
 import contextlib
 import functools
@@ -51,6 +58,8 @@ import torch
 # matches that one message only; 1.4.0 has the compiled evaluator and never emits it.
 warnings.filterwarnings("ignore", message="Cython evaluation", category=UserWarning)
 import torchreid  # noqa: E402
+
+from .errors import BadImageError  # noqa: E402
 
 
 @functools.lru_cache(maxsize=None)
@@ -187,8 +196,111 @@ def _patch_feature_extractor():
     cls.__init__ = __init__
 
 
+def _patch_read_image():
+    from .data import images  # here: data imports the engine, which imports this module
+
+    for module in (_submodule("utils.tools"), _submodule("utils"), _submodule("data.datasets.dataset")):
+        if getattr(module.read_image, "_isgan_patched", False):
+            continue
+
+        @functools.wraps(module.read_image)
+        def read_image(path):
+            return images.read_image(path)
+
+        read_image._isgan_patched = True
+        module.read_image = read_image
+
+
+_dataset_check = None  # set by checking_image_datasets
+
+
+@contextlib.contextmanager
+def checking_image_datasets(check):
+    """While active, each torchreid image dataset built passes its lists through
+    ``check(name, mode, {"train"/"query"/"gallery": list}, {split: folder or None})`` -> lists
+    (see :class:`isgan_torchreid.data.images.ImageCheck`) before torchreid counts its identities."""
+    global _dataset_check
+    previous, _dataset_check = _dataset_check, check
+    try:
+        yield check
+    finally:
+        _dataset_check = previous
+
+
+def dataset_name(dataset):
+    """The name a torchreid dataset object is registered under (its class name when it is not)."""
+    names = [name for name, cls in image_dataset_registry().items() if cls is type(dataset)]
+    return names[0] if names else type(dataset).__name__
+
+
+def _patch_image_dataset_init():
+    cls = _submodule("data.datasets.dataset").ImageDataset
+    init = cls.__init__
+    if getattr(init, "_isgan_patched", False):
+        return
+
+    @functools.wraps(init)
+    def __init__(self, train, query, gallery, **kwargs):
+        if _dataset_check is not None:
+            # torchreid's dataset classes set train_dir, query_dir, gallery_dir before calling this
+            folders = {split: getattr(self, f"{split}_dir", None) for split in ("train", "query", "gallery")}
+            lists = _dataset_check(dataset_name(self), kwargs.get("mode", "train"),
+                                   {"train": train, "query": query, "gallery": gallery}, folders)
+            train, query, gallery = lists["train"], lists["query"], lists["gallery"]
+        init(self, train, query, gallery, **kwargs)
+
+    __init__._isgan_patched = True
+    cls.__init__ = __init__
+
+
+def skip_unreadable_at_load(dataset):
+    """Make ``dataset`` (a torchreid training ImageDataset) replace an image that fails to load by another image
+    of the same identity, reported once per worker, instead of stopping the run."""
+    dataset.isgan_skip_unreadable = True
+
+
+_replaced = set()  # images replaced in this process (each reported once)
+
+
+def _patch_image_getitem():
+    cls = _submodule("data.datasets.dataset").ImageDataset
+    getitem = cls.__getitem__
+    if getattr(getitem, "_isgan_patched", False):
+        return
+
+    @functools.wraps(getitem)
+    def __getitem__(self, index):
+        skip = getattr(self, "isgan_skip_unreadable", False) and self.mode == "train"
+        if not (skip and self.data[index][0] in _replaced):
+            try:
+                return getitem(self, index)
+            except BadImageError:
+                if not skip:
+                    raise
+                _replaced.add(self.data[index][0])
+                print(f"=> unreadable image at load time: {self.data[index][0]}; using other images of identity "
+                      f"{self.data[index][1]} instead", flush=True)
+        pid = self.data[index][1]
+        for i in list(range(index + 1, len(self.data))) + list(range(index)):
+            if self.data[i][1] != pid or self.data[i][0] in _replaced:
+                continue
+            try:
+                return getitem(self, i)
+            except BadImageError:
+                _replaced.add(self.data[i][0])
+                print(f"=> unreadable image at load time: {self.data[i][0]}", flush=True)
+        raise BadImageError(f"no image of training identity {pid} can be read any more (e.g. "
+                            f"{self.data[index][0]}); replace them and run again")
+
+    __getitem__._isgan_patched = True
+    cls.__getitem__ = __getitem__
+
+
 def apply_patches():
     """Apply every compatibility patch (idempotent)."""
     _patch_eval_cuhk03()
     _patch_load_checkpoint()
     _patch_feature_extractor()
+    _patch_read_image()
+    _patch_image_dataset_init()
+    _patch_image_getitem()

@@ -6,11 +6,13 @@ bugs fixed (see README, "Choices"); every deviation is a key.
 """
 import difflib
 import hashlib
+import math
 import os
 
 import yaml
 from yacs.config import CfgNode as CN
 
+from .data import synthetic
 from .errors import ISGANError
 
 _C = CN()
@@ -30,6 +32,8 @@ _C.DATA.RANDOM_FLIP = True
 _C.DATA.RANDOM_ERASING = True  # stage 1 only: the paper finds it hinders disentanglement
 _C.DATA.CUHK03_LABELED = False
 _C.DATA.CUHK03_CLASSIC_SPLIT = False  # False: the 767/700 split of Zhong et al.
+_C.DATA.ON_BAD_IMAGE = "skip"  # unreadable image: skip (reported by path, counted) | error (stop before training)
+_C.DATA.LOADER_TIMEOUT = 300.0  # seconds a data-loader worker may take for one batch before the run stops (0: no limit)
 _C.DATA.SYNTH = CN()  # size of the embedded synthetic datasets (synthperson, synthperson_b)
 _C.DATA.SYNTH.NUM_TRAIN_IDS = 48
 _C.DATA.SYNTH.NUM_TEST_IDS = 48
@@ -122,6 +126,7 @@ _C.TEST.VISRANK = False
 _C.TEST.VISRANK_TOPK = 10
 
 _CHOICES = {
+    "DATA.ON_BAD_IMAGE": ("skip", "error"),
     "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50"),
     "MODEL.EU_POOL": ("avg", "max"),
     "LOSS.ID_REDUCTION": ("mean", "sum"),
@@ -132,9 +137,46 @@ _CHOICES = {
     "SAMPLER.EPOCH": ("identities", "images"),
     "TEST.METRIC": ("euclidean", "cosine"),
 }
+# every numeric key -> its allowed values in interval notation ("[a, b)": a <= x < b; inf: no bound); a list key
+# applies to each element. NaN and infinities are outside every range. Checked by validate(), before any training.
+_RANGES = {
+    "SEED": "[0, 4294967295]",  # numpy's seed range
+    "DATA.HEIGHT": "[1, inf)",
+    "DATA.WIDTH": "[1, inf)",
+    "DATA.WORKERS": "[0, inf)",
+    "DATA.LOADER_TIMEOUT": "[0, inf)",
+    **{f"DATA.SYNTH.{field.upper()}": f"[{lo}, {hi}]" for field, (lo, hi) in synthetic.INT_RANGES.items()
+       if field.upper() in _C.DATA.SYNTH},
+    "SAMPLER.P": "[1, inf)",
+    "SAMPLER.K": "[1, inf)",
+    "MODEL.PARTS": "[1, inf)",
+    "MODEL.ID_DIM": "[1, inf)",
+    "MODEL.NID_DIM": "[1, inf)",
+    "MODEL.NOISE_DIM": "[1, inf)",
+    **{f"LOSS.{name}": "[0, inf)" for name in ("LAMBDA_R", "LAMBDA_U", "LAMBDA_S", "LAMBDA_PS", "LAMBDA_D", "LAMBDA_C",
+                                               "D_LAMBDA_D", "D_LAMBDA_C", "LAMBDA_TRIPLET", "TRIPLET_MARGIN")},
+    "LOSS.LABEL_SMOOTH": "[0, 1)",
+    "TRAIN.STAGES": "[1, 3]",
+    "TRAIN.ADAM_BETAS": "[0, 1)",
+    "TRAIN.WEIGHT_DECAY": "[0, inf)",
+    "TRAIN.D_MOMENTUM": "[0, 1)",
+    "TRAIN.D_WEIGHT_DECAY": "[0, inf)",
+    "TRAIN.LR_MULT_GU": "(0, inf)",
+    "TRAIN.GAMMA": "(0, 1]",
+    "TRAIN.PRINT_FREQ": "[1, inf)",
+    "TRAIN.RESUME_FREQ": "[1, inf)",
+    "TRAIN.CHECKPOINT_FREQ": "[1, inf)",
+    "TRAIN.SAMPLE_FREQ": "[0, inf)",
+    **{f"TRAIN.STAGE{s}.{name}": interval for s in (1, 2, 3)
+       for name, interval in (("EPOCHS", "[0, inf)"), ("LR", "(0, inf)"), ("MILESTONES", "[1, inf)"))},
+    "TEST.BATCH_SIZE": "[1, inf)",
+    "TEST.RANKS": "[1, inf)",
+    "TEST.VISRANK_TOPK": "[1, inf)",
+}
 # keys that do not change what is trained: excluded from the checkpoint's config hash
 _HASH_EXCLUDED = ("OUTPUT_DIR", "DEVICE", "TRAIN.STAGES", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ",
-                  "TRAIN.RESUME_FREQ", "TRAIN.SAMPLE_FREQ", "DATA.ROOT", "DATA.WORKERS", "DATA.TARGETS", "TEST")
+                  "TRAIN.RESUME_FREQ", "TRAIN.SAMPLE_FREQ", "DATA.ROOT", "DATA.WORKERS", "DATA.TARGETS",
+                 "DATA.ON_BAD_IMAGE", "DATA.LOADER_TIMEOUT", "TEST")
 
 
 def get_default_config():
@@ -312,26 +354,51 @@ def load_config(config_file=None, opts=()):
     return cfg
 
 
+def _lookup(cfg, key):
+    node = cfg
+    for part in key.split("."):
+        node = node[part]
+    return node
+
+
+def in_interval(value, interval):
+    """Whether ``value`` lies in ``interval``, written as in :data:`_RANGES` (e.g. "(0, 1]"); NaN never does."""
+    low, high = (float(bound) for bound in interval[1:-1].split(","))
+    above = value > low if interval[0] == "(" else value >= low
+    below = value < high if interval[-1] == ")" else value <= high
+    return math.isfinite(value) and above and below
+
+
+def check_ranges(cfg):
+    """Every numeric key (each element of a numeric list) within its :data:`_RANGES` interval."""
+    for key, interval in _RANGES.items():
+        value = _lookup(cfg, key)
+        for name, v in ([(f"{key}[{i}]", v) for i, v in enumerate(value)] if isinstance(value, list)
+                        else [(key, value)]):
+            if isinstance(v, bool) or not isinstance(v, (int, float)):  # elements of lists with [] defaults
+                raise ISGANError(f"{name} = {v!r} is not a number; use numbers in {interval}")
+            if not in_interval(v, interval):
+                raise ISGANError(f"{name} = {v!r} is outside its allowed range {interval}; set a finite value "
+                                 f"within it")
+
+
 def validate(cfg):
     """Check values a type check cannot catch; raise ISGANError naming the key and the fix."""
+    check_ranges(cfg)
     for key, allowed in _CHOICES.items():
-        group, name = key.split(".")
-        if cfg[group][name] not in allowed:
-            raise ISGANError(f"{key} = {cfg[group][name]!r} is not one of {', '.join(allowed)}")
+        if _lookup(cfg, key) not in allowed:
+            raise ISGANError(f"{key} = {_lookup(cfg, key)!r} is not one of {', '.join(allowed)}")
     stages = list(cfg.TRAIN.STAGES)
     if not stages or sorted(set(stages)) != stages or not set(stages) <= {1, 2, 3}:
         raise ISGANError(f"TRAIN.STAGES = {stages}: use an increasing subset of [1, 2, 3], e.g. [1, 2, 3] or [2, 3]")
     if cfg.MODEL.NAME != "isgan" and 2 in stages:
         raise ISGANError(f"MODEL.NAME {cfg.MODEL.NAME} has no stage 2 (E_U, G and D exist only for isgan): set "
                          f"TRAIN.STAGES [1], or [1, 3] for IS-GAN's E_R schedule")
-    if cfg.TRAIN.RESUME_FREQ < 1 or cfg.TRAIN.CHECKPOINT_FREQ < 1:
-        raise ISGANError("TRAIN.RESUME_FREQ and TRAIN.CHECKPOINT_FREQ count epochs: use 1 or more")
     if not cfg.DATA.SOURCES:
         raise ISGANError("DATA.SOURCES is empty: name at least one dataset, e.g. market1501")
-    if cfg.SAMPLER.P < 1 or cfg.SAMPLER.K < 1:
-        raise ISGANError(f"SAMPLER.P = {cfg.SAMPLER.P}, SAMPLER.K = {cfg.SAMPLER.K}: both must be >= 1")
-    if any(p < 1 for p in cfg.MODEL.PARTS) or len(set(cfg.MODEL.PARTS)) != len(cfg.MODEL.PARTS) \
-            or not cfg.MODEL.PARTS:
+    if len(cfg.TRAIN.ADAM_BETAS) != 2:
+        raise ISGANError(f"TRAIN.ADAM_BETAS = {cfg.TRAIN.ADAM_BETAS}: give two values, e.g. [0.9, 0.999]")
+    if len(set(cfg.MODEL.PARTS)) != len(cfg.MODEL.PARTS) or not cfg.MODEL.PARTS:
         raise ISGANError(f"MODEL.PARTS = {cfg.MODEL.PARTS}: distinct positive stripe counts, e.g. [1, 2, 3]")
     if cfg.MODEL.NAME == "isgan":
         for key in ("HEIGHT", "WIDTH"):
@@ -353,10 +420,6 @@ def validate(cfg):
                              "identity-shuffling losses (Eq. 3, 4)")
         if len(cfg.LOSS.LAMBDA_U) != 2:
             raise ISGANError(f"LOSS.LAMBDA_U = {cfg.LOSS.LAMBDA_U}: give two values, for stage 2 and stage 3")
-    for s in (1, 2, 3):
-        node = cfg.TRAIN[f"STAGE{s}"]
-        if node.EPOCHS < 0 or node.LR <= 0:
-            raise ISGANError(f"TRAIN.STAGE{s}: EPOCHS must be >= 0 and LR > 0, got {node.EPOCHS} and {node.LR}")
 
 
 def config_hash(cfg):

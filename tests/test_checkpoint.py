@@ -75,7 +75,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(torch, "save", dies_midway)
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(ISGANError, match="No space left"):  # one line: tests/test_faults.py checks its content
         ckpt.save_checkpoint(small_state(2), path)
     monkeypatch.undo()
     assert os.listdir(folder) == ["latest.pth.tar"]  # the temp file is gone

@@ -2,7 +2,10 @@
 
 torchreid tries to download a missing Market-1501/DukeMTMC-reID from dead URLs (it hangs
 or fails obscurely offline), so :func:`check_datasets` looks for every source and target
-first and fails with the expected path, layout and where to get the data.
+first and fails with the expected path, layout and where to get the data. While torchreid
+builds the datasets, their images are checked (:mod:`.images`: unreadable ones skipped or
+fatal, empty splits named); the loaders get a timeout and workers that end with the trainer
+(:mod:`.loaders`).
 """
 import dataclasses
 import multiprocessing
@@ -14,6 +17,8 @@ import traceback
 from .. import compat
 from ..errors import ISGANError
 from . import synthetic
+from .images import CheckCache, ImageCheck
+from .loaders import guarded
 from .sampler import identity_once_loader
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
@@ -134,11 +139,21 @@ def datamanager_kwargs(cfg, use_gpu=False):
     )
 
 
+def image_check_cache(cfg):
+    """Where the results of image checks are kept: a hidden folder of DATA.ROOT."""
+    return CheckCache(os.path.join(os.path.abspath(os.path.expanduser(cfg.DATA.ROOT)), ".isgan-image-checks"))
+
+
 def build_datamanager(cfg, use_gpu=False):
-    """Check the datasets, then build torchreid's ``ImageDataManager``."""
+    """Check the datasets, then build torchreid's ``ImageDataManager`` with checked images and guarded loaders.
+
+    ``dm.skipped_images`` lists the unreadable images left out, as {"<dataset>/<split>": [paths]}.
+    """
     check_datasets(cfg)
+    check = ImageCheck(cfg.DATA.ON_BAD_IMAGE, image_check_cache(cfg))
     try:
-        dm = compat.torchreid_base().data.ImageDataManager(**datamanager_kwargs(cfg, use_gpu))
+        with compat.checking_image_datasets(check):
+            dm = compat.torchreid_base().data.ImageDataManager(**datamanager_kwargs(cfg, use_gpu))
     except AssertionError:  # torchreid validates with bare asserts; say which one failed
         frame = traceback.extract_tb(sys.exc_info()[2])[-1]
         if os.path.basename(frame.filename) == "sampler.py":
@@ -146,7 +161,17 @@ def build_datamanager(cfg, use_gpu=False):
                              f"of {cfg.DATA.SOURCES}; lower SAMPLER.P") from None
         raise ISGANError(f"torchreid rejected the data ({frame.filename}:{frame.lineno}: {frame.line}); check the "
                          f"file names of {cfg.DATA.SOURCES} (Market layout: person id 0-1501, camera 1-6)") from None
+    dm.skipped_images = check.skipped
+    if check.skipped:
+        print(f"=> left out {sum(map(len, check.skipped.values()))} unreadable image(s) (DATA.ON_BAD_IMAGE skip): "
+              + ", ".join(f"{split} {len(paths)}" for split, paths in check.skipped.items()))
+    if cfg.DATA.ON_BAD_IMAGE == "skip":
+        compat.skip_unreadable_at_load(dm.train_loader.dataset)
     if cfg.SAMPLER.EPOCH == "identities":
         dm.train_loader = identity_once_loader(dm.train_loader)
+    dm.train_loader = guarded(dm.train_loader, cfg.DATA.LOADER_TIMEOUT)
+    for split in dm.test_loader.values():
+        for name, loader in split.items():
+            split[name] = guarded(loader, cfg.DATA.LOADER_TIMEOUT)
     use_forkserver([dm.train_loader] + [loader for split in dm.test_loader.values() for loader in split.values()])
     return dm

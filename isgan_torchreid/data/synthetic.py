@@ -51,8 +51,8 @@ GENERATOR_VERSION = 1
 _SPLIT_DIRS = ('bounding_box_train', 'query', 'bounding_box_test')
 # Market-1501's parser asserts 0 <= pid <= 1501 (pid 0 = distractor) and 1 <= cam <= 6.
 _MAX_PID = 1501
-# Integer fields: (lowest, highest) allowed value.
-_INT_RANGES = {
+# Integer fields: (lowest, highest) allowed value (also the ranges of the DATA.SYNTH config keys).
+INT_RANGES = {
     'num_train_ids': (1, _MAX_PID - 1),
     'num_test_ids': (1, _MAX_PID - 1),
     'num_cams': (2, 6),
@@ -83,7 +83,7 @@ class SynthSpec:
     style: str = 'a'
 
     def __post_init__(self):
-        for field, (lo, hi) in _INT_RANGES.items():
+        for field, (lo, hi) in INT_RANGES.items():
             value = getattr(self, field)
             if not isinstance(value, (int, np.integer)) or isinstance(value, bool) \
                     or not lo <= value <= hi:

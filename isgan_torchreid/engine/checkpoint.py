@@ -22,6 +22,7 @@ import math
 import os
 import random
 import re
+import shutil
 
 import numpy as np
 import torch
@@ -62,25 +63,83 @@ def _json_safe(value):
 
 
 def write_json(path, data):
-    """Write ``data`` as strict JSON (non-finite floats as null) atomically (temp file, then rename)."""
-    with atomic_path(path) as tmp:
-        with open(tmp, "w") as f:
-            json.dump(_json_safe(data), f, indent=2, allow_nan=False)
+    """Write ``data`` as strict JSON (non-finite floats as null) atomically (temp file, then rename); a failed
+    write is one ISGANError."""
+    try:
+        with atomic_path(path) as tmp:
+            with open(tmp, "w") as f:
+                json.dump(_json_safe(data), f, indent=2, allow_nan=False)
+    except OSError as e:
+        raise ISGANError(f"cannot write {path}: {e.strerror or e}; free space (or fix the cause) and run again") \
+            from None
 
 
 def save_checkpoint(state, path):
-    """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename."""
-    os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
+    """Write ``state`` to ``path`` atomically: temp file in the same folder, fsync, rename.
+
+    A write that fails (a full disk, a quota, an I/O error) leaves the file already at ``path`` as it was, removes
+    its temp file and raises one ISGANError naming the file, the space the state needs and the last good
+    checkpoint of the folder.
+    """
     tmp = f"{path}.tmp.{os.getpid()}"
     try:
+        os.makedirs(os.path.dirname(path) or ".", exist_ok=True)
         with open(tmp, "wb") as f:
             torch.save(dict(state, format=FORMAT), f)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
+    except (OSError, RuntimeError) as e:
+        # torch's zip writer reports a failed write of the file as a RuntimeError ("unexpected pos ...") raised
+        # while handling the OSError
+        error = e if isinstance(e, OSError) else e.__context__
+        if not isinstance(error, OSError):
+            raise
+        raise ISGANError(_write_failure(path, state, error)) from None
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _nbytes(obj):
+    """Bytes of the tensors in a (nested) state."""
+    if isinstance(obj, torch.Tensor):
+        return obj.numel() * obj.element_size()
+    if isinstance(obj, dict):
+        return sum(_nbytes(v) for v in obj.values())
+    if isinstance(obj, (list, tuple)):
+        return sum(_nbytes(v) for v in obj)
+    return 0
+
+
+def _megabytes(n):
+    return f"{n / 2 ** 20:,.0f} MiB" if n >= 2 ** 20 else f"{n / 2 ** 10:,.0f} KiB"
+
+
+def last_good_checkpoint(folder):
+    """The checkpoint a rerun would resume from in ``folder``: its latest.pth.tar, else its newest
+    model.pth.tar-<epoch> (never a temp file); None when it holds neither."""
+    try:
+        names = [n for n in os.listdir(folder) if re.fullmatch(r"model\.pth\.tar-\d+", n)]
+    except OSError:
+        return None
+    if os.path.isfile(os.path.join(folder, "latest.pth.tar")):
+        return os.path.join(folder, "latest.pth.tar")
+    return max((os.path.join(folder, n) for n in names), key=os.path.getmtime, default=None)
+
+
+def _write_failure(path, state, error):
+    """One line: which file failed, why, the space it needs (the state's tensors), the last good checkpoint."""
+    folder = os.path.dirname(path) or "."
+    try:
+        free = f", {_megabytes(shutil.disk_usage(folder).free)} free there now"
+    except OSError:
+        free = ""
+    last = last_good_checkpoint(folder)
+    kept = f"the last good checkpoint, {last}, is intact" if last else f"no earlier checkpoint is in {folder}"
+    return (f"cannot write checkpoint {path}: {error.strerror or error} (errno {error.errno}); it needs about "
+            f"{_megabytes(_nbytes(state))} of free space{free}; {kept}: free space (or fix the cause) and run "
+            f"again to resume")
 
 
 @contextlib.contextmanager
@@ -296,19 +355,53 @@ def resume_or_initialize(engine, stage):
         if state.get("results"):
             engine.results[stage] = state["results"]
         return state["epoch"]
-    earlier = [s for s in engine.objective.stages if s < stage]
-    if not earlier:
+    before = _previous_stage(engine.objective.stages, stage)
+    if before is None:
         return 0
-    before = earlier[-1]
-    prev = latest_path(out, before)
+    source = _start_source(cfg, stage, before)
+    state = load_checkpoint(source)
+    _check_finished(cfg, state, source, before)
+    load_weights(engine.model, model_state(state))
+    print(f"=> stage {stage} initialised from {source}")
+    return 0
+
+
+def _previous_stage(stages, stage):
+    """The stage of ``stages`` whose weights ``stage`` starts from (2 for IS-GAN's stage 3, 1 for a baseline's),
+    or None for the first."""
+    earlier = [s for s in stages if s < stage]
+    return earlier[-1] if earlier else None
+
+
+def _start_source(cfg, stage, before):
+    """The checkpoint ``stage`` starts from without a checkpoint of its own: ``before``'s latest, else
+    TRAIN.INIT_WEIGHTS."""
+    prev = latest_path(cfg.OUTPUT_DIR, before)
     source = prev if os.path.isfile(prev) else cfg.TRAIN.INIT_WEIGHTS
     if not source:
         raise ISGANError(f"stage {stage} starts from stage {before}'s weights, but {prev} does not exist; "
                          f"run stage {before} first (TRAIN.STAGES) or set TRAIN.INIT_WEIGHTS to a checkpoint")
-    state = load_checkpoint(source)
-    if source == prev and state["epoch"] < cfg.TRAIN[f"STAGE{before}"].EPOCHS:
+    if not os.path.isfile(source):
+        raise ISGANError(f"TRAIN.INIT_WEIGHTS {source} does not exist (stage {stage} would start from it); set it "
+                         f"to a checkpoint file")
+    return source
+
+
+def _check_finished(cfg, state, source, before):
+    if source == latest_path(cfg.OUTPUT_DIR, before) and state["epoch"] < cfg.TRAIN[f"STAGE{before}"].EPOCHS:
         raise ISGANError(f"stage {before} is unfinished ({source} is at epoch {state['epoch']}); "
                          f"finish it first: add {before} to TRAIN.STAGES")
-    load_weights(engine.model, model_state(state))
-    print(f"=> stage {stage} initialised from {source}")
-    return 0
+
+
+def check_stages(engine, stages):
+    """Before any training: each of ``stages`` (in order) can start, from its own ``latest``, from the previous
+    stage trained earlier in this run or finished in OUTPUT_DIR, or from TRAIN.INIT_WEIGHTS, so that a run does
+    not stop with this error after training its first stages."""
+    cfg = engine.cfg
+    for i, stage in enumerate(stages):
+        before = _previous_stage(engine.objective.stages, stage)
+        if os.path.isfile(latest_path(cfg.OUTPUT_DIR, stage)) or before is None or before in stages[:i]:
+            continue
+        source = _start_source(cfg, stage, before)
+        if i > 0 and source == latest_path(cfg.OUTPUT_DIR, before):  # the first stage checks it as it starts
+            _check_finished(cfg, load_checkpoint(source), source, before)

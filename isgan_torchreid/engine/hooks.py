@@ -194,13 +194,18 @@ class EncoderWriter(HookBase):
 
 
 class ResultsWriter(HookBase):
-    """``OUTPUT_DIR/results.json``: {"stage<n>": {target: metrics}}, keeping stages of earlier invocations."""
+    """``OUTPUT_DIR/results.json``: {"stage<n>": {target: metrics}}, keeping stages of earlier invocations; with
+    "skipped_images": {"count": n, "images": {"<dataset>/<split>": [paths]}} when this run left images out."""
 
     def after_train(self):
         e = self.engine
         path = os.path.join(e.cfg.OUTPUT_DIR, "results.json")
         results = ckpt.read_json(path) if os.path.isfile(path) else {}
         results.update({f"stage{s}": r for s, r in e.results.items()})
+        results.pop("skipped_images", None)  # an earlier invocation's, perhaps fixed since
+        skipped = getattr(e.datamanager, "skipped_images", {})  # set by data.build.build_datamanager
+        if skipped:
+            results["skipped_images"] = {"count": sum(map(len, skipped.values())), "images": skipped}
         ckpt.write_json(path, dict(sorted(results.items())))
 
 

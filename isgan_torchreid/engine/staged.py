@@ -133,7 +133,9 @@ class ISGANEngine(Engine):
 
     def run_stages(self, stages=None):
         """Run the configured stages (resuming where a previous run stopped); returns all results."""
-        for stage in list(stages or self.cfg.TRAIN.STAGES):
+        stages = list(stages or self.cfg.TRAIN.STAGES)
+        ckpt.check_stages(self, stages)  # a stage that cannot start fails now, not after the earlier ones trained
+        for stage in stages:
             self.run_stage(stage)
         self._call("after_train")
         return self.results
@@ -172,8 +174,12 @@ class ISGANEngine(Engine):
         result = evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=dist_metric, rerank=rerank,
                           use_metric_cuhk03=use_metric_cuhk03, ranks=tuple(ranks))
         result["test_images_per_s"] = n_images / max(time.time() - t0, 1e-9)
+        skipped = getattr(self.datamanager, "skipped_images", {})  # set by data.build.build_datamanager
+        left_out = [f"{len(skipped[k])} {split}" for split in ("query", "gallery")
+                    if (k := f"{dataset_name}/{split}") in skipped]
         print(f"** {dataset_name}: mAP {result['mAP']:.1%} "
-              + " ".join(f"R{r} {result[f'rank{r}']:.1%}" for r in ranks))
+              + " ".join(f"R{r} {result[f'rank{r}']:.1%}" for r in ranks)
+              + (f" (without {' and '.join(left_out)} image(s) that cannot be read)" if left_out else ""))
         self._evaluating[dataset_name] = {k: float(v) for k, v in result.items() if k != "cmc"}
         if visrank:
             distmat = compute_distance_matrix(qf, gf, dist_metric).cpu().numpy()

@@ -1,0 +1,220 @@
+"""Unreadable images never hang or crash a run: found before training, then skipped (reported) or fatal.
+
+torchreid's ``read_image`` retries forever on an ``IOError``, so one corrupt, zero-byte or truncated JPEG hangs
+training. Two guards replace it:
+
+* **Before training**, :class:`ImageCheck` decodes every image of the splits a run uses (the same full decode a
+  batch does, so a truncated JPEG that passes a header check is caught too), in threads, and remembers the
+  result per folder (``<DATA.ROOT>/.isgan-image-checks/``, one entry per file keyed by its size and mtime, so a
+  second run checks only new or changed files). Each unreadable image is reported once by path; with
+  ``DATA.ON_BAD_IMAGE skip`` it is left out of its split (and counted), with ``error`` the run stops before
+  training. A split left empty is reported by folder.
+* **At load time**, :func:`read_image` (torchreid's ``read_image`` is replaced by it, see :mod:`..compat`)
+  retries an I/O error twice, then raises :class:`~isgan_torchreid.errors.BadImageError` instead of looping.
+"""
+import hashlib
+import json
+import os
+import time
+from concurrent.futures import ThreadPoolExecutor
+
+import PIL
+from PIL import Image
+
+from ..engine.checkpoint import write_json
+from ..errors import BadImageError, ISGANError
+
+READ_ATTEMPTS = 3  # tries of a read that fails with an I/O error (a network file system's hiccup)
+READ_PAUSE = 0.5  # seconds between them
+_SPLITS = ("train", "query", "gallery")
+
+
+def decode(path):
+    """The image at ``path`` as an RGB PIL image, fully decoded (what torchreid's ``read_image`` returns)."""
+    with Image.open(path) as img:
+        return img.convert("RGB")
+
+
+def _reason(error, path):
+    """``error`` in a few words: its type and first line, without the path (PIL repeats it)."""
+    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
+    text = text.replace(repr(path), "").replace(path, "").strip(" :")
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def read_image(path):
+    """:func:`decode`, retrying an I/O error (``OSError`` with an errno) ``READ_ATTEMPTS`` times in all; a file
+    that cannot be decoded raises :class:`BadImageError` at once."""
+    for attempt in range(READ_ATTEMPTS):
+        try:
+            return decode(path)
+        except OSError as e:
+            if e.errno is None or attempt + 1 == READ_ATTEMPTS:
+                reason = _reason(e, path)
+                break
+            time.sleep(READ_PAUSE)
+        except Exception as e:  # PIL raises SyntaxError, ValueError, DecompressionBombError... on broken files
+            reason = _reason(e, path)
+            break
+    raise BadImageError(f"image {path} cannot be read ({reason}); replace or delete it and run again (the run "
+                        f"resumes from its latest checkpoint; DATA.ON_BAD_IMAGE skip leaves such images out)")
+
+
+def unreadable(path):
+    """Why ``path`` cannot be decoded, or None when it can."""
+    try:
+        decode(path)
+    except Exception as e:  # any failure to decode makes the image unusable
+        return _reason(e, path)
+    return None
+
+
+# ---------------------------------------------------------------------------- the check before training
+
+
+class CheckCache:
+    """Results of :func:`unreadable` per folder, in ``folder_cache/<hash of the folder path>.json``.
+
+    An entry is reused while the file's size and mtime are unchanged (and for the same Pillow version). A
+    folder that cannot be written (read-only DATA.ROOT) only costs a re-check next time.
+    """
+
+    def __init__(self, directory):
+        self.directory = directory
+        self.unwritable = None  # the OSError met when writing, reported once
+
+    def _path(self, folder):
+        return os.path.join(self.directory, hashlib.sha1(folder.encode()).hexdigest()[:16] + ".json")
+
+    def load(self, folder):
+        """{file name: [size, mtime_ns, reason or None]} recorded for ``folder`` (empty when none)."""
+        try:
+            with open(self._path(folder)) as f:
+                data = json.load(f)
+        except (OSError, ValueError):
+            return {}
+        if data.get("folder") != folder or data.get("pillow") != PIL.__version__:
+            return {}
+        return data.get("files", {})
+
+    def save(self, folder, files):
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            write_json(self._path(folder), {"folder": folder, "pillow": PIL.__version__, "files": files})
+        except OSError as e:
+            if self.unwritable is None:
+                self.unwritable = e
+                print(f"=> note: image checks cannot be cached in {self.directory} ({e.strerror}); "
+                      f"they run again next time")
+
+
+def check_images(paths, cache=None, threads=None):
+    """{path: reason} for each of ``paths`` that cannot be decoded; decodes run in ``threads`` threads (PIL
+    releases the GIL while decoding) and only for files the ``cache`` has no current result for."""
+    by_folder = {}
+    for path in paths:
+        by_folder.setdefault(os.path.dirname(path), []).append(path)
+    bad, todo, records = {}, [], {}
+    for folder, folder_paths in by_folder.items():
+        records[folder] = cache.load(folder) if cache else {}
+        for path in folder_paths:
+            try:
+                st = os.stat(path)
+            except OSError as e:
+                bad[path] = _reason(e, path)
+                continue
+            entry = records[folder].get(os.path.basename(path))
+            if entry and entry[:2] == [st.st_size, st.st_mtime_ns]:
+                if entry[2]:
+                    bad[path] = entry[2]
+            else:
+                todo.append((path, st))
+    if todo:
+        workers = threads or min(32, 2 * (os.cpu_count() or 1))
+        with ThreadPoolExecutor(workers) as pool:
+            reasons = list(pool.map(unreadable, [path for path, _ in todo], chunksize=16))
+        for (path, st), reason in zip(todo, reasons):
+            records[os.path.dirname(path)][os.path.basename(path)] = [st.st_size, st.st_mtime_ns, reason]
+            if reason:
+                bad[path] = reason
+        if cache:
+            for folder in {os.path.dirname(path) for path, _ in todo}:
+                cache.save(folder, records[folder])
+    return bad
+
+
+class ImageCheck:
+    """Checks the split lists of every torchreid image dataset as it is built (see
+    :func:`isgan_torchreid.compat.checking_image_datasets`): each split non-empty, the images of the splits the
+    dataset is built for (train, or query and gallery) decodable, and at least one query with a true match in
+    the gallery. Unreadable images are reported once by path, then left out (``policy`` "skip", recorded in
+    :attr:`skipped` as {"<dataset>/<split>": [paths]}) or fatal (``policy`` "error")."""
+
+    def __init__(self, policy, cache=None):
+        self.policy = policy
+        self.cache = cache
+        self.skipped = {}
+        self.known = {}  # path -> reason (None: readable), for paths checked in this process
+
+    def __call__(self, name, mode, splits, folders):
+        """``splits``: {"train"/"query"/"gallery": [(path, pid, camid, ...)]}; ``folders``: where each split was
+        read from (None when the dataset does not say). Returns the splits with unreadable images left out."""
+        for split in _SPLITS:
+            if not splits[split]:
+                raise ISGANError(f"dataset {name}: {self._where(split, folders)} holds no images (its {split} split "
+                                 f"is empty); put the images there, or remove {name} from DATA.SOURCES/DATA.TARGETS")
+        for split in (("train",) if mode == "train" else ("query", "gallery")):
+            splits[split] = self._filter(name, split, splits[split], folders)
+        if mode == "query":
+            _check_true_matches(name, splits, folders)
+        return splits
+
+    @staticmethod
+    def _where(split, folders):
+        return folders.get(split) or f"the {split} split"
+
+    def _filter(self, name, split, items, folders):
+        paths = [item[0] for item in items]
+        unknown = [p for p in paths if p not in self.known]
+        if unknown:
+            bad = check_images(unknown, self.cache)
+            for path in unknown:
+                self.known[path] = bad.get(path)
+                if path in bad:
+                    print(f"=> unreadable image: {path} ({bad[path]})")
+        bad = [p for p in paths if self.known[p]]
+        if not bad:
+            return items
+        where = self._where(split, folders)
+        if self.policy == "error":
+            raise ISGANError(f"{len(bad)} unreadable image(s) in {where} of {name}, e.g. {bad[0]} "
+                             f"({self.known[bad[0]]}); replace or delete them, or set DATA.ON_BAD_IMAGE skip to "
+                             f"leave them out")
+        kept = [item for item in items if not self.known[item[0]]]
+        if not kept:
+            raise ISGANError(f"dataset {name}: all {len(items)} images in {where} are unreadable; replace them")
+        self.skipped.setdefault(f"{name}/{split}", [])
+        self.skipped[f"{name}/{split}"] += [p for p in bad if p not in self.skipped[f"{name}/{split}"]]
+        return _relabel(kept) if split == "train" else kept
+
+
+def _relabel(items):
+    """Training labels 0..n-1 again after images were left out (an identity may have lost all of its)."""
+    labels = sorted({item[1] for item in items})
+    if labels == list(range(len(labels))):
+        return items
+    new = {old: i for i, old in enumerate(labels)}
+    return [(item[0], new[item[1]], *item[2:]) for item in items]
+
+
+def _check_true_matches(name, splits, folders):
+    """At least one query has a gallery image of its identity from another camera (the evaluation protocol
+    discards same-camera matches); otherwise evaluation would fail after training."""
+    gallery = {}
+    for item in splits["gallery"]:
+        gallery.setdefault(item[1], set()).add(item[2])
+    if not any(gallery.get(pid, set()) - {camid} for _, pid, camid, *_ in splits["query"]):
+        raise ISGANError(f"dataset {name}: no query image in {folders.get('query') or 'the query split'} has a "
+                         f"gallery image of its identity from another camera in "
+                         f"{folders.get('gallery') or 'the gallery split'}, so evaluation has nothing to rank; "
+                         f"check the file names (person id and camera) of both")

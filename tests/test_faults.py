@@ -1,0 +1,580 @@
+"""Fault injection: unreadable images, empty or unmatched splits, stuck and orphaned workers, damaged and
+unwritable checkpoints, out-of-range values. Each fault is survived or ends in one clear line; none hangs.
+
+Image faults use the tiny synthetic images copied into torchreid's Market-1501 layout (read by torchreid's own
+Market1501 class); training runs use a small E_R baseline (BASELINE) on the tiny config.
+"""
+import errno
+import glob
+import io
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+import traceback
+import uuid
+
+import pytest
+import torch
+import yaml
+from PIL import Image
+
+from isgan_torchreid import compat
+from isgan_torchreid.cli import build_engine, setup, train_main
+from isgan_torchreid.config import _RANGES, get_default_config, in_interval, load_config
+from isgan_torchreid.data import images, loaders
+from isgan_torchreid.data.build import build_datamanager, check_datasets
+from isgan_torchreid.engine import checkpoint as ckpt
+from isgan_torchreid.errors import BadImageError, ISGANError
+
+from conftest import CONFIGS, REPO, TINY
+
+SPLITS = ("bounding_box_train", "query", "bounding_box_test")
+# the E_R baseline (stage 1 alone) with one 2-stripe branch at 64x32: a training run in seconds
+BASELINE = ["MODEL.NAME", "baseline", "TRAIN.STAGES", "[1]", "MODEL.PARTS", "[2]", "DATA.HEIGHT", "64",
+            "DATA.WIDTH", "32", "TEST.FLIP", "False"]
+
+
+# ---------------------------------------------------------------- helpers
+
+
+def corrupt(path):
+    with open(path, "wb") as f:
+        f.write(os.urandom(300))  # not an image at all
+
+
+def zero(path):
+    open(path, "wb").close()
+
+
+def truncate(path, keep=0.6):
+    """Cut a file short in place (a JPEG keeps its header, so only decoding notices)."""
+    with open(path, "r+b") as f:
+        f.truncate(int(os.path.getsize(path) * keep))
+
+
+def raised(error_type, call):
+    """The ``error_type`` that ``call()`` raises. Its tracebacks are cleared first: they hold the DataLoader
+    iterator, which must end its worker now, through reference counting; a later garbage collection was measured
+    to stall for 5 s on that worker's shutdown."""
+    try:
+        call()
+    except error_type as e:
+        chained = e
+        while chained is not None:
+            traceback.clear_frames(chained.__traceback__)
+            chained = chained.__context__
+        return e
+    raise AssertionError(f"{call} raised no {error_type.__name__}")
+
+
+def one_line(message):
+    assert "\n" not in message, message
+    return message
+
+
+class Market:
+    """The tiny synthetic images copied to ``root/market1501/Market-1501-v15.09.15/``."""
+
+    def __init__(self, tiny_cfg, data_root, root):
+        check_datasets(tiny_cfg())  # generates the tiny synthperson in data_root
+        self.make_cfg, self.root = tiny_cfg, root
+        self.base = root / "market1501" / "Market-1501-v15.09.15"
+        for split in SPLITS:
+            shutil.copytree(os.path.join(data_root, "synthperson", split), self.base / split)
+
+    def cfg(self, *overrides):
+        return self.make_cfg("DATA.ROOT", str(self.root), "DATA.SOURCES", "[market1501]", *overrides)
+
+    def images(self, split):
+        """The images torchreid keeps (junk, person id -1, is dropped by its parser), sorted."""
+        return [p for p in sorted(glob.glob(str(self.base / split / "*.jpg")))
+                if not os.path.basename(p).startswith("-1")]
+
+
+@pytest.fixture
+def market(tiny_cfg, data_root, tmp_path):
+    return Market(tiny_cfg, data_root, tmp_path / "reid")
+
+
+def write_config(path, opts):
+    """A YAML config file equal to isgan_synthetic.yaml + ``opts`` (for the command-line tools)."""
+    cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), opts)
+    path.write_text(cfg.dump())
+    return str(path)
+
+
+# ---------------------------------------------------------------- 1. images
+
+
+def test_bad_images_are_found_before_training_reported_once_and_left_out(market, capsys):
+    train, query, gallery = (market.images(s) for s in SPLITS)
+    bad_train = [train[0], train[7], train[13]]
+    corrupt(train[0])
+    zero(train[7])
+    truncate(train[13])
+    corrupt(query[0])
+    truncate(gallery[5])
+    with Image.open(train[13]) as img:  # the truncated JPEG passes a header check...
+        img.verify()
+    dm = build_datamanager(market.cfg())  # ...but not the check before training
+
+    out = capsys.readouterr().out
+    for path in bad_train + [query[0], gallery[5]]:
+        assert out.count(path) == 1, out  # reported once, by path
+    assert "left out 5 unreadable image(s)" in out
+    assert dm.skipped_images == {"market1501/train": sorted(bad_train), "market1501/query": [query[0]],
+                                 "market1501/gallery": [gallery[5]]}
+    dataset = dm.train_loader.dataset
+    assert len(dataset.train) == len(train) - 3 and not {item[0] for item in dataset.train} & set(bad_train)
+    test_sets = {split: dm.test_loader["market1501"][split].dataset for split in ("query", "gallery")}
+    assert query[0] not in {item[0] for item in test_sets["query"].data}
+    assert gallery[5] not in {item[0] for item in test_sets["gallery"].data}
+    assert sum(len(batch["pid"]) for batch in dm.train_loader) > 0  # an epoch loads; nothing hangs
+
+
+def test_an_identity_left_without_images_is_dropped_and_labels_stay_contiguous(market):
+    train = market.images("bounding_box_train")
+    lost = [p for p in train if os.path.basename(p).startswith("0003_")]
+    for path in lost:
+        zero(path)
+    dm = build_datamanager(market.cfg())
+    labels = sorted({item[1] for item in dm.train_loader.dataset.train})
+    assert labels == list(range(7)) and dm.num_train_pids == 7  # 8 identities, one lost
+    assert len(dm.skipped_images["market1501/train"]) == len(lost) == 6
+
+
+def test_image_checks_are_cached_per_folder(market, monkeypatch):
+    build_datamanager(market.cfg())
+    checked = []
+    decode = images.unreadable
+    monkeypatch.setattr(images, "unreadable", lambda path: checked.append(path) or decode(path))
+    build_datamanager(market.cfg())
+    assert checked == []  # nothing decoded again
+    train = market.images("bounding_box_train")
+    corrupt(train[3])
+    dm = build_datamanager(market.cfg())
+    assert checked == [train[3]]  # only the changed file
+    assert dm.skipped_images == {"market1501/train": [train[3]]}
+
+
+def test_on_bad_image_error_stops_before_training(market, tmp_path, capsys):
+    path = market.images("bounding_box_train")[2]
+    zero(path)
+    with pytest.raises(ISGANError) as info:
+        build_datamanager(market.cfg("DATA.ON_BAD_IMAGE", "error"))
+    message = one_line(str(info.value))
+    assert path in message and "DATA.ON_BAD_IMAGE skip" in message and "bounding_box_train" in message
+    cfg = market.cfg("DATA.ON_BAD_IMAGE", "error")
+    config = write_config(tmp_path / "error.yaml", [])
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--config-file", config, *TINY, "DATA.ROOT", cfg.DATA.ROOT, "DATA.SOURCES", "[market1501]",
+                    "OUTPUT_DIR", cfg.OUTPUT_DIR, "DATA.ON_BAD_IMAGE", "error"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1 and path in err
+    assert not os.path.exists(os.path.join(cfg.OUTPUT_DIR, "stage1"))  # nothing trained
+
+
+def test_an_image_that_breaks_during_the_run_is_replaced_or_fatal_never_retried_forever(market, capsys):
+    fatal = build_datamanager(market.cfg("DATA.ON_BAD_IMAGE", "error")).train_loader.dataset
+    skipping = build_datamanager(market.cfg()).train_loader.dataset
+    path, pid = skipping.train[0][:2]
+    truncate(path)  # after the check: e.g. a disk fault during a long run
+    capsys.readouterr()
+
+    item = skipping[0]  # DATA.ON_BAD_IMAGE skip: another image of the same identity
+    assert item["pid"] == pid and item["impath"] != path and item["img"].shape == (3, 128, 64)
+    assert skipping[0]["impath"] == item["impath"]
+    assert capsys.readouterr().out.count(path) == 1  # reported once
+
+    with pytest.raises(BadImageError) as info:  # DATA.ON_BAD_IMAGE error: one line naming the file
+        fatal[0]
+    assert path in one_line(str(info.value)) and "truncated" in str(info.value)
+    loader = torch.utils.data.DataLoader(fatal, batch_size=2, num_workers=1, sampler=[0, 1])
+    error = raised(BadImageError, lambda: next(iter(loader)))  # raised in a worker process
+    assert one_line(str(error)).startswith(f"image {path} cannot be read")
+
+
+def test_torchreid_read_image_retried_forever_and_is_replaced_everywhere(tmp_path, monkeypatch):
+    path = str(tmp_path / "empty.jpg")
+    zero(path)
+    tools = compat._submodule("utils.tools")
+    retries = []
+
+    def stop_after_three(*args, **kwargs):
+        retries.append(args[0])
+        if len(retries) == 3:
+            raise InterruptedError("still retrying")
+
+    monkeypatch.setattr(tools, "print", stop_after_three, raising=False)  # torchreid prints on every retry
+    with pytest.raises(InterruptedError):
+        tools.read_image.__wrapped__(path)  # torchreid's own: no way out but the interruption
+    assert "Will redo" in retries[0]
+    modules = (tools, compat._submodule("utils"), compat._submodule("data.datasets.dataset"))
+    for module in modules:
+        with pytest.raises(BadImageError, match="cannot identify image file"):
+            module.read_image(path)
+    dataset = compat._submodule("data.datasets.dataset").ImageDataset
+    patched = [m.read_image for m in modules] + [dataset.__init__, dataset.__getitem__]
+    compat.apply_patches()  # idempotent: nothing wrapped twice
+    assert [m.read_image for m in modules] + [dataset.__init__, dataset.__getitem__] == patched
+
+
+def test_read_image_retries_io_errors_a_bounded_number_of_times(monkeypatch, tmp_path):
+    attempts = []
+
+    def flaky(path):
+        attempts.append(path)
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr(images, "decode", flaky)
+    monkeypatch.setattr(images, "READ_PAUSE", 0)
+    with pytest.raises(BadImageError, match="Input/output error"):
+        images.read_image("x.jpg")
+    assert len(attempts) == images.READ_ATTEMPTS
+    monkeypatch.undo()
+    path = str(tmp_path / "noise.jpg")
+    corrupt(path)
+    started = time.perf_counter()
+    with pytest.raises(BadImageError):
+        images.read_image(path)  # a file that cannot be decoded: at once
+    assert time.perf_counter() - started < images.READ_PAUSE
+
+
+# ---------------------------------------------------------------- 2. checks before training
+
+
+@pytest.mark.parametrize("split", SPLITS)
+def test_empty_split_is_named_by_folder(market, split):
+    for path in glob.glob(str(market.base / split / "*.jpg")):
+        os.remove(path)
+    with pytest.raises(ISGANError) as info:  # torchreid: IndexError: list index out of range
+        build_datamanager(market.cfg())
+    assert str(market.base / split) in one_line(str(info.value)) and "holds no images" in str(info.value)
+
+
+def test_split_with_only_unreadable_images(market):
+    for path in market.images("bounding_box_train"):
+        zero(path)
+    with pytest.raises(ISGANError, match=r"all 48 images in .*bounding_box_train are unreadable"):
+        build_datamanager(market.cfg())
+
+
+def test_queries_without_a_true_match_are_refused_before_training(market):
+    for path in glob.glob(str(market.base / "query" / "*.jpg")):  # identities absent from the gallery
+        name = os.path.basename(path)
+        os.rename(path, os.path.join(os.path.dirname(path), "1400" + name[name.index("_"):]))
+    with pytest.raises(ISGANError) as info:
+        build_datamanager(market.cfg())
+    assert "nothing to rank" in one_line(str(info.value)) and str(market.base / "query") in str(info.value)
+
+
+def test_a_stage_that_cannot_start_fails_before_any_training(tiny_cfg, tmp_path, capsys):
+    cfg = tiny_cfg("MODEL.PARTS", "[2]")
+    config = write_config(tmp_path / "c.yaml", TINY + ["MODEL.PARTS", "[2]", "DATA.ROOT", cfg.DATA.ROOT,
+                                                       "OUTPUT_DIR", cfg.OUTPUT_DIR])
+    with pytest.raises(SystemExit) as exit_info:  # IS-GAN's stage 3 starts from stage 2, which never ran
+        train_main(["--config-file", config, "--stages", "1", "3"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1 and "run stage 2 first" in err
+    assert not os.path.exists(ckpt.latest_path(cfg.OUTPUT_DIR, 1))  # stage 1 was not trained first
+
+
+# ---------------------------------------------------------------- 3. checkpoints
+
+
+def test_damaged_latest_spares_kept_checkpoints_and_the_advice_works(tiny_cfg, tmp_path, capsys):
+    cfg = tiny_cfg(*BASELINE)
+    config = write_config(tmp_path / "c.yaml", TINY + BASELINE + [
+        "DATA.ROOT", cfg.DATA.ROOT, "OUTPUT_DIR", cfg.OUTPUT_DIR, "TRAIN.STAGE1.EPOCHS", "2",
+        "TRAIN.RESUME_FREQ", "2", "TRAIN.CHECKPOINT_FREQ", "1"])
+    train_main(["--config-file", config])
+    folder = ckpt.stage_dir(cfg.OUTPUT_DIR, 1)
+    latest = ckpt.latest_path(cfg.OUTPUT_DIR, 1)
+    final = ckpt.load_checkpoint(latest)["state_dict"]
+    truncate(latest, keep=0.5)  # damage in place
+
+    for epoch in (1, 2):  # the kept files are files of their own
+        state = ckpt.load_checkpoint(os.path.join(folder, f"model.pth.tar-{epoch}"))
+        assert state["epoch"] == epoch and set(state["state_dict"]) == set(final)
+    kept = ckpt.load_checkpoint(os.path.join(folder, "model.pth.tar-2"))["state_dict"]
+    assert all(torch.equal(kept[k], final[k]) for k in final)
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        train_main(["--config-file", config])
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "copy a model.pth.tar-<epoch> of the same folder over it" in err
+    subprocess.run(["cp", os.path.join(folder, "model.pth.tar-1"), latest], check=True)  # as the error says
+    results = train_main(["--config-file", config])
+    out = capsys.readouterr().out
+    assert f"resumed stage 1 from the weights in {latest} (epoch 1)" in out and "epochs 2-2" in out
+    assert 0 <= results[1]["synthperson"]["mAP"] <= 1
+    assert "optimizers" in ckpt.load_checkpoint(latest)  # resumable again
+
+    truncate(latest, keep=0.5)
+    os.remove(latest)  # the error's other advice: "delete it to start the stage again"
+    cfg = load_config(config)
+    device, dm = setup(cfg)
+    engine = build_engine(cfg, dm, device, hooks=[])
+    engine.enter_stage(1)
+    assert ckpt.resume_or_initialize(engine, 1) == 0  # epoch 0: the stage starts again
+
+
+class FullDisk(io.FileIO):
+    """A file on a disk that is full after ``room`` bytes."""
+
+    room = 1 << 16
+
+    def write(self, data):
+        if self.tell() + len(data) > self.room:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+        return super().write(data)
+
+
+def test_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_last_one(tiny_cfg, tmp_path, capsys,
+                                                                               monkeypatch):
+    cfg = tiny_cfg(*BASELINE)
+    config = write_config(tmp_path / "c.yaml", TINY + BASELINE + [
+        "DATA.ROOT", cfg.DATA.ROOT, "OUTPUT_DIR", cfg.OUTPUT_DIR, "TRAIN.STAGE1.EPOCHS", "2"])
+    latest = ckpt.latest_path(cfg.OUTPUT_DIR, 1)
+    writes = []
+
+    def open_on_a_filling_disk(path, mode="r", *args, **kwargs):
+        if os.path.basename(path).startswith("latest.pth.tar.tmp."):
+            writes.append(path)
+            if len(writes) == 2:  # epoch 2's checkpoint: the disk is full
+                return FullDisk(path, "wb")
+        return open(path, mode, *args, **kwargs)
+
+    monkeypatch.setattr(ckpt, "open", open_on_a_filling_disk, raising=False)
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--config-file", config])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err.count("\n") == 1, err
+    assert err.startswith(f"error: cannot write checkpoint {latest}: No space left on device (errno 28)")
+    assert f"the last good checkpoint, {latest}, is intact" in err
+    needed = float(re.search(r"needs about ([\d,]+) MiB", err).group(1).replace(",", ""))
+    assert needed == pytest.approx(os.path.getsize(latest) / 2 ** 20, rel=0.05)  # the state's size
+    assert ckpt.load_checkpoint(latest)["epoch"] == 1  # the previous checkpoint, intact
+    assert not glob.glob(latest + ".tmp.*")
+
+
+@pytest.mark.parametrize("fails", ["torch.save", "os.fsync", "os.replace"])
+def test_any_os_error_while_writing_is_one_line(tmp_path, monkeypatch, fails):
+    path = str(tmp_path / "stage1" / "model.pth.tar-3")
+    module, name = fails.split(".")
+
+    def broken(*args, **kwargs):
+        raise OSError(errno.EIO, "Input/output error")
+
+    monkeypatch.setattr({"torch": torch, "os": os}[module], name, broken)
+    with pytest.raises(ISGANError) as info:
+        ckpt.save_checkpoint({"state_dict": {"w": torch.zeros(1024)}}, path)
+    message = one_line(str(info.value))
+    assert message.startswith(f"cannot write checkpoint {path}: Input/output error (errno 5)")
+    assert "needs about 4 KiB" in message and "no earlier checkpoint is in" in message
+    monkeypatch.undo()
+    assert os.listdir(tmp_path / "stage1") == []
+
+
+# ---------------------------------------------------------------- 4. values
+
+
+def numeric_keys(node=None, prefix=""):
+    """Every key whose value is a number or a list of numbers (MILESTONES: empty lists of epochs)."""
+    node = get_default_config() if node is None else node
+    keys = set()
+    for key, value in node.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, dict):
+            keys |= numeric_keys(value, full + ".")
+        elif isinstance(value, (int, float)) and not isinstance(value, bool):
+            keys.add(full)
+        elif isinstance(value, list) and (key == "MILESTONES" or any(isinstance(v, (int, float)) for v in value)):
+            keys.add(full)
+    return keys
+
+
+def test_every_numeric_key_has_a_range_and_defaults_are_in_it():
+    assert set(_RANGES) == numeric_keys()
+    cfg = get_default_config()
+    for key, interval in _RANGES.items():
+        value = cfg
+        for part in key.split("."):
+            value = value[part]
+        assert all(in_interval(v, interval) for v in (value if isinstance(value, list) else [value])), key
+
+
+def outside(interval, default):
+    """A value just outside ``interval``'s lower bound, of the default's type."""
+    low = float(interval[1:-1].split(",")[0])
+    if isinstance(default, int) and not isinstance(default, float):
+        return int(low) - 1 if interval[0] == "[" else int(low)
+    return low - 0.5 if interval[0] == "[" else low
+
+
+@pytest.mark.parametrize("key", sorted(_RANGES))
+def test_a_value_below_each_range_is_refused_at_load(key):
+    default = get_default_config()
+    for part in key.split("."):
+        default = default[part]
+    example = default[0] if isinstance(default, list) and default else (1 if isinstance(default, list) else default)
+    bad = outside(_RANGES[key], example)
+    value = f"[{bad}]" if isinstance(default, list) else str(bad)
+    with pytest.raises(ISGANError) as info:
+        load_config(None, [key, value])
+    message = one_line(str(info.value))
+    assert message.startswith(f"{key}{'[0]' if isinstance(default, list) else ''} = {bad!r} is outside")
+    assert _RANGES[key] in message
+
+
+@pytest.mark.parametrize("opts, expected", [
+    (["TRAIN.STAGE2.LR", "nan"], "TRAIN.STAGE2.LR = nan is outside its allowed range (0, inf)"),
+    (["LOSS.LAMBDA_R", "-1"], "LOSS.LAMBDA_R = -1.0 is outside its allowed range [0, inf)"),
+    (["TRAIN.STAGE1.LR", "inf"], "TRAIN.STAGE1.LR = inf is outside"),
+    (["TRAIN.GAMMA", "1.5"], "TRAIN.GAMMA = 1.5 is outside its allowed range (0, 1]"),
+    (["TRAIN.ADAM_BETAS", "[0.9, 1.0]"], "TRAIN.ADAM_BETAS[1] = 1.0 is outside its allowed range [0, 1)"),
+    (["LOSS.LABEL_SMOOTH", "1"], "LOSS.LABEL_SMOOTH = 1.0 is outside its allowed range [0, 1)"),
+    (["LOSS.LAMBDA_U", "[0.001, .nan]"], "LOSS.LAMBDA_U[1] = nan is outside"),
+    (["DATA.SYNTH.NUM_CAMS", "7"], "DATA.SYNTH.NUM_CAMS = 7 is outside its allowed range [2, 6]"),
+    (["TRAIN.STAGE2.MILESTONES", "[10, x]"], "TRAIN.STAGE2.MILESTONES[1] = 'x' is not a number"),
+    (["TRAIN.ADAM_BETAS", "[0.9]"], "TRAIN.ADAM_BETAS = [0.9]: give two values"),
+])
+def test_bad_values_are_one_line_naming_key_value_and_range(opts, expected):
+    with pytest.raises(ISGANError) as info:
+        load_config(None, opts)
+    assert one_line(str(info.value)).startswith(expected)
+
+
+def test_nan_learning_rate_stops_the_tool_before_anything_runs(tiny_cfg, tmp_path, capsys):
+    out = tmp_path / "never"
+    with pytest.raises(SystemExit) as exit_info:
+        train_main(["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "OUTPUT_DIR", str(out),
+                    "TRAIN.STAGE2.LR", "nan"])
+    err = capsys.readouterr().err
+    assert exit_info.value.code == 2 and err == "error: TRAIN.STAGE2.LR = nan is outside its allowed range " \
+        "(0, inf); set a finite value within it\n"
+    assert not out.exists()
+
+
+# ---------------------------------------------------------------- 5. workers and processes
+
+
+class Slow(torch.utils.data.Dataset):
+    def __len__(self):
+        return 2
+
+    def __getitem__(self, index):
+        time.sleep(0.6)
+        return index
+
+
+def test_a_stuck_worker_stops_the_run_with_one_line():
+    loader = loaders.guarded(torch.utils.data.DataLoader(Slow(), batch_size=2, num_workers=1), timeout=0.2)
+    error = raised(ISGANError, lambda: next(iter(loader)))
+    assert "no batch in 0.2 s (DATA.LOADER_TIMEOUT)" in one_line(str(error))
+
+
+def test_loaders_get_the_timeout_and_workers_that_end_with_the_trainer(tiny_cfg):
+    dm = build_datamanager(tiny_cfg("DATA.WORKERS", "2", "DATA.LOADER_TIMEOUT", "42"))
+    all_loaders = [dm.train_loader] + [l for split in dm.test_loader.values() for l in split.values()]
+    for loader in all_loaders:
+        assert isinstance(loader, loaders.GuardedLoader) and loader.timeout == 42
+        assert loader.worker_init_fn is loaders.exit_with_trainer
+    assert len(dm.train_loader) == 4 and dm.train_loader.sampler.num_instances == 4  # P x K batches kept
+    dm = build_datamanager(tiny_cfg())  # DATA.WORKERS 0: loading in the trainer, no timeout possible
+    assert dm.train_loader.timeout == 0 and dm.train_loader.worker_init_fn is None
+
+
+@pytest.mark.parametrize("pidfd", [True, False])
+def test_wait_for_exit(monkeypatch, pidfd):
+    if not pidfd:
+        monkeypatch.delattr(os, "pidfd_open", raising=False)
+    elif not hasattr(os, "pidfd_open"):
+        pytest.skip("no pidfd_open on this system")
+    proc = subprocess.Popen(["sleep", "30"])
+    waiter = threading.Thread(target=loaders.wait_for_exit, args=(proc.pid, 0.05), daemon=True)
+    waiter.start()
+    waiter.join(0.3)
+    assert waiter.is_alive()
+    proc.kill()
+    if not pidfd:
+        proc.wait()  # polling sees the process gone once it is reaped
+    waiter.join(5)
+    assert not waiter.is_alive()
+    proc.wait()
+
+
+def _processes_marked(marker):
+    """PIDs of live processes whose environment holds ``marker`` (the trainer's and everything it started)."""
+    found = set()
+    for name in os.listdir("/proc"):
+        if not name.isdigit():
+            continue
+        try:
+            with open(f"/proc/{name}/stat") as f:
+                state = f.read().rsplit(")", 1)[1].split()[0]
+            with open(f"/proc/{name}/environ", "rb") as f:
+                environ = f.read()
+        except OSError:  # gone meanwhile, or not ours
+            continue
+        if state != "Z" and marker.encode() in environ:
+            found.add(int(name))
+    return found
+
+
+KILLS = {"SIGKILL": signal.SIGKILL, "SIGTERM": signal.SIGTERM, "Ctrl-C": signal.SIGINT}
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_killed_trainers_leave_no_worker_or_forkserver(tiny_cfg, tmp_path):
+    """Three trainers (run side by side to save time), each killed mid-epoch in its own way."""
+    cfg = tiny_cfg(*BASELINE)
+    config = write_config(tmp_path / "c.yaml", TINY + BASELINE + [
+        "DATA.ROOT", cfg.DATA.ROOT, "DATA.WORKERS", "2", "TRAIN.STAGE1.EPOCHS", "500", "TRAIN.PRINT_FREQ", "1",
+        "TRAIN.RESUME_FREQ", "1000", "TRAIN.CHECKPOINT_FREQ", "1000"])
+    runs = {}
+    try:
+        for how in KILLS:  # every process a trainer starts inherits its marker
+            marker = uuid.uuid4().hex
+            env = dict(os.environ, PYTHONPATH=REPO, ISGAN_FAULT_TEST=marker, OMP_NUM_THREADS="1")
+            log = tmp_path / f"{how}.log"
+            with open(log, "w") as f:
+                trainer = subprocess.Popen(
+                    [sys.executable, os.path.join(REPO, "tools", "train.py"), "--config-file", config,
+                     "OUTPUT_DIR", str(tmp_path / how)], env=env, stdout=f, stderr=subprocess.STDOUT,
+                    start_new_session=True)  # its own process group, as a terminal's foreground job
+            runs[how] = (trainer, f"ISGAN_FAULT_TEST={marker}", log)
+        deadline = time.monotonic() + 150
+        waiting = dict(runs)
+        while waiting:  # mid-epoch: a training step is done and both workers are up
+            assert time.monotonic() < deadline, {how: log.read_text()[-2000:] for how, (_, _, log) in waiting.items()}
+            for how, (trainer, marker, log) in list(waiting.items()):
+                assert trainer.poll() is None, log.read_text()
+                started = _processes_marked(marker) - {trainer.pid}  # resource tracker, forkserver, 2 workers
+                if "epoch [1/500][1/" in log.read_text() and len(started) >= 4:
+                    if how == "Ctrl-C":
+                        os.killpg(trainer.pid, KILLS[how])  # the terminal signals the whole foreground group
+                    else:
+                        trainer.send_signal(KILLS[how])
+                    del waiting[how]
+            time.sleep(0.2)
+        for trainer, _, _ in runs.values():
+            trainer.wait(30)
+        deadline = time.monotonic() + 10  # "within a few seconds"
+        while any(_processes_marked(m) for _, m, _ in runs.values()) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert {how: _processes_marked(m) for how, (_, m, _) in runs.items()} == {how: set() for how in KILLS}
+    finally:
+        for trainer, marker, _ in runs.values():
+            if trainer.poll() is None:
+                trainer.kill()
+                trainer.wait()
+            for pid in _processes_marked(marker):  # only what this test started
+                os.kill(pid, signal.SIGKILL)
