@@ -40,7 +40,7 @@ def parse_args(p, argv):
 
 
 def reports_errors(main):
-    """Print an ISGANError as one line (exit 2) unless ``--debug`` is given."""
+    """Print an ISGANError as one line (exit 2), and Ctrl-C as one line (exit 130), unless ``--debug`` is given."""
     @functools.wraps(main)
     def wrapper(argv=None):
         argv = sys.argv[1:] if argv is None else list(argv)
@@ -51,6 +51,11 @@ def reports_errors(main):
                 raise
             print(f"error: {e}", file=sys.stderr)
             sys.exit(2)
+        except KeyboardInterrupt:
+            if "--debug" in argv:
+                raise
+            print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
+            sys.exit(130)
     return wrapper
 
 

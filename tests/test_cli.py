@@ -80,3 +80,17 @@ def test_results_table_lists_every_stage_and_target():
     lines = table.splitlines()
     assert "R-1" in lines[0] and "mAP" in lines[0] and len(lines) == 5
     assert "| 3       | b        | 50.0  | 75.0  | 80.0   | 25.0  |" in table
+
+
+def test_ctrl_c_is_one_line_unless_debug(capsys):
+    @cli.reports_errors
+    def main(argv):
+        raise KeyboardInterrupt
+
+    with pytest.raises(SystemExit) as exit_info:
+        main([])
+    assert exit_info.value.code == 130
+    assert capsys.readouterr().err.splitlines() == [
+        "interrupted: run the same command again to resume from the last checkpoint"]
+    with pytest.raises(KeyboardInterrupt):
+        main(["--debug"])
