@@ -24,10 +24,11 @@ from .engine import checkpoint as ckpt
 from .engine.hooks import EpochTimer, default_hooks
 from .errors import ISGANError
 
-DEFAULT_METHODS = ("isgan", "baseline", "mgn", "pcb_p6")
+DEFAULT_METHODS = ("isgan", "isgan_tri", "baseline", "mgn", "pcb_p6")
 # method -> config overrides; any other torchreid model name trains as MODEL.NAME <name> on stages [1, 3]
 METHOD_OVERRIDES = {
     "isgan": ["MODEL.NAME", "isgan", "TRAIN.STAGES", "[1, 2, 3]"],
+    "isgan_tri": ["MODEL.NAME", "isgan", "LOSS.ISGAN_TRIPLET", "True", "TRAIN.STAGES", "[1, 2, 3]"],
     "baseline": ["MODEL.NAME", "baseline", "TRAIN.STAGES", "[1, 3]"],
     "mgn": ["MODEL.NAME", "mgn", "TRAIN.STAGES", "[1, 3]"],
 }
@@ -48,8 +49,8 @@ def method_overrides(method):
     if method in METHOD_OVERRIDES:
         return list(METHOD_OVERRIDES[method])
     if method not in compat.model_factory():
-        raise ISGANError(f"--methods: unknown method {method!r}; use isgan, baseline, mgn or a torchreid model name "
-                         f"({', '.join(sorted(compat.model_factory()))})")
+        raise ISGANError(f"--methods: unknown method {method!r}; use isgan, isgan_tri, baseline, mgn or a torchreid "
+                         f"model name ({', '.join(sorted(compat.model_factory()))})")
     return ["MODEL.NAME", method, "TRAIN.STAGES", "[1, 3]"]
 
 
@@ -182,7 +183,8 @@ def write_comparison(rows, output_dir, config_file, runs):
 def compare_main(argv):
     """tools/compare.py: train and evaluate each method under one config; print, CSV and JSON the table."""
     p = cli.parser("Compare IS-GAN, its E_R baseline, MGN and torchreid models under one setting.")
-    p.add_argument("--methods", metavar="NAME", help="isgan, baseline (IS-GAN's E_R trained with L_R only), mgn or "
+    p.add_argument("--methods", metavar="NAME", help="isgan, isgan_tri (IS-GAN + MGN's triplet term), baseline "
+                   "(IS-GAN's E_R trained with L_R only), mgn or "
                    f"torchreid model names, e.g. --methods isgan mgn (default: {' '.join(DEFAULT_METHODS)})")
     argv, methods = cli.pop_list_flag(argv, "--methods", cli.is_name, "isgan baseline mgn pcb_p6")
     methods = methods or list(DEFAULT_METHODS)
@@ -190,6 +192,7 @@ def compare_main(argv):
     rows = compare(args.config_file, args.opts, methods)
     print(comparison_table(rows))
     print("Every method: stage-1 epochs, then stage-3 epochs at the stage-3 learning rate (IS-GAN's E_R schedule; "
-          "isgan adds its stage 2). baseline = IS-GAN's E_R trained with L_R only. params at test: those the test "
-          "descriptor depends on; train img/s: over all stages of the run, data loading included.")
+          "isgan adds its stage 2). isgan_tri = IS-GAN with MGN's triplet term in L_R (LOSS.ISGAN_TRIPLET). "
+          "baseline = IS-GAN's E_R trained with L_R only. params at test: those the test descriptor depends on; "
+          "train img/s: over all stages of the run, data loading included.")
     return rows

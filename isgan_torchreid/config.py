@@ -79,8 +79,9 @@ _C.LOSS.D_LABEL_SMOOTH = True  # D targets ~ U(0.7, 1) / U(0, 0.3) (authors' cod
 _C.LOSS.PART_SHUFFLE = "local"  # local (paper) | all (global slots too) | none (authors' code, bug B1)
 _C.LOSS.CLASS_ON_AUTO = True  # L_C also on auto-encoded fakes (authors' code); False: Eq. 7 only
 _C.LOSS.TARGET_SPACE = "rgb"  # rgb: [-1, 1] RGB | tanh: tanh(normalised image), the authors' target
-_C.LOSS.TRIPLET_MARGIN = 1.2  # MGN
-_C.LOSS.LAMBDA_TRIPLET = 1.0  # MGN
+_C.LOSS.TRIPLET_MARGIN = 1.2  # batch-hard triplet loss on E_R's global features: MGN's, and IS-GAN's with ISGAN_TRIPLET
+_C.LOSS.LAMBDA_TRIPLET = 1.0
+_C.LOSS.ISGAN_TRIPLET = False  # IS-GAN: add MGN's triplet term to L_R in stages 1 and 3 (False: the paper, CE only)
 
 # ---------------------------------------------------------------- training
 _C.TRAIN = CN()

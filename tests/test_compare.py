@@ -42,7 +42,7 @@ def run_compare(out, data_root, methods=()):
 def compared(data_root, tmp_path_factory):
     """One comparison of the four default methods (1 epoch per stage); its ~7 GB of checkpoints go afterwards."""
     out = tmp_path_factory.mktemp("compare")
-    rows, printed = run_compare(out, data_root)
+    rows, printed = run_compare(out, data_root, METHODS)
     yield dict(out=out, rows=rows, printed=printed, by_method={r["method"]: r for r in rows})
     shutil.rmtree(out, ignore_errors=True)
 
@@ -126,6 +126,12 @@ def test_resumed_comparison_reuses_the_runs(compared, data_root):
         assert r == compared["by_method"][r["method"]]
 
 
+def test_default_methods_add_isgan_with_triplet():
+    runs = compare.runs_for(list(compare.DEFAULT_METHODS))
+    assert list(runs) == ["isgan", "isgan_tri", "baseline", "mgn", "pcb_p6"]
+    assert runs["isgan_tri"] == ["MODEL.NAME", "isgan", "LOSS.ISGAN_TRIPLET", "True", "TRAIN.STAGES", "[1, 2, 3]"]
+
+
 @pytest.mark.parametrize("methods, extra, message", [
     (["isgan", "gan"], [], "unknown method 'gan'"),
     (["mgn", "mgn"], [], "names mgn more than once"),
@@ -143,7 +149,8 @@ def test_list_flags_stand_anywhere():
 
     assert pop(["--methods", "mgn", "pcb_p6", "--config-file", "c", "SEED", "2"]) == \
         (["--config-file", "c", "SEED", "2"], ["mgn", "pcb_p6"])
-    assert pop(["--config-file", "c", "SEED", "2", "--methods", "mgn"]) == (["--config-file", "c", "SEED", "2"], ["mgn"])
+    assert pop(["--config-file", "c", "SEED", "2", "--methods", "mgn"]) == \
+        (["--config-file", "c", "SEED", "2"], ["mgn"])
     assert pop(["--config-file", "c"]) == (["--config-file", "c"], None)
     assert cli.pop_list_flag(["--stages", "2", "3", "SEED", "2"], "--stages", str.isdigit, "2 3") == \
         (["SEED", "2"], ["2", "3"])

@@ -211,6 +211,34 @@ def test_non_gan_model_trains_in_stage1_only(make_cfg, dm, batches):
         engine.run_stages([1, 2])
 
 
+def test_isgan_with_triplet_is_mgn_in_stage1_and_adds_the_triplet_to_l_r_in_stage3(make_cfg, dm, batches):
+    """LOSS.ISGAN_TRIPLET: IS-GAN's stage-1 step is exactly MGN's (same initial E_R, same loss); stage 3 adds
+    the triplet term, weighted like L_R by λ_R, on the global features."""
+    engines = {}
+    runs = {"isgan": ["LOSS.ISGAN_TRIPLET", "True"], "mgn": ["MODEL.NAME", "mgn", "TRAIN.STAGES", "[1]"]}
+    for name, extra in runs.items():
+        cfg = make_cfg(*extra)
+        torch.manual_seed(0)
+        engines[name] = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
+        prepare(engines[name], 1)
+        torch.manual_seed(1)
+        summary = engines[name].forward_backward(batches[0])
+        assert set(summary) == {"L_R", "L_tri", "acc"}
+    mgn = engines["mgn"].model.state_dict()
+    isgan = engines["isgan"].model.state_dict()
+    assert all(torch.equal(v, isgan[k]) for k, v in mgn.items())
+
+    engine = engines["isgan"]
+    prepare(engine, 3)
+    calls = []
+    real = engine.objective.triplet.forward
+    engine.objective.triplet.forward = lambda f, p: calls.append(f.shape) or real(f, p)
+    summary = engine.forward_backward(batches[0])
+    assert {"L_R", "L_tri", "L_S", "L_PS", "L_D", "L_C", "L_U"} <= set(summary)
+    branches = engine.model.encoder_r.branches
+    assert calls == [(batches[0]["img"].size(0), engine.cfg.MODEL.ID_DIM)] * len(branches.global_indices)
+
+
 # ---------------------------------------------------------------- 2. call graph of one iteration
 
 def test_stage1_runs_only_backbone_and_encoder_r(make_engine, batches):

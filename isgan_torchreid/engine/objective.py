@@ -68,6 +68,7 @@ class LossSettings:
     target_space: str
     triplet_margin: float
     lambda_triplet: float
+    isgan_triplet: bool
 
     @classmethod
     def from_config(cls, cfg):
@@ -287,8 +288,9 @@ class ISGANObjective(IdentityObjective):
             terms["L_D"] = s.lambda_d * n * L.generator_domain_loss(patch)
             if n_cls:
                 terms["L_C"] = s.lambda_c * n_cls * L.class_loss(cls[cls_mask], labels[cls_mask])
-            if stage == 3:
-                terms.update(self.identity_terms(gen.logits, None, pids, s.lambda_r))
+            if stage == 3:  # L_R [Eq. 1] (+ MGN's triplet on the global features with ISGAN_TRIPLET)
+                features = self.model.global_features(gen.id_feat) if s.isgan_triplet else None
+                terms.update(self.identity_terms(gen.logits, features, pids, s.lambda_r))
         updates["model"](terms)
         disc.requires_grad_(True)
         return _floats({**terms, **d_terms, **{f"L1_{k}": v for k, v in recon.items()}})

@@ -47,7 +47,8 @@ def build_stage_optimizers(cfg, stage: int, groups: Dict[str, List[nn.Module]], 
         if name == "discriminator":
             opt = torch.optim.SGD(params, lr=node.LR, momentum=train.D_MOMENTUM, weight_decay=train.D_WEIGHT_DECAY)
         else:
-            slow_ids = {id(p) for m in slow for p in m.parameters()} if stage == 3 and train.LR_MULT_GU != 1.0 else set()
+            slowed = stage == 3 and train.LR_MULT_GU != 1.0
+            slow_ids = {id(p) for m in slow for p in m.parameters()} if slowed else set()
             param_groups = [{"params": [p for p in params if id(p) not in slow_ids], "lr": node.LR}]
             if slow_ids:
                 param_groups.append({"params": [p for p in params if id(p) in slow_ids],

@@ -24,7 +24,8 @@ def build_model(cfg, num_classes):
     if m.NAME == "isgan":
         return ISGAN(num_classes, backbone=m.BACKBONE, pretrained=m.PRETRAINED, parts=tuple(m.PARTS),
                      id_dim=m.ID_DIM, nid_dim=m.NID_DIM, noise_dim=m.NOISE_DIM, height=cfg.DATA.HEIGHT,
-                     width=cfg.DATA.WIDTH, eu_pool=m.EU_POOL)
+                     width=cfg.DATA.WIDTH, eu_pool=m.EU_POOL,
+                     loss="triplet" if cfg.LOSS.ISGAN_TRIPLET else "softmax")  # triplet: train forward adds features
     if m.NAME in ("mgn", "baseline"):  # MGN: CE on all K logits + batch-hard triplet on the globals; baseline: CE
         return MGN(num_classes, backbone=m.BACKBONE, pretrained=m.PRETRAINED, parts=tuple(m.PARTS),
                    feat_dim=m.ID_DIM, loss="triplet" if m.NAME == "mgn" else "softmax")

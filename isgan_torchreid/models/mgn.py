@@ -61,8 +61,12 @@ class MGN(nn.Module):
             return feat
         if self.loss == "softmax":
             return logits
+        return logits, self.global_features(feat)
+
+    def global_features(self, feat: torch.Tensor):
+        """The descriptor (B, K*feat_dim) -> the global feature of each branch, K_global x (B, feat_dim)."""
         parts = feat.view(feat.shape[0], self.encoder_r.num_features, -1)  # (B, K, feat_dim)
-        return logits, [parts[:, k] for k in self.encoder_r.branches.global_indices]
+        return [parts[:, k] for k in self.encoder_r.branches.global_indices]
 
 
 def mgn_r50(num_classes, loss="softmax", pretrained=True, use_gpu=True, **kwargs):
