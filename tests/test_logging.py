@@ -185,7 +185,8 @@ def test_list_flags_accept_spaces_commas_and_repeats():
 
 
 def test_every_tool_parses_list_flags_alike(tmp_path, monkeypatch):
-    from isgan_torchreid import benchmark, compare
+    from isgan_torchreid import benchmarks, compare
+    from isgan_torchreid.benchmarks import training
     from isgan_torchreid.visualize import main as visualize
     seen = {}
     monkeypatch.setattr(cli, "setup", lambda cfg: seen.update(stages=list(cfg.TRAIN.STAGES)) or (None, None))
@@ -195,8 +196,8 @@ def test_every_tool_parses_list_flags_alike(tmp_path, monkeypatch):
     cli.test_main(["--config-file", CONFIG, "--weights", "w", "--targets", "market1501,dukemtmcreid"])
     monkeypatch.setattr(compare, "compare", lambda c, o, methods: seen.update(methods=methods) or [])
     compare.compare_main(["--config-file", CONFIG, "--methods", "isgan,mgn"])
-    monkeypatch.setattr(benchmark, "bench_training", lambda cfg, methods, **k: seen.update(bench=list(methods)) or [])
-    benchmark.benchmark_main(["--config-file", CONFIG, "--skip-evaluator", "--methods", "isgan", "mgn"])
+    monkeypatch.setattr(training, "bench_training", lambda cfg, methods, **k: seen.update(bench=list(methods)) or [])
+    benchmarks.benchmark_main(["--config-file", CONFIG, "--skip-evaluator", "--methods", "isgan", "mgn"])
     monkeypatch.setitem(visualize.COMMANDS, "grid", lambda args, opts: seen.update(images=args.images)
                         or sheet([[Tile(to_pil(torch.zeros(3, 4, 4)))]]))
     visualize.visualize_main(["grid", "--weights", "w", "--images", "a.jpg,b.jpg", "c.jpg", "--out",
