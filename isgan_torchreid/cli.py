@@ -11,6 +11,7 @@ from . import compat
 from .config import dump_config, load_config
 from .data.build import build_datamanager
 from .engine import checkpoint as ckpt
+from .engine import distributed
 from .engine.staged import ISGANEngine
 from .errors import ISGANError
 from .models import build_model
@@ -26,7 +27,13 @@ def parser(description):
 
 
 def reports_errors(main):
-    """Print an ISGANError as one line (exit 2) unless ``--debug`` is given."""
+    """Print an ISGANError as one line (exit 2) unless ``--debug`` is given.
+
+    Under torchrun every rank meets a user error alike (they read the same config, data and checkpoints, and
+    decide on non-finite losses together): rank 0 prints it, and torchrun stops the job when rank 0 exits.
+    The other ranks wait for that, quietly; one that is still running after
+    :data:`~.engine.distributed.report_grace_s` met an error of its own, and prints it.
+    """
     @functools.wraps(main)
     def wrapper(argv=None):
         argv = sys.argv[1:] if argv is None else list(argv)
@@ -35,7 +42,10 @@ def reports_errors(main):
         except ISGANError as e:
             if "--debug" in argv:
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            rank = distributed.env_rank()
+            if rank:
+                distributed.wait_for_main_to_report()
+            print(f"error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
             sys.exit(2)
     return wrapper
 
@@ -54,12 +64,12 @@ def prepare_output_dir(path):
 
 
 def select_device(cfg):
-    """DEVICE 'auto' -> cuda when present, else cpu."""
+    """DEVICE 'auto' -> cuda when present, else cpu; under torchrun, CUDA means the LOCAL_RANK GPU."""
     if cfg.DEVICE == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if cfg.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ISGANError(f"DEVICE = {cfg.DEVICE} but no CUDA device is available; set DEVICE auto or cpu")
-    return torch.device(cfg.DEVICE)
+    return distributed.local_device(torch.device(cfg.DEVICE))
 
 
 def results_table(results, ranks=(1, 5, 10)):
@@ -71,12 +81,18 @@ def results_table(results, ranks=(1, 5, 10)):
 
 
 def setup(cfg):
-    """Output dir, resolved config, seed, device, data manager (datasets checked before any model)."""
+    """Output dir, resolved config, seed, device, data manager (datasets checked before any model).
+
+    Under torchrun rank 0 writes the config and checks (or generates) the datasets before the others read them.
+    """
     prepare_output_dir(cfg.OUTPUT_DIR)
-    dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+    if distributed.is_main_process():
+        dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     compat.torchreid_base().utils.set_random_seed(cfg.SEED)
     device = select_device(cfg)
-    return device, build_datamanager(cfg, use_gpu=device.type == "cuda")
+    with distributed.main_process_first():
+        dm = build_datamanager(cfg, use_gpu=device.type == "cuda")
+    return device, dm
 
 
 def build_engine(cfg, dm, device, hooks=None):
@@ -114,7 +130,9 @@ def is_name(arg):
 
 @reports_errors
 def train_main(argv):
-    """tools/train.py: run the configured stages, resuming an interrupted run; print the results table."""
+    """tools/train.py: run the configured stages, resuming an interrupted run; print the results table.
+
+    Under torchrun, each process trains on its share of every batch (see :mod:`.engine.distributed`)."""
     p = parser("Train IS-GAN (stages 1-3), MGN or a torchreid model; evaluate on DATA.TARGETS.")
     p.add_argument("--stages", metavar="N", help="subset of stages to run, e.g. --stages 2 3 (overrides "
                    "TRAIN.STAGES)")
@@ -122,15 +140,19 @@ def train_main(argv):
     args = p.parse_args(argv)
     opts = args.opts + (["TRAIN.STAGES", f"[{', '.join(stages)}]"] if stages else [])
     cfg = load_config(args.config_file, opts)
-    device, dm = setup(cfg)
-    results = build_engine(cfg, dm, device).run_stages()
-    print(results_table(results, cfg.TEST.RANKS))
+    device = select_device(cfg)
+    with distributed.process_group(device, cfg.TRAIN.DIST_TIMEOUT):
+        distributed.check_config(cfg, device)
+        device, dm = setup(cfg)
+        results = build_engine(cfg, dm, device).run_stages()
+        print(results_table(results, cfg.TEST.RANKS))
     return results
 
 
 @reports_errors
 def test_main(argv):
     """tools/test.py: evaluate a checkpoint's E_R descriptor on DATA.TARGETS (or --targets)."""
+    distributed.single_process_only("tools/test.py", "evaluation uses one device")
     p = parser("Evaluate a checkpoint on the configured targets.")
     p.add_argument("--weights", required=True, help="checkpoint (ours or torchreid's)")
     p.add_argument("--targets", metavar="NAME", help="datasets to evaluate on (overrides DATA.TARGETS)")

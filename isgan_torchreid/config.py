@@ -40,7 +40,7 @@ _C.DATA.SYNTH.WIDTH = 64
 
 # ---------------------------------------------------------------- sampler (P identities x K images)
 _C.SAMPLER = CN()
-_C.SAMPLER.P = 4
+_C.SAMPLER.P = 4  # identities per batch of all processes together (torchrun: P / processes each)
 _C.SAMPLER.K = 4
 _C.SAMPLER.EPOCH = "identities"  # identities: each id once with K images (authors) | images: torchreid's
 
@@ -96,6 +96,8 @@ _C.TRAIN.SAMPLE_FREQ = 10  # epochs between image grids in stages 2-3 (0: only a
 _C.TRAIN.AMP = False  # mixed precision: float16 + loss scaling on CUDA, bfloat16 on CPU
 _C.TRAIN.CHANNELS_LAST = False  # channels-last memory format for the model and its inputs
 _C.TRAIN.NONFINITE = "error"  # error | skip (skip the step and count it)
+_C.TRAIN.SYNC_BN = False  # torchrun on GPUs: BatchNorm statistics over the batches of all processes
+_C.TRAIN.DIST_TIMEOUT = 30.0  # torchrun: minutes a process waits for the others (rank 0 evaluates meanwhile)
 _C.TRAIN.STAGE1 = CN()
 _C.TRAIN.STAGE1.EPOCHS = 300
 _C.TRAIN.STAGE1.LR = 2e-4
@@ -134,7 +136,7 @@ _CHOICES = {
 }
 # keys that do not change what is trained: excluded from the checkpoint's config hash
 _HASH_EXCLUDED = ("OUTPUT_DIR", "DEVICE", "TRAIN.STAGES", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ",
-                  "TRAIN.RESUME_FREQ", "TRAIN.SAMPLE_FREQ", "DATA.ROOT", "DATA.WORKERS", "DATA.TARGETS", "TEST")
+                  "TRAIN.RESUME_FREQ", "TRAIN.SAMPLE_FREQ", "TRAIN.DIST_TIMEOUT", "DATA.ROOT", "DATA.WORKERS", "DATA.TARGETS", "TEST")
 
 
 def get_default_config():
@@ -286,6 +288,8 @@ def validate(cfg):
     if cfg.MODEL.NAME != "isgan" and 2 in stages:
         raise ISGANError(f"MODEL.NAME {cfg.MODEL.NAME} has no stage 2 (E_U, G and D exist only for isgan): set "
                          f"TRAIN.STAGES [1], or [1, 3] for IS-GAN's E_R schedule")
+    if cfg.TRAIN.DIST_TIMEOUT <= 0:
+        raise ISGANError(f"TRAIN.DIST_TIMEOUT = {cfg.TRAIN.DIST_TIMEOUT} minutes: use a positive number, e.g. 30")
     if cfg.TRAIN.RESUME_FREQ < 1 or cfg.TRAIN.CHECKPOINT_FREQ < 1:
         raise ISGANError("TRAIN.RESUME_FREQ and TRAIN.CHECKPOINT_FREQ count epochs: use 1 or more")
     if not cfg.DATA.SOURCES:

@@ -14,7 +14,8 @@ import traceback
 from .. import compat
 from ..errors import ISGANError
 from . import synthetic
-from .sampler import identity_once_loader
+from ..engine import distributed
+from .sampler import identity_loader
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -112,7 +113,8 @@ def _picklable(obj):
 
 
 def datamanager_kwargs(cfg, use_gpu=False):
-    """``ImageDataManager`` arguments: P x K batches from torchreid's RandomIdentitySampler."""
+    """``ImageDataManager`` arguments: P x K batches from torchreid's RandomIdentitySampler (P of all processes:
+    :func:`build_datamanager` shares them out)."""
     sources = list(cfg.DATA.SOURCES)
     return dict(
         root=os.path.abspath(os.path.expanduser(cfg.DATA.ROOT)),
@@ -146,7 +148,7 @@ def build_datamanager(cfg, use_gpu=False):
                              f"of {cfg.DATA.SOURCES}; lower SAMPLER.P") from None
         raise ISGANError(f"torchreid rejected the data ({frame.filename}:{frame.lineno}: {frame.line}); check the "
                          f"file names of {cfg.DATA.SOURCES} (Market layout: person id 0-1501, camera 1-6)") from None
-    if cfg.SAMPLER.EPOCH == "identities":
-        dm.train_loader = identity_once_loader(dm.train_loader)
+    dm.train_loader = identity_loader(dm.train_loader, cfg.SAMPLER.EPOCH, cfg.SEED, distributed.get_rank(),
+                                      distributed.get_world_size())
     use_forkserver([dm.train_loader] + [loader for split in dm.test_loader.values() for loader in split.values()])
     return dm

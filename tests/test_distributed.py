@@ -1,0 +1,243 @@
+"""Training under torchrun on CPU (gloo, 2 processes): identity-aware sharding of the batches, gradients equal
+to one process's on the concatenated batch, a 3-stage run with resume and rank-0 evaluation, failures.
+
+Multi-process parts start 2 processes (torch.multiprocessing.spawn, or torchrun as a user would); the models are
+the tiny config's ResNet-18 at 128x64 with MODEL.PARTS [2].
+"""
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections import Counter
+
+import numpy as np
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from isgan_torchreid.config import load_config
+from isgan_torchreid.data.sampler import DistributedIdentitySampler, IdentityOnceSampler, RandomIdentitySampler
+from isgan_torchreid.engine import checkpoint as ckpt
+from isgan_torchreid.engine import distributed
+from isgan_torchreid.engine.staged import ISGANEngine
+from isgan_torchreid.errors import ISGANError
+from isgan_torchreid.models import build_model
+
+from conftest import CONFIGS, REPO, TINY
+
+SMALL = ["MODEL.PARTS", "[2]"]
+METRICS = ("rank1", "rank5", "rank10", "mAP")
+
+
+# ---------------------------------------------------------------- sampler
+
+
+def toy_source(images_per_id):
+    return [(f"{pid}_{i}.jpg", pid, i % 2, 0) for pid, n in enumerate(images_per_id) for i in range(n)]
+
+
+def shards(base_factory, world_size, epoch, stage=1, p=4, k=4, seed=1):
+    """Each rank's indices of one epoch, from its own sampler (as each process builds its own)."""
+    return [list(_sampler(base_factory(), world_size, rank, epoch, stage, p, k, seed)) for rank in range(world_size)]
+
+
+def _sampler(base, world_size, rank, epoch, stage, p, k, seed):
+    sampler = DistributedIdentitySampler(base, p, k, seed, rank, world_size)
+    sampler.set_epoch(epoch, stage)
+    return sampler
+
+
+@pytest.mark.parametrize("base_cls", [IdentityOnceSampler, RandomIdentitySampler])
+def test_ranks_share_out_the_one_process_batches(base_cls):
+    source = toy_source([6, 5, 4, 9, 2, 7, 4, 3, 8, 5, 6, 4])  # 12 ids; ids 4 and 7 have fewer than K=4 images
+    p, k = 4, 4
+
+    def base():
+        return base_cls(source, p * k, k)
+
+    for epoch in (0, 1):
+        (single,) = shards(base, 1, epoch)
+        ranks = shards(base, 2, epoch)
+        assert shards(base, 2, epoch) == ranks  # a pure function of (SEED, stage, epoch): identical on every rank
+        assert all(len(r) == len(_sampler(base(), 2, i, epoch, 1, p, k, 1)) for i, r in enumerate(ranks))
+        local = p // 2 * k
+        for b in range(len(single) // (p * k)):
+            batches = [r[b * local:(b + 1) * local] for r in ranks]
+            assert batches[0] + batches[1] == single[b * p * k:(b + 1) * p * k]  # together: the one-process batch
+            pids = [[source[i][1] for i in batch] for batch in batches]
+            for rank_pids in pids:  # K images of each of P/W identities, grouped
+                assert rank_pids == [rank_pids[0]] * k + [rank_pids[k]] * k and rank_pids[0] != rank_pids[k]
+            assert not set(pids[0]) & set(pids[1])  # disjoint identities
+        if base_cls is IdentityOnceSampler:  # the authors' epoch: every identity once in total
+            per_id = Counter(source[i][1] for r in ranks for i in r)
+            assert per_id == {pid: k for pid in range(12)}
+    assert shards(base, 2, 0) != shards(base, 2, 1) != shards(base, 2, 1, stage=2)
+
+
+def test_uneven_identities_and_world_sizes():
+    source = toy_source([4] * 7)  # 7 identities, P = 4: one global batch, 3 identities left out this epoch
+    ranks = shards(lambda: IdentityOnceSampler(source, 16, 4), 2, epoch=0)
+    assert [len(r) for r in ranks] == [8, 8]
+    assert len({source[i][1] for r in ranks for i in r}) == 4
+    with pytest.raises(ISGANError, match=r"SAMPLER.P = 4 identities .* over 3 processes; set SAMPLER.P to a "
+                                         r"multiple of 3"):
+        DistributedIdentitySampler(IdentityOnceSampler(source, 16, 4), 4, 4, seed=1, rank=0, world_size=3)
+
+
+def test_sampling_leaves_the_global_rngs_alone():
+    sampler = _sampler(IdentityOnceSampler(toy_source([4] * 8), 16, 4), 1, 0, 0, 1, 4, 4, 1)
+    random.seed(3), np.random.seed(3)
+    expected = (random.random(), np.random.rand())
+    random.seed(3), np.random.seed(3)
+    list(sampler)
+    assert (random.random(), np.random.rand()) == expected
+
+
+def test_epoch_seeds_differ_by_stage_epoch_and_rank():
+    seeds = {distributed.epoch_seed(1, s, e, r) for s in (1, 2, 3) for e in range(5) for r in range(4)}
+    assert len(seeds) == 60 and distributed.epoch_seed(1, 2, 3, 0) == distributed.epoch_seed(1, 2, 3, 0)
+
+
+# ---------------------------------------------------------------- gradients: 2 processes vs one on the concatenation
+
+B = 8  # images per process: 2 identities x K=4; the global batch is P=4 identities x 4
+
+
+class _NoData:
+    """What the engine reads from a data manager when it is fed batches directly."""
+
+    def __init__(self, num_classes):
+        self.train_loader = self.test_loader = None
+        self.num_train_pids = num_classes
+        self.sources = []
+
+
+def _shape(size):
+    """The shape a torch.rand/randn ``*size`` argument means: (2, 3) or ((2, 3),)."""
+    return tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else tuple(size)
+
+
+class _FixedDraws:
+    """``torch`` as seen by the modules that draw random numbers, with rand/randn/randint/multinomial replaced by
+    functions of the row index modulo B (and of the labels, for partners): one process's rows i and the
+    concatenated batch's rows i and B + i get the same draws."""
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    @staticmethod
+    def _table(shape, offset):
+        rows = torch.arange(shape[0]) % B
+        cols = torch.arange(int(np.prod(shape[1:])) if len(shape) > 1 else 1)
+        return torch.sin(1.3 * rows[:, None] + 0.7 * cols[None, :] + offset).reshape(shape)
+
+    def randn(self, *size, generator=None, device=None, dtype=None):
+        return self._table(_shape(size), 0.0).to(device=device, dtype=dtype or torch.float32)
+
+    def rand(self, *size, generator=None, device=None, dtype=None):
+        return (self._table(_shape(size), 1.0) + 1) / 2
+
+    def randint(self, low, high, size, generator=None, device=None):
+        return low + torch.arange(size[0], device=device) % B % (high - low)
+
+    def multinomial(self, weights, num_samples, generator=None):
+        n = weights.size(0)  # the next candidate after each row, cyclically: a same-label partner
+        ahead = (torch.arange(n)[None, :] - torch.arange(n)[:, None]) % n  # (n, n)
+        ahead = torch.where(ahead == 0, torch.full_like(ahead, n), ahead)  # itself last (singletons only)
+        return torch.where(weights > 0, ahead, torch.full_like(ahead, 2 * n)).argmin(1, keepdim=True)
+
+
+def _fix_random_draws():
+    """E_U's reparameterisation noise, G's noise, partners, part masks and D's smoothed targets, deterministic."""
+    from isgan_torchreid.losses import isgan as loss_module
+    from isgan_torchreid.losses import shuffle
+    from isgan_torchreid.models import encoders, generator
+    for module in (encoders, generator, shuffle, loss_module):
+        module.torch = _FixedDraws()
+
+
+def _batch_statistics_off(model):
+    """BatchNorm on running statistics and no dropout: each image's output does not depend on its batch."""
+    for m in model.modules():
+        if isinstance(m, (nn.modules.batchnorm._BatchNorm, nn.Dropout)):
+            m.eval()
+
+
+def _global_batch():
+    gen = torch.Generator().manual_seed(0)
+    imgs = torch.randn(2 * B, 3, 128, 64, generator=gen, dtype=torch.float64)
+    pids = torch.arange(2 * B) // 4  # 4 identities x K = 4
+    return imgs, pids
+
+
+def _steps(engine, imgs, pids):
+    """Stage-1 step, stage-3 step (G on the concatenated sets), stage-3 step (one G call per set); after each,
+    yield the parameters and their gradients."""
+    for stage, joint in ((1, True), (3, True), (3, False)):
+        engine.objective.joint_g_batch = joint
+        if engine.stage != stage:
+            engine.enter_stage(stage)
+        _batch_statistics_off(engine.model)
+        engine.forward_backward({"img": imgs, "pid": pids})
+        yield {n: (p.detach().clone(), None if p.grad is None else p.grad.clone())
+               for n, p in engine.model.named_parameters()}
+
+
+def _tiny_engine():
+    """The tiny IS-GAN in float64: in float32, the rounding differences between one batch and two half batches
+    (~1e-6) grow to ~1% in D's gradients at initialisation (its InstanceNorms normalise 4 x 2 maps), which would
+    hide what is compared here."""
+    cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), TINY + SMALL + ["SAMPLER.P", "4"])
+    torch.manual_seed(0)
+    model = build_model(cfg, 8).double()
+    return ISGANEngine(cfg, _NoData(8), model, torch.device("cpu"), hooks=[])
+
+
+def _step_worker(rank, world_size, port, out_dir):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    torch.set_num_threads(1)
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        _fix_random_draws()
+        engine = _tiny_engine()
+        imgs, pids = _global_batch()
+        mine = slice(rank * B, (rank + 1) * B)
+        torch.save(list(_steps(engine, imgs[mine], pids[mine])), os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_step_as_one_on_the_concatenated_batch(tmp_path, monkeypatch):
+    mp.spawn(_step_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+
+    for module in ("isgan_torchreid.models.encoders", "isgan_torchreid.models.generator",
+                   "isgan_torchreid.losses.shuffle", "isgan_torchreid.losses.isgan"):
+        monkeypatch.setattr(sys.modules[module], "torch", _FixedDraws())
+    engine = _tiny_engine()
+    reference = list(_steps(engine, *_global_batch()))
+
+    for step, (ref, ranks) in enumerate(zip(reference, zip(*per_rank))):
+        trained = [n for n, (_, g) in ref.items() if g is not None]
+        assert trained, step
+        for name, (param, grad) in ref.items():
+            for rank_state in ranks:
+                got_param, got_grad = rank_state[name]
+                assert (got_grad is None) == (grad is None), (step, name)
+                if grad is not None:  # DDP's mean of the processes' gradients = the gradient on the whole batch
+                    torch.testing.assert_close(got_grad, grad, rtol=1e-6, atol=1e-12, msg=f"step {step} {name}")
+                torch.testing.assert_close(got_param, param, rtol=0, atol=1e-8, msg=f"step {step} {name}")
+    # every stage-3 module, D (its own step) included, was trained in the stage-3 steps
+    names = {n.split(".", 1)[0] for n, (_, g) in reference[1].items() if g is not None}
+    assert names == {"backbone", "encoder_r", "encoder_u", "generator", "discriminator"}
