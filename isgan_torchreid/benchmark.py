@@ -1,7 +1,9 @@
 """Benchmarks printed as tables (speed/memory targets live here, never in unit tests)."""
 import concurrent.futures
 import multiprocessing
+import os
 import resource
+import socket
 import time
 
 import numpy as np
@@ -10,6 +12,7 @@ import torchreid
 from tabulate import tabulate
 
 from isgan_torchreid.engine.evaluation import compute_distance_matrix, evaluate_rank
+from isgan_torchreid.errors import ISGANError
 
 
 def bench_evaluator(num_query=3368, num_gallery=15913, num_ids=750, num_cams=6, seed=0):
@@ -136,10 +139,86 @@ def training_table(rows, cfg, batch, device):
     return tabulate(table, headers=headers, tablefmt="github", disable_numparse=True)
 
 
+def bench_scaling(cfg, nproc, batch=16, iters=2, warmup=1, device=None):
+    """IS-GAN's training images/s per stage in one process and in ``nproc`` data-parallel processes.
+
+    Each process trains on ``batch`` random images (weak scaling: ``nproc`` x ``batch`` per step), through the
+    engine as torchrun runs it (DDP over NCCL on GPUs, gloo on CPU; ``nproc`` GPUs needed on CUDA). On CPU the
+    cores are divided between the processes. Returns rows [stage, images/s (1), images/s (nproc), speed-up,
+    scaling efficiency = speed-up / nproc].
+    """
+    device = device or torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.type == "cuda" and nproc > torch.cuda.device_count():
+        raise ISGANError(f"--nproc {nproc} needs {nproc} GPUs, this machine has {torch.cuda.device_count()}; lower "
+                         f"--nproc, or set DEVICE cpu")
+    context = torch.multiprocessing.get_context("spawn")
+    speeds = {}
+    for n in sorted({1, nproc}):
+        queue = context.SimpleQueue()
+        torch.multiprocessing.start_processes(_scaling_worker, args=(n, _free_port(), cfg, batch, iters, warmup,
+                                                                     device.type, queue), nprocs=n,
+                                              start_method="spawn")
+        speeds[n] = queue.get()  # {stage: images/s}, from rank 0
+    return [[stage, speeds[1][stage], speeds[nproc][stage], speeds[nproc][stage] / speeds[1][stage],
+             speeds[nproc][stage] / speeds[1][stage] / nproc] for stage in speeds[1]]
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _scaling_worker(rank, world_size, port, cfg, batch, iters, warmup, device_type, queue):
+    import torch.distributed as dist
+
+    import isgan_torchreid  # noqa: F401  (registration in the fresh process)
+    from isgan_torchreid.engine.staged import ISGANEngine
+    from isgan_torchreid.models import build_model
+
+    device = torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // world_size))
+    if world_size > 1:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world_size)
+    try:
+        cfg = cfg.clone()
+        cfg.defrost()
+        cfg.MODEL.NAME, cfg.MODEL.PRETRAINED = "isgan", False
+        torch.manual_seed(cfg.SEED)
+        model = build_model(cfg, 751)
+        engine = ISGANEngine(cfg, _NoData(751), model, device, hooks=[])
+        gen = torch.Generator().manual_seed(rank)
+        data = {"img": torch.randn(batch, 3, cfg.DATA.HEIGHT, cfg.DATA.WIDTH, generator=gen),
+                "pid": torch.arange(batch) // cfg.SAMPLER.K}  # P x K layout
+        speeds = {}
+        for stage in (1, 2, 3):
+            engine.enter_stage(stage)
+            sec, _ = _timed(lambda: engine.forward_backward(data), iters, warmup, device)
+            speeds[f"train stage {stage}"] = world_size * batch / sec
+        if rank == 0:
+            queue.put(speeds)
+    finally:
+        if world_size > 1:
+            dist.destroy_process_group()
+
+
+def scaling_table(rows, nproc):
+    """Rows of :func:`bench_scaling` as a table."""
+    return tabulate([[stage, f"{one:.2f}", f"{many:.2f}", f"{up:.2f}x", f"{100 * eff:.0f}%"]
+                     for stage, one, many, up, eff in rows],
+                    headers=["phase", "images/s, 1 process", f"images/s, {nproc} processes", "speed-up",
+                             "scaling efficiency"], tablefmt="github", disable_numparse=True)
+
+
 def benchmark_main(argv=None):
     """tools/benchmark.py: training/inference speed and memory tables, and the evaluator benchmark."""
     from isgan_torchreid.cli import parser, reports_errors, select_device
     from isgan_torchreid.config import load_config
+    from isgan_torchreid.engine import distributed
 
     @reports_errors
     def main(argv):
@@ -150,7 +229,10 @@ def benchmark_main(argv=None):
         p.add_argument("--methods", default="isgan,mgn,pcb_p6")
         p.add_argument("--skip-training", action="store_true")
         p.add_argument("--skip-evaluator", action="store_true")
+        p.add_argument("--nproc", type=int, default=0, help="also time IS-GAN's stages in 1 and N data-parallel "
+                       "processes (N GPUs on CUDA) and print the scaling efficiency")
         args = p.parse_args(argv)
+        distributed.single_process_only("tools/benchmark.py", "--nproc N starts its own processes")
         cfg = load_config(args.config_file, args.opts)
         device = select_device(cfg)
         torch.manual_seed(cfg.SEED)
@@ -160,6 +242,10 @@ def benchmark_main(argv=None):
             rows = bench_training(cfg, methods=args.methods.split(","), batch=args.batch, iters=args.iters,
                                   device=device)
             print(training_table(rows, cfg, args.batch, device))
+        if args.nproc:
+            rows = bench_scaling(cfg, args.nproc, batch=args.batch, iters=args.iters, device=device)
+            print(f"data-parallel scaling: {args.batch} images per process and step")
+            print(scaling_table(rows, args.nproc))
         if not args.skip_evaluator:
             rows = bench_evaluator()
             print(tabulate([[n, f"{s:.2f}", f"{x:.1f}x", e] for n, s, x, e in rows],

@@ -21,7 +21,7 @@ import inspect
 import os
 import sys
 import time
-from typing import Dict, Iterable, Optional
+from typing import Dict, Iterable
 
 import numpy as np
 import torch
@@ -103,10 +103,13 @@ def process_group(device: torch.device, timeout_minutes: float):
         return
     if device.type == "cuda":
         torch.cuda.set_device(device)
-    dist.init_process_group("nccl" if device.type == "cuda" else "gloo",
-                            timeout=datetime.timedelta(minutes=timeout_minutes))
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
     stdout = sys.stdout
-    if not is_main_process():
+    if is_main_process():
+        print(f"=> {get_world_size()} processes ({backend}), rank 0 on {device}: each trains on its share of every "
+              f"batch; rank 0 writes the files and evaluates")
+    else:
         sys.stdout = open(os.devnull, "w")
     try:
         yield
@@ -165,11 +168,16 @@ def barrier() -> None:
 def main_process_first():
     """Rank 0 runs the block first (e.g. generating a synthetic dataset), the others after it.
 
-    When rank 0 fails inside, it alone reports the error; the others are still waiting and are stopped
-    by torchrun.
+    When rank 0 fails inside, it alone reports the error; the others, still waiting, stop quietly (torchrun
+    stops them, or they raise a user error that :func:`~isgan_torchreid.cli.reports_errors` holds back).
     """
     if not is_main_process():
-        barrier()
+        try:
+            barrier()
+        except RuntimeError as e:  # gloo notices at once that rank 0 has gone; a timeout also lands here
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ISGANError(f"rank 0 stopped or timed out before the others could follow ({reason}); its error "
+                             f"comes first in the log") from None
     yield
     if is_main_process():
         barrier()
@@ -282,7 +290,7 @@ def sync_batchnorm(model: nn.Module, enabled: bool) -> nn.Module:
     return nn.SyncBatchNorm.convert_sync_batchnorm(model)
 
 
-def wait_for_main_to_report(seconds: Optional[float] = None) -> None:
+def wait_for_main_to_report() -> None:
     """After a user error on a rank other than 0: give rank 0, which meets the same error, time to print it
     and bring the job down (torchrun then stops this process)."""
-    time.sleep(report_grace_s if seconds is None else seconds)
+    time.sleep(report_grace_s)
