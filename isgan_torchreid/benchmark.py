@@ -208,10 +208,11 @@ def _scaling_worker(rank, world_size, port, cfg, batch, iters, warmup, device_ty
 
 def scaling_table(rows, nproc):
     """Rows of :func:`bench_scaling` as a table."""
-    return tabulate([[stage, f"{one:.2f}", f"{many:.2f}", f"{up:.2f}x", f"{100 * eff:.0f}%"]
-                     for stage, one, many, up, eff in rows],
-                    headers=["phase", "images/s, 1 process", f"images/s, {nproc} processes", "speed-up",
-                             "scaling efficiency"], tablefmt="github", disable_numparse=True)
+    many = f"images/s, {nproc} process{'es' * (nproc > 1)}"
+    return tabulate([[stage, f"{one:.2f}", f"{n:.2f}", f"{up:.2f}x", f"{100 * eff:.0f}%"]
+                     for stage, one, n, up, eff in rows],
+                    headers=["phase", "images/s, 1 process", many, "speed-up", "scaling efficiency"],
+                    tablefmt="github", disable_numparse=True)
 
 
 def benchmark_main(argv=None):

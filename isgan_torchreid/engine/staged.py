@@ -104,7 +104,7 @@ class ISGANEngine(Engine):
         self.updates = {name: Update(opt, self._nonfinite) for name, opt in self.optimizers.items()}
         if self.train_loader is not None:  # workers start per epoch: they see the new transform
             self.train_loader.dataset.transform = train_transform(self.cfg, stage)
-            if stage > 1:
+            if stage > 1 and distributed.is_main_process():
                 warn_singletons(self.train_loader.dataset.train, self.objective)
         self.epoch = self.batch_idx = 0
         self.max_epoch = self.cfg.TRAIN[f"STAGE{stage}"].EPOCHS
