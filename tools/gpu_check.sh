@@ -60,19 +60,21 @@ print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {tor
 for i in range(torch.cuda.device_count()):
     print(f"GPU {i}: {torch.cuda.get_device_name(i)}")
 missing = []
-for name in ("torchvision", "torchreid", "yacs", "yaml", "tabulate", "numpy", "scipy", "PIL", "tensorboard", "pytest"):
+for name in ("torchvision", "torchreid", "yacs", "yaml", "tabulate", "numpy", "scipy", "cv2", "PIL", "h5py",
+             "tensorboard", "pytest", "isgan_torchreid"):
     try:
         importlib.import_module(name)
     except Exception as e:
         missing.append(f"{name} ({type(e).__name__}: {e})")
-print("missing: " + ", ".join(missing) if missing else "all packages importable")
+print("missing: " + "; ".join(missing) if missing else "all packages importable")
+raise SystemExit(1 if missing else 0)
 EOF
-if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
-    say "no CUDA device visible to torch: nothing to check"
+if [ "${PIPESTATUS[0]}" -ne 0 ]; then
+    say "install the missing packages (wheels) first; nothing was run"
     exit 2
 fi
-if ! "$PY" -c "import isgan_torchreid, pytest" 2>>"$LOG"; then
-    say "isgan_torchreid or pytest cannot be imported (see 'missing' above): install those wheels first"
+if ! "$PY" -c "import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)"; then
+    say "no CUDA device visible to torch: nothing to check"
     exit 2
 fi
 NGPU=$("$PY" -c "import torch; print(torch.cuda.device_count())")
