@@ -266,7 +266,9 @@ def check_steps_as_one(tmp_path, monkeypatch, device_type):
                     # scaled wrongly for 2 processes (e.g. the KL sum over the batch): 1e-2 or more
                     torch.testing.assert_close(got_grad, grad, rtol=0, atol=1e-6 * grad.abs().max().item() + 1e-15,
                                                msg=lambda m, name=name: f"step {step} {name}: {m}")
-                torch.testing.assert_close(got_param, param, rtol=0, atol=1e-8,
+                # Adam's first steps are ~lr x sign(gradient): rounding moves an element whose gradient is ~0 by
+                # up to ~1e-7; one step moves parameters by ~1e-4
+                torch.testing.assert_close(got_param, param, rtol=0, atol=1e-6,
                                            msg=lambda m, name=name: f"step {step} {name}: {m}")
     # every stage-3 module, D (its own step) included, was trained in the stage-3 steps
     names = {n.split(".", 1)[0] for n, (_, g) in reference[1].items() if g is not None}

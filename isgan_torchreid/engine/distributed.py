@@ -96,7 +96,8 @@ def process_group(device: torch.device, timeout_minutes: float):
 
     ``device`` is this process's device (:func:`local_device`). A collective that waits longer than
     ``timeout_minutes`` (e.g. on a rank that hangs) fails the job. Ranks other than 0 print nothing on
-    stdout (their warnings and errors still reach stderr). On leaving, the group is destroyed.
+    stdout (their warnings and errors still reach stderr). A clean exit destroys the group; after an error
+    the process leaves without (with a peer gone, destroying can hang).
     """
     if env_world_size() == 1 or _initialized():  # a single process, or a group the caller manages
         yield
@@ -113,11 +114,11 @@ def process_group(device: torch.device, timeout_minutes: float):
         sys.stdout = open(os.devnull, "w")
     try:
         yield
+        dist.destroy_process_group()
     finally:
         if sys.stdout is not stdout:
             sys.stdout.close()
             sys.stdout = stdout
-        dist.destroy_process_group()
 
 
 def check_config(cfg, device: torch.device) -> None:
@@ -125,7 +126,7 @@ def check_config(cfg, device: torch.device) -> None:
     world = get_world_size()
     if world == 1:
         return
-    p, k = cfg.SAMPLER.P, cfg.SAMPLER.K
+    p = cfg.SAMPLER.P
     if p % world:
         raise ISGANError(f"SAMPLER.P = {p} identities per batch (of all processes together) do not split over "
                          f"{world} processes; set SAMPLER.P to a multiple of {world}, or start a number of processes "
@@ -238,7 +239,7 @@ def _ddp_kwargs() -> dict:
     """Buffers are synced once at wrapping, not before every forward: BatchNorm statistics may differ between
     ranks; rank 0's are the ones saved and evaluated (and with TRAIN.SYNC_BN they agree anyway)."""
     params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
-    if "forward_sync_buffers" in params:  # torch >= 2.12 renames broadcast_buffers
+    if "forward_sync_buffers" in params:  # newer torch's name for broadcast_buffers (the old one warns there)
         return {"forward_sync_buffers": False}
     return {"broadcast_buffers": False}
 
@@ -272,7 +273,10 @@ def data_parallel(model: nn.Module, names: Iterable[str], device: torch.device):
     """
     if get_world_size() == 1:
         return model
-    device_ids = [device.index] if device.type == "cuda" else None
+    if device.type == "cuda":
+        device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    else:
+        device_ids = None
     wrapped = {}
     for name in names:
         module = model if name == "model" else getattr(model, name)
