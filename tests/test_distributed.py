@@ -431,3 +431,17 @@ def test_failing_rank_brings_the_job_down(train_args, tmp_path):
     ended = time.time()
     assert code != 0 and "injected failure on rank 1" in stderr
     assert ended - float(marker.read_text()) < 30  # rank 0 was waiting in the gradient all-reduce, not for 30 min
+
+
+@pytest.mark.parametrize("tool", ["test", "compare", "benchmark"])
+def test_single_process_tools_refuse_torchrun(tool, monkeypatch, capsys):
+    from isgan_torchreid.benchmark import benchmark_main
+    from isgan_torchreid.cli import test_main
+    from isgan_torchreid.compare import compare_main
+    main = {"test": test_main, "compare": compare_main, "benchmark": benchmark_main}[tool]
+    monkeypatch.setenv("WORLD_SIZE", "2")  # as torchrun sets it (rank 0: RANK unset)
+    extra = ["--weights", "model.pth.tar"] if tool == "test" else []
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml")] + extra)
+    assert exit_info.value.code == 2
+    assert f"error: tools/{tool}.py runs in one process" in capsys.readouterr().err
