@@ -136,7 +136,8 @@ _CHOICES = {
 }
 # keys that do not change what is trained: excluded from the checkpoint's config hash
 _HASH_EXCLUDED = ("OUTPUT_DIR", "DEVICE", "TRAIN.STAGES", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ",
-                  "TRAIN.RESUME_FREQ", "TRAIN.SAMPLE_FREQ", "TRAIN.DIST_TIMEOUT", "DATA.ROOT", "DATA.WORKERS", "DATA.TARGETS", "TEST")
+                  "TRAIN.RESUME_FREQ", "TRAIN.SAMPLE_FREQ", "TRAIN.DIST_TIMEOUT", "DATA.ROOT", "DATA.WORKERS",
+                  "DATA.TARGETS", "TEST")
 
 
 def get_default_config():

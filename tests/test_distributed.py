@@ -5,6 +5,7 @@ Multi-process parts start 2 processes (torch.multiprocessing.spawn, or torchrun 
 the tiny config's ResNet-18 with MODEL.PARTS [2], at 64x64.
 """
 import json
+import math
 import os
 import random
 import signal
@@ -273,6 +274,37 @@ def check_steps_as_one(tmp_path, monkeypatch, device_type):
     # every stage-3 module, D (its own step) included, was trained in the stage-3 steps
     names = {n.split(".", 1)[0] for n, (_, g) in reference[1].items() if g is not None}
     assert names == {"backbone", "encoder_r", "encoder_u", "generator", "discriminator"}
+
+
+def _nonfinite_worker(rank, world_size, port, out_dir):
+    """Rank 1 alone gets a NaN loss: both ranks skip the step, name rank 1's term, and go on in step."""
+    from isgan_torchreid.engine.optim import StageOptimizer, Update
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world_size)
+    try:
+        torch.manual_seed(0)
+        model = nn.Linear(3, 1)
+        net = nn.parallel.DistributedDataParallel(model)
+        opt = torch.optim.SGD(model.parameters(), lr=0.1)
+        seen = []
+        update = Update(StageOptimizer(opt, None, torch.amp.GradScaler("cpu", enabled=False)),
+                        lambda term, value: seen.append((term, value)))
+        x = torch.ones(2, 3) * (rank + 1)
+        taken = [update({"L": net(x).sum() * (float("nan") if rank == 1 else 1.0)}),
+                 update({"L": net(x).sum()})]
+        torch.save({"taken": taken, "seen": seen, "weight": model.weight.detach().clone()},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_nonfinite_loss_on_one_rank_is_decided_together(tmp_path):
+    mp.spawn(_nonfinite_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
+    for r in ranks:
+        assert r["taken"] == [False, True]  # rank 0's finite loss was skipped too: no one waits for rank 1
+        assert [term for term, _ in r["seen"]] == ["L (rank 1)"] and math.isnan(r["seen"][0][1])
+    assert torch.equal(ranks[0]["weight"], ranks[1]["weight"])  # the next step all-reduced normally
 
 
 # ---------------------------------------------------------------- torchrun, as a user runs it
