@@ -15,6 +15,7 @@ from . import compat
 from .config import dump_config, get_default_config, load_config
 from .data.build import build_datamanager
 from .engine import checkpoint as ckpt
+from .engine import distributed
 from .engine.staged import ISGANEngine
 from .errors import ISGANError
 from .models import build_model
@@ -40,7 +41,13 @@ def parse_args(p, argv):
 
 
 def reports_errors(main):
-    """Print an ISGANError as one line (exit 2), and Ctrl-C as one line (exit 130), unless ``--debug`` is given."""
+    """Print an ISGANError as one line (exit 2), and Ctrl-C as one line (exit 130), unless ``--debug`` is given.
+
+    Under torchrun every rank meets a user error alike (they read the same config, data and checkpoints, and
+    decide on non-finite losses together): rank 0 prints it, and torchrun stops the job when rank 0 exits.
+    The other ranks wait for that, quietly; one that is still running after
+    :data:`~.engine.distributed.report_grace_s` met an error of its own, and prints it.
+    """
     @functools.wraps(main)
     def wrapper(argv=None):
         argv = sys.argv[1:] if argv is None else list(argv)
@@ -49,7 +56,10 @@ def reports_errors(main):
         except ISGANError as e:
             if "--debug" in argv:
                 raise
-            print(f"error: {e}", file=sys.stderr)
+            rank = distributed.env_rank()
+            if rank:
+                distributed.wait_for_main_to_report()
+            print(f"error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
             sys.exit(2)
         except KeyboardInterrupt:
             if "--debug" in argv:
@@ -75,12 +85,12 @@ def prepare_output_dir(path):
 
 
 def select_device(cfg):
-    """DEVICE 'auto' -> cuda when present, else cpu."""
+    """DEVICE 'auto' -> cuda when present, else cpu; under torchrun, CUDA means the LOCAL_RANK GPU."""
     if cfg.DEVICE == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
     if cfg.DEVICE.startswith("cuda") and not torch.cuda.is_available():
         raise ISGANError(f"DEVICE = {cfg.DEVICE} but no CUDA device is available; set DEVICE auto or cpu")
-    return torch.device(cfg.DEVICE)
+    return distributed.local_device(torch.device(cfg.DEVICE))
 
 
 STAGE2_NOTE = ("stage 2 trains E_U, G and D only: E_R and the trunk (the test descriptor) stay as stage 1 left "
@@ -137,12 +147,18 @@ def console_log(path, command=""):
 
 
 def setup(cfg):
-    """Output dir, resolved config, seed, device, data manager (datasets checked before any model)."""
+    """Output dir, resolved config, seed, device, data manager (datasets checked before any model).
+
+    Under torchrun rank 0 writes the config and checks (or generates) the datasets before the others read them.
+    """
     prepare_output_dir(cfg.OUTPUT_DIR)
-    dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+    if distributed.is_main_process():
+        dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     compat.torchreid_base().utils.set_random_seed(cfg.SEED)
     device = select_device(cfg)
-    return device, build_datamanager(cfg, use_gpu=device.type == "cuda")
+    with distributed.main_process_first():
+        dm = build_datamanager(cfg, use_gpu=device.type == "cuda")
+    return device, dm
 
 
 def build_engine(cfg, dm, device, hooks=None):
@@ -229,7 +245,8 @@ def last_checkpoint(cfg):
 def train_main(argv):
     """tools/train.py: run the configured stages, resuming an interrupted run; print the results table.
 
-    The console (stdout and stderr) is mirrored into OUTPUT_DIR/train.log, appended by every invocation.
+    The console (stdout and stderr) of rank 0 is mirrored into OUTPUT_DIR/train.log, appended by every
+    invocation. Under torchrun, each process trains on its share of every batch (see :mod:`.engine.distributed`).
     """
     p = parser("Train IS-GAN (stages 1-3), MGN or a torchreid model; evaluate on DATA.TARGETS.")
     p.add_argument("--stages", metavar="N", help="subset of stages to run, e.g. --stages 2 3 or --stages 2,3 "
@@ -247,17 +264,23 @@ def train_main(argv):
     opts = args.opts + (["TRAIN.STAGES", f"[{', '.join(stages)}]"] if stages else [])
     cfg = load_config(args.config_file, opts)
     if args.eval_only:
+        distributed.single_process_only("tools/train.py --eval-only", "evaluation uses one device")
         return evaluate_weights(cfg, last_checkpoint(cfg))
     found = checkpoints_in(cfg.OUTPUT_DIR)
     if not args.resume and found:
         raise ISGANError(f"--no-resume: {cfg.OUTPUT_DIR} already holds checkpoints ({_listing(found)}), which are "
                          f"never deleted; set a new OUTPUT_DIR, or move {os.path.join(cfg.OUTPUT_DIR, 'stage*')} aside")
     prepare_output_dir(cfg.OUTPUT_DIR)
-    with console_log(os.path.join(cfg.OUTPUT_DIR, "train.log"), command):
+    log = console_log(os.path.join(cfg.OUTPUT_DIR, "train.log"), command) if distributed.env_rank() == 0 \
+        else contextlib.nullcontext()
+    with log:
         print(f"=> {'resuming from' if found else 'starting with no'} checkpoints in {cfg.OUTPUT_DIR}")
-        device, dm = setup(cfg)
-        results = build_engine(cfg, dm, device).run_stages()
-        print(results_table(results, cfg.TEST.RANKS))
+        device = select_device(cfg)
+        with distributed.process_group(device, cfg.TRAIN.DIST_TIMEOUT):
+            distributed.check_config(cfg, device)
+            device, dm = setup(cfg)
+            results = build_engine(cfg, dm, device).run_stages()
+            print(results_table(results, cfg.TEST.RANKS))
     return results
 
 
@@ -358,6 +381,7 @@ def export_main(argv):
 def test_main(argv):
     """tools/test.py: evaluate a checkpoint's E_R descriptor on DATA.TARGETS (or --targets); the results are
     added to OUTPUT_DIR/test/results.json under the checkpoint's path."""
+    distributed.single_process_only("tools/test.py", "evaluation uses one device")
     p = parser("Evaluate a checkpoint on the configured targets.")
     p.add_argument("--weights", required=True, help="checkpoint (ours or torchreid's)")
     p.add_argument("--targets", metavar="NAME", help="datasets to evaluate on (overrides DATA.TARGETS), e.g. "

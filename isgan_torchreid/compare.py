@@ -21,6 +21,7 @@ from tabulate import tabulate
 from . import cli, compat
 from .config import load_config
 from .engine import checkpoint as ckpt
+from .engine import distributed
 from .engine.hooks import EpochTimer, default_hooks
 from .errors import ISGANError
 
@@ -182,6 +183,8 @@ def write_comparison(rows, output_dir, config_file, runs):
 @cli.reports_errors
 def compare_main(argv):
     """tools/compare.py: train and evaluate each method under one config; print, CSV and JSON the table."""
+    distributed.single_process_only("tools/compare.py", "to train one method on several GPUs, run tools/train.py "
+                                    "under torchrun with the method's overrides")
     p = cli.parser("Compare IS-GAN, its E_R baseline, MGN and torchreid models under one setting.")
     p.add_argument("--methods", metavar="NAME", help="isgan, isgan_tri (IS-GAN + MGN's triplet term), baseline "
                    "(IS-GAN's E_R trained with L_R only), mgn or "

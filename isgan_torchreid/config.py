@@ -44,7 +44,7 @@ _C.DATA.SYNTH.WIDTH = 64
 
 # ---------------------------------------------------------------- sampler (P identities x K images)
 _C.SAMPLER = CN()
-_C.SAMPLER.P = 4
+_C.SAMPLER.P = 4  # identities per batch of all processes together (torchrun: P / processes each)
 _C.SAMPLER.K = 4
 _C.SAMPLER.EPOCH = "identities"  # identities: each id once with K images (authors) | images: torchreid's
 
@@ -101,6 +101,8 @@ _C.TRAIN.SAMPLE_FREQ = 10  # epochs between image grids in stages 2-3 (0: only a
 _C.TRAIN.AMP = False  # mixed precision: float16 + loss scaling on CUDA, bfloat16 on CPU
 _C.TRAIN.CHANNELS_LAST = False  # channels-last memory format for the model and its inputs
 _C.TRAIN.NONFINITE = "error"  # error | skip (skip the step and count it)
+_C.TRAIN.SYNC_BN = False  # torchrun on GPUs: BatchNorm statistics over the batches of all processes
+_C.TRAIN.DIST_TIMEOUT = 30.0  # torchrun: minutes a process waits for the others (rank 0 evaluates meanwhile)
 _C.TRAIN.STAGE1 = CN()
 _C.TRAIN.STAGE1.EPOCHS = 300
 _C.TRAIN.STAGE1.LR = 2e-4
@@ -168,6 +170,7 @@ _RANGES = {
     "TRAIN.RESUME_FREQ": "[1, inf)",
     "TRAIN.CHECKPOINT_FREQ": "[1, inf)",
     "TRAIN.SAMPLE_FREQ": "[0, inf)",
+    "TRAIN.DIST_TIMEOUT": "(0, inf)",
     **{f"TRAIN.STAGE{s}.{name}": interval for s in (1, 2, 3)
        for name, interval in (("EPOCHS", "[0, inf)"), ("LR", "(0, inf)"), ("MILESTONES", "[1, inf)"))},
     "TEST.BATCH_SIZE": "[1, inf)",
@@ -176,8 +179,8 @@ _RANGES = {
 }
 # keys that do not change what is trained: excluded from the checkpoint's config hash
 _HASH_EXCLUDED = ("OUTPUT_DIR", "DEVICE", "TRAIN.STAGES", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ",
-                  "TRAIN.RESUME_FREQ", "TRAIN.SAMPLE_FREQ", "DATA.ROOT", "DATA.WORKERS", "DATA.TARGETS",
-                 "DATA.ON_BAD_IMAGE", "DATA.LOADER_TIMEOUT", "TEST")
+                  "TRAIN.RESUME_FREQ", "TRAIN.SAMPLE_FREQ", "TRAIN.DIST_TIMEOUT", "DATA.ROOT", "DATA.WORKERS",
+                  "DATA.TARGETS", "DATA.ON_BAD_IMAGE", "DATA.LOADER_TIMEOUT", "TEST")
 
 
 def get_default_config():

@@ -5,6 +5,7 @@
 * :mod:`.evaluator`: our evaluator against torchreid's; evaluation at gallery scale;
 * :mod:`.inference`: the identity encoder in PyTorch eager, TorchScript and onnxruntime; its file sizes;
 * :mod:`.dc`: does the class discriminator D_C generalise to held-out images;
+* :mod:`.scaling`: IS-GAN's training throughput in 1 and N data-parallel processes;
 * :mod:`.common`: timing, memory and process helpers they share.
 
 ``tools/benchmark.py`` is :func:`benchmark_main`.
@@ -36,6 +37,8 @@ def _parser():
                    "stage")
     p.add_argument("--profile", action="store_true", help="torch.profiler tables of one iteration of each of our "
                    "stages: module groups (forward/backward) and top operators")
+    p.add_argument("--nproc", type=int, default=0, help="also time IS-GAN's stages in 1 and N data-parallel "
+                   "processes (N GPUs on CUDA) and print the scaling efficiency")
     only = p.add_argument_group("other tables (each replaces the default tables)")
     only.add_argument("--inference", action="store_true", help="the identity encoder's inference table (eager / "
                       "TorchScript / onnxruntime, CPU) and its file sizes")
@@ -83,6 +86,12 @@ def _training_tables(cfg, args, device):
     if args.profile:
         print()
         print(in_fresh_process(profile_stages, cfg, args.batch, str(device)))
+    if args.nproc:
+        from .scaling import bench_scaling, scaling_table
+
+        rows = bench_scaling(cfg, args.nproc, batch=args.batch, iters=args.iters or 2, device=device)
+        print(f"\ndata-parallel scaling: {args.batch} images per process and step")
+        print(scaling_table(rows, args.nproc))
     if not args.skip_evaluator:
         print(evaluator_table(bench_evaluator()))
 
@@ -134,14 +143,18 @@ def benchmark_main(argv=None):
     """tools/benchmark.py: the tables the flags ask for (see ``--help``)."""
     from ..cli import is_name, parse_args, pop_list_flag, reports_errors, select_device
     from ..config import load_config
+    from ..engine import distributed
 
     @reports_errors
     def main(argv):
+        distributed.single_process_only("tools/benchmark.py", "--nproc N starts its own processes")
         argv, methods = pop_list_flag(list(argv), "--methods", is_name, "isgan mgn pcb_p6")
         args = parse_args(_parser(), argv)
         args.methods = methods
         if args.iters is not None and args.iters < 1:
             raise ISGANError(f"--iters must be at least 1, not {args.iters}")
+        if args.nproc < 0:
+            raise ISGANError(f"--nproc must be 0 (off) or more, not {args.nproc}")
         cfg = load_config(args.config_file, args.opts)
         if args.inference:
             return _inference_tables(cfg, args)

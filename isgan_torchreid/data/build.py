@@ -15,11 +15,12 @@ import sys
 import traceback
 
 from .. import compat
+from ..engine import distributed
 from ..errors import ISGANError
 from . import synthetic
 from .images import CheckCache, ImageCheck
 from .loaders import guarded
-from .sampler import identity_once_loader
+from .sampler import identity_loader
 
 IMAGENET_MEAN = [0.485, 0.456, 0.406]
 IMAGENET_STD = [0.229, 0.224, 0.225]
@@ -117,7 +118,8 @@ def _picklable(obj):
 
 
 def datamanager_kwargs(cfg, use_gpu=False):
-    """``ImageDataManager`` arguments: P x K batches from torchreid's RandomIdentitySampler."""
+    """``ImageDataManager`` arguments: P x K batches from torchreid's RandomIdentitySampler (P of all processes:
+    :func:`build_datamanager` shares them out)."""
     sources = list(cfg.DATA.SOURCES)
     return dict(
         root=os.path.abspath(os.path.expanduser(cfg.DATA.ROOT)),
@@ -167,8 +169,8 @@ def build_datamanager(cfg, use_gpu=False):
               + ", ".join(f"{split} {len(paths)}" for split, paths in check.skipped.items()))
     if cfg.DATA.ON_BAD_IMAGE == "skip":
         compat.skip_unreadable_at_load(dm.train_loader.dataset)
-    if cfg.SAMPLER.EPOCH == "identities":
-        dm.train_loader = identity_once_loader(dm.train_loader)
+    dm.train_loader = identity_loader(dm.train_loader, cfg.SAMPLER.EPOCH, cfg.SEED, distributed.get_rank(),
+                                      distributed.get_world_size())
     dm.train_loader = guarded(dm.train_loader, cfg.DATA.LOADER_TIMEOUT)
     for split in dm.test_loader.values():
         for name, loader in split.items():

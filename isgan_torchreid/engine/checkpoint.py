@@ -1,4 +1,4 @@
-"""Checkpoints: atomic save, safe (``weights_only``) load, partial weight loading, RNG state, resume.
+"""Checkpoints: atomic save, safe (``weights_only``) load, partial weight loading, resume.
 
 Layout under ``OUTPUT_DIR``::
 
@@ -11,7 +11,9 @@ A checkpoint is a dict of tensors and plain Python values only, so it loads with
 ``torch.load(weights_only=True)``. The weights sit under ``state_dict``, where torchreid's
 ``load_pretrained_weights`` looks; ``stage``, ``epoch`` (epochs completed), ``config_hash``, ``num_classes``
 and ``results`` describe them. ``latest`` adds ``optimizers`` (optimiser, scheduler and AMP scaler state per
-optimiser) and ``rng`` (Python, numpy and torch generators).
+optimiser). No RNG state is needed: the engine reseeds every epoch from SEED (and the rank), so a run resumed
+at an epoch draws what the uninterrupted run drew, with any number of processes. Under torchrun, rank 0
+writes the checkpoints; every process reads them.
 
 Every file is written to ``{path}.tmp.{pid}`` and renamed; :func:`remove_stale_temp_files` deletes
 the temp files of writers that died (kill -9) before the rename.
@@ -20,11 +22,9 @@ import contextlib
 import json
 import math
 import os
-import random
 import re
 import shutil
 
-import numpy as np
 import torch
 
 from .. import compat
@@ -266,30 +266,6 @@ def _short(names, n=6):
     return ", ".join(names[:n]) + (f" ... (+{len(names) - n})" if len(names) > n else "") if names else "none"
 
 
-def rng_state():
-    """Python, numpy and torch RNG states as weights-only-safe values."""
-    name, keys, pos, has_gauss, cached = np.random.get_state()
-    state = {
-        "python": random.getstate(),
-        "numpy": (name, torch.from_numpy(keys.astype(np.int64)), pos, has_gauss, cached),
-        "torch": torch.get_rng_state(),
-    }
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state):
-    """Restore what :func:`rng_state` saved."""
-    version, internal, gauss = state["python"]
-    random.setstate((version, tuple(internal), gauss))
-    name, keys, pos, has_gauss, cached = state["numpy"]
-    np.random.set_state((name, keys.numpy().astype(np.uint32), pos, has_gauss, cached))
-    torch.set_rng_state(state["torch"])
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
 # ------------------------------------------------------------------ the engine's state
 
 
@@ -323,7 +299,6 @@ def save_training_state(engine, epoch):
     """Write everything needed to resume the engine's stage after ``epoch`` to its ``latest.pth.tar``."""
     state = _weights_state(engine, epoch)
     state["optimizers"] = {name: opt.state_dict() for name, opt in engine.optimizers.items()}
-    state["rng"] = rng_state()
     save_checkpoint(state, latest_path(engine.cfg.OUTPUT_DIR, engine.stage))
 
 
@@ -347,11 +322,10 @@ def resume_or_initialize(engine, stage):
         if "optimizers" in state:
             for name, opt_state in state["optimizers"].items():
                 engine.optimizers[name].load_state_dict(opt_state)
-            set_rng_state(state["rng"])
             print(f"=> resumed stage {stage} from {path} (epoch {state['epoch']})")
         else:  # a kept weights-only checkpoint copied over latest, as the corrupt-checkpoint error advises
             print(f"=> resumed stage {stage} from the weights in {path} (epoch {state['epoch']}); it holds no "
-                  f"optimiser or RNG state, so those start afresh")
+                  f"optimiser state, so that starts afresh")
         if state.get("results"):
             engine.results[stage] = state["results"]
         return state["epoch"]

@@ -4,6 +4,10 @@ The engine calls, for each stage it trains: ``before_stage``, then per epoch ``b
 ``after_step`` after every step and ``after_epoch``, then evaluates and calls ``after_stage``; at the end
 of the run ``after_train``. A hook reads what it needs from ``self.engine`` (``cfg``, ``stage``,
 ``epoch``, ``max_epoch``, ``batch_idx``, ``num_batches``, ``summary``, ``results``).
+
+Under torchrun, a hook runs on rank 0 alone unless it sets ``main_process_only = False``: hooks write files
+and print, which one process does for all (the engine puts a barrier after each stage, before the next one
+reads the checkpoint rank 0 wrote).
 """
 import os
 import time
@@ -43,6 +47,7 @@ class HookBase:
     """Does nothing; subclasses override the moments they act at. ``engine`` is set when registered."""
 
     engine = None
+    main_process_only = True  # under torchrun: registered on rank 0 only
 
     def before_stage(self):
         pass
@@ -163,7 +168,7 @@ class SampleGrids(HookBase):
         model.eval()
         with torch.random.fork_rng(devices=[e.device] if e.device.type == "cuda" else []):
             torch.manual_seed(e.cfg.SEED)
-            gen = e.objective.generate(imgs, pids, e.stage)
+            gen = e.objective.generate(imgs, pids, e.stage, net=e.model)  # the plain model: rank 0 alone runs this
         model.train(was_training)
         if was_training:
             e.apply_stage_policy()

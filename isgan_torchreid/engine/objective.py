@@ -22,6 +22,11 @@ stage  trains                        frozen (requires_grad off, BN eval)  loss
 One stage-2/3 step: one encoder pass; the auto-encoded, identity-shuffled and part-shuffled inputs go
 through G as one concatenated batch (``MODEL.G_JOINT_BATCH``); one D step on ``[real | fakes.detach()]``;
 then one encoder/G step against the updated D with D's parameters frozen (no wasted D gradients).
+
+The steps call the model's modules through ``self.net``: the model itself, or under torchrun a view whose
+modules of the current stage are DDP wrappers (:func:`.distributed.data_parallel`, set by the engine for
+each stage from :meth:`~IdentityObjective.parallel_modules`). The G step calls the unwrapped D, which is frozen
+there: a DDP wrapper would all-reduce nothing but still expect D's gradients.
 """
 import dataclasses
 import warnings
@@ -35,6 +40,7 @@ from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..losses import isgan as L
 from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners
 from ..visualize import denormalize
+from . import distributed
 
 __all__ = ["LossSettings", "Precision", "Generation", "IdentityObjective", "ISGANObjective", "build_objective"]
 
@@ -117,11 +123,11 @@ class Generation(NamedTuple):
 
 
 def _floats(terms: Dict[str, Tensor]) -> Dict[str, float]:
-    """Loss tensors -> floats for logging, with one host synchronisation."""
+    """Loss tensors -> floats for logging (means over the processes), with one host synchronisation."""
     if not terms:
         return {}
-    values = torch.stack([v.detach().float().reshape(()) for v in terms.values()]).tolist()
-    return dict(zip(terms, values))
+    values = distributed.mean_over_ranks(torch.stack([v.detach().float().reshape(()) for v in terms.values()]))
+    return dict(zip(terms, values.tolist()))
 
 
 class IdentityObjective:
@@ -131,6 +137,7 @@ class IdentityObjective:
 
     def __init__(self, model: nn.Module, losses: LossSettings, precision: Precision):
         self.model = model
+        self.net = model  # what the steps call: the model, or a view of DDP wrappers of its modules
         self.losses = losses
         self.precision = precision
         self.triplet = compat.torchreid_base().losses.TripletLoss(margin=losses.triplet_margin)
@@ -142,6 +149,11 @@ class IdentityObjective:
     def optimized_groups(self, stage: int) -> Dict[str, List[nn.Module]]:
         """Optimiser name -> the modules it updates in ``stage``."""
         return {"model": self.trainable_modules(stage)}
+
+    def parallel_modules(self, stage: int) -> List[str]:
+        """What the steps of ``stage`` call whose parameters train: "model" (the whole), or attribute names of
+        its modules; under torchrun each gets its own DDP wrapper."""
+        return ["model"]
 
     def identity_terms(self, logits, features, pids: Tensor, weight: float = 1.0) -> Dict[str, Tensor]:
         """``weight`` x (L_R [Eq. 1] on K logit tensors, + λ_tri x batch-hard triplet on the given features)."""
@@ -157,7 +169,7 @@ class IdentityObjective:
     def step(self, imgs: Tensor, pids: Tensor, stage: int, updates) -> Dict[str, float]:
         """One identity step; stage 3 weights the objective by λ_R (Eq. 8). Returns the terms and accuracy."""
         with self.precision.autocast():
-            outputs = self.model(imgs)
+            outputs = self.net(imgs)
             logits, features = outputs if isinstance(outputs, tuple) else (outputs, None)
             weight = 1.0 if stage == 1 else self.losses.lambda_r
             terms = self.identity_terms(logits, features, pids, weight)
@@ -180,6 +192,10 @@ class ISGANObjective(IdentityObjective):
 
     def trainable_modules(self, stage: int) -> List[nn.Module]:
         return [getattr(self.model, name) for name in ISGAN_STAGE_MODULES[stage]]
+
+    def parallel_modules(self, stage: int) -> List[str]:
+        """Stage 1 calls the model (its forward runs the trunk and E_R); stages 2-3 call each trained module."""
+        return ["model"] if stage == 1 else list(ISGAN_STAGE_MODULES[stage])
 
     def optimized_groups(self, stage: int) -> Dict[str, List[nn.Module]]:
         """Encoders + G under one optimiser, D under its own (stages 2-3)."""
@@ -208,15 +224,17 @@ class ISGANObjective(IdentityObjective):
 
     # ------------------------------------------------------------------ generation
 
-    def generate(self, imgs: Tensor, pids: Tensor, stage: int) -> Generation:
-        """Encode once, pick partners, shuffle, and run G [Eq. 3, 4]; E_R runs under no_grad in stage 2."""
-        model, s = self.model, self.losses
+    def generate(self, imgs: Tensor, pids: Tensor, stage: int, net=None) -> Generation:
+        """Encode once, pick partners, shuffle, and run G [Eq. 3, 4]; E_R runs under no_grad in stage 2.
+
+        ``net``: what to call (default ``self.net``; the plain model for a look outside training)."""
+        net, s = self.net if net is None else net, self.losses
         with torch.set_grad_enabled(stage == 3 and torch.is_grad_enabled()):
-            trunk = model.backbone(imgs)  # (B, C4, H/16, W/16)
-            id_feat, logits = model.encoder_r(trunk)  # (B, K*p_R), K x (B, C)
+            trunk = net.backbone(imgs)  # (B, C4, H/16, W/16)
+            id_feat, logits = net.encoder_r(trunk)  # (B, K*p_R), K x (B, C)
         if stage == 2:
             trunk = trunk.detach()
-        nid, mu, logvar = model.encoder_u(trunk)  # (B, K*p_U), (B, K, p_U) x2
+        nid, mu, logvar = net.encoder_u(trunk)  # (B, K*p_U), (B, K, p_U) x2
         partner = sample_partners(pids)  # (B,)
         id_partner = id_feat[partner]
         sets, ids, mask = [], [], None
@@ -229,9 +247,9 @@ class ISGANObjective(IdentityObjective):
             ids.append(id_feat if mask is None else part_shuffle(id_feat, id_partner, mask))
         n = len(sets)
         if self.joint_g_batch:  # one BatchNorm batch of n*B
-            fakes = model.generator(torch.cat(ids), nid.repeat(n, 1), pids.repeat(n))  # (n*B, 3, H, W)
-        else:  # each set normalised on its own
-            fakes = torch.cat([model.generator(i, nid, pids) for i in ids])
+            fakes = net.generator(torch.cat(ids), nid.repeat(n, 1), pids.repeat(n))  # (n*B, 3, H, W)
+        else:  # each set normalised on its own (DDP allows the n calls before one backward)
+            fakes = torch.cat([net.generator(i, nid, pids) for i in ids])
         return Generation(fakes, sets, mu, logvar, id_feat, logits, partner, mask)
 
     def part_mask(self, batch_size: int, device) -> Optional[Tensor]:
@@ -250,7 +268,7 @@ class ISGANObjective(IdentityObjective):
         if stage == 1:
             return super().step(imgs, pids, stage, updates)
         s = self.losses
-        disc = self.model.discriminator
+        disc = self.model.discriminator  # the plain D; self.net.discriminator is its DDP wrapper under torchrun
         B = imgs.size(0)
         target = self.image_target(imgs)
         with self.precision.autocast():
@@ -265,7 +283,8 @@ class ISGANObjective(IdentityObjective):
         # ---- D step: real vs detached fakes in one pass [Eq. 6, 7]
         disc.requires_grad_(True)
         with self.precision.autocast():
-            patch, cls = disc(torch.cat([target.to(gen.fakes.dtype), gen.fakes.detach()]))  # (B+n*B, 1, h, w), (B+n*B, C)
+            real_fake = torch.cat([target.to(gen.fakes.dtype), gen.fakes.detach()])  # (B+n*B, 3, H, W)
+            patch, cls = self.net.discriminator(real_fake)  # (B+n*B, 1, h, w), (B+n*B, C)
             d_terms = {"D_dom": s.d_lambda_d * L.discriminator_domain_loss(
                 patch[:B], patch[B:], smooth=s.d_label_smooth, fake_weight=n)}
             d_cls = L.class_loss(cls[:B], pids)
@@ -274,7 +293,7 @@ class ISGANObjective(IdentityObjective):
             d_terms["D_cls"] = s.d_lambda_c * d_cls
         updates["discriminator"](d_terms)
 
-        # ---- encoder/G step against the updated D, with D frozen
+        # ---- encoder/G step against the updated D, with D frozen (and unwrapped: nothing of it to all-reduce)
         disc.requires_grad_(False)
         with self.precision.autocast():
             patch, cls = disc(gen.fakes)  # (n*B, 1, h, w), (n*B, C)
@@ -284,7 +303,9 @@ class ISGANObjective(IdentityObjective):
                 terms["L_S"] = s.lambda_s * (recon["auto"] + recon["shuffled"])
             if "part_shuffled" in recon:
                 terms["L_PS"] = s.lambda_ps * recon["part_shuffled"]
-            terms["L_U"] = s.lambda_u[stage - 2] * L.kl_loss(gen.mu, gen.logvar, s.kl_reduction)
+            # 'official' sums over the batch: x processes, as DDP averages the gradients of the processes' sums
+            batch_sum = distributed.get_world_size() if s.kl_reduction == "official" else 1
+            terms["L_U"] = s.lambda_u[stage - 2] * batch_sum * L.kl_loss(gen.mu, gen.logvar, s.kl_reduction)
             terms["L_D"] = s.lambda_d * n * L.generator_domain_loss(patch)
             if n_cls:
                 terms["L_C"] = s.lambda_c * n_cls * L.class_loss(cls[cls_mask], labels[cls_mask])

@@ -9,6 +9,8 @@ from typing import Callable, Dict, List
 import torch
 from torch import Tensor, nn
 
+from . import distributed
+
 __all__ = ["StageOptimizer", "build_stage_optimizers", "Update"]
 
 
@@ -64,7 +66,9 @@ class Update:
     """One optimiser's update from a dict of loss terms: zero_grad, backward (scaled), step.
 
     The summed loss is checked once; when it is not finite, ``on_nonfinite(term, value)`` is called with the
-    first non-finite term and the step is skipped (``on_nonfinite`` may raise instead).
+    first non-finite term and the step is skipped (``on_nonfinite`` may raise instead). Under torchrun the
+    processes decide together: when one has a non-finite loss, all skip (or raise) with its term, so none
+    waits for gradients that another will not send.
     """
 
     def __init__(self, stage_optimizer: StageOptimizer, on_nonfinite: Callable[[str, float], None]):
@@ -76,12 +80,22 @@ class Update:
         optimizer, scaler = self.opt.optimizer, self.opt.scaler
         optimizer.zero_grad(set_to_none=True)
         total = sum(terms.values())
-        if not torch.isfinite(total).item():
-            name, value = next(((k, v.item()) for k, v in terms.items() if not torch.isfinite(v).item()),
-                               ("total", total.item()))  # finite terms can still sum to inf - inf
-            self.on_nonfinite(name, value)
+        finite = bool(torch.isfinite(total).item())
+        if not distributed.all_true(finite):
+            self.on_nonfinite(*self._first_nonfinite(terms, total, finite))
             return False
         scaler.scale(total).backward()
         scaler.step(optimizer)
         scaler.update()
         return True
+
+    @staticmethod
+    def _first_nonfinite(terms: Dict[str, Tensor], total: Tensor, finite: bool):
+        """(term, value) of the first non-finite term, of the lowest rank that has one (named then)."""
+        mine = None
+        if not finite:
+            mine = next(((k, v.item()) for k, v in terms.items() if not torch.isfinite(v).item()),
+                        ("total", total.item()))  # finite terms can still sum to inf - inf
+        reports = distributed.all_gather_object(mine)
+        rank, (name, value) = next((r, report) for r, report in enumerate(reports) if report is not None)
+        return (f"{name} (rank {rank})" if len(reports) > 1 else name), value

@@ -5,6 +5,11 @@ which modules a stage trains) and calls hooks (:mod:`.hooks`: checkpoints, sampl
 around its stages, epochs and steps. From torchreid's ``Engine`` it keeps the model registry
 (``set_model_mode``, ``update_lr``), the test loop over the targets and ``visualize_ranked_results``;
 it brings its own per-step loop, because hooks act after each step.
+
+Under torchrun (:mod:`.distributed`) every process runs this loop on its share of each batch; the modules a
+stage trains are wrapped in DDP when the stage is entered; rank 0 alone runs the hooks (files, logs) and the
+evaluation, while the others wait. Every epoch reseeds the random streams from (SEED, stage, epoch, rank),
+so a resumed run needs no saved RNG state and draws what the uninterrupted run drew.
 """
 import os
 import time
@@ -16,6 +21,7 @@ from .. import compat, deploy
 from ..data.build import train_transform
 from ..errors import ISGANError
 from . import checkpoint as ckpt
+from . import distributed
 from .evaluation import compute_distance_matrix, evaluate, extract_features
 from .hooks import HookBase, default_hooks
 from .objective import ISGANObjective, build_objective, warn_singletons
@@ -32,6 +38,7 @@ class ISGANEngine(Engine):
         self.cfg = cfg
         self.device = device
         self.num_classes = datamanager.num_train_pids
+        model = distributed.sync_batchnorm(model, cfg.TRAIN.SYNC_BN)
         self.objective = build_objective(cfg, model, device)
         self.precision = self.objective.precision
         self.model = model.to(device, memory_format=self.precision.memory_format)
@@ -43,14 +50,17 @@ class ISGANEngine(Engine):
         self.results = {}  # stage (or "test") -> target -> metrics
         self.skipped_steps = 0
         self.summary = {}  # the last step's loss terms
-        self.batch_size = 0  # the last step's images
+        self.batch_size = 0  # the last step's images, over all processes
         self.num_batches = self.max_epoch = self.batch_idx = 0
         self.hooks: List[HookBase] = []
         self.register_hooks(default_hooks(cfg) if hooks is None else hooks)
 
     def register_hooks(self, hooks: Sequence[HookBase]) -> None:
-        """Append hooks; they are called in registration order."""
+        """Append hooks; they are called in registration order. Under torchrun, the other ranks leave out the
+        hooks that rank 0 alone runs (``main_process_only``)."""
         for hook in hooks:
+            if hook.main_process_only and not distributed.is_main_process():
+                continue
             hook.engine = self
             self.hooks.append(hook)
 
@@ -81,7 +91,8 @@ class ISGANEngine(Engine):
             self.apply_stage_policy()
 
     def enter_stage(self, stage: int) -> None:
-        """Make ``stage`` current: its optimisers, its train transform, its freezing policy, epoch 0."""
+        """Make ``stage`` current: its optimisers, its train transform, its freezing policy, epoch 0; under
+        torchrun, DDP wrappers of the modules it trains."""
         if stage not in self.objective.stages:
             raise ISGANError(f"{type(self.model).__name__} has no stage {stage} (it has no E_U/G/D): train it with "
                              f"TRAIN.STAGES {list(self.objective.stages)} or a subset")
@@ -95,11 +106,14 @@ class ISGANEngine(Engine):
         self.updates = {name: Update(opt, self._nonfinite) for name, opt in self.optimizers.items()}
         if self.train_loader is not None:  # workers start per epoch: they see the new transform
             self.train_loader.dataset.transform = train_transform(self.cfg, stage)
-            if stage > 1:
+            if stage > 1 and distributed.is_main_process():
                 warn_singletons(self.train_loader.dataset.train, self.objective)
         self.epoch = self.batch_idx = 0
         self.max_epoch = self.cfg.TRAIN[f"STAGE{stage}"].EPOCHS
         self.apply_stage_policy()
+        self.objective.net = self.model  # the previous stage's wrappers go (their gradient hooks with them)
+        self.objective.net = distributed.data_parallel(self.model, self.objective.parallel_modules(stage),
+                                                       self.device)
 
     # ------------------------------------------------------------------ one step
 
@@ -107,7 +121,7 @@ class ISGANEngine(Engine):
         """One training step of the current stage; returns each loss term for logging."""
         imgs = data["img"].to(self.device, non_blocking=True, memory_format=self.precision.memory_format)
         pids = data["pid"].to(self.device, non_blocking=True)
-        self.batch_size = imgs.size(0)
+        self.batch_size = imgs.size(0) * distributed.get_world_size()
         return self.objective.step(imgs, pids, self.stage, self.updates)
 
     def _nonfinite(self, term: str, value: float) -> None:
@@ -120,8 +134,15 @@ class ISGANEngine(Engine):
         raise ISGANError(f"non-finite loss {term} = {value} at {where}; lower TRAIN.STAGE{self.stage}.LR, "
                          f"or set TRAIN.NONFINITE skip to skip such steps")
 
+    def seed_epoch(self) -> None:
+        """Seed this epoch's batches (the same on every rank) and random streams (this rank's) from SEED."""
+        seed = distributed.epoch_seed(self.cfg.SEED, self.stage, self.epoch, distributed.get_rank())
+        compat.torchreid_base().utils.set_random_seed(seed)  # python, numpy, torch (CUDA too)
+        self.train_loader.sampler.set_epoch(self.epoch, self.stage)
+
     def train_epoch(self) -> None:
         """One epoch of the current stage: a step per batch (hooks after each), then the schedulers."""
+        self.seed_epoch()
         self.set_model_mode("train")
         self.num_batches = len(self.train_loader)
         for self.batch_idx, data in enumerate(self.train_loader):
@@ -159,6 +180,7 @@ class ISGANEngine(Engine):
         self.epoch, self.batch_idx = self.max_epoch, 0
         self.evaluate_targets()
         self._call("after_stage")
+        distributed.barrier()  # the next stage starts from the checkpoint rank 0 has just written
 
     # ------------------------------------------------------------------ evaluation
 
@@ -191,17 +213,21 @@ class ISGANEngine(Engine):
 
     def evaluate_targets(self, key=None, save_dir=None):
         """Evaluate on every target of the data manager (torchreid's test loop); results under ``key``
-        (default: the current stage) in ``self.results``; returns {target: metrics}."""
+        (default: the current stage) in ``self.results``; returns {target: metrics}.
+
+        Under torchrun rank 0 evaluates the plain model, as one process would, and sends the results to the
+        others, which wait meanwhile (TRAIN.DIST_TIMEOUT bounds the wait)."""
         key = self.stage if key is None else key
         save_dir = save_dir or ckpt.stage_dir(self.cfg.OUTPUT_DIR, key)
         t = self.cfg.TEST
         self._evaluating = {}
-        writer, self.writer = self.writer, None  # test metrics are logged by the TensorBoard hook
-        try:
-            self.test(dist_metric=t.METRIC, normalize_feature=t.NORMALIZE, visrank=t.VISRANK,
-                      visrank_topk=t.VISRANK_TOPK, save_dir=save_dir, use_metric_cuhk03=t.CUHK03_METRIC,
-                      ranks=list(t.RANKS), rerank=t.RERANK)
-        finally:
-            self.writer = writer
-        self.results[key] = self._evaluating
+        if distributed.is_main_process():
+            writer, self.writer = self.writer, None  # test metrics are logged by the TensorBoard hook
+            try:
+                self.test(dist_metric=t.METRIC, normalize_feature=t.NORMALIZE, visrank=t.VISRANK,
+                          visrank_topk=t.VISRANK_TOPK, save_dir=save_dir, use_metric_cuhk03=t.CUHK03_METRIC,
+                          ranks=list(t.RANKS), rerank=t.RERANK)
+            finally:
+                self.writer = writer
+        self.results[key] = distributed.broadcast_object(self._evaluating)
         return self.results[key]

@@ -1,0 +1,300 @@
+"""Data-parallel training under torchrun: the process group, rank 0's privileges, DDP wrappers of a stage.
+
+``torchrun --nproc_per_node N tools/train.py ...`` starts N processes with ``RANK``, ``LOCAL_RANK``,
+``WORLD_SIZE`` and ``LOCAL_WORLD_SIZE`` in their environment. :func:`process_group` joins them in one
+``torch.distributed`` process group (NCCL on CUDA, gloo on CPU), each process on its ``LOCAL_RANK`` GPU.
+A plain ``python tools/train.py`` (or torchrun with one process) has world size 1: no process group, and
+every helper here does nothing, or returns its input.
+
+What is distributed and what is not:
+
+* gradients: each module a stage trains runs in its own ``DistributedDataParallel`` (:func:`data_parallel`),
+  because IS-GAN's steps call the trunk, E_R, E_U, G and D one by one, not one ``forward``;
+* batches: :class:`~isgan_torchreid.data.sampler.DistributedIdentitySampler` gives each rank P / W of the
+  P identities of every global batch;
+* rank 0 alone writes files (checkpoints, results, TensorBoard, sample grids, config), prints, and
+  evaluates; the others wait for it at a barrier or a broadcast.
+"""
+import contextlib
+import datetime
+import inspect
+import os
+import sys
+import time
+from typing import Dict, Iterable
+
+import numpy as np
+import torch
+import torch.distributed as dist
+from torch import nn
+
+from ..errors import ISGANError
+
+__all__ = ["env_rank", "env_world_size", "get_rank", "get_world_size", "is_main_process", "local_device",
+           "process_group", "check_config", "barrier", "main_process_first", "broadcast_object",
+           "all_gather_object", "all_true", "mean_over_ranks", "epoch_seed", "data_parallel", "ParallelView",
+           "sync_batchnorm", "single_process_only", "wait_for_main_to_report"]
+
+# how long a rank other than 0 waits, after a user error, for rank 0 to print the same error and bring the
+# job down (torchrun stops every rank as soon as one exits); after that it prints the error itself
+report_grace_s = 10.0
+
+
+# ------------------------------------------------------------------ who am I
+
+
+def env_rank() -> int:
+    """This process's global rank as torchrun set it (0 outside torchrun); readable before the group exists."""
+    return int(os.environ.get("RANK", 0))
+
+
+def env_world_size() -> int:
+    """The number of processes torchrun started (1 outside torchrun)."""
+    return int(os.environ.get("WORLD_SIZE", 1))
+
+
+def _initialized() -> bool:
+    return dist.is_available() and dist.is_initialized()
+
+
+def get_rank() -> int:
+    """Rank in the process group (0 without one)."""
+    return dist.get_rank() if _initialized() else 0
+
+
+def get_world_size() -> int:
+    """Processes in the process group (1 without one)."""
+    return dist.get_world_size() if _initialized() else 1
+
+
+def is_main_process() -> bool:
+    """Rank 0, or the only process: the one that writes files, prints and evaluates."""
+    return get_rank() == 0
+
+
+# ------------------------------------------------------------------ the process group
+
+
+def local_device(device: torch.device) -> torch.device:
+    """The device of this process: under torchrun, a CUDA ``device`` becomes this process's LOCAL_RANK GPU."""
+    if env_world_size() == 1 or device.type != "cuda":
+        return device
+    if device.index is not None:
+        raise ISGANError(f"DEVICE = {device} names one GPU, but under torchrun each process uses its LOCAL_RANK "
+                         f"GPU; set DEVICE auto or cuda")
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", env_world_size()))
+    if per_node > torch.cuda.device_count():
+        raise ISGANError(f"torchrun starts {per_node} processes on this node but it has "
+                         f"{torch.cuda.device_count()} GPU(s); use --nproc_per_node {torch.cuda.device_count()}, "
+                         f"or DEVICE cpu")
+    return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+@contextlib.contextmanager
+def process_group(device: torch.device, timeout_minutes: float):
+    """Inside: torchrun's process group (NCCL on CUDA, gloo on CPU), when torchrun started more than one process.
+
+    ``device`` is this process's device (:func:`local_device`). A collective that waits longer than
+    ``timeout_minutes`` (e.g. on a rank that hangs) fails the job. Ranks other than 0 print nothing on
+    stdout (their warnings and errors still reach stderr). A clean exit destroys the group; after an error
+    the process leaves without (with a peer gone, destroying can hang).
+    """
+    if env_world_size() == 1 or _initialized():  # a single process, or a group the caller manages
+        yield
+        return
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_minutes))
+    stdout = sys.stdout
+    if is_main_process():
+        print(f"=> {get_world_size()} processes ({backend}), rank 0 on {device}: each trains on its share of every "
+              f"batch; rank 0 writes the files and evaluates")
+    else:
+        sys.stdout = open(os.devnull, "w")
+    try:
+        yield
+        dist.destroy_process_group()
+    finally:
+        if sys.stdout is not stdout:
+            sys.stdout.close()
+            sys.stdout = stdout
+
+
+def check_config(cfg, device: torch.device) -> None:
+    """Raise ISGANError for settings that this world size cannot run (every rank alike, so rank 0 reports it)."""
+    world = get_world_size()
+    if world == 1:
+        return
+    p = cfg.SAMPLER.P
+    if p % world:
+        raise ISGANError(f"SAMPLER.P = {p} identities per batch (of all processes together) do not split over "
+                         f"{world} processes; set SAMPLER.P to a multiple of {world}, or start a number of processes "
+                         f"that divides {p}")
+    if cfg.TRAIN.SYNC_BN and device.type != "cuda":
+        raise ISGANError("TRAIN.SYNC_BN needs CUDA: torch's SyncBatchNorm does not run on CPU; set TRAIN.SYNC_BN "
+                         "False")
+    if cfg.MODEL.NAME == "mgn" and cfg.LOSS.LAMBDA_TRIPLET > 0 and p // world < 2:
+        raise ISGANError(f"MGN's batch-hard triplet loss mines within each process's batch, which holds "
+                         f"SAMPLER.P / processes = {p // world} identity: set SAMPLER.P >= {2 * world}")
+
+
+def single_process_only(tool: str, why: str) -> None:
+    """Refuse to run ``tool`` under torchrun (the same error on every rank), saying ``why``."""
+    if env_world_size() > 1:
+        raise ISGANError(f"{tool} runs in one process ({why}); start it with python, not torchrun")
+
+
+# ------------------------------------------------------------------ collectives (no-ops in one process)
+
+
+def _collective_device() -> torch.device:
+    """Where small tensors for collectives live: NCCL needs them on this process's GPU."""
+    if dist.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def barrier() -> None:
+    """Wait until every rank arrives here."""
+    if get_world_size() == 1:
+        return
+    if dist.get_backend() == "nccl":
+        dist.barrier(device_ids=[torch.cuda.current_device()])
+    else:
+        dist.barrier()
+
+
+@contextlib.contextmanager
+def main_process_first():
+    """Rank 0 runs the block first (e.g. generating a synthetic dataset), the others after it.
+
+    When rank 0 fails inside, it alone reports the error; the others, still waiting, stop quietly (torchrun
+    stops them, or they raise a user error that :func:`~isgan_torchreid.cli.reports_errors` holds back).
+    """
+    if not is_main_process():
+        try:
+            barrier()
+        except RuntimeError as e:  # gloo notices at once that rank 0 has gone; a timeout also lands here
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise ISGANError(f"rank 0 stopped or timed out before the others could follow ({reason}); its error "
+                             f"comes first in the log") from None
+    yield
+    if is_main_process():
+        barrier()
+
+
+def broadcast_object(obj):
+    """Rank 0's ``obj`` on every rank (a picklable value)."""
+    if get_world_size() == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0, device=_collective_device())
+    return box[0]
+
+
+def all_gather_object(obj) -> list:
+    """[rank 0's obj, rank 1's obj, ...] on every rank."""
+    if get_world_size() == 1:
+        return [obj]
+    out = [None] * get_world_size()
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def all_true(flag: bool) -> bool:
+    """Whether ``flag`` holds on every rank."""
+    if get_world_size() == 1:
+        return flag
+    t = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
+    dist.all_reduce(t, op=dist.ReduceOp.MIN)
+    return bool(t.item())
+
+
+def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
+    """The mean of ``t`` over the ranks (a new tensor; ``t`` is not modified)."""
+    if get_world_size() == 1:
+        return t
+    t = t.detach().clone()
+    dist.all_reduce(t)
+    return t / get_world_size()
+
+
+# ------------------------------------------------------------------ seeds
+
+
+def epoch_seed(seed: int, stage: int, epoch: int, rank: int = 0) -> int:
+    """A 32-bit seed for one epoch of one stage on one rank, from SEED alone (no RNG state to save).
+
+    Each epoch of a run reseeds its random streams with this, so a run resumed at any epoch draws what the
+    uninterrupted run drew, for any number of processes; ``rank`` gives each process its own draws.
+    """
+    return int(np.random.SeedSequence([seed, stage, epoch, rank]).generate_state(1)[0])
+
+
+# ------------------------------------------------------------------ DDP wrappers of one stage
+
+
+def _ddp_kwargs() -> dict:
+    """Buffers are synced once at wrapping, not before every forward: BatchNorm statistics may differ between
+    ranks; rank 0's are the ones saved and evaluated (and with TRAIN.SYNC_BN they agree anyway)."""
+    params = inspect.signature(nn.parallel.DistributedDataParallel).parameters
+    if "forward_sync_buffers" in params:  # newer torch's name for broadcast_buffers (the old one warns there)
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
+
+
+class ParallelView:
+    """Callables standing for a model and its submodules, some of them replaced by their DDP wrappers.
+
+    ``view(x)`` calls the (wrapped) model, ``view.generator(...)`` the (wrapped) generator; any other
+    attribute is the model's own. The model itself stays unwrapped, so its ``state_dict`` has no ``module.``
+    prefixes.
+    """
+
+    def __init__(self, model: nn.Module, wrapped: Dict[str, nn.Module]):
+        self._model = model
+        self._wrapped = wrapped
+
+    def __call__(self, *args, **kwargs):
+        return self._wrapped.get("model", self._model)(*args, **kwargs)
+
+    def __getattr__(self, name):
+        wrapped = self.__dict__["_wrapped"]
+        return wrapped[name] if name in wrapped else getattr(self.__dict__["_model"], name)
+
+
+def data_parallel(model: nn.Module, names: Iterable[str], device: torch.device):
+    """``model`` in one process; else a :class:`ParallelView` whose ``names`` (submodules of ``model``, or
+    "model" for the whole) are wrapped, each in its own ``DistributedDataParallel``.
+
+    Call it after setting requires_grad: DDP syncs the gradients of the parameters that require grad when it
+    wraps, and refuses a module without any (frozen modules stay unwrapped).
+    """
+    if get_world_size() == 1:
+        return model
+    if device.type == "cuda":
+        device_ids = [device.index if device.index is not None else torch.cuda.current_device()]
+    else:
+        device_ids = None
+    wrapped = {}
+    for name in names:
+        module = model if name == "model" else getattr(model, name)
+        if not any(p.requires_grad for p in module.parameters()):
+            raise ValueError(f"data_parallel: {name} has no trainable parameter; wrap only the modules a stage trains")
+        wrapped[name] = nn.parallel.DistributedDataParallel(module, device_ids=device_ids, **_ddp_kwargs())
+    return ParallelView(model, wrapped)
+
+
+def sync_batchnorm(model: nn.Module, enabled: bool) -> nn.Module:
+    """BatchNorm layers -> SyncBatchNorm (same parameters and buffers, so checkpoints are interchangeable) when
+    ``enabled`` and several processes train; else ``model`` unchanged."""
+    if not enabled or get_world_size() == 1:
+        return model
+    return nn.SyncBatchNorm.convert_sync_batchnorm(model)
+
+
+def wait_for_main_to_report() -> None:
+    """After a user error on a rank other than 0: give rank 0, which meets the same error, time to print it
+    and bring the job down (torchrun then stops this process)."""
+    time.sleep(report_grace_s)
