@@ -69,6 +69,8 @@ def _worker(rank, world_size, port, cfg, batch, iters, warmup, device_type, queu
             speeds[f"train stage {stage}"] = world_size * batch / sec
         if rank == 0:
             queue.put(speeds)
+        if world_size > 1:
+            dist.barrier()  # no rank tears gloo down while another still talks to it
     finally:
         if world_size > 1:
             dist.destroy_process_group()
