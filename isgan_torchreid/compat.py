@@ -137,16 +137,27 @@ class _NumpyWithBool(types.ModuleType):
         return getattr(np, name)
 
 
-def _patch_eval_cuhk03():
-    rank = _submodule("metrics.rank")
-    fn = rank.eval_cuhk03
-    if getattr(fn, "_isgan_patched", False) or hasattr(np, "bool"):
-        return
-    namespace = dict(fn.__globals__, np=_NumpyWithBool("numpy"))
-    patched = types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
-    patched.__doc__ = fn.__doc__
+def _patch(owner, name, make):
+    """Replace ``owner.<name>`` by ``make(original)`` (wrapped with the original's name and doc), once: the
+    replacement is marked, so applying a patch again changes nothing. Returns the replacement."""
+    original = getattr(owner, name)
+    if getattr(original, "_isgan_patched", False):
+        return original
+    patched = functools.wraps(original)(make(original))
     patched._isgan_patched = True
-    rank.eval_cuhk03 = patched
+    setattr(owner, name, patched)
+    return patched
+
+
+def _patch_eval_cuhk03():
+    if hasattr(np, "bool"):
+        return
+
+    def make(fn):  # the same code, reading ``np`` from a namespace that has np.bool
+        namespace = dict(fn.__globals__, np=_NumpyWithBool("numpy"))
+        return types.FunctionType(fn.__code__, namespace, fn.__name__, fn.__defaults__, fn.__closure__)
+
+    _patch(_submodule("metrics.rank"), "eval_cuhk03", make)
 
 
 def numpy_safe_globals():
@@ -158,57 +169,39 @@ def numpy_safe_globals():
 
 
 def _patch_load_checkpoint():
-    torchtools = _submodule("utils.torchtools")
-    original = torchtools.load_checkpoint
-    if getattr(original, "_isgan_patched", False):
-        return
+    def make(original):
+        def load_checkpoint(fpath):
+            from .engine import checkpoint  # imported here: it imports this module
 
-    @functools.wraps(original)
-    def load_checkpoint(fpath):
-        from .engine import checkpoint  # imported here: it imports this module
+            if fpath is not None and os.path.isfile(fpath) and checkpoint.is_safetensors(fpath):
+                return checkpoint.load_checkpoint(fpath)  # {'state_dict': tensors, 'metadata': {...}}
+            if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.4 loads pickles unrestricted
+                return original(fpath)
+            with torch.serialization.safe_globals(numpy_safe_globals()):
+                return original(fpath)
+        return load_checkpoint
 
-        if fpath is not None and os.path.isfile(fpath) and checkpoint.is_safetensors(fpath):
-            return checkpoint.load_checkpoint(fpath)  # {'state_dict': tensors, 'metadata': {...}}
-        if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.4 loads pickles unrestricted
-            return original(fpath)
-        with torch.serialization.safe_globals(numpy_safe_globals()):
-            return original(fpath)
-
-    load_checkpoint._isgan_patched = True
-    torchtools.load_checkpoint = load_checkpoint
-    _submodule("utils").load_checkpoint = load_checkpoint
+    _submodule("utils").load_checkpoint = _patch(_submodule("utils.torchtools"), "load_checkpoint", make)
 
 
 def _patch_feature_extractor():
-    cls = _submodule("utils.feature_extractor").FeatureExtractor
-    init = cls.__init__
-    if getattr(init, "_isgan_patched", False):
-        return
-    signature = inspect.signature(init)
+    def make(init):
+        signature = inspect.signature(init)
 
-    @functools.wraps(init)
-    def __init__(self, *args, **kwargs):
-        if "device" not in signature.bind_partial(self, *args, **kwargs).arguments:
-            kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
-        init(self, *args, **kwargs)
+        def __init__(self, *args, **kwargs):
+            if "device" not in signature.bind_partial(self, *args, **kwargs).arguments:
+                kwargs["device"] = "cuda" if torch.cuda.is_available() else "cpu"
+            init(self, *args, **kwargs)
+        return __init__
 
-    __init__._isgan_patched = True
-    cls.__init__ = __init__
+    _patch(_submodule("utils.feature_extractor").FeatureExtractor, "__init__", make)
 
 
 def _patch_read_image():
     from .data import images  # here: data imports the engine, which imports this module
 
     for module in (_submodule("utils.tools"), _submodule("utils"), _submodule("data.datasets.dataset")):
-        if getattr(module.read_image, "_isgan_patched", False):
-            continue
-
-        @functools.wraps(module.read_image)
-        def read_image(path):
-            return images.read_image(path)
-
-        read_image._isgan_patched = True
-        module.read_image = read_image
+        _patch(module, "read_image", lambda original: lambda path: images.read_image(path))
 
 
 _dataset_check = None  # set by checking_image_datasets
@@ -234,23 +227,18 @@ def dataset_name(dataset):
 
 
 def _patch_image_dataset_init():
-    cls = _submodule("data.datasets.dataset").ImageDataset
-    init = cls.__init__
-    if getattr(init, "_isgan_patched", False):
-        return
+    def make(init):
+        def __init__(self, train, query, gallery, **kwargs):
+            if _dataset_check is not None:
+                # torchreid's dataset classes set train_dir, query_dir, gallery_dir before calling this
+                folders = {split: getattr(self, f"{split}_dir", None) for split in ("train", "query", "gallery")}
+                lists = _dataset_check(dataset_name(self), kwargs.get("mode", "train"),
+                                       {"train": train, "query": query, "gallery": gallery}, folders)
+                train, query, gallery = lists["train"], lists["query"], lists["gallery"]
+            init(self, train, query, gallery, **kwargs)
+        return __init__
 
-    @functools.wraps(init)
-    def __init__(self, train, query, gallery, **kwargs):
-        if _dataset_check is not None:
-            # torchreid's dataset classes set train_dir, query_dir, gallery_dir before calling this
-            folders = {split: getattr(self, f"{split}_dir", None) for split in ("train", "query", "gallery")}
-            lists = _dataset_check(dataset_name(self), kwargs.get("mode", "train"),
-                                   {"train": train, "query": query, "gallery": gallery}, folders)
-            train, query, gallery = lists["train"], lists["query"], lists["gallery"]
-        init(self, train, query, gallery, **kwargs)
-
-    __init__._isgan_patched = True
-    cls.__init__ = __init__
+    _patch(_submodule("data.datasets.dataset").ImageDataset, "__init__", make)
 
 
 def skip_unreadable_at_load(dataset):
@@ -263,12 +251,12 @@ _replaced = set()  # images replaced in this process (each reported once)
 
 
 def _patch_image_getitem():
-    cls = _submodule("data.datasets.dataset").ImageDataset
-    getitem = cls.__getitem__
-    if getattr(getitem, "_isgan_patched", False):
-        return
+    _patch(_submodule("data.datasets.dataset").ImageDataset, "__getitem__", _replacing_unreadable)
 
-    @functools.wraps(getitem)
+
+def _replacing_unreadable(getitem):
+    """ImageDataset.__getitem__ that, for a dataset marked by :func:`skip_unreadable_at_load`, replaces an image
+    that fails to load by another image of the same identity (each reported once per process)."""
     def __getitem__(self, index):
         skip = getattr(self, "isgan_skip_unreadable", False) and self.mode == "train"
         if not (skip and self.data[index][0] in _replaced):
@@ -292,8 +280,7 @@ def _patch_image_getitem():
         raise BadImageError(f"no image of training identity {pid} can be read any more (e.g. "
                             f"{self.data[index][0]}); replace them and run again")
 
-    __getitem__._isgan_patched = True
-    cls.__getitem__ = __getitem__
+    return __getitem__
 
 
 def apply_patches():

@@ -22,6 +22,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+from isgan_torchreid.benchmarks.common import NoData
 from isgan_torchreid.config import load_config
 from isgan_torchreid.data.sampler import DistributedIdentitySampler, IdentityOnceSampler, RandomIdentitySampler
 from isgan_torchreid.engine import checkpoint as ckpt
@@ -110,15 +111,6 @@ def test_epoch_seeds_differ_by_stage_epoch_and_rank():
 B = 4  # images per process: 2 identities x K=2; the global batch is P=4 identities x 2
 
 
-class _NoData:
-    """What the engine reads from a data manager when it is fed batches directly."""
-
-    def __init__(self, num_classes):
-        self.train_loader = self.test_loader = None
-        self.num_train_pids = num_classes
-        self.sources = []
-
-
 def _shape(size):
     """The shape a torch.rand/randn ``*size`` argument means: (2, 3) or ((2, 3),)."""
     return tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else tuple(size)
@@ -198,7 +190,7 @@ def _tiny_engine(device="cpu"):
     cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), TINY + SMALL + ["SAMPLER.P", "4"])
     torch.manual_seed(0)
     model = build_model(cfg, 8).double()
-    return ISGANEngine(cfg, _NoData(8), model, torch.device(device), hooks=[])
+    return ISGANEngine(cfg, NoData(8), model, torch.device(device), hooks=[])
 
 
 def _check_sync_batchnorm():

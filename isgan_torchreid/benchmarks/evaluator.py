@@ -84,7 +84,7 @@ def _bench_gallery(num_query, num_gallery, num_ids, num_cams, dim, max_bytes):
 
 def gallery_table(num_query, num_gallery, result):
     """One row of :func:`bench_gallery`."""
-    row = [f"{num_query:,} x {num_gallery:,}", f"{result['seconds']:.1f}", f"{result['features_mib']:.0f}",
+    row = [f"{num_query:,} x {num_gallery:,}", f"{result['seconds']:.3g}", f"{result['features_mib']:.0f}",
            f"{result['evaluation_peak_mib']:.0f}", f"{result['peak_rss_mib']:.0f}", f"{result['budget_mib']:.0f}",
            f"{result['full_distmat_mib']:.0f}"]
     return tabulate([row], headers=["query x gallery", "seconds", "features MiB", "evaluation peak MiB (RSS above "
