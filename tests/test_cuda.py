@@ -137,7 +137,7 @@ def test_torchrun_on_gpus_with_sync_batchnorm(train_args, tmp_path):  # noqa: F8
     with open(out / "results.json") as f:
         results = json.load(f)
     # SyncBatchNorm keeps BatchNorm's names: the checkpoint evaluates in one process, as in the run
-    tested = cli.test_main(["--config-file", str(out / "config.yaml"), "--weights", str(out / "stage3" / "model.pth.tar-1"),
-                        "OUTPUT_DIR", str(tmp_path / "test")])
+    tested = cli.test_main(["--config-file", str(out / "config.yaml"),
+                            "--weights", str(out / "stage3" / "model.pth.tar-1"), "OUTPUT_DIR", str(tmp_path / "test")])
     for m in METRICS:
         assert tested["test"]["synthperson"][m] == pytest.approx(results["stage3"]["synthperson"][m], abs=1e-3)

@@ -55,8 +55,9 @@ if ! "$PY" -c "import torch" 2>/dev/null; then
 fi
 "$PY" - <<'EOF' 2>&1 | tee -a "$LOG"
 import importlib, platform, torch
+nccl = ".".join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else "-"
 print(f"python {platform.python_version()}, torch {torch.__version__}, CUDA {torch.version.cuda}, "
-      f"cuDNN {torch.backends.cudnn.version()}, NCCL {'.'.join(map(str, torch.cuda.nccl.version())) if torch.cuda.is_available() else '-'}")
+      f"cuDNN {torch.backends.cudnn.version()}, NCCL {nccl}")
 for i in range(torch.cuda.device_count()):
     print(f"GPU {i}: {torch.cuda.get_device_name(i)}")
 missing = []
@@ -95,8 +96,9 @@ part "torchrun tools/train.py on $NGPU GPU(s), tiny 3-stage run" 80 \
 for amp in False True; do
     table="$WORK/bench_amp_$amp.txt"
     part "benchmark: stages 1-3 in 1 and $NGPU process(es), TRAIN.AMP $amp" 90 \
-        bash -c "set -o pipefail; \"$PY\" tools/benchmark.py --config-file configs/isgan_market.yaml --skip-training --skip-evaluator \
-            --nproc $NGPU --batch 32 --iters 5 MODEL.PRETRAINED False TRAIN.AMP $amp | tee \"$table\""
+        bash -c "set -o pipefail; \"$PY\" tools/benchmark.py --config-file configs/isgan_market.yaml \
+            --skip-training --skip-evaluator --nproc $NGPU --batch 32 --iters 5 \
+            MODEL.PRETRAINED False TRAIN.AMP $amp | tee \"$table\""
     if [ -n "$OUTDIR" ] && [ -s "$table" ]; then
         cp "$table" "$OUTDIR/benchmark_amp_$(echo "$amp" | tr '[:upper:]' '[:lower:]').md"
     fi
