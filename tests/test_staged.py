@@ -10,7 +10,6 @@ import json
 import math
 import os
 import re
-import shutil
 
 import pytest
 import torch
@@ -41,9 +40,9 @@ METRICS = ("rank1", "rank5", "rank10", "mAP")
 # ---------------------------------------------------------------- fixtures and helpers
 
 @pytest.fixture(scope="module")
-def make_cfg(data_root, tmp_path_factory):
+def make_cfg(data_root, module_dir):
     """``make_cfg(*overrides)``: the small tiny config (OUTPUT_DIR in a module temp folder), frozen."""
-    out = str(tmp_path_factory.mktemp("staged-unit") / "out")
+    out = str(module_dir / "unit")
 
     def make(*overrides):
         opts = TINY + SMALL + ["DATA.ROOT", data_root, "OUTPUT_DIR", out] + list(overrides)
@@ -388,14 +387,10 @@ def run_args(data_root):
 
 
 @pytest.fixture(scope="module")
-def full_run(run_args, tmp_path_factory):
-    """One uninterrupted three-stage run; yields (OUTPUT_DIR, results). Its folder, where the other runs of this
-    module write too, is removed afterwards (GBs of checkpoints)."""
-    root = tmp_path_factory.mktemp("staged-runs")
-    out = root / "full"
-    results = train_main(run_args(out))
-    yield out, results
-    shutil.rmtree(root, ignore_errors=True)
+def full_run(run_args, module_dir):
+    """One uninterrupted three-stage run; returns (OUTPUT_DIR, results)."""
+    out = module_dir / "full"
+    return out, train_main(run_args(out))
 
 
 # ---------------------------------------------------------------- 7. end to end
@@ -419,7 +414,7 @@ def test_end_to_end_outputs(full_run):
         state = ckpt.load_checkpoint(str(folder / "latest.pth.tar"))
         assert (state["stage"], state["epoch"], state["num_classes"]) == (stage, epochs, 8)
         assert state["results"] == results[stage]
-        assert state["encoder_spec"]["parts"] == [2] and "optimizers" in state
+        assert state["encoder_spec"]["parts"] == [2] and "optimizers" not in state  # finished: never trains again
         kept = ckpt.load_checkpoint(str(folder / f"model.pth.tar-{epochs}"))  # weights only, written on its own
         assert "optimizers" not in kept and "rng" not in kept and kept["results"] == results[stage]
         assert all(torch.equal(kept["state_dict"][k], v) for k, v in state["state_dict"].items())
@@ -435,9 +430,9 @@ def test_end_to_end_outputs(full_run):
 
 # ---------------------------------------------------------------- 4. kill and resume
 
-def test_interrupted_run_resumes_exactly(full_run, run_args, monkeypatch):
+def test_interrupted_run_resumes_exactly(full_run, run_args, monkeypatch, tmp_path):
     full_out, full_results = full_run
-    out = full_out.parent / "resumed"
+    out = tmp_path / "resumed"
     args = run_args(out, "TRAIN.STAGES", "[1, 2]")  # stage 3 resumes by the same code; not hashed
     # stage 1 as the same config wrote it (hard links, to save its run); the run goes on from its end
     (out / "stage1").mkdir(parents=True)
@@ -454,7 +449,8 @@ def test_interrupted_run_resumes_exactly(full_run, run_args, monkeypatch):
         m.setattr(ISGANEngine, "forward_backward", killed_in_stage2_epoch2)
         with pytest.raises(KeyboardInterrupt):
             train_main(args)
-    assert ckpt.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))["epoch"] == 1
+    interrupted = ckpt.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))
+    assert interrupted["epoch"] == 1 and set(interrupted["optimizers"]) == {"model", "discriminator"}
 
     results = train_main(args)
 
@@ -464,12 +460,7 @@ def test_interrupted_run_resumes_exactly(full_run, run_args, monkeypatch):
     assert resumed["epoch"] == reference["epoch"] == 2
     assert resumed["state_dict"].keys() == reference["state_dict"].keys()
     different = [k for k, v in resumed["state_dict"].items() if not torch.equal(v, reference["state_dict"][k])]
-    assert different == [], different[:5]
-    for name, opt in reference["optimizers"].items():  # Adam (E_U, G) and SGD (D) moments too
-        for index, moments in opt["optimizer"]["state"].items():
-            for key, value in moments.items():
-                resumed_value = resumed["optimizers"][name]["optimizer"]["state"][index][key]
-                assert torch.equal(resumed_value, value), (name, index, key)
+    assert different == [], different[:5]  # so Adam's (E_U, G) and SGD's (D) moments were restored too
 
 
 def test_finished_run_does_no_work(full_run, run_args, monkeypatch):
@@ -515,7 +506,7 @@ def test_results_json_keeps_earlier_invocations(make_engine, tmp_path):
 
 def test_later_stages_need_stage1_weights(full_run, data_root, tmp_path, capsys):
     full_out, full_results = full_run
-    out = full_out.parent / "stages23"
+    out = tmp_path / "stages23"
     base = TINY + SMALL + ["DATA.ROOT", data_root, "OUTPUT_DIR", str(out), "TRAIN.STAGE3.EPOCHS", "0"]
     config = write_config(tmp_path / "stages23.yaml", base)
     missing = str(out / "stage1" / "latest.pth.tar")
