@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny synthetic dataset root and a tiny IS-GAN config for CPU tests."""
 import os
+import shutil
 
 import pytest
 import torch
@@ -36,6 +37,15 @@ def one_thread():
 def data_root(tmp_path_factory):
     """One DATA.ROOT per test session; synthetic datasets are generated there on first use."""
     return str(tmp_path_factory.mktemp("reid-data"))
+
+
+@pytest.fixture(scope="module")
+def module_dir(tmp_path_factory, request):
+    """A folder for the runs one test module shares, removed when its tests are done: a tiny run's checkpoints
+    take 1-2 GB, and pytest keeps folders of module fixtures until the session ends."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
 
 
 @pytest.fixture

@@ -1,7 +1,6 @@
 """Cross-dataset evaluation: train on synthperson, evaluate on synthperson and synthperson_b."""
 import json
 import os
-import shutil
 
 import pytest
 
@@ -21,13 +20,12 @@ def table_rows(printed):
 
 
 @pytest.fixture(scope="module")
-def trained(data_root, tmp_path_factory):
-    """Stage 1 of IS-GAN on synthperson (1 epoch), evaluated on both styles; checkpoints removed afterwards."""
-    out = tmp_path_factory.mktemp("cross")
+def trained(data_root, module_dir):
+    """Stage 1 of IS-GAN on synthperson (1 epoch), evaluated on both styles."""
+    out = module_dir / "cross"
     results = cli.train_main(["--config-file", CONFIG, *TINY, "DATA.ROOT", data_root, "OUTPUT_DIR", str(out),
                               "TRAIN.STAGES", "[1]", "DATA.TARGETS", str(TARGETS)])
-    yield out, results
-    shutil.rmtree(out, ignore_errors=True)
+    return out, results
 
 
 def test_training_evaluates_every_target(trained):

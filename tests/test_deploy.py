@@ -64,13 +64,13 @@ def perturb_(model, seed, calibrate=True):
 
 
 @pytest.fixture(scope="module")
-def runs(data_root, tmp_path_factory):
+def runs(data_root, module_dir):
     """name -> (cfg, data manager, model, OUTPUT_DIR) of the engine's stage-1 checkpoints (latest + kept)."""
     made = {}
 
     def make(name):
         if name not in made:
-            out = str(tmp_path_factory.mktemp(f"deploy-{name}") / "out")
+            out = str(module_dir / name)
             opts = TINY + ["DATA.ROOT", data_root, "OUTPUT_DIR", out, "MODEL.NAME", name, "TRAIN.STAGES", "[1]"]
             cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), opts)
             device, dm = cli.setup(cfg)  # writes OUTPUT_DIR/config.yaml, as train.py does
@@ -376,11 +376,12 @@ EXPORTS = [("onnx", 384, 128, True), ("onnx", 256, 128, True), ("onnx", 128, 64,
 
 
 @pytest.fixture(scope="module")
-def exported(runs, tmp_path_factory):
+def exported(runs, module_dir):
     """(fmt, height, width, raw) -> (path, input (3, 3, H, W), PyTorch output)."""
     _, _, _, out = runs("isgan")
     encoder = load_encoder(checkpoint_path(out, "encoder"), "cpu")
-    folder = tmp_path_factory.mktemp("exported")
+    folder = module_dir / "exported"
+    folder.mkdir()
     gen = torch.Generator().manual_seed(3)
     files = {}
     for fmt, height, width, raw in EXPORTS:

@@ -327,13 +327,13 @@ def train_args(data_root):
 
 
 @pytest.fixture(scope="module")
-def torchrun_run(train_args, tmp_path_factory):
-    """One uninterrupted 2-process run; yields its OUTPUT_DIR."""
-    out = tmp_path_factory.mktemp("torchrun") / "full"
+def torchrun_run(train_args, module_dir):
+    """One uninterrupted 2-process run; returns its OUTPUT_DIR."""
+    out = module_dir / "torchrun"
     code, stdout, stderr = finish(torchrun(train_args(out)))
     assert code == 0, stderr[-3000:]
     assert stdout.count("=> Stage 1:") == 1  # rank 0 alone prints
-    yield out
+    return out
 
 
 def test_torchrun_run_writes_one_set_and_evaluates_as_one_process(torchrun_run, tmp_path):
@@ -359,9 +359,9 @@ def test_torchrun_run_writes_one_set_and_evaluates_as_one_process(torchrun_run, 
         {m: results["stage3"]["synthperson"][m] for m in METRICS}
 
 
-def test_killed_torchrun_run_resumes_exactly(torchrun_run, train_args):
+def test_killed_torchrun_run_resumes_exactly(torchrun_run, train_args, tmp_path):
     full = torchrun_run
-    out = full.parent / "resumed"
+    out = tmp_path / "resumed"
     (out / "stage1").mkdir(parents=True)  # stage 1 as the same config wrote it; the run goes on from its end
     for name in ("latest.pth.tar", "model.pth.tar-1"):
         os.link(full / "stage1" / name, out / "stage1" / name)
@@ -384,11 +384,11 @@ def test_killed_torchrun_run_resumes_exactly(torchrun_run, train_args):
         assert [k for k, v in reference.items() if not torch.equal(v, resumed[k])] == [], stage
 
 
-def test_resume_with_another_number_of_processes(torchrun_run, train_args, monkeypatch):
+def test_resume_with_another_number_of_processes(torchrun_run, train_args, monkeypatch, tmp_path):
     """A single process resumes stage 2 from the 2-process run's stage 1, is killed, and 2 processes finish it:
     checkpoints move between world sizes, and the sampler and seeds are re-derived (P counts all processes)."""
     from isgan_torchreid.cli import train_main
-    out = torchrun_run.parent / "one-then-two"
+    out = tmp_path / "one-then-two"
     (out / "stage1").mkdir(parents=True)
     for name in ("latest.pth.tar", "model.pth.tar-1"):
         os.link(torchrun_run / "stage1" / name, out / "stage1" / name)

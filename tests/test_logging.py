@@ -209,10 +209,10 @@ def test_every_tool_parses_list_flags_alike(tmp_path, monkeypatch):
 # ---------------------------------------------------------------- a run: interrupted, resumed, evaluated
 
 @pytest.fixture(scope="module")
-def interrupted_run(data_root, tmp_path_factory):
+def interrupted_run(data_root, module_dir):
     """The E_R baseline (stages [1, 3]; small checkpoints) trained with an interruption in stage 1's second
     epoch after its TensorBoard events reached the disk, then resumed to the end; yields (argv, OUTPUT_DIR)."""
-    out = str(tmp_path_factory.mktemp("logging-run") / "out")
+    out = str(module_dir / "run")
     argv = ["--config-file", CONFIG, "--debug"] + TINY + [
         "MODEL.NAME", "baseline", "MODEL.PARTS", "[2]", "TRAIN.STAGES", "[1, 3]", "TRAIN.STAGE1.EPOCHS", "2",
         "TRAIN.PRINT_FREQ", "2", "DATA.ROOT", data_root, "OUTPUT_DIR", out]

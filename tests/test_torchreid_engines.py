@@ -1,6 +1,5 @@
 """torchreid's stock engines train and evaluate the registered models with no project engine code."""
 import os
-import shutil
 
 import pytest
 import torch
@@ -42,8 +41,8 @@ def snapshot(model, names):
 
 
 @pytest.fixture(scope="module")
-def softmax_run(data_root, tmp_path_factory):
-    """ImageSoftmaxEngine.run: one epoch of isgan_r18, torchreid's final test and checkpoint (removed after)."""
+def softmax_run(data_root, module_dir):
+    """ImageSoftmaxEngine.run: one epoch of isgan_r18, torchreid's final test and checkpoint."""
     torch.manual_seed(0)
     dm = synthperson_datamanager(data_root)
     model = torchreid.models.build_model("isgan_r18", dm.num_train_pids, loss="softmax", pretrained=False)
@@ -52,11 +51,10 @@ def softmax_run(data_root, tmp_path_factory):
     scheduler = torchreid.optim.build_lr_scheduler(optimizer, lr_scheduler="single_step", stepsize=20)
     engine = torchreid.engine.ImageSoftmaxEngine(dm, model, optimizer, scheduler=scheduler, use_gpu=False)
     summaries, rank1s = recording(engine, "forward_backward"), recording(engine, "test")
-    save_dir = str(tmp_path_factory.mktemp("softmax"))
+    save_dir = str(module_dir / "softmax")
     engine.run(save_dir=save_dir, max_epoch=1, print_freq=1000, ranks=[1, 5])
-    yield dict(engine=engine, model=model, dm=dm, before=before, summaries=summaries, rank1=rank1s[-1],
-               save_dir=save_dir)
-    shutil.rmtree(save_dir, ignore_errors=True)
+    return dict(engine=engine, model=model, dm=dm, before=before, summaries=summaries, rank1=rank1s[-1],
+                save_dir=save_dir)
 
 
 def test_softmax_engine_trains_isgan_r18(softmax_run):

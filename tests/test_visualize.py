@@ -163,9 +163,9 @@ def make_run(root, data_root, name, stage, *overrides):
 
 
 @pytest.fixture(scope="module")
-def runs(data_root, tmp_path_factory):
+def runs(data_root, module_dir):
     """Checkpoints: IS-GAN stage 2 and stage 1 (default parts), MGN stage 3 (parts [2]); the synthetic data."""
-    root = str(tmp_path_factory.mktemp("visualize-runs"))
+    root = str(module_dir)
     check_datasets(load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), TINY + ["DATA.ROOT", data_root]))
     yield {
         "isgan": make_run(root, data_root, "isgan", 2),
