@@ -39,9 +39,11 @@ $(VENV)/.installed: setup.py
 # its requirements.txt (dev tools: tb-nightly, flake8, yapf, isort==4.3.21; opencv-python beside our headless
 # one). Its setup.py imports torchreid to read the version, so what that import needs comes first: the
 # project's own requirements (setup.py lists them all), read from its metadata, torchreid's left out.
-$(SRC_VENV)/.installed: setup.py $(wildcard $(TORCHREID_SRC))
+$(SRC_VENV)/.installed: setup.py $(VENV)/.installed $(wildcard $(TORCHREID_SRC))
 	@test -e $(TORCHREID_SRC) || { echo "error: $(TORCHREID_SRC) not found; pass TORCHREID_SRC=<torchreid 1.4.0 source>"; exit 2; }
 	$(PYTHON) -m venv $(SRC_VENV)
+	@# torch, torchvision and their CUDA libraries (5.5 GB): $(VENV)'s files, hard-linked, not a second copy
+	$(BIN)/python .ci/link_packages.py $(SRC_VENV) torch torchvision triton 'nvidia-*' 'cuda-*'
 	$(SRC_BIN)/pip install -q $(TORCH)
 	$(SRC_BIN)/pip install -q --dry-run --no-deps --report $(SRC_VENV)/project.json -e '.[test]'
 	$(SRC_BIN)/python -c "import json; [project] = json.load(open('$(SRC_VENV)/project.json'))['install']; \
