@@ -1,4 +1,5 @@
 """Shared fixtures: a tiny synthetic dataset root and a tiny IS-GAN config for CPU tests."""
+import contextlib
 import os
 import shutil
 
@@ -7,6 +8,7 @@ import torch
 
 import isgan_torchreid  # noqa: F401  (registers models and datasets into torchreid)
 from isgan_torchreid.config import load_config
+from isgan_torchreid.engine.staged import ISGANEngine
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -21,6 +23,25 @@ TINY = [
     "TRAIN.STAGE1.EPOCHS", "1", "TRAIN.STAGE2.EPOCHS", "1", "TRAIN.STAGE3.EPOCHS", "1",
     "TRAIN.PRINT_FREQ", "1000", "TRAIN.RESUME_FREQ", "1", "TEST.BATCH_SIZE", "32",
 ]
+
+
+@contextlib.contextmanager
+def interrupted_at(stage, epoch, step, before=None):
+    """Within the block, a training run stops with KeyboardInterrupt (as on Ctrl-C) when it reaches ``step``
+    (batch index) of ``epoch`` (0-based) of ``stage``, after calling ``before(engine)`` if given; the block
+    must expect the KeyboardInterrupt."""
+    real_step = ISGANEngine.forward_backward
+
+    def step_or_stop(engine, data):
+        if (engine.stage, engine.epoch, engine.batch_idx) == (stage, epoch, step):
+            if before is not None:
+                before(engine)
+            raise KeyboardInterrupt
+        return real_step(engine, data)
+
+    with pytest.MonkeyPatch.context() as m:
+        m.setattr(ISGANEngine, "forward_backward", step_or_stop)
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -18,7 +18,7 @@ from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.models import build_model
 
 import test_distributed as td
-from conftest import CONFIGS, TINY
+from conftest import CONFIGS, TINY, interrupted_at
 from test_distributed import train_args  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -87,24 +87,15 @@ def test_channels_last_on_gpu():
     assert all(math.isfinite(v) for v in engine.forward_backward(batch()).values()) and seen == [True]
 
 
-def test_gpu_run_resumes_and_its_checkpoint_loads_on_cpu(data_root, tmp_path, monkeypatch):
+def test_gpu_run_resumes_and_its_checkpoint_loads_on_cpu(data_root, tmp_path):
     def args(out):
         return (["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--debug"] + TINY + SMALL
                 + ["DATA.ROOT", data_root, "OUTPUT_DIR", str(out), "DEVICE", "cuda", "TRAIN.AMP", "True",
                    "TRAIN.STAGES", "[1, 2]", "TRAIN.STAGE2.EPOCHS", "2"])
 
     full = cli.train_main(args(tmp_path / "full"))
-    step = ISGANEngine.forward_backward
-
-    def killed(self, data):
-        if (self.stage, self.epoch, self.batch_idx) == (2, 1, 2):
-            raise KeyboardInterrupt
-        return step(self, data)
-
-    with monkeypatch.context() as m:
-        m.setattr(ISGANEngine, "forward_backward", killed)
-        with pytest.raises(KeyboardInterrupt):
-            cli.train_main(args(tmp_path / "resumed"))
+    with interrupted_at(stage=2, epoch=1, step=2), pytest.raises(KeyboardInterrupt):
+        cli.train_main(args(tmp_path / "resumed"))
     latest = tmp_path / "resumed" / "stage2" / "latest.pth.tar"
     assert ckpt.load_checkpoint(str(latest))["epoch"] == 1
     resumed = cli.train_main(args(tmp_path / "resumed"))

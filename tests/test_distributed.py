@@ -31,7 +31,7 @@ from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
 
-from conftest import CONFIGS, REPO, TINY
+from conftest import CONFIGS, REPO, TINY, interrupted_at
 
 SMALL = ["MODEL.PARTS", "[2]", "DATA.HEIGHT", "64"]  # half the model, half the pixels
 METRICS = ("rank1", "rank5", "rank10", "mAP")
@@ -384,7 +384,7 @@ def test_killed_torchrun_run_resumes_exactly(torchrun_run, train_args, tmp_path)
         assert [k for k, v in reference.items() if not torch.equal(v, resumed[k])] == [], stage
 
 
-def test_resume_with_another_number_of_processes(torchrun_run, train_args, monkeypatch, tmp_path):
+def test_resume_with_another_number_of_processes(torchrun_run, train_args, tmp_path):
     """A single process resumes stage 2 from the 2-process run's stage 1, is killed, and 2 processes finish it:
     checkpoints move between world sizes, and the sampler and seeds are re-derived (P counts all processes)."""
     from isgan_torchreid.cli import train_main
@@ -392,18 +392,9 @@ def test_resume_with_another_number_of_processes(torchrun_run, train_args, monke
     (out / "stage1").mkdir(parents=True)
     for name in ("latest.pth.tar", "model.pth.tar-1"):
         os.link(torchrun_run / "stage1" / name, out / "stage1" / name)
-    step = ISGANEngine.forward_backward
-
-    def killed_in_stage2_epoch2(self, data):
-        if (self.stage, self.epoch, self.batch_idx) == (2, 1, 1):
-            raise KeyboardInterrupt
-        return step(self, data)
-
     args = ["--debug"] + train_args(out)[1:]  # tools/train.py's arguments
-    with monkeypatch.context() as m:
-        m.setattr(ISGANEngine, "forward_backward", killed_in_stage2_epoch2)
-        with pytest.raises(KeyboardInterrupt):
-            train_main(args)
+    with interrupted_at(stage=2, epoch=1, step=1), pytest.raises(KeyboardInterrupt):
+        train_main(args)
     latest = out / "stage2" / "latest.pth.tar"
     assert ckpt.load_checkpoint(str(latest))["epoch"] == 1
 

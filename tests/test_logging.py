@@ -20,7 +20,7 @@ from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
 from isgan_torchreid.visualize.canvas import Tile, sheet, to_pil
 
-from conftest import CONFIGS, TINY
+from conftest import CONFIGS, TINY, interrupted_at
 
 CONFIG = os.path.join(CONFIGS, "isgan_synthetic.yaml")
 
@@ -216,20 +216,14 @@ def interrupted_run(data_root, module_dir):
     argv = ["--config-file", CONFIG, "--debug"] + TINY + [
         "MODEL.NAME", "baseline", "MODEL.PARTS", "[2]", "TRAIN.STAGES", "[1, 3]", "TRAIN.STAGE1.EPOCHS", "2",
         "TRAIN.PRINT_FREQ", "2", "DATA.ROOT", data_root, "OUTPUT_DIR", out]
-    real_step = ISGANEngine.forward_backward
 
-    def interrupted(self, data):
-        if (self.stage, self.epoch, self.batch_idx) == (1, 1, 2):
-            for hook in self.hooks:
-                if isinstance(hook, TensorBoardWriter):
-                    hook.writer.flush()  # the steps after the checkpoint are on disk
-            raise KeyboardInterrupt
-        return real_step(self, data)
+    def flush_events(engine):  # the steps after the checkpoint are on disk
+        for hook in engine.hooks:
+            if isinstance(hook, TensorBoardWriter):
+                hook.writer.flush()
 
-    with pytest.MonkeyPatch.context() as m:
-        m.setattr(ISGANEngine, "forward_backward", interrupted)
-        with pytest.raises(KeyboardInterrupt):
-            cli.train_main(argv)
+    with interrupted_at(stage=1, epoch=1, step=2, before=flush_events), pytest.raises(KeyboardInterrupt):
+        cli.train_main(argv)
     cli.train_main(argv)
     yield argv, out
 

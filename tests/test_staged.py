@@ -25,7 +25,7 @@ from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
 
-from conftest import CONFIGS, TINY
+from conftest import CONFIGS, TINY, interrupted_at
 
 MODULES = ("backbone", "encoder_r", "encoder_u", "generator", "discriminator")
 TRAINED = {
@@ -430,7 +430,7 @@ def test_end_to_end_outputs(full_run):
 
 # ---------------------------------------------------------------- 4. kill and resume
 
-def test_interrupted_run_resumes_exactly(full_run, run_args, monkeypatch, tmp_path):
+def test_interrupted_run_resumes_exactly(full_run, run_args, tmp_path):
     full_out, full_results = full_run
     out = tmp_path / "resumed"
     args = run_args(out, "TRAIN.STAGES", "[1, 2]")  # stage 3 resumes by the same code; not hashed
@@ -438,17 +438,8 @@ def test_interrupted_run_resumes_exactly(full_run, run_args, monkeypatch, tmp_pa
     (out / "stage1").mkdir(parents=True)
     for name in ("latest.pth.tar", "model.pth.tar-1"):
         os.link(full_out / "stage1" / name, out / "stage1" / name)
-    real_step = ISGANEngine.forward_backward
-
-    def killed_in_stage2_epoch2(self, data):
-        if (self.stage, self.epoch, self.batch_idx) == (2, 1, 2):
-            raise KeyboardInterrupt
-        return real_step(self, data)
-
-    with monkeypatch.context() as m:
-        m.setattr(ISGANEngine, "forward_backward", killed_in_stage2_epoch2)
-        with pytest.raises(KeyboardInterrupt):
-            train_main(args)
+    with interrupted_at(stage=2, epoch=1, step=2), pytest.raises(KeyboardInterrupt):
+        train_main(args)
     interrupted = ckpt.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))
     assert interrupted["epoch"] == 1 and set(interrupted["optimizers"]) == {"model", "discriminator"}
 
