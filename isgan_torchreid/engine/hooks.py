@@ -70,8 +70,9 @@ class HookBase:
 
 
 class Checkpointer(HookBase):
-    """Resumable ``latest.pth.tar`` every ``resume_freq`` epochs and at a stage's end (then with its results);
-    weights-only ``model.pth.tar-{epoch}`` every ``keep_freq`` epochs and at the end."""
+    """Resumable ``latest.pth.tar`` every ``resume_freq`` epochs, and at a stage's end its weights and results
+    (:func:`~isgan_torchreid.engine.checkpoint.save_training_state`); weights-only ``model.pth.tar-{epoch}`` every
+    ``keep_freq`` epochs and at the end."""
 
     def __init__(self, resume_freq: int, keep_freq: int):
         self.resume_freq = resume_freq
