@@ -21,6 +21,11 @@ def site_packages(venv):
     return sysconfig.get_path("purelib", vars={"base": venv, "platbase": venv})
 
 
+def matches(name, pattern):
+    """Whether distribution ``name`` matches ``pattern`` (fnmatch, case-insensitive)."""
+    return fnmatch.fnmatchcase(name.lower(), pattern.lower())
+
+
 def link_distributions(dest_venv, patterns):
     """Link (or copy) every file of the matching distributions; returns {distribution name: files linked}."""
     here = os.path.realpath(sysconfig.get_path("purelib"))
@@ -28,7 +33,7 @@ def link_distributions(dest_venv, patterns):
     linked = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
-        if not any(fnmatch.fnmatch(name.lower(), p.lower()) for p in patterns) or name in linked:
+        if not any(matches(name, p) for p in patterns) or name in linked:
             continue
         count = 0
         for file in dist.files or ():
@@ -57,7 +62,7 @@ def main(argv):
         sys.exit(f"error: {site_packages(dest_venv)} does not exist; create the environment first "
                  f"(python -m venv {dest_venv}) with Python {sys.version_info.major}.{sys.version_info.minor}")
     linked = link_distributions(dest_venv, patterns)
-    missing = [p for p in patterns if not any(fnmatch.fnmatch(n.lower(), p.lower()) for n in linked)]
+    missing = [p for p in patterns if not any(matches(n, p) for n in linked)]
     if missing:
         sys.exit(f"error: no installed distribution matches {', '.join(missing)} in {sys.prefix}; install it "
                  f"there first")

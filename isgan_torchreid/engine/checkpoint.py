@@ -271,6 +271,12 @@ def _short(names, n=6):
 # ------------------------------------------------------------------ the engine's state
 
 
+def stage_finished(cfg, stage, epoch):
+    """True when ``epoch`` completed epochs finish ``stage`` of ``cfg``; a finished stage never trains again (its
+    epochs are part of the config hash)."""
+    return epoch >= cfg.TRAIN[f"STAGE{stage}"].EPOCHS
+
+
 def kept_path(output_dir, stage, epoch):
     """Path of the weights-only checkpoint kept at ``epoch`` of ``stage``."""
     return os.path.join(stage_dir(output_dir, stage), f"model.pth.tar-{epoch}")
@@ -278,7 +284,7 @@ def kept_path(output_dir, stage, epoch):
 
 def _weights_state(engine, epoch):
     stage = engine.stage
-    finished = epoch >= engine.cfg.TRAIN[f"STAGE{stage}"].EPOCHS
+    finished = stage_finished(engine.cfg, stage, epoch)
     state = {
         "stage": stage,
         "epoch": epoch,
@@ -301,7 +307,7 @@ def save_training_state(engine, epoch):
     """Write everything needed to resume the engine's stage after ``epoch`` to its ``latest.pth.tar``: the
     weights, and the optimisers' state while the stage has epochs left."""
     state = _weights_state(engine, epoch)
-    if epoch < engine.cfg.TRAIN[f"STAGE{engine.stage}"].EPOCHS:
+    if not stage_finished(engine.cfg, engine.stage, epoch):
         state["optimizers"] = {name: opt.state_dict() for name, opt in engine.optimizers.items()}
     save_checkpoint(state, latest_path(engine.cfg.OUTPUT_DIR, engine.stage))
 
@@ -327,7 +333,7 @@ def resume_or_initialize(engine, stage):
             for name, opt_state in state["optimizers"].items():
                 engine.optimizers[name].load_state_dict(opt_state)
             print(f"=> resumed stage {stage} from {path} (epoch {state['epoch']})")
-        elif state["epoch"] >= cfg.TRAIN[f"STAGE{stage}"].EPOCHS:
+        elif stage_finished(cfg, stage, state["epoch"]):
             print(f"=> stage {stage} finished in {path}")
         else:  # a kept weights-only checkpoint copied over latest, as the corrupt-checkpoint error advises
             print(f"=> resumed stage {stage} from the weights in {path} (epoch {state['epoch']}); it holds no "
@@ -368,7 +374,7 @@ def _start_source(cfg, stage, before):
 
 
 def _check_finished(cfg, state, source, before):
-    if source == latest_path(cfg.OUTPUT_DIR, before) and state["epoch"] < cfg.TRAIN[f"STAGE{before}"].EPOCHS:
+    if source == latest_path(cfg.OUTPUT_DIR, before) and not stage_finished(cfg, before, state["epoch"]):
         raise ISGANError(f"stage {before} is unfinished ({source} is at epoch {state['epoch']}); "
                          f"finish it first: add {before} to TRAIN.STAGES")
 
