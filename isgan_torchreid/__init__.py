@@ -6,12 +6,13 @@ synthperson_b) into ``torchreid.data``, and applies the narrow torchreid compati
 patches of :mod:`isgan_torchreid.compat`.
 
 Trained models leave the trainer through :func:`load_encoder` (any checkpoint kind -> the identity
-encoder, eval mode) and :func:`embed` (images -> the descriptor tools/test.py evaluates); see
-:mod:`isgan_torchreid.deploy`.
+encoder, eval mode) and :func:`embed` (images -> the descriptor tools/test.py evaluates); an IS-GAN's generative
+half through :func:`load_gan` (a stage-2/3 checkpoint -> ``encode`` images into identity and nuisance codes,
+``decode`` any mix into images); see :mod:`isgan_torchreid.deploy`.
 """
 from . import compat
 from .data.synthetic import DATASETS
-from .deploy import embed, load_encoder
+from .deploy import embed, load_encoder, load_gan
 from .models import MODELS
 
 __version__ = "0.1.0"

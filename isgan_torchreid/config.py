@@ -98,6 +98,7 @@ _C.TRAIN.PRINT_FREQ = 20
 _C.TRAIN.RESUME_FREQ = 1  # epochs between "latest" checkpoints (what an interrupted run resumes from)
 _C.TRAIN.CHECKPOINT_FREQ = 50  # epochs between kept model.pth.tar-<epoch> (at "latest" epochs only)
 _C.TRAIN.SAMPLE_FREQ = 10  # epochs between image grids in stages 2-3 (0: only at the end)
+_C.TRAIN.GRAD_NORM_FREQ = 50  # stage-2/3 steps between logs of each loss term's gradient norm per module (0: off)
 _C.TRAIN.AMP = False  # mixed precision: float16 + loss scaling on CUDA, bfloat16 on CPU
 _C.TRAIN.CHANNELS_LAST = False  # channels-last memory format for the model and its inputs
 _C.TRAIN.NONFINITE = "error"  # error | skip (skip the step and count it)
@@ -170,6 +171,7 @@ _RANGES = {
     "TRAIN.RESUME_FREQ": "[1, inf)",
     "TRAIN.CHECKPOINT_FREQ": "[1, inf)",
     "TRAIN.SAMPLE_FREQ": "[0, inf)",
+    "TRAIN.GRAD_NORM_FREQ": "[0, inf)",
     "TRAIN.DIST_TIMEOUT": "(0, inf)",
     **{f"TRAIN.STAGE{s}.{name}": interval for s in (1, 2, 3)
        for name, interval in (("EPOCHS", "[0, inf)"), ("LR", "(0, inf)"), ("MILESTONES", "[1, inf)"))},
@@ -179,8 +181,8 @@ _RANGES = {
 }
 # keys that do not change what is trained: excluded from the checkpoint's config hash
 _HASH_EXCLUDED = ("OUTPUT_DIR", "DEVICE", "TRAIN.STAGES", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ",
-                  "TRAIN.RESUME_FREQ", "TRAIN.SAMPLE_FREQ", "TRAIN.DIST_TIMEOUT", "DATA.ROOT", "DATA.WORKERS",
-                  "DATA.TARGETS", "DATA.ON_BAD_IMAGE", "DATA.LOADER_TIMEOUT", "TEST")
+                  "TRAIN.RESUME_FREQ", "TRAIN.SAMPLE_FREQ", "TRAIN.GRAD_NORM_FREQ", "TRAIN.DIST_TIMEOUT", "DATA.ROOT",
+                  "DATA.WORKERS", "DATA.TARGETS", "DATA.ON_BAD_IMAGE", "DATA.LOADER_TIMEOUT", "TEST")
 
 
 def get_default_config():

@@ -7,8 +7,10 @@ import pytest
 import torch
 
 import isgan_torchreid  # noqa: F401  (registers models and datasets into torchreid)
-from isgan_torchreid.config import load_config
+from isgan_torchreid.config import config_hash, dump_config, load_config
+from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.engine.staged import ISGANEngine
+from isgan_torchreid.models import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = os.path.join(REPO, "configs")
@@ -42,6 +44,22 @@ def interrupted_at(stage, epoch, step, before=None):
     with pytest.MonkeyPatch.context() as m:
         m.setattr(ISGANEngine, "forward_backward", step_or_stop)
         yield
+
+
+def make_run(root, data_root, name, stage, *overrides):
+    """A run folder with config.yaml and a stage-``stage`` checkpoint of random weights (8 classes, seed 0), as
+    the engine writes them; returns the checkpoint's path. For tools whose behaviour does not depend on training."""
+    out = os.path.join(root, name)
+    cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"),
+                      TINY + ["DATA.ROOT", data_root, "OUTPUT_DIR", out] + list(overrides))
+    os.makedirs(out, exist_ok=True)
+    dump_config(cfg, os.path.join(out, "config.yaml"))
+    torch.manual_seed(0)
+    model = build_model(cfg, 8)
+    path = ckpt.kept_path(out, stage, 1)
+    ckpt.save_checkpoint({"stage": stage, "epoch": 1, "state_dict": model.state_dict(), "num_classes": 8,
+                          "config_hash": config_hash(cfg), "results": {}}, path)
+    return path
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -77,11 +77,12 @@ def test_progress_line_groups_fits_and_estimates_the_run(monkeypatch, capsys):
     engine.stage, engine.batch_idx, engine.max_epoch = 2, -1, 200
     printer.before_stage()
     worst = {"L_S": -123456.7, "L_PS": 1e-7, "L_U": 1.0, "L_D": 1.0, "L_C": 1.0, "D_dom": 1e9, "D_cls": 1.0,
-             "L1_auto": 1.0}
+             "L1_auto": 1.0, "gan/D_real": 0.999, "gan/D_fake": 0.001, "eu/kl": 9999.0, "eu/active": 1.0}
     steps(printer, engine, clock, 2, 12.345, worst)
     line = capsys.readouterr().out.strip()
     assert len(line) <= 120, (len(line), line)
-    assert " | gen -1.235e+05 disc 1e+09 | " in line and "L1_auto" not in line
+    assert " | gen -1.235e+05 disc 1e+09 D 1.00/0.00 KL 1e+04 | " in line and "L1_auto" not in line
+    assert "active" not in line
     _, run_left, _ = printer.seconds_left()
     stage_left = 12.345 * (200 * nb - 2)
     assert run_left == pytest.approx(stage_left + (3.0 + 12.345) * 100 * nb)
@@ -141,6 +142,10 @@ def test_sample_grid_rows_partner_mask_and_tensorboard(tiny_cfg, tmp_path):
     assert events.Tags()["images"] == ["samples"]
     (image,) = events.Images("samples")
     assert image.step == cfg.TRAIN.STAGE1.EPOCHS * 4 and image.height > 6 * 256
+    assert sorted(events.Tags()["scalars"]) == ["eval_L1/auto", "eval_L1/part_shuffled", "eval_L1/shuffled"]
+    for name, value in grids.eval_l1.items():
+        (logged,) = events.Scalars(f"eval_L1/{name}")
+        assert logged.step == image.step and logged.value == pytest.approx(value) and 0 < value < 2
 
 
 # ---------------------------------------------------------------- console log and table

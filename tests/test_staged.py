@@ -515,3 +515,21 @@ def test_later_stages_need_stage1_weights(full_run, data_root, tmp_path, capsys)
     assert ckpt.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))["epoch"] == 1
     # E_R comes from the stage-1 checkpoint and stays frozen in stage 2 (stage 3 has 0 epochs here)
     assert metrics(results)[2] == metrics(results)[3] == metrics(full_results)[1]
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_diagnostics_leave_the_step_unchanged(make_engine, batches, stage):
+    runs = {}
+    for freq in (0, 1):
+        engine = make_engine("TRAIN.GRAD_NORM_FREQ", str(freq))
+        prepare(engine, stage)
+        runs[freq] = engine.forward_backward(batches[0]), snapshot(engine.model)
+    (plain, before), (diagnosed, after) = runs[0], runs[1]
+    for name, value in before.items():
+        assert torch.equal(value, after[name]), name
+    assert {"gan/D_real", "gan/D_fake", "gan/DC_acc_real", "gan/DC_acc_fake", "eu/kl", "eu/active"} <= set(plain)
+    assert not any(k.startswith("grad_") for k in plain)
+    grads = {k for k in diagnosed if k.startswith("grad_")}
+    assert {"grad_G/L_S", "grad_G/L_D", "grad_E_U/L_U", "grad_E_U/L_S"} <= grads
+    assert any(k.startswith("grad_E_R/") for k in grads) == (stage == 3)
+    assert diagnosed["grad_G/L_U"] == 0 and diagnosed["grad_E_U/L_U"] > 0  # the KL reaches E_U only

@@ -5,6 +5,7 @@ import hashlib
 import json
 import os
 import os.path as osp
+import re
 import uuid
 from collections import defaultdict
 
@@ -63,6 +64,21 @@ def test_same_spec_is_byte_identical_and_seed_or_style_changes_it(tmp_path, tiny
         other = _hashes(path)
         assert len(other) == len(reference)
         assert set(other.values()).isdisjoint(reference.values())  # every file's content changed
+
+
+def test_factors_file_labels_every_image(tiny_dir):
+    with open(osp.join(tiny_dir, 'factors.json')) as f:
+        factors = json.load(f)
+    images = {osp.relpath(osp.join(root, name), tiny_dir) for root, _, names in os.walk(tiny_dir)
+              for name in names if name.endswith('.jpg')}
+    assert set(factors) == images
+    views = set()
+    for path, drawn in factors.items():
+        pid, cam = re.search(r'([-\d]+)_c(\d)', osp.basename(path)).groups()
+        assert drawn['camera'] == int(cam) and isinstance(drawn['occluded'], bool)
+        assert drawn['view'] in ('front', 'back', 'side') or (pid == '0000' and drawn['view'] is None)
+        views.add(drawn['view'])
+    assert {'front', 'back', 'side'} <= views
 
 
 def test_layout_is_parsed_by_torchreids_market1501_parser(tiny_dir):

@@ -13,19 +13,19 @@ import pytest
 import torch
 from PIL import Image, ImageFont, features
 
-from isgan_torchreid.config import config_hash, dump_config, load_config
+from isgan_torchreid.config import config_hash, load_config
 from isgan_torchreid.data.build import check_datasets
-from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.losses.shuffle import part_shuffle
-from isgan_torchreid.models import build_model
 from isgan_torchreid.visualize import canvas
 from isgan_torchreid.visualize.canvas import (PAD, Tile, denormalize, font, market_label, parse_market_name,
                                               part_mask_bar, save_png, sheet)
-from isgan_torchreid.visualize.disentangle import Disentangler, parse_slots, region_slots, slot_names
-from isgan_torchreid.visualize.main import checkpoint_config, load_images, load_model, visualize_main
+from isgan_torchreid.deploy.gan import checkpoint_config, load_gan
+from isgan_torchreid.visualize.disentangle import (decode_with_classes, interpolated_codes, parse_slots, region_slots,
+                                                   slot_names, swapped_codes)
+from isgan_torchreid.visualize.main import load_images, visualize_main
 
-from conftest import CONFIGS, REPO, TINY
+from conftest import CONFIGS, REPO, TINY, make_run
 
 MEAN = [0.485, 0.456, 0.406]
 STD = [0.229, 0.224, 0.225]
@@ -147,21 +147,6 @@ def test_parse_slots():
 
 # ---------------------------------------------------------------- tiny checkpoints
 
-def make_run(root, data_root, name, stage, *overrides):
-    """A run folder with config.yaml and a stage-``stage`` checkpoint of random weights; returns its path."""
-    out = os.path.join(root, name)
-    cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"),
-                      TINY + ["DATA.ROOT", data_root, "OUTPUT_DIR", out] + list(overrides))
-    os.makedirs(out, exist_ok=True)
-    dump_config(cfg, os.path.join(out, "config.yaml"))
-    torch.manual_seed(0)
-    model = build_model(cfg, 8)
-    path = ckpt.kept_path(out, stage, 1)
-    ckpt.save_checkpoint({"stage": stage, "epoch": 1, "state_dict": model.state_dict(), "num_classes": 8,
-                          "config_hash": config_hash(cfg), "results": {}}, path)
-    return path
-
-
 @pytest.fixture(scope="module")
 def runs(data_root, module_dir):
     """Checkpoints: IS-GAN stage 2 and stage 1 (default parts), MGN stage 3 (parts [2]); the synthetic data."""
@@ -177,70 +162,62 @@ def runs(data_root, module_dir):
 
 
 @pytest.fixture(scope="module")
-def disentangler(runs):
-    cfg, state = checkpoint_config(runs["isgan"], None, [])
-    model, device = load_model(cfg, state, strict=True)
-    from isgan_torchreid.engine.objective import build_objective
-    return Disentangler(model, build_objective(cfg, model, device).image_to_unit), cfg, device
+def gan(runs):
+    return load_gan(runs["isgan"], device="cpu")
 
 
-def two_codes(disentangler, runs):
-    dis, cfg, device = disentangler
-    imgs, _ = load_images(runs["query"][:2], cfg, device)
-    identity, nuisance = dis.encode(imgs)
-    return dis, (identity[:1], nuisance[:1]), (identity[1:], nuisance[1:]), imgs
+def two_codes(gan, runs):
+    imgs, _ = load_images(gan, runs["query"][:2])
+    identity, nuisance = gan.encode(imgs)
+    return (identity[:1], nuisance[:1]), (identity[1:], nuisance[1:]), imgs
 
 
 # ---------------------------------------------------------------- the maths of the pictures
 
 @pytest.mark.parametrize("what", ["identity", "nuisance"])
-def test_interpolation_of_an_image_with_itself_is_constant(disentangler, runs, what):
-    dis, a, _, _ = two_codes(disentangler, runs)
-    images, classes = dis.interpolate(a, a, 5, what)
+def test_interpolation_of_an_image_with_itself_is_constant(gan, runs, what):
+    a, _, _ = two_codes(gan, runs)
+    images, classes = decode_with_classes(gan, *interpolated_codes(a, a, 5, what))
     assert images.shape == (5, 3, 128, 64) and len(set(classes.tolist())) == 1
     for row in images[1:]:
         torch.testing.assert_close(row, images[0], rtol=0, atol=1e-6)
 
 
-def test_interpolation_ends_are_the_sources(disentangler, runs):
-    dis, a, b, _ = two_codes(disentangler, runs)
-    images, classes = dis.interpolate(a, b, 4, "identity")
-    first, _ = dis.decode(*a)
-    last, last_class = dis.decode(b[0], a[1])  # b's identity with a's nuisance
+def test_interpolation_ends_are_the_sources(gan, runs):
+    a, b, _ = two_codes(gan, runs)
+    images, classes = decode_with_classes(gan, *interpolated_codes(a, b, 4, "identity"))
+    first = gan.decode(*a)
+    last, last_class = decode_with_classes(gan, b[0], a[1])  # b's identity with a's nuisance
     torch.testing.assert_close(images[0], first[0])
     torch.testing.assert_close(images[-1], last[0])
     assert classes[-1] == last_class[0]
     assert not torch.allclose(images[0], images[-1])
 
 
-def test_swapping_all_identity_parts_is_generating_from_b(disentangler, runs):
-    dis, a, b, _ = two_codes(disentangler, runs)
-    all_parts = region_slots(dis.parts, "all")
-    swapped, classes = dis.swap(a, b, all_parts, "identity")
-    from_b, b_class = dis.decode(b[0], a[1])
-    torch.testing.assert_close(swapped, from_b)
-    assert classes.tolist() == b_class.tolist()
-    swapped, _ = dis.swap(a, b, all_parts, "nuisance")
-    torch.testing.assert_close(swapped, dis.decode(a[0], b[1])[0])
+def test_swapping_all_identity_parts_is_generating_from_b(gan, runs):
+    a, b, _ = two_codes(gan, runs)
+    all_parts = region_slots(gan.parts, "all")
+    swapped = gan.decode(*swapped_codes(a, b, all_parts, "identity", gan.num_features))
+    torch.testing.assert_close(swapped, gan.decode(b[0], a[1]))
+    swapped = gan.decode(*swapped_codes(a, b, all_parts, "nuisance", gan.num_features))
+    torch.testing.assert_close(swapped, gan.decode(a[0], b[1]))
 
 
-def test_swapping_upper_parts_takes_only_those_features(disentangler, runs, monkeypatch):
-    dis, a, b, _ = two_codes(disentangler, runs)
-    seen = {}
-    monkeypatch.setattr(dis, "decode", lambda identity, nuisance: seen.update(i=identity, n=nuisance))
-    dis.swap(a, b, region_slots(dis.parts, "upper"), "identity")
+def test_swapping_upper_parts_takes_only_those_features(gan, runs):
+    a, b, _ = two_codes(gan, runs)
+    identity, nuisance = swapped_codes(a, b, region_slots(gan.parts, "upper"), "identity", gan.num_features)
     mask = torch.zeros(1, 8, dtype=torch.bool)
     mask[0, [2, 5]] = True
-    assert torch.equal(seen["i"], part_shuffle(a[0], b[0], mask)) and torch.equal(seen["n"], a[1])
-    assert not torch.equal(seen["i"], a[0]) and not torch.equal(seen["i"], b[0])
+    assert torch.equal(identity, part_shuffle(a[0], b[0], mask)) and torch.equal(nuisance, a[1])
+    assert not torch.equal(identity, a[0]) and not torch.equal(identity, b[0])
 
 
-def test_predicted_class_is_the_classifiers_mean_argmax(disentangler, runs):
-    dis, _, _, imgs = two_codes(disentangler, runs)
-    identity, _ = dis.encode(imgs)
+def test_predicted_class_is_the_classifiers_mean_argmax(gan, runs):
+    _, _, imgs = two_codes(gan, runs)
+    identity, _ = gan.encode(imgs)
     with torch.no_grad():
-        _, logits = dis.model.encoder_r(dis.model.backbone(imgs))
-    assert dis.predicted_class(identity).tolist() == torch.stack(logits).mean(0).argmax(1).tolist()
+        _, logits = gan.model.encoder_r(gan.model.backbone(imgs))
+    assert gan.predicted_class(identity).tolist() == torch.stack(logits).mean(0).argmax(1).tolist()
 
 
 # ---------------------------------------------------------------- the subcommands
@@ -289,7 +266,7 @@ def test_rank_several_models(runs, tmp_path):
 
 @pytest.mark.parametrize("key, argv, message", [
     ("stage1", ["interpolate", "--a", "A", "--b", "A"], "stage-1 checkpoint, whose E_U and G are untrained"),
-    ("mgn", ["swap", "--a", "A", "--b", "A"], "needs an IS-GAN checkpoint"),
+    ("mgn", ["swap", "--a", "A", "--b", "A"], "needs an IS-GAN checkpoint of stage 2 or 3"),
     ("isgan", ["interpolate", "--a", "A", "--b", "/nonexistent.jpg"], "image not found: /nonexistent.jpg"),
     ("isgan", ["interpolate", "--a", "A", "--b", "A", "--steps", "1"], "at least 2 steps"),
     ("isgan", ["grid", "--images", "A"], "two or more images"),

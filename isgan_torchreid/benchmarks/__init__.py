@@ -6,6 +6,8 @@
 * :mod:`.inference`: the identity encoder in PyTorch eager, TorchScript and onnxruntime; its file sizes;
 * :mod:`.dc`: does the class discriminator D_C generalise to held-out images;
 * :mod:`.scaling`: IS-GAN's training throughput in 1 and N data-parallel processes;
+* :mod:`.disentangle`: does a trained IS-GAN disentangle: reconstruction against trivial predictors, swaps,
+  identity retention and nuisance transfer on a run's test split;
 * :mod:`.common`: timing, memory and process helpers they share.
 
 ``tools/benchmark.py`` is :func:`benchmark_main`.
@@ -25,6 +27,8 @@ def _parser():
     p = parser("Print speed/memory tables: IS-GAN stages 1-3 and inference, MGN, torchreid's pcb_p6, and the fast "
                "evaluator against torchreid's (default); or the authors' code timed in the same run, profiles, "
                "the encoder's inference, evaluation at gallery scale, D_C's generalisation.")
+    config = next(a for a in p._actions if a.dest == "config_file")
+    config.required, config.help = False, "YAML config (may name a _BASE_); every table but --disentangle needs it"
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iters", type=int, help="timed iterations (default 2; with --reference 5 per stage and "
                    "implementation; with --inference 3)")
@@ -55,6 +59,18 @@ def _parser():
     only.add_argument("--dc-lr", type=float, default=0.01, help="SGD learning rate of D")
     only.add_argument("--dc-train-per-id", type=int, default=8, help="training images per identity")
     only.add_argument("--dc-heads", default="IN-LReLU-avg,LReLU-avg,IN-LReLU-max,LReLU-max")
+    only.add_argument("--disentangle", metavar="RUN", help="an IS-GAN run's OUTPUT_DIR (its stage-3, else stage-2 "
+                      "latest checkpoint) or a stage-2/3 checkpoint: reconstruction against the mean (camera) "
+                      "image, swaps, identity retention and nuisance transfer on its test split; table + JSON "
+                      "(--config-file not needed)")
+    only.add_argument("--ids", type=int, default=50, help="--disentangle: test identities measured")
+    only.add_argument("--pairs", type=int, default=200, help="--disentangle: swap pairs (a, b)")
+    only.add_argument("--train-images", type=int, default=2000, help="--disentangle: training images averaged "
+                      "into the mean images")
+    only.add_argument("--probe-steps", type=int, default=300, help="--disentangle: training steps of the probe")
+    only.add_argument("--seed", type=int, default=0, help="--disentangle: choice of identities and pairs, probe")
+    only.add_argument("--out", metavar="FILE.json", help="--disentangle: where the JSON goes (default "
+                      "RUN/disentangle.json)")
     return p
 
 
@@ -139,6 +155,20 @@ def _dc_table(cfg, args, device):
                                      args.dc_train_per_id, device)))
 
 
+def _disentangle_table(args):
+    from .disentangle import Settings, run_disentangle
+
+    for flag in ("ids", "pairs", "train_images", "probe_steps"):
+        if getattr(args, flag) < (2 if flag == "ids" else 1):
+            raise ISGANError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: use a positive number"
+                             + (" of at least 2" if flag == "ids" else ""))
+    if args.out and not args.out.endswith(".json"):
+        raise ISGANError(f"--out {args.out}: the numbers are written as JSON; name it FILE.json")
+    settings = Settings(ids=args.ids, pairs=args.pairs, train_images=args.train_images,
+                        probe_steps=args.probe_steps, seed=args.seed)
+    return run_disentangle(args.disentangle, args.opts, settings, args.out)
+
+
 def benchmark_main(argv=None):
     """tools/benchmark.py: the tables the flags ask for (see ``--help``)."""
     from ..cli import is_name, parse_args, pop_list_flag, reports_errors, select_device
@@ -155,6 +185,11 @@ def benchmark_main(argv=None):
             raise ISGANError(f"--iters must be at least 1, not {args.iters}")
         if args.nproc < 0:
             raise ISGANError(f"--nproc must be 0 (off) or more, not {args.nproc}")
+        if args.disentangle:
+            return _disentangle_table(args)
+        if not args.config_file:
+            raise ISGANError("tools/benchmark.py needs --config-file (e.g. configs/isgan_synthetic.yaml), except "
+                             "with --disentangle RUN")
         cfg = load_config(args.config_file, args.opts)
         if args.inference:
             return _inference_tables(cfg, args)

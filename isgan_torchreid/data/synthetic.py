@@ -19,6 +19,9 @@ Layout under ``<root>/<name>/`` (torchreid's Market-1501 parser reads it unchang
     bounding_box_train/  {pid:04d}_c{cam}s1_{frame:06d}_00.jpg   train ids
     bounding_box_test/   test ids, distractors 0000_c..., junk -1_c... (dropped by the parser)
     query/               one image per (test id, camera) with another image of that id in the gallery
+    factors.json         each image's nuisance factors: {relative path: {"camera": c, "view": front | back |
+                         side | null (no person), "occluded": bool}}, what the disentanglement benchmark
+                         checks G's swaps against (any Market-layout dataset may carry such a file)
     spec.json            the spec it was made from (plus the generator version)
 """
 import colorsys
@@ -46,9 +49,10 @@ ImageDataset = compat.torchreid_base().data.ImageDataset
 Market1501 = compat.torchreid_base().data.datasets.Market1501
 
 # Bump whenever rendering changes, so datasets made by an older generator are regenerated.
-GENERATOR_VERSION = 1
+GENERATOR_VERSION = 2  # 2: factors.json (images unchanged)
 
 _SPLIT_DIRS = ('bounding_box_train', 'query', 'bounding_box_test')
+FACTORS_FILE = 'factors.json'  # each image's nuisance factors, beside the split folders
 # Market-1501's parser asserts 0 <= pid <= 1501 (pid 0 = distractor) and 1 <= cam <= 6.
 _MAX_PID = 1501
 # Integer fields: (lowest, highest) allowed value (also the ranges of the DATA.SYNTH config keys).
@@ -508,11 +512,14 @@ def _finish(img, cam, rng):
 
 
 def _render(cam, ident, rng, height, width, framing='full'):
-    """Renders one image; ``framing`` is 'full' (a detection), 'partial' or 'empty' (bad detections)."""
+    """Renders one image; ``framing`` is 'full' (a detection), 'partial' or 'empty' (bad detections).
+
+    Returns the uint8 (H, W, 3) pixels and the image's drawn nuisance factors (view, occluded)."""
     ox = int(rng.integers(0, width + 1))
     img = Image.fromarray(cam.scene[:, ox:ox + width])  # (H, W, 3)
     draw = ImageDraw.Draw(img)
     _draw_clutter(draw, rng, height, width, int(rng.integers(0, 4)) + (3 if framing == 'empty' else 0))
+    factors = {'view': None, 'occluded': False}
     if framing != 'empty':
         u = rng.uniform(*cam.scale) * ident.build_h * height
         foot_y = height * rng.uniform(0.97, 1.0)
@@ -523,9 +530,10 @@ def _render(cam, ident, rng, height, width, framing='full'):
             cx += rng.choice([-1.0, 1.0]) * rng.uniform(0.25, 0.5) * width
         view = _VIEWS[rng.choice(3, p=cam.view_p)]
         _draw_person(img, ident, rng, foot_y, cx, u, view)
-        if rng.random() < cam.occlusion:
+        factors = {'view': view, 'occluded': bool(rng.random() < cam.occlusion)}
+        if factors['occluded']:
             _draw_occluder(draw, rng, height, width)
-    return _finish(img, cam, rng)
+    return _finish(img, cam, rng), factors
 
 
 # ---------------------------------------------------------------------------------- dataset
@@ -581,7 +589,7 @@ def _render_all(out_dir, spec):
     style = _STYLES[spec.style]
     cams = {c: _camera(np.random.default_rng((spec.seed, _CAMERA, c)), style, spec.height, spec.width)
             for c in range(1, spec.num_cams + 1)}
-    idents = {}
+    idents, factors = {}, {}
     for name in _SPLIT_DIRS:
         os.makedirs(osp.join(out_dir, name))
     for rel_path, cam, ident_key, image_key, pid in _plan(spec):
@@ -592,8 +600,11 @@ def _render_all(out_dir, spec):
             ident = idents[ident_key]
         framing = 'empty' if ident is None else ('partial' if pid <= 0 else 'full')
         rng = np.random.default_rng((spec.seed, *image_key))
-        pixels = _render(cams[cam], ident, rng, spec.height, spec.width, framing)
+        pixels, drawn = _render(cams[cam], ident, rng, spec.height, spec.width, framing)
         Image.fromarray(pixels).save(osp.join(out_dir, rel_path), quality=cams[cam].quality)
+        factors[rel_path.replace(os.sep, '/')] = {'camera': cam, **drawn}
+    with open(osp.join(out_dir, FACTORS_FILE), 'w') as f:
+        json.dump(factors, f, indent=0, sort_keys=True)
     with open(osp.join(out_dir, 'spec.json'), 'w') as f:
         json.dump(_spec_record(spec), f, indent=2, sort_keys=True)
 

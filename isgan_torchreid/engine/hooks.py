@@ -16,6 +16,7 @@ import torch
 from torch.utils.tensorboard import SummaryWriter
 
 from .. import compat, deploy
+from ..losses.isgan import reconstruction_loss
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..visualize.canvas import (Tile, denormalize, display_scale, font_size_for, market_label, parse_market_name,
                                 part_mask_bar, save_png, sheet, to_array, to_pil)
@@ -99,6 +100,8 @@ class SampleGrids(HookBase):
     One row per training sample (two of each of the first ``num_ids`` identities with two or more images):
     the image with its pid and camera, the partner it was paired with for identity shuffling, G's auto-encoded,
     identity-shuffled and part-shuffled outputs [Eq. 3, 4], and the part mask (which features S swapped).
+    With each grid, the eval-mode L1 of each fake set on these images (``eval_L1/<set>``, in G's target space as
+    the training L1 terms) goes to TensorBoard.
     """
 
     def __init__(self, freq: int, num_ids: int = 4):
@@ -119,6 +122,8 @@ class SampleGrids(HookBase):
             for hook in e.hooks:
                 if isinstance(hook, TensorBoardWriter):
                     hook.add_image("samples", picture)
+                    for name, value in self.eval_l1.items():
+                        hook.add_scalar(f"eval_L1/{name}", value)
 
     def _batch(self):
         """Two images of each of the first ``num_ids`` identities with two or more: normalised (n, 3, H, W),
@@ -174,6 +179,9 @@ class SampleGrids(HookBase):
         model.train(was_training)
         if was_training:
             e.apply_stage_policy()
+        target = e.objective.image_target(imgs)
+        self.eval_l1 = {name: reconstruction_loss(f, target).item()
+                        for name, f in zip(gen.sets, gen.fakes.chunk(len(gen.sets)))}
         scale = display_scale(imgs.size(-2))
         real = denormalize(imgs, IMAGENET_MEAN, IMAGENET_STD)
         fakes = dict(zip(gen.sets, (e.objective.image_to_unit(f) for f in gen.fakes.chunk(len(gen.sets)))))
@@ -224,8 +232,10 @@ class TensorBoardWriter(HookBase):
     this invocation runs them (``--stages 2 3`` after stage 1 continues its curve). A resumed stage opens its
     writer with ``purge_step`` at the first step it repeats, so TensorBoard drops the steps the interrupted
     session logged after its last checkpoint: every step appears once. Tags: ``loss_<group>/<term>`` and
-    ``loss_<group>/total`` for the groups of :data:`LOSS_GROUPS`, ``train/<term>`` for the others (accuracy,
-    the unweighted L1 of each fake set), ``train/lr``, ``train/lr_D``, ``test/<target>/<metric>``.
+    ``loss_<group>/total`` for the groups of :data:`LOSS_GROUPS`; the diagnostics of :mod:`.diagnostics` under
+    their own names (``gan/D_real``, ``eu/kl``, ``grad_G/L_S``...); ``train/<term>`` for the others (accuracy,
+    the unweighted L1 of each fake set); ``train/lr``, ``train/lr_D``, ``test/<target>/<metric>``; at each
+    sample grid, ``eval_L1/<set>`` (:class:`SampleGrids`).
     """
 
     def before_stage(self):
@@ -244,12 +254,16 @@ class TensorBoardWriter(HookBase):
         for group, terms in grouped(e.summary).items():
             prefix = f"loss_{group}" if group in LOSS_GROUPS else "train"
             for name, value in terms.items():
-                self.writer.add_scalar(f"{prefix}/{name}", value, step)
+                self.writer.add_scalar(name if "/" in name else f"{prefix}/{name}", value, step)
             if group in LOSS_GROUPS:
                 self.writer.add_scalar(f"{prefix}/total", sum(terms.values()), step)
         for name, opt in e.optimizers.items():
             tag = "train/lr" if name == "model" else "train/lr_D"
             self.writer.add_scalar(tag, opt.optimizer.param_groups[0]["lr"], step)
+
+    def add_scalar(self, tag, value):
+        """A scalar at the current step."""
+        self.writer.add_scalar(tag, value, self.step())
 
     def add_image(self, tag, picture):
         """A picture (PIL) at the current step."""
@@ -266,14 +280,17 @@ class TensorBoardWriter(HookBase):
 class ProgressPrinter(HookBase):
     """Every ``freq`` steps and at each epoch's end, one line of at most 120 columns::
 
-        [s2 e3/8 20/24] 0.41s/it eta 0:00:12 run ~0:12:31 | gen 12.35 disc 1.234 | lr 2.0e-04
+        [s2 e3/8 20/24] 0.41s/it eta 0:00:12 run ~0:12:31 | gen 12.35 disc 1.234 D 0.62/0.31 KL 65.2 | lr 2.0e-04
 
     stage, epoch and step; seconds per step of this stage so far (data loading and checkpoints included);
     time left in the stage, and in the run: this stage plus the later stages of TRAIN.STAGES, training steps
     only ('~': includes stages not run yet, see :meth:`estimate`); the loss groups of :data:`LOSS_GROUPS`
-    (each the sum of its terms) and the accuracy of identity steps, averaged over the steps since the last
-    line. At each stage's end: its steps and training time.
+    (each the sum of its terms), the accuracy of identity steps, and in stages 2-3 D's mean probability of
+    "real" on real images / on fakes (D) and E_U's KL per image (:mod:`.diagnostics`), averaged over the steps
+    since the last line. At each stage's end: its steps and training time.
     """
+
+    SHOWN = {"acc": "acc", "gan/D_real": "Dr", "gan/D_fake": "Df", "eu/kl": "KL"}  # summary key -> label
 
     def __init__(self, freq: int):
         self.freq = freq
@@ -282,15 +299,14 @@ class ProgressPrinter(HookBase):
     def before_stage(self):
         self.start = time.perf_counter()
         self.steps = 0
-        self.window = {name: (0.0, 0) for name in (*LOSS_GROUPS, "acc")}  # the order of the line
+        self.window = {name: (0.0, 0) for name in (*LOSS_GROUPS, *self.SHOWN.values())}  # the order of the line
 
     def after_step(self):
         e = self.engine
         self.steps += 1
         self.last = time.perf_counter()
         shown = {g: sum(terms.values()) for g, terms in grouped(e.summary).items() if g in LOSS_GROUPS}
-        if "acc" in e.summary:
-            shown["acc"] = e.summary["acc"]
+        shown.update({label: e.summary[key] for key, label in self.SHOWN.items() if key in e.summary})
         for name, value in shown.items():
             total, n = self.window[name]
             self.window[name] = (total + value, n + 1)
@@ -322,7 +338,13 @@ class ProgressPrinter(HookBase):
         e = self.engine
         per_step = self.per_step[e.stage]
         stage_left, run_left, estimated = self.seconds_left()
-        groups = " ".join(f"{g} {t / n:.4g}" for g, (t, n) in self.window.items() if n)
+        mean = {g: t / n for g, (t, n) in self.window.items() if n}
+        shown = [f"{g} {mean.pop(g):.4g}" for g in (*LOSS_GROUPS, "acc") if g in mean]
+        if "Dr" in mean and "Df" in mean:
+            shown.append(f"D {mean['Dr']:.2f}/{mean['Df']:.2f}")
+        if "KL" in mean:
+            shown.append(f"KL {mean['KL']:.3g}")
+        groups = " ".join(shown)
         lr = e.optimizers["model"].optimizer.param_groups[0]["lr"]
         return (f"[s{e.stage} e{e.epoch + 1}/{e.max_epoch} {e.batch_idx + 1}/{e.num_batches}] {per_step:.2f}s/it "
                 f"eta {_clock(stage_left)} run {'~' if estimated else ''}{_clock(run_left)} | {groups} | "

@@ -41,8 +41,10 @@ from ..losses import isgan as L
 from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners
 from ..visualize import denormalize
 from . import distributed
+from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
 
-__all__ = ["LossSettings", "Precision", "Generation", "IdentityObjective", "ISGANObjective", "build_objective"]
+__all__ = ["LossSettings", "Precision", "Generation", "image_target", "image_to_unit", "IdentityObjective",
+           "ISGANObjective", "build_objective"]
 
 # attributes of ISGAN that each stage trains
 ISGAN_STAGE_MODULES = {
@@ -122,6 +124,23 @@ class Generation(NamedTuple):
     part_mask: Optional[Tensor]  # (B, K) slots taken from the partner, None without part shuffling
 
 
+def image_target(imgs: Tensor, space: str) -> Tensor:
+    """Normalised input -> the space of G's tanh output and D's inputs (LOSS.TARGET_SPACE): ``rgb`` is [-1, 1]
+    RGB, ``tanh`` (the authors' code) is tanh of the normalised input."""
+    if space == "tanh":
+        return torch.tanh(imgs)
+    mean = imgs.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = imgs.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return (imgs * std + mean) * 2 - 1  # [-1, 1] RGB
+
+
+def image_to_unit(fake: Tensor, space: str) -> Tensor:
+    """Inverse of :func:`image_target`: G's output -> [0, 1] RGB."""
+    if space == "tanh":
+        return denormalize(torch.atanh(fake.clamp(-0.999, 0.999)), IMAGENET_MEAN, IMAGENET_STD)
+    return ((fake + 1) / 2).clamp(0, 1)
+
+
 def _floats(terms: Dict[str, Tensor]) -> Dict[str, float]:
     """Loss tensors -> floats for logging (means over the processes), with one host synchronisation."""
     if not terms:
@@ -184,11 +203,14 @@ class ISGANObjective(IdentityObjective):
 
     stages = (1, 2, 3)
 
-    def __init__(self, model: nn.Module, losses: LossSettings, precision: Precision, joint_g_batch: bool = True):
+    def __init__(self, model: nn.Module, losses: LossSettings, precision: Precision, joint_g_batch: bool = True,
+                 grad_norm_freq: int = 0):
         super().__init__(model, losses, precision)
         if losses.lambda_s <= 0 and losses.lambda_ps <= 0:
             raise ValueError("ISGANObjective: LAMBDA_S and LAMBDA_PS are both 0; stages 2-3 need one of them")
         self.joint_g_batch = joint_g_batch
+        self.grad_norm_freq = grad_norm_freq  # every n-th stage-2/3 step of this process logs term_grad_norms
+        self.gan_steps = 0
 
     def trainable_modules(self, stage: int) -> List[nn.Module]:
         return [getattr(self.model, name) for name in ISGAN_STAGE_MODULES[stage]]
@@ -210,17 +232,11 @@ class ISGANObjective(IdentityObjective):
 
     def image_target(self, imgs: Tensor) -> Tensor:
         """Normalised input -> the space G's tanh output and D's inputs live in (LOSS.TARGET_SPACE)."""
-        if self.losses.target_space == "tanh":
-            return torch.tanh(imgs)
-        mean = imgs.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-        std = imgs.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-        return (imgs * std + mean) * 2 - 1  # [-1, 1] RGB
+        return image_target(imgs, self.losses.target_space)
 
     def image_to_unit(self, fake: Tensor) -> Tensor:
         """Inverse of :meth:`image_target`, to [0, 1] RGB for display."""
-        if self.losses.target_space == "tanh":
-            return denormalize(torch.atanh(fake.clamp(-0.999, 0.999)), IMAGENET_MEAN, IMAGENET_STD)
-        return ((fake + 1) / 2).clamp(0, 1)
+        return image_to_unit(fake, self.losses.target_space)
 
     # ------------------------------------------------------------------ generation
 
@@ -291,6 +307,7 @@ class ISGANObjective(IdentityObjective):
             if n_cls:
                 d_cls = d_cls + n_cls * L.class_loss(cls[B:][cls_mask], labels[cls_mask])
             d_terms["D_cls"] = s.d_lambda_c * d_cls
+        stats = {**discriminator_stats(patch, cls, B, pids, labels), **latent_stats(gen.mu, gen.logvar)}
         updates["discriminator"](d_terms)
 
         # ---- encoder/G step against the updated D, with D frozen (and unwrapped: nothing of it to all-reduce)
@@ -312,9 +329,14 @@ class ISGANObjective(IdentityObjective):
             if stage == 3:  # L_R [Eq. 1] (+ MGN's triplet on the global features with ISGAN_TRIPLET)
                 features = self.model.global_features(gen.id_feat) if s.isgan_triplet else None
                 terms.update(self.identity_terms(gen.logits, features, pids, s.lambda_r))
+        if self.grad_norm_freq and self.gan_steps % self.grad_norm_freq == 0 and distributed.get_world_size() == 1:
+            m = self.model  # (under torchrun the DDP wrappers' hooks forbid extra backward passes: skipped)
+            stats.update(term_grad_norms(terms, {"G": [m.generator], "E_U": [m.encoder_u],
+                                                 "E_R": [m.backbone, m.encoder_r]}))
+        self.gan_steps += 1
         updates["model"](terms)
         disc.requires_grad_(True)
-        return _floats({**terms, **d_terms, **{f"L1_{k}": v for k, v in recon.items()}})
+        return _floats({**terms, **d_terms, **{f"L1_{k}": v for k, v in recon.items()}, **stats})
 
 
 def singleton_identities(dataset) -> int:
@@ -340,5 +362,5 @@ def build_objective(cfg, model: nn.Module, device: torch.device) -> IdentityObje
     losses = LossSettings.from_config(cfg)
     precision = Precision(device.type, cfg.TRAIN.AMP, cfg.TRAIN.CHANNELS_LAST)
     if all(hasattr(model, name) for name in GAN_MODULES):
-        return ISGANObjective(model, losses, precision, cfg.MODEL.G_JOINT_BATCH)
+        return ISGANObjective(model, losses, precision, cfg.MODEL.G_JOINT_BATCH, cfg.TRAIN.GRAD_NORM_FREQ)
     return IdentityObjective(model, losses, precision)

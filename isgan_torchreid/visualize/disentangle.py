@@ -6,10 +6,10 @@
   (upper, lower, all, or chosen features) between two persons, in both directions.
 * :func:`pairs_figure`: the identity of row i with the nuisance of column j, for all pairs of images.
 
-Decoding is deterministic: every module in eval mode, E_U's mean (no sampling), G's noise 0 (its mean).
-G also takes a one-hot class of the C training identities [Sec. 4.1]; a test image has no such class, so it
-gets the class E_R's classifiers predict from the identity features being decoded: the argmax of the mean of
-the K classifiers' logits (:meth:`Disentangler.predicted_class`). Every figure states this in its caption
+Codes come from :class:`isgan_torchreid.deploy.GAN` (``load_gan``), whose decoding is deterministic: every
+module in eval mode, E_U's mean (no sampling), G's noise 0 (its mean). G also takes a one-hot class of the C
+training identities [Sec. 4.1]; a test image has no such class, so it gets the class E_R's classifiers predict
+from the identity features being decoded (:meth:`GAN.predicted_class`). Every figure states this in its caption
 and labels each generated image with the class it was given.
 """
 import os
@@ -18,12 +18,13 @@ from typing import List, Sequence, Tuple
 import torch
 from torch import Tensor
 
+from ..deploy.gan import GAN
 from ..errors import ISGANError
 from ..losses.shuffle import part_shuffle
 from .canvas import Tile, market_label, part_mask_bar, sheet, to_pil
 
-__all__ = ["CLASS_INPUT_NOTE", "slot_names", "region_slots", "parse_slots", "Disentangler", "interpolation_figure",
-           "swap_figure", "pairs_figure"]
+__all__ = ["CLASS_INPUT_NOTE", "slot_names", "region_slots", "parse_slots", "interpolated_codes", "swapped_codes",
+           "decode_with_classes", "interpolation_figure", "swap_figure", "pairs_figure"]
 
 CLASS_INPUT_NOTE = ("G decodes E_R features (identity) and E_U means (nuisance) with noise 0; its class input is "
                     "the class E_R's classifiers predict from the decoded identity features (argmax of the mean of "
@@ -86,66 +87,40 @@ def parse_slots(spec: Sequence[str], parts: Sequence[int]) -> List[int]:
     return sorted(slots)
 
 
-# ------------------------------------------------------------------ encode, mix, decode
+# ------------------------------------------------------------------ mix codes
 
-class Disentangler:
-    """Encodes images into identity (E_R) and nuisance (E_U mean) features and decodes mixtures with G.
+def interpolated_codes(a: Tuple[Tensor, Tensor], b: Tuple[Tensor, Tensor], steps: int, what: str):
+    """``steps`` points from a's to b's ``what`` codes (the other kind stays a's).
 
-    ``to_unit`` maps G's output to [0, 1] RGB (the objective's ``image_to_unit``, per LOSS.TARGET_SPACE).
+    ``a``, ``b``: (identity (1, K*p_R), nuisance (1, K*p_U)). ``torch.lerp`` gives exactly a's features
+    at t = 0 and b's at t = 1 (and a's everywhere when a == b). Returns (identity, nuisance), (steps, ...) each.
     """
+    if what not in WHAT:
+        raise ValueError(f"interpolate: what must be one of {WHAT}, got {what!r}")
+    t = torch.linspace(0, 1, steps, device=a[0].device)[:, None]  # (steps, 1)
+    mixed = [x.expand(steps, -1) for x in a]
+    i = WHAT.index(what)
+    mixed[i] = torch.lerp(a[i].expand(steps, -1), b[i].expand(steps, -1), t)
+    return tuple(mixed)
 
-    def __init__(self, model, to_unit):
-        self.model = model.eval()
-        self.to_unit = to_unit
-        self.parts = tuple(model.encoder_r.branches.parts)
-        self.num_features = model.encoder_r.num_features
 
-    @torch.no_grad()
-    def encode(self, imgs: Tensor) -> Tuple[Tensor, Tensor]:
-        """(B, 3, H, W) normalised images -> identity (B, K*p_R), nuisance (B, K*p_U)."""
-        trunk = self.model.backbone(imgs)  # (B, C4, H/16, W/16)
-        identity, _ = self.model.encoder_r(trunk)
-        nuisance, _, _ = self.model.encoder_u(trunk)  # eval mode: E_U's mean
-        return identity, nuisance
+def swapped_codes(x: Tuple[Tensor, Tensor], y: Tuple[Tensor, Tensor], slots: Sequence[int], what: str,
+                  num_features: int):
+    """x's codes with the ``what`` features of ``slots`` taken from y (the region-wise S of Eq. 4)."""
+    if what not in WHAT:
+        raise ValueError(f"swap: what must be one of {WHAT}, got {what!r}")
+    mask = torch.zeros(x[0].size(0), num_features, dtype=torch.bool, device=x[0].device)  # (B, K)
+    mask[:, list(slots)] = True
+    mixed = list(x)
+    i = WHAT.index(what)
+    mixed[i] = part_shuffle(x[i], y[i], mask)
+    return tuple(mixed)
 
-    @torch.no_grad()
-    def predicted_class(self, identity: Tensor) -> Tensor:
-        """(B,) class of identity features (B, K*p_R): argmax of the mean of E_R's K classifiers' logits."""
-        parts = identity.view(identity.size(0), self.num_features, -1)  # (B, K, p_R)
-        logits = [classify(parts[:, k]) for k, classify in enumerate(self.model.encoder_r.classifiers)]
-        return torch.stack(logits).mean(0).argmax(1)
 
-    @torch.no_grad()
-    def decode(self, identity: Tensor, nuisance: Tensor) -> Tuple[Tensor, Tensor]:
-        """G with the predicted class and zero noise -> images (B, 3, H, W) in [0, 1], classes (B,)."""
-        classes = self.predicted_class(identity)
-        noise = identity.new_zeros(identity.size(0), self.model.generator.noise_dim)
-        return self.to_unit(self.model.generator(identity, nuisance, classes, noise=noise)), classes
-
-    def interpolate(self, a: Tuple[Tensor, Tensor], b: Tuple[Tensor, Tensor], steps: int, what: str):
-        """Decode ``steps`` points from a's to b's ``what`` features (the other kind stays a's).
-
-        ``a``, ``b``: (identity (1, K*p_R), nuisance (1, K*p_U)). ``torch.lerp`` gives exactly a's features
-        at t = 0 and b's at t = 1 (and a's everywhere when a == b). Returns images (steps, 3, H, W), classes.
-        """
-        if what not in WHAT:
-            raise ValueError(f"interpolate: what must be one of {WHAT}, got {what!r}")
-        t = torch.linspace(0, 1, steps, device=a[0].device)[:, None]  # (steps, 1)
-        mixed = [x.expand(steps, -1) for x in a]
-        i = WHAT.index(what)
-        mixed[i] = torch.lerp(a[i].expand(steps, -1), b[i].expand(steps, -1), t)
-        return self.decode(*mixed)
-
-    def swap(self, x: Tuple[Tensor, Tensor], y: Tuple[Tensor, Tensor], slots: Sequence[int], what: str):
-        """x's features with the ``what`` features of ``slots`` taken from y (the region-wise S of Eq. 4)."""
-        if what not in WHAT:
-            raise ValueError(f"swap: what must be one of {WHAT}, got {what!r}")
-        mask = torch.zeros(x[0].size(0), self.num_features, dtype=torch.bool, device=x[0].device)  # (B, K)
-        mask[:, list(slots)] = True
-        mixed = list(x)
-        i = WHAT.index(what)
-        mixed[i] = part_shuffle(x[i], y[i], mask)
-        return self.decode(*mixed)
+def decode_with_classes(gan: GAN, identity: Tensor, nuisance: Tensor) -> Tuple[Tensor, Tensor]:
+    """Images (B, 3, H, W) in [0, 1] and the classes G was given (B,): the figures label each image with it."""
+    classes = gan.predicted_class(identity)
+    return gan.decode(identity, nuisance, classes), classes
 
 
 # ------------------------------------------------------------------ figures
@@ -158,7 +133,7 @@ def _tiles(images: Tensor, labels: Sequence[str], scale: int) -> List[Tile]:
     return [Tile(to_pil(img, scale), label) for img, label in zip(images, labels)]
 
 
-def interpolation_figure(dis: Disentangler, imgs: Tensor, shown: Tensor, paths: Sequence[str], steps: int,
+def interpolation_figure(gan: GAN, imgs: Tensor, shown: Tensor, paths: Sequence[str], steps: int,
                          what: str, scale: int, font_size: int, source: str = ""):
     """Fig. 1 rows for images a, b (``imgs``: normalised (2, 3, H, W); ``shown``: the same in [0, 1]).
 
@@ -166,13 +141,13 @@ def interpolation_figure(dis: Disentangler, imgs: Tensor, shown: Tensor, paths: 
     """
     if steps < 2:
         raise ISGANError(f"--steps {steps}: interpolation needs at least 2 steps (t = 0 and t = 1)")
-    identity, nuisance = dis.encode(imgs)
+    identity, nuisance = gan.encode(imgs)
     a, b = (identity[:1], nuisance[:1]), (identity[1:], nuisance[1:])
     kinds = WHAT if what == "both" else (what,)
     real_a, real_b = _tiles(shown, ["a: " + market_label(paths[0]), "b: " + market_label(paths[1])], scale)
     rows, labels = [], []
     for kind in kinds:
-        fakes, classes = dis.interpolate(a, b, steps, kind)
+        fakes, classes = decode_with_classes(gan, *interpolated_codes(a, b, steps, kind))
         other = "nuisance" if kind == "identity" else "identity"
         rows.append([real_a] + _tiles(fakes, [f"cls {int(c)}" for c in classes], scale) + [real_b])
         labels.append(f"{kind} a -> b\n{other} of a")
@@ -184,21 +159,22 @@ def interpolation_figure(dis: Disentangler, imgs: Tensor, shown: Tensor, paths: 
                  font_size=font_size)
 
 
-def swap_figure(dis: Disentangler, imgs: Tensor, shown: Tensor, paths: Sequence[str], slots: Sequence[int],
+def swap_figure(gan: GAN, imgs: Tensor, shown: Tensor, paths: Sequence[str], slots: Sequence[int],
                 region: str, what: str, scale: int, font_size: int, source: str = ""):
     """Fig. 5 for images a, b: each with the ``what`` features of ``slots`` taken from the other.
 
     Rows a and b: input | auto-encoded | with the other's features | the other | which features were taken.
     """
-    identity, nuisance = dis.encode(imgs)
+    identity, nuisance = gan.encode(imgs)
     codes = (identity, nuisance)
     partner = torch.tensor([1, 0], device=identity.device)
-    swapped_codes = tuple(c[partner] for c in codes)
-    auto, auto_cls = dis.decode(identity, nuisance)
-    swapped, swapped_cls = dis.swap(codes, swapped_codes, slots, what)
-    names = slot_names(dis.parts)
+    partner_codes = tuple(c[partner] for c in codes)
+    auto, auto_cls = decode_with_classes(gan, identity, nuisance)
+    swapped, swapped_cls = decode_with_classes(gan, *swapped_codes(codes, partner_codes, slots, what,
+                                                                   gan.num_features))
+    names = slot_names(gan.parts)
     taken = [k in set(slots) for k in range(len(names))]
-    bar = part_mask_bar(dis.parts, taken, height=shown.size(-2) * scale, cell=max(8, 5 * scale))
+    bar = part_mask_bar(gan.parts, taken, height=shown.size(-2) * scale, cell=max(8, 5 * scale))
     who = ["a", "b"]
     rows = []
     for i in range(2):
@@ -212,23 +188,23 @@ def swap_figure(dis: Disentangler, imgs: Tensor, shown: Tensor, paths: Sequence[
     title = (f"Part-level swap (paper Fig. 5) of {what} features, {region}: {chosen}; a = {_name(paths[0])}, "
              f"b = {_name(paths[1])}")
     caption = (f"Third column: the row's image decoded with the {what} features {chosen} taken from the other "
-               f"image (features: {layout_text(dis.parts)}; stripes numbered from the top). Bars: one per part "
-               f"branch of MODEL.PARTS {list(dis.parts)}, a frame for its global feature around its stripes; "
+               f"image (features: {layout_text(gan.parts)}; stripes numbered from the top). Bars: one per part "
+               f"branch of MODEL.PARTS {list(gan.parts)}, a frame for its global feature around its stripes; "
                f"orange = taken from the other image. {CLASS_INPUT_NOTE}" + (f" Weights: {source}." if source else ""))
     return sheet(rows, title=title, column_titles=["input", "auto-encoded", f"with the other's {what}", "the other",
                                                    "features"],
                  row_labels=who, caption=caption, font_size=font_size)
 
 
-def pairs_figure(dis: Disentangler, imgs: Tensor, shown: Tensor, paths: Sequence[str], scale: int, font_size: int,
+def pairs_figure(gan: GAN, imgs: Tensor, shown: Tensor, paths: Sequence[str], scale: int, font_size: int,
                  source: str = ""):
     """All pairs: cell (i, j) decodes the identity of image i with the nuisance of image j (diagonal:
     auto-encoding); the first row and column show the images."""
-    identity, nuisance = dis.encode(imgs)
+    identity, nuisance = gan.encode(imgs)
     n = identity.size(0)
     rows_id = identity.repeat_interleave(n, dim=0)  # (n*n, K*p_R): row i repeated for each column
     cols_nid = nuisance.repeat(n, 1)  # (n*n, K*p_U)
-    fakes, classes = dis.decode(rows_id, cols_nid)
+    fakes, classes = decode_with_classes(gan, rows_id, cols_nid)
     reals = _tiles(shown, [market_label(p) for p in paths], scale)
     rows = [[None] + reals]
     for i in range(n):

@@ -10,26 +10,21 @@ Subcommands (each takes ``--weights`` and ``--out FILE.png``, and trailing ``KEY
 The checkpoints and lists: see :data:`CHECKPOINT_NOTE` (also the subcommands' ``--help``).
 """
 import argparse
-import contextlib
-import io
 import os
 
 import numpy as np
-import torch
 
 from .. import compat
 from ..cli import is_value, parse_args, pop_list_flag, reports_errors, select_device
-from ..config import config_hash, load_config
+from ..config import load_config
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD, build_datamanager
-from ..engine import checkpoint as ckpt
-from ..engine.objective import build_objective
+from ..deploy.gan import checkpoint_config, describe, gan_from_checkpoint, load_model
 from ..errors import ISGANError
-from ..models import build_model
 from .canvas import denormalize, display_scale, font_size_for, parse_market_name, save_png
-from .disentangle import Disentangler, interpolation_figure, pairs_figure, parse_slots, swap_figure
+from .disentangle import interpolation_figure, pairs_figure, parse_slots, swap_figure
 from .ranking import RankedModel, ranking_figure
 
-__all__ = ["visualize_main", "checkpoint_config", "load_model"]
+__all__ = ["visualize_main"]
 
 CHECKPOINT_NOTE = (
     "A checkpoint is built from the config that trained it: its run's config.yaml (OUTPUT_DIR/config.yaml beside "
@@ -49,93 +44,27 @@ LIST_FLAGS = {
 
 # ------------------------------------------------------------------ checkpoints and images
 
-def _run_config_path(weights):
-    """``config.yaml`` of the run that wrote ``weights`` (its folder or the folder above), or None."""
-    folder = os.path.dirname(os.path.abspath(weights))
-    for candidate in (folder, os.path.dirname(folder)):
-        path = os.path.join(candidate, "config.yaml")
-        if os.path.isfile(path):
-            return path
-    return None
-
-
-def checkpoint_config(weights, config_file, opts):
-    """(config that built ``weights`` + ``opts``, the loaded checkpoint); see the module docstring."""
-    state = ckpt.load_checkpoint(weights)
-    run = _run_config_path(weights)
-    if run and state.get("config_hash") in (None, config_hash(load_config(run))):
-        return load_config(run, opts), state
-    if config_file:
-        return load_config(config_file, opts), state
-    if run:
-        raise ISGANError(f"{run} did not train {weights} (config hash {config_hash(load_config(run))} vs "
-                         f"{state.get('config_hash')}); pass the config that trained it with --config-file")
-    raise ISGANError(f"{weights} is not in a run folder with a config.yaml (OUTPUT_DIR/stage<n>/); pass the config "
-                     f"that describes its architecture with --config-file")
-
-
-def load_model(cfg, state, strict):
-    """The model of ``cfg`` with the checkpoint's weights, in eval mode on the config's device.
-
-    ``strict``: every tensor must fit (IS-GAN's pictures need all of E_R, E_U and G); else tensors that do not
-    fit (another num_classes' classifiers) are skipped and listed.
-    """
-    cfg = cfg.clone()
-    cfg.defrost()
-    cfg.MODEL.PRETRAINED = False  # the checkpoint replaces every weight
-    cfg.freeze()
-    model = build_model(cfg, state.get("num_classes") or 1)
-    weights = ckpt.model_state(state)
-    if strict:
-        weights = {k[len("module."):] if k.startswith("module.") else k: v for k, v in weights.items()}
-        try:
-            model.load_state_dict(weights)
-        except RuntimeError as e:
-            raise ISGANError(f"the checkpoint does not fit MODEL.* of its config ({str(e).splitlines()[0]}); "
-                             f"pass the config that trained it with --config-file") from None
-    else:
-        ckpt.load_weights(model, weights)
-    device = select_device(cfg)
-    return model.to(device).eval(), device
-
-
 def test_transform(cfg):
     """torchreid's test transform at the config's input size (resize, tensor, ImageNet normalisation)."""
-    with contextlib.redirect_stdout(io.StringIO()):  # its listing of the transforms
-        return compat.torchreid_base().data.transforms.build_transforms(
-            cfg.DATA.HEIGHT, cfg.DATA.WIDTH, transforms=None, norm_mean=IMAGENET_MEAN, norm_std=IMAGENET_STD)[1]
+    return compat.test_transform(cfg.DATA.HEIGHT, cfg.DATA.WIDTH, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def load_images(paths, cfg, device):
-    """Images as the model sees them: normalised (n, 3, H, W) on ``device``, and the same in [0, 1]."""
+def load_images(gan, paths):
+    """Images as the model sees them: normalised (n, 3, H, W) on the GAN's device, and the same in [0, 1]."""
     missing = [p for p in paths if not os.path.isfile(p)]
     if missing:
         raise ISGANError(f"image not found: {missing[0]}; pass existing image files")
-    transform, read = test_transform(cfg), compat.torchreid_base().utils.read_image
-    imgs = torch.stack([transform(read(p)) for p in paths]).to(device)
+    imgs = gan.images(paths)
     return imgs, denormalize(imgs, IMAGENET_MEAN, IMAGENET_STD)
 
 
-def _describe(weights, state):
-    where = f" (stage {state['stage']}, epoch {state['epoch']})" if "stage" in state else ""
-    return f"{weights}{where}"
-
-
-def _disentangler(args, opts):
-    """The IS-GAN of ``--weights`` as a :class:`Disentangler`, its config and a description for captions."""
+def _gan(args, opts):
+    """The IS-GAN of ``--weights`` (:class:`~isgan_torchreid.deploy.GAN`), its config and a description for
+    captions."""
     if len(args.weights) != 1:
         raise ISGANError(f"{args.command} takes one --weights, got {len(args.weights)}")
-    weights = args.weights[0]
-    cfg, state = checkpoint_config(weights, args.config_file, opts)
-    if cfg.MODEL.NAME != "isgan":
-        raise ISGANError(f"{args.command} needs an IS-GAN checkpoint (E_U and G); {weights} is a {cfg.MODEL.NAME} "
-                         f"model: use it with the rank subcommand")
-    if state.get("stage") == 1:
-        raise ISGANError(f"{weights} is a stage-1 checkpoint, whose E_U and G are untrained; use a stage-2 or "
-                         f"stage-3 checkpoint (OUTPUT_DIR/stage2/ or stage3/)")
-    model, device = load_model(cfg, state, strict=True)
-    objective = build_objective(cfg, model, device)
-    return Disentangler(model, objective.image_to_unit), cfg, device, _describe(weights, state)
+    gan, cfg, state = gan_from_checkpoint(args.weights[0], args.config_file, opts)
+    return gan, cfg, describe(args.weights[0], state)
 
 
 # ------------------------------------------------------------------ subcommands
@@ -146,29 +75,29 @@ def _scale_and_font(args, height):
 
 
 def run_interpolate(args, opts):
-    dis, cfg, device, source = _disentangler(args, opts)
-    imgs, shown = load_images([args.a, args.b], cfg, device)
+    gan, cfg, source = _gan(args, opts)
+    imgs, shown = load_images(gan, [args.a, args.b])
     scale, size = _scale_and_font(args, cfg.DATA.HEIGHT)
-    return interpolation_figure(dis, imgs, shown, [args.a, args.b], args.steps, args.what, scale, size, source)
+    return interpolation_figure(gan, imgs, shown, [args.a, args.b], args.steps, args.what, scale, size, source)
 
 
 def run_swap(args, opts):
-    dis, cfg, device, source = _disentangler(args, opts)
+    gan, cfg, source = _gan(args, opts)
     spec = args.parts or ["upper"]
-    slots = parse_slots(spec, dis.parts)
-    imgs, shown = load_images([args.a, args.b], cfg, device)
+    slots = parse_slots(spec, gan.parts)
+    imgs, shown = load_images(gan, [args.a, args.b])
     scale, size = _scale_and_font(args, cfg.DATA.HEIGHT)
     region = spec[0] if spec[0] in ("upper", "lower", "all") else "chosen features"
-    return swap_figure(dis, imgs, shown, [args.a, args.b], slots, region, args.what, scale, size, source)
+    return swap_figure(gan, imgs, shown, [args.a, args.b], slots, region, args.what, scale, size, source)
 
 
 def run_grid(args, opts):
     if not args.images or len(args.images) < 2:
         raise ISGANError("grid needs two or more images, e.g. --images a.jpg b.jpg c.jpg")
-    dis, cfg, device, source = _disentangler(args, opts)
-    imgs, shown = load_images(args.images, cfg, device)
+    gan, cfg, source = _gan(args, opts)
+    imgs, shown = load_images(gan, args.images)
     scale, size = _scale_and_font(args, cfg.DATA.HEIGHT)
-    return pairs_figure(dis, imgs, shown, args.images, scale, size, source)
+    return pairs_figure(gan, imgs, shown, args.images, scale, size, source)
 
 
 def _queries(spec, query, count):
@@ -198,7 +127,8 @@ def run_rank(args, opts):
     models = []
     for weights in args.weights:
         cfg, state = checkpoint_config(weights, args.config_file, opts)
-        model, device = load_model(cfg, state, strict=False)
+        device = select_device(cfg)
+        model = load_model(cfg, state, strict=False, device=device)
         stage = f" stage {state['stage']}" if "stage" in state else ""
         stage += " = E_R baseline" if cfg.MODEL.NAME == "isgan" and state.get("stage") == 1 else ""
         run = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(weights))))

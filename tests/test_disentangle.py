@@ -1,0 +1,156 @@
+"""tools/benchmark.py --disentangle: the measures, checked on generators whose answers are known, and the tool.
+
+Two stand-in generators copy one code into the image (a G that ignores the other code): the benchmark must
+score the one that copies the nuisance code as perfect reconstruction that keeps b's camera and none of a's
+identity beyond what b's own image carries, and the one that copies the identity code as the real image a.
+"""
+import json
+import os
+
+import pytest
+import torch
+
+from isgan_torchreid.benchmarks import benchmark_main
+from isgan_torchreid.benchmarks.disentangle import (MeasuredSplit, Settings, _augment, choose_subset, measure,
+                                                    nuisance_factors)
+from isgan_torchreid.config import load_config
+from isgan_torchreid.data.build import IMAGENET_MEAN, IMAGENET_STD, build_datamanager
+from isgan_torchreid.deploy import load_gan
+from isgan_torchreid.engine import checkpoint as ckpt
+from isgan_torchreid.errors import ISGANError
+from isgan_torchreid.visualize import denormalize
+
+from conftest import CONFIGS, TINY, make_run
+
+
+@pytest.fixture(scope="module")
+def run(data_root, module_dir):
+    """A run folder with a stage-2 checkpoint of random weights, and the test split of its data."""
+    weights = make_run(str(module_dir), data_root, "isgan", 2)
+    os.link(weights, ckpt.latest_path(os.path.dirname(os.path.dirname(weights)), 2))
+    cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), TINY + ["DATA.ROOT", data_root])
+    dm = build_datamanager(cfg)
+    query, gallery = dm.fetch_test_loaders("synthperson")
+    return {"weights": weights, "dir": os.path.dirname(os.path.dirname(weights)), "query": query,
+            "gallery": gallery, "train": dm.train_loader.dataset.train}
+
+
+class CopyingGAN:
+    """A GAN whose decoder returns the image stored in one of the two codes; E_R is the real model's."""
+
+    def __init__(self, gan, copies):
+        self.gan, self.copies, self.model, self.device = gan, copies, gan.model, gan.device
+
+    def images(self, paths):
+        return self.gan.images(paths)
+
+    def encode(self, imgs):
+        identity, nuisance = self.gan.encode(imgs)
+        code = imgs.flatten(1)
+        return (code, nuisance) if self.copies == "identity" else (identity, code)
+
+    def decode(self, identity, nuisance):
+        code = identity if self.copies == "identity" else nuisance
+        return denormalize(code.view(-1, 3, 128, 64), IMAGENET_MEAN, IMAGENET_STD)
+
+
+@pytest.fixture(scope="module")
+def subset(run):
+    settings = Settings(ids=6, pairs=12, train_images=30, probe_steps=20)
+    return choose_subset(run["query"], run["gallery"], run["train"], settings), settings
+
+
+def test_choose_subset_is_deterministic_and_pairs_differ_in_identity_and_camera(run, subset):
+    chosen, settings = subset
+    again = choose_subset(run["query"], run["gallery"], run["train"], settings)
+    assert chosen == again
+    assert len({item[1] for item in chosen.query}) == 6 and len(chosen.pairs) == 12 and len(chosen.train) == 30
+    assert {item[1] for item in chosen.gallery} == {item[1] for item in chosen.query}
+    for i, j in chosen.pairs:
+        assert chosen.query[i][1] != chosen.query[j][1] and chosen.query[i][2] != chosen.query[j][2]
+    one_camera = [item for item in run["query"] if item[2] == 0]
+    with pytest.raises(ISGANError, match="no two of them seen by different cameras"):
+        choose_subset(one_camera, run["gallery"], run["train"], settings)
+
+
+def test_a_generator_copying_the_nuisance_code_reconstructs_and_keeps_bs_image(run, subset):
+    chosen, settings = subset
+    r = measure(CopyingGAN(load_gan(run["weights"], device="cpu"), "nuisance"), chosen, settings)
+    assert r["recon_l1"] < 1e-5 and r["recon_vs_camera_mean"] < 1e-4
+    assert r["delta_identity_swap"] < 1e-6 and r["delta_nuisance_swap"] > 0.05
+    # G(id_a, nu_b) is b's image: the probe sees b's camera, view... exactly as often as on the real b
+    assert r["factors"] == ["camera", "occluded", "view"]
+    for name in r["factors"]:
+        if r[f"pairs_{name}"]:
+            assert r[f"transfer_{name}"] == r[f"probe_real_{name}_vs_other"], name
+    assert r["pairs_camera"] == len(chosen.pairs) and r["pairs_view"] > 0
+
+
+def test_a_generator_copying_the_identity_code_is_scored_as_the_real_image(run, subset):
+    chosen, settings = subset
+    r = measure(CopyingGAN(load_gan(run["weights"], device="cpu"), "identity"), chosen, settings)
+    assert r["recon_l1"] < 1e-5 and r["delta_nuisance_swap"] < 1e-6 and r["delta_identity_swap"] > 0.05
+    # G(id_a, nu_b) is a's image: retention equals the real image's, by E_R and by the probe
+    assert r["er_retention_vs_b"] == r["er_real_vs_b"]
+    assert r["probe_retention_vs_b"] == r["probe_real_id_vs_b"]
+    assert r["er_retention_vs_b_corrected"] == pytest.approx(2 * r["er_retention_vs_b"] - 1)
+
+
+def test_trivial_predictors_are_the_mean_images(run, subset):
+    chosen, settings = subset
+    one_image = MeasuredSplit(chosen.query, chosen.gallery, [chosen.query[0]], chosen.pairs)
+    r = measure(CopyingGAN(load_gan(run["weights"], device="cpu"), "identity"), one_image, settings)
+    gan = load_gan(run["weights"], device="cpu")
+    paths = [item[0] for item in chosen.query + chosen.gallery]
+    real = denormalize(gan.images(paths), IMAGENET_MEAN, IMAGENET_STD)
+    expected = (real - real[0]).abs().mean().item()  # the only training image is every camera's mean
+    assert r["mean_image_l1"] == pytest.approx(expected, rel=1e-5)
+    assert r["camera_mean_l1"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_nuisance_factors_come_from_the_datasets_factors_file(run, tmp_path):
+    paths = [item[0] for item in run["query"][:3]] + [str(tmp_path / "query" / "0001_c1s1_000001_00.jpg")]
+    factors = nuisance_factors(paths)
+    assert sorted(factors) == ["occluded", "view"]  # the camera is left out: the file name has it
+    root = os.path.dirname(os.path.dirname(paths[0]))
+    with open(os.path.join(root, "factors.json")) as f:
+        stored = json.load(f)
+    for k, path in enumerate(paths[:3]):
+        assert factors["view"][k] == stored["query/" + os.path.basename(path)]["view"]
+    assert factors["view"][3] is None  # a dataset without factors.json
+    assert nuisance_factors(paths[3:]) == {}
+
+
+def test_augment_keeps_shape_and_colours():
+    x = torch.rand(4, 3, 16, 8)
+    y = _augment(x, torch.Generator().manual_seed(0))
+    assert y.shape == x.shape
+    assert set(y.unique().tolist()) <= set(x.unique().tolist())  # flips and shifts only move pixels
+
+
+def test_tool_writes_table_and_json(run, tmp_path, capsys):
+    out = str(tmp_path / "d.json")
+    result = benchmark_main(["--disentangle", run["dir"], "--ids", "4", "--pairs", "5", "--train-images", "20",
+                             "--probe-steps", "3", "--out", out])
+    printed = capsys.readouterr().out
+    assert "recon / camera mean" in printed and "has b's camera" in printed and "stage 2, epoch 1" in printed
+    with open(out) as f:
+        saved = json.load(f)
+    assert saved == json.loads(json.dumps(result))
+    assert saved["test_ids"] == 4 and saved["pairs"] == 5 and saved["dataset"] == "synthperson"
+    for key in ("er_retention_vs_b", "probe_retention_vs_b", "nuisance_transfer", "transfer_camera",
+                "probe_real_id_accuracy"):
+        assert 0 <= saved[key] <= 1
+    assert os.listdir(tmp_path) == ["d.json"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--disentangle", "EMPTY"], "no stage3/ or stage2/ latest.pth.tar there"),
+    (["--disentangle", "RUN", "--ids", "1"], "--ids 1: use a positive number of at least 2"),
+    (["--disentangle", "RUN", "--out", "x.txt"], "name it FILE.json"),
+    (["--inference"], "needs --config-file"),
+])
+def test_tool_errors_are_one_line(run, tmp_path, argv, message):
+    argv = [str(tmp_path) if a == "EMPTY" else run["dir"] if a == "RUN" else a for a in argv]
+    with pytest.raises(ISGANError, match=message):
+        benchmark_main(argv + ["--debug"])
