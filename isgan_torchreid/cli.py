@@ -4,7 +4,9 @@ import contextlib
 import functools
 import glob
 import os
+import signal
 import sys
+import threading
 import time
 import traceback
 
@@ -14,8 +16,10 @@ from tabulate import tabulate
 from . import compat
 from .config import dump_config, get_default_config, load_config
 from .data.build import build_datamanager
+from .deploy.encoder import load_for_evaluation
 from .engine import checkpoint as ckpt
 from .engine import distributed
+from .engine.lock import output_dir_lock
 from .engine.staged import ISGANEngine
 from .errors import ISGANError
 from .models import build_model
@@ -40,8 +44,18 @@ def parse_args(p, argv):
     return args
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM (``kill``, a scheduler's stop), raised like Ctrl-C's KeyboardInterrupt so that the same cleanup runs:
+    temp files are removed, data-loader workers end, nothing half-written is left."""
+
+
+def _terminate(signum, frame):
+    raise Terminated()
+
+
 def reports_errors(main):
-    """Print an ISGANError as one line (exit 2), and Ctrl-C as one line (exit 130), unless ``--debug`` is given.
+    """Print an ISGANError as one line (exit 2), and Ctrl-C or SIGTERM as one line (exit 130 or 143, as a shell
+    reports them), unless ``--debug`` is given.
 
     Under torchrun every rank meets a user error alike (they read the same config, data and checkpoints, and
     decide on non-finite losses together): rank 0 prints it, and torchrun stops the job when rank 0 exits.
@@ -51,6 +65,8 @@ def reports_errors(main):
     @functools.wraps(main)
     def wrapper(argv=None):
         argv = sys.argv[1:] if argv is None else list(argv)
+        in_main_thread = threading.current_thread() is threading.main_thread()
+        previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
         try:
             return main(argv)
         except ISGANError as e:
@@ -61,11 +77,16 @@ def reports_errors(main):
                 distributed.wait_for_main_to_report()
             print(f"error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
             sys.exit(2)
-        except KeyboardInterrupt:
+        except KeyboardInterrupt as e:
             if "--debug" in argv:
                 raise
-            print("interrupted: run the same command again to resume from the last checkpoint", file=sys.stderr)
-            sys.exit(130)
+            what, code = ("terminated", 143) if isinstance(e, Terminated) else ("interrupted", 130)
+            print(f"{what}: nothing half-written is left; run the same command again (training resumes from its "
+                  f"last checkpoint)", file=sys.stderr)
+            sys.exit(code)
+        finally:
+            if in_main_thread:
+                signal.signal(signal.SIGTERM, previous)
     return wrapper
 
 
@@ -271,9 +292,9 @@ def train_main(argv):
         raise ISGANError(f"--no-resume: {cfg.OUTPUT_DIR} already holds checkpoints ({_listing(found)}), which are "
                          f"never deleted; set a new OUTPUT_DIR, or move {os.path.join(cfg.OUTPUT_DIR, 'stage*')} aside")
     prepare_output_dir(cfg.OUTPUT_DIR)
-    log = console_log(os.path.join(cfg.OUTPUT_DIR, "train.log"), command) if distributed.env_rank() == 0 \
-        else contextlib.nullcontext()
-    with log:
+    main = distributed.env_rank() == 0
+    log = console_log(os.path.join(cfg.OUTPUT_DIR, "train.log"), command) if main else contextlib.nullcontext()
+    with output_dir_lock(cfg.OUTPUT_DIR, enabled=main), log:
         print(f"=> {'resuming from' if found else 'starting with no'} checkpoints in {cfg.OUTPUT_DIR}")
         device = select_device(cfg)
         with distributed.process_group(device, cfg.TRAIN.DIST_TIMEOUT):
@@ -300,11 +321,12 @@ def evaluate_weights(cfg, weights, targets=None):
     cfg.MODEL.PRETRAINED = False
     cfg.freeze()
     state = ckpt.load_checkpoint(weights)
-    device, dm = setup(cfg)
     print(f"=> evaluating {weights}" + (f" (stage {state['stage']}, epoch {state['epoch']})" if "stage" in state
                                         else ""))
-    model = build_model(cfg, state.get("num_classes") or dm.num_train_pids)
-    ckpt.load_weights(model, ckpt.model_state(state))
+    # the classifiers do not enter the descriptor: a checkpoint without num_classes (torchreid's) gets 1
+    model = build_model(cfg, state.get("num_classes") or 1)
+    load_for_evaluation(model, ckpt.model_state(state), weights)  # before anything is written
+    device, dm = setup(cfg)
     engine = ISGANEngine(cfg, dm, model, device, hooks=[])
     engine.evaluate_targets(key="test", save_dir=cfg.OUTPUT_DIR)
     print(results_table(engine.results, cfg.TEST.RANKS))

@@ -23,6 +23,7 @@ from .config import load_config
 from .engine import checkpoint as ckpt
 from .engine import distributed
 from .engine.hooks import EpochTimer, default_hooks
+from .engine.lock import output_dir_lock
 from .errors import ISGANError
 
 DEFAULT_METHODS = ("isgan", "isgan_tri", "baseline", "mgn", "pcb_p6")
@@ -117,7 +118,8 @@ def train_run(cfg):
     (:func:`model_size`).
     """
     cli.prepare_output_dir(cfg.OUTPUT_DIR)
-    with cli.console_log(os.path.join(cfg.OUTPUT_DIR, "train.log"), f"tools/compare.py: run {cfg.MODEL.NAME}"):
+    with output_dir_lock(cfg.OUTPUT_DIR), \
+            cli.console_log(os.path.join(cfg.OUTPUT_DIR, "train.log"), f"tools/compare.py: run {cfg.MODEL.NAME}"):
         print(f"=> {cfg.MODEL.NAME}: stages {list(cfg.TRAIN.STAGES)} in {cfg.OUTPUT_DIR}")
         device, dm = cli.setup(cfg)
         timer = EpochTimer(os.path.join(cfg.OUTPUT_DIR, "train_speed.json"))
@@ -171,7 +173,8 @@ def comparison_table(rows):
 
 def write_comparison(rows, output_dir, config_file, runs):
     """OUTPUT_DIR/comparison.csv (the rows) and comparison.json (the rows plus each run's overrides)."""
-    with open(os.path.join(output_dir, "comparison.csv"), "w", newline="") as f:
+    path = os.path.join(output_dir, "comparison.csv")
+    with ckpt.output_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)

@@ -91,6 +91,7 @@ def test_ctrl_c_is_one_line_unless_debug(capsys):
         main([])
     assert exit_info.value.code == 130
     assert capsys.readouterr().err.splitlines() == [
-        "interrupted: run the same command again to resume from the last checkpoint"]
+        "interrupted: nothing half-written is left; run the same command again (training resumes from its last "
+        "checkpoint)"]
     with pytest.raises(KeyboardInterrupt):
         main(["--debug"])

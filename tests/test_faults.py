@@ -7,6 +7,7 @@ Market1501 class); training runs use a small E_R baseline (BASELINE) on the tiny
 import errno
 import glob
 import io
+import json
 import os
 import re
 import shutil
@@ -14,10 +15,13 @@ import signal
 import subprocess
 import sys
 import threading
+import textwrap
 import time
 import traceback
 import uuid
+import warnings
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -580,3 +584,406 @@ def test_killed_trainers_leave_no_worker_or_forkserver(tiny_cfg, tmp_path):
                 trainer.wait()
             for pid in _processes_marked(marker):  # only what this test started
                 os.kill(pid, signal.SIGKILL)
+
+
+# ---------------------------------------------------------------- evaluation refuses an incomplete descriptor
+
+def _evaluation_run(data_root, root):
+    """A stage-1 checkpoint of random weights (tiny config, 8 classes) in a run folder: its path."""
+    from conftest import make_run
+    return make_run(str(root), data_root, "run", 1)
+
+
+@pytest.mark.parametrize("damage", ["torchvision", "removed", "reshaped", "unused"])
+def test_evaluation_refuses_weights_whose_descriptor_did_not_load(data_root, tmp_path, damage, capsys):
+    import torchvision
+
+    from isgan_torchreid.cli import test_main
+
+    weights = _evaluation_run(data_root, tmp_path)
+    state = torch.load(weights, weights_only=True)["state_dict"]
+    if damage == "torchvision":  # a plain ImageNet ResNet: none of the descriptor's names
+        state = torchvision.models.resnet18().state_dict()
+    elif damage == "removed":
+        del state["encoder_r.reductions.3.0.weight"]
+    elif damage == "reshaped":
+        state["encoder_r.reductions.0.0.weight"] = state["encoder_r.reductions.0.0.weight"][:128]
+    else:  # a fourth branch's reduction the config's model does not have
+        state["encoder_r.reductions.8.0.weight"] = state["encoder_r.reductions.0.0.weight"]
+    bad = str(tmp_path / "bad.pth.tar")
+    ckpt.save_checkpoint({"state_dict": state, "num_classes": 8}, bad)
+    out = tmp_path / "eval"
+    argv = ["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--weights", bad, *TINY,
+            "DATA.ROOT", data_root, "OUTPUT_DIR", str(out)]
+    with pytest.raises(SystemExit) as exit_:
+        test_main(argv)
+    message = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in message
+    assert message.startswith(f"error: {bad} does not hold the whole descriptor of this ISGAN")
+    assert not out.exists()  # nothing written
+
+
+def test_evaluation_skips_classifiers_of_another_class_count_with_a_note(data_root, tmp_path, capsys):
+    from isgan_torchreid.cli import test_main
+
+    weights = _evaluation_run(data_root, tmp_path)
+    state = torch.load(weights, weights_only=True)["state_dict"]
+    torchreid_style = str(tmp_path / "torchreid.pth.tar")
+    ckpt.save_checkpoint({"state_dict": state}, torchreid_style)  # no num_classes: built with 1 class
+    results = test_main(["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--weights",
+                         torchreid_style, *TINY, "DATA.ROOT", data_root, "OUTPUT_DIR", str(tmp_path / "eval")])
+    assert "encoder_r.classifiers.0.weight" in capsys.readouterr().out  # listed as skipped
+    assert 0 <= results["test"]["synthperson"]["mAP"] <= 1
+
+
+def test_torchreid_models_need_every_tensor_but_the_classifier():
+    from isgan_torchreid.deploy.encoder import load_for_evaluation
+
+    model = compat.torchreid_base().models.build_model("resnet18", 5, pretrained=False)
+    other = compat.torchreid_base().models.build_model("resnet18", 9, pretrained=False).state_dict()
+    skipped = load_for_evaluation(model, other, "other.pth")  # classifier of 9 classes: skipped
+    assert skipped == ["classifier.bias", "classifier.weight"]
+    del other["layer4.1.bn2.running_var"]
+    with pytest.raises(ISGANError, match="1 of its .* tensors missing.*layer4.1.bn2.running_var"):
+        load_for_evaluation(model, other, "other.pth")
+
+
+# ---------------------------------------------------------------- one trainer per OUTPUT_DIR
+
+def test_output_dir_lock_is_exclusive_names_its_holder_and_goes_with_the_block(tmp_path):
+    import socket
+
+    from isgan_torchreid.engine.lock import output_dir_lock
+
+    out = tmp_path / "run"
+    with output_dir_lock(str(out)):
+        assert (out / ".lock").read_text().split() == [str(os.getpid()), socket.gethostname()]
+        holder = re.escape(f"{out} is in use by another trainer (pid {os.getpid()} on {socket.gethostname()})")
+        with pytest.raises(ISGANError, match=holder):
+            with output_dir_lock(str(out)):
+                pass
+        with output_dir_lock(str(out), enabled=False):  # ranks other than 0
+            pass
+    assert not (out / ".lock").exists()
+    with output_dir_lock(str(out)):  # free again
+        pass
+
+
+def test_a_killed_trainer_leaves_no_stale_lock(tmp_path):
+    from isgan_torchreid.engine.lock import output_dir_lock
+
+    out = str(tmp_path / "run")
+    code = ("import sys, time\nfrom isgan_torchreid.engine.lock import output_dir_lock\n"
+            "with output_dir_lock(sys.argv[1]):\n    print('locked', flush=True)\n    time.sleep(120)\n")
+    holder = subprocess.Popen([sys.executable, "-c", code, out], stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "locked"
+        with pytest.raises(ISGANError, match=f"pid {holder.pid} on "):
+            with output_dir_lock(out):
+                pass
+    finally:
+        holder.kill()  # SIGKILL: no cleanup runs, the lock file stays
+        holder.wait()
+        holder.stdout.close()
+    assert os.path.exists(os.path.join(out, ".lock"))
+    with output_dir_lock(out):  # the kernel released the dead holder's lock
+        pass
+
+
+def test_a_second_trainer_on_the_same_output_dir_exits_2_and_writes_nothing(data_root, tmp_path, capsys):
+    from isgan_torchreid.engine.lock import output_dir_lock
+
+    out = tmp_path / "run"
+    with output_dir_lock(str(out)):
+        before = sorted(os.listdir(out))
+        with pytest.raises(SystemExit) as exit_:
+            train_main(["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), *TINY,
+                        "DATA.ROOT", data_root, "OUTPUT_DIR", str(out)])
+        assert sorted(os.listdir(out)) == before  # no config.yaml, no train.log
+    message = capsys.readouterr().err.strip()
+    assert exit_.value.code == 2 and "\n" not in message and f"pid {os.getpid()} on " in message
+
+
+# ---------------------------------------------------------------- a latest that does not fit on resume
+
+@pytest.mark.parametrize("damage, expected", [
+    ("missing", "1 model tensors missing, 0 unexpected, 0 of another shape"),
+    ("unexpected", "0 model tensors missing, 1 unexpected, 0 of another shape (e.g. extra.weight)"),
+    ("reshaped", "0 model tensors missing, 0 unexpected, 1 of another shape"),
+    ("epoch", "no epoch count"),
+    ("optimizer", "parameter group"),
+])
+def test_a_latest_that_does_not_fit_is_one_line_and_the_advice_works(tiny_cfg, tmp_path, damage, expected, capsys):
+    cfg = tiny_cfg(*BASELINE, "TRAIN.STAGE1.EPOCHS", "2")
+    device, dm = setup(cfg)
+    engine = build_engine(cfg, dm, device, hooks=[])
+    engine.enter_stage(1)
+    ckpt.save_training_state(engine, 1)  # unfinished: weights and optimisers
+    latest = ckpt.latest_path(cfg.OUTPUT_DIR, 1)
+    state = torch.load(latest, weights_only=True)
+    first = next(iter(state["state_dict"]))
+    if damage == "missing":
+        del state["state_dict"][first]
+    elif damage == "unexpected":
+        state["state_dict"]["extra.weight"] = torch.zeros(1)
+    elif damage == "reshaped":
+        state["state_dict"][first] = torch.zeros(1)
+    elif damage == "epoch":
+        del state["epoch"]
+    else:
+        state["optimizers"]["model"]["optimizer"]["param_groups"] = []
+    torch.save(state, latest)
+    engine = build_engine(cfg, dm, device, hooks=[])
+    engine.enter_stage(1)
+    with pytest.raises(ISGANError) as info:
+        ckpt.resume_or_initialize(engine, 1)
+    message = str(info.value)
+    assert "\n" not in message and message.startswith(f"{latest} cannot resume stage 1 of this model (")
+    assert expected in message and "delete it (or move it aside) to restart stage 1" in message
+    if damage == "missing":  # the tool's line
+        config = write_config(tmp_path / "c.yaml", TINY + BASELINE + [
+            "DATA.ROOT", cfg.DATA.ROOT, "OUTPUT_DIR", cfg.OUTPUT_DIR, "TRAIN.STAGE1.EPOCHS", "2"])
+        capsys.readouterr()
+        with pytest.raises(SystemExit) as exit_:
+            train_main(["--config-file", config])
+        err = capsys.readouterr().err
+        assert exit_.value.code == 2 and err.count("\n") == 1 and "cannot resume stage 1" in err
+    os.remove(latest)  # as the error advises
+    assert ckpt.resume_or_initialize(engine, 1) == 0  # the stage starts again
+
+
+# ---------------------------------------------------------------- test options change on a finished run
+
+@pytest.fixture(scope="module")
+def finished_run(data_root, module_dir):
+    """A finished one-stage baseline run (BASELINE, one epoch): its folder and the options that trained it."""
+    out = str(module_dir / "finished")
+    opts = TINY + BASELINE + ["DATA.ROOT", data_root, "OUTPUT_DIR", out]
+    train_main(["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), *opts])
+    return out, opts
+
+
+@pytest.mark.parametrize("key, value", [
+    ("TEST.RANKS", "[1, 3]"), ("TEST.FLIP", "True"), ("TEST.NORMALIZE", "False"), ("TEST.METRIC", "cosine"),
+    ("TEST.RERANK", "True"), ("TEST.CUHK03_METRIC", "True"), ("TEST.VISRANK", "True"), ("TEST.VISRANK_TOPK", "3"),
+    ("DATA.TARGETS", "[synthperson, synthperson_b]"), ("TEST.BATCH_SIZE", "7"),
+])
+def test_every_test_option_may_change_on_a_finished_run(finished_run, tmp_path, key, value, capsys):
+    out, opts = finished_run
+    run = str(tmp_path / "run")
+    shutil.copytree(out, run)
+    opts = [run if v == out else v for v in opts]
+    before = ckpt.load_checkpoint(ckpt.latest_path(run, 1))
+    argv = ["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), *opts, key, value]
+    capsys.readouterr()
+    results = train_main(argv)
+    printed = capsys.readouterr().out
+    if key == "TEST.BATCH_SIZE":  # does not change a result: nothing to do
+        assert "(already complete)" in printed and results[1] == before["results"]
+        return
+    assert "evaluating again" in printed and "epochs 2-1" in printed  # evaluated, not trained
+    after = ckpt.load_checkpoint(ckpt.latest_path(run, 1))
+    assert torch.equal(after["state_dict"]["backbone.0.weight"], before["state_dict"]["backbone.0.weight"])
+    same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (NaN ranks)
+    assert same(after["results"], results[1])  # kept with the weights: the next rerun has nothing to do
+    assert same(ckpt.read_json(os.path.join(run, "results.json"))["stage1"], ckpt._json_safe(results[1]))
+    # (cosine ranks L2-normalised descriptors as euclidean does: TEST.METRIC alone leaves the numbers)
+    if key in ("TEST.FLIP", "TEST.NORMALIZE", "TEST.RERANK", "TEST.CUHK03_METRIC"):
+        keys = ("rank1", "rank5", "mAP")
+        assert [results[1]["synthperson"][k] for k in keys] != [before["results"]["synthperson"][k] for k in keys]
+    elif key == "TEST.RANKS":
+        assert "rank3" in results[1]["synthperson"] and "R-3" in printed
+    elif key == "DATA.TARGETS":
+        assert set(results[1]) == {"synthperson", "synthperson_b"}
+    elif key == "TEST.VISRANK":
+        assert glob.glob(os.path.join(run, "stage1", "**", "*.jpg"), recursive=True)
+    assert "(already complete)" in (train_main(argv) and capsys.readouterr().out)  # now recorded
+
+
+# ---------------------------------------------------------------- embed's spec, file modes
+
+def test_embed_follows_the_encoder_spec_and_files_get_the_usual_mode(tmp_path):
+    from isgan_torchreid.deploy import Encoder, embed, save_encoder
+    from isgan_torchreid.deploy.encoder import DEFAULT_SPEC
+    from isgan_torchreid.engine.evaluation import descriptor
+
+    torch.manual_seed(0)
+    encoder = Encoder(dict(DEFAULT_SPEC, backbone="resnet18", height=64, width=32, flip=False)).eval()
+    x = torch.randn(3, 3, 64, 32)
+    with torch.no_grad():
+        torch.testing.assert_close(embed(encoder, x), descriptor(encoder, x, False, True))  # the spec: no flip
+        torch.testing.assert_close(embed(encoder, x, flip=True), descriptor(encoder, x, True, True))
+    path = str(tmp_path / "encoder.safetensors")
+    save_encoder(encoder, encoder.spec, path)
+    plain = tmp_path / "plain.txt"
+    plain.write_text("x")
+    assert os.stat(path).st_mode & 0o777 == os.stat(plain).st_mode & 0o777  # not safetensors' 0600
+
+
+# ---------------------------------------------------------------- messages that say what is true
+
+def test_weights_that_are_a_folder_or_not_a_checkpoint_get_advice_that_fits(tmp_path):
+    with pytest.raises(ISGANError, match=f"{tmp_path} is a folder, not a checkpoint; pass a file in it, e.g. "):
+        ckpt.load_checkpoint(str(tmp_path))
+    onnx = tmp_path / "encoder.onnx"
+    onnx.write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(64))
+    with pytest.raises(ISGANError) as info:
+        ckpt.load_checkpoint(str(onnx))
+    assert "pass a checkpoint written by this project or torchreid" in str(info.value)
+    assert "resume" not in str(info.value)  # only a run's latest.pth.tar gets the resume advice
+    latest = tmp_path / "latest.pth.tar"
+    latest.write_bytes(bytes(64))
+    with pytest.raises(ISGANError, match="copy a model.pth.tar-<epoch> of the same folder over it"):
+        ckpt.load_checkpoint(str(latest))
+
+
+def test_export_size_limit_is_the_one_stated(tmp_path):
+    from isgan_torchreid.deploy import Encoder
+    from isgan_torchreid.deploy.encoder import DEFAULT_SPEC
+    from isgan_torchreid.deploy.export import export
+
+    encoder = Encoder(dict(DEFAULT_SPEC, backbone="resnet18", height=64, width=32)).eval()
+    with pytest.raises(ISGANError, match="--height 16 is too small .* use 32 or more"):
+        export(encoder, str(tmp_path / "e.pt"), "torchscript", height=16, width=32)
+    path = export(encoder, str(tmp_path / "e.pt"), "torchscript", height=32, width=32)  # the stated limit works
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.9 marks torch.jit as deprecated
+        module = torch.jit.load(path)
+    assert module(torch.zeros(1, 3, 32, 32)).shape == (1, encoder.descriptor_dim)
+
+
+def test_visualize_names_an_unknown_flag_before_missing_ones(capsys):
+    from isgan_torchreid.visualize.main import visualize_main
+
+    with pytest.raises(SystemExit) as exit_:
+        visualize_main(["swap", "--bogus", "1", "--weights", "w.pth.tar"])
+    assert exit_.value.code == 2 and "unrecognized arguments: --bogus" in capsys.readouterr().err
+    with pytest.raises(ISGANError, match=r"swap needs --a and --out \(see tools/visualize.py swap --help\)"):
+        visualize_main(["swap", "--weights", "w.pth.tar", "--b", "x.jpg", "--debug"])
+
+
+# ---------------------------------------------------------------- SIGTERM
+
+def test_sigterm_is_one_line_exit_143_and_leaves_no_temp_file(tmp_path):
+    code = textwrap.dedent("""
+        import sys, time
+        from isgan_torchreid.cli import reports_errors
+        from isgan_torchreid.engine.checkpoint import atomic_path
+
+        @reports_errors
+        def main(argv):
+            with atomic_path(argv[0]) as tmp:
+                open(tmp, "w").write("half")
+                print("writing", flush=True)
+                time.sleep(120)
+
+        main(sys.argv[1:])
+    """)
+    out = str(tmp_path / "result.json")
+    proc = subprocess.Popen([sys.executable, "-c", code, out], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True)
+    assert proc.stdout.readline().strip() == "writing"
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143
+    assert err.splitlines() == ["terminated: nothing half-written is left; run the same command again (training "
+                                "resumes from its last checkpoint)"]
+    assert os.listdir(tmp_path) == []  # neither the result nor its temp file
+
+
+# ---------------------------------------------------------------- extract.py's output errors
+
+@pytest.mark.parametrize("fails", ["features", "archive"])
+def test_extract_output_errors_are_one_line_and_leave_nothing(tmp_path, monkeypatch, capsys, fails):
+    from isgan_torchreid.cli import extract_main
+    from isgan_torchreid.deploy import Encoder, save_encoder
+    from isgan_torchreid.deploy import embedding
+    from isgan_torchreid.deploy.encoder import DEFAULT_SPEC
+
+    weights = str(tmp_path / "encoder.safetensors")
+    save_encoder(Encoder(dict(DEFAULT_SPEC, backbone="resnet18", height=64, width=32)), dict(
+        DEFAULT_SPEC, backbone="resnet18", height=64, width=32), weights)
+    images = tmp_path / "images"
+    images.mkdir()
+    for i in range(3):
+        Image.new("RGB", (32, 64), (40 * i, 90, 200)).save(images / f"000{i}_c1s1_000001_00.jpg")
+    full = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    if fails == "features":  # the per-batch feature file
+        real_open = open
+        monkeypatch.setattr("builtins.open", lambda f, mode="r", *a, **k: (_ for _ in ()).throw(full)
+                            if str(f).endswith(f".features.tmp.{os.getpid()}") else real_open(f, mode, *a, **k))
+    else:  # the archive
+        monkeypatch.setattr(embedding, "_write_strings", lambda *a, **k: (_ for _ in ()).throw(full))
+    out = tmp_path / "out" / "feats.npz"
+    with pytest.raises(SystemExit) as exit_:
+        extract_main(["--weights", weights, "--images", str(images), "--out", str(out), "--workers", "0"])
+    err = capsys.readouterr().err
+    err = err[err.index("error: "):]  # after tqdm's progress bar
+    assert exit_.value.code == 2 and err.count("\n") == 1
+    assert err.startswith(f"error: cannot write {out}: No space left on device (errno 28); nothing was written")
+    assert os.listdir(out.parent) == []
+
+
+# ---------------------------------------------------------------- odd image modes
+
+def test_odd_image_modes_decode_as_they_are_meant_to_be_seen(tmp_path, recwarn):
+    from isgan_torchreid.data.images import decode, read_image
+
+    grey16 = tmp_path / "0001_c1s1_000001_00.jpg"  # a 16-bit PNG under a .jpg name
+    Image.fromarray(np.full((64, 32), 32768, dtype=np.uint16)).save(grey16, format="PNG")
+    assert Image.open(grey16).mode.startswith("I")
+    assert np.asarray(decode(str(grey16))).mean() == pytest.approx(128, abs=1)  # not clipped to white
+
+    rotated = tmp_path / "0001_c1s1_000002_00.jpg"  # stored 64 wide, 32 high; EXIF: rotate 90 to display
+    stored = Image.new("RGB", (64, 32), (250, 20, 20))
+    stored.paste((20, 20, 250), (0, 0, 32, 32))  # left half blue: the top once turned upright
+    exif = Image.Exif()
+    exif[0x0112] = 6  # Orientation: rotate 90 CW
+    stored.save(rotated, exif=exif, quality=95)
+    upright = np.asarray(read_image(str(rotated)))
+    assert upright.shape == (64, 32, 3) and upright[:32, :, 2].mean() > 200 and upright[32:, :, 0].mean() > 200
+
+    palette = tmp_path / "0001_c1s1_000003_00.png"
+    indexed = Image.new("P", (32, 64), 0)
+    indexed.putpalette([10, 200, 30] + [0] * 765)
+    indexed.save(palette)
+    cmyk = tmp_path / "0001_c1s1_000004_00.jpg"
+    Image.new("RGB", (32, 64), (10, 200, 30)).convert("CMYK").save(cmyk, quality=95)
+    for path in (palette, cmyk):
+        assert np.abs(np.asarray(decode(str(path))).astype(int) - (10, 200, 30)).max() < 12, path.name
+    assert not [w for w in recwarn if "PIL mode" in str(w.message)]  # usual modes: no warning
+
+    floating = Image.fromarray(np.full((64, 32), 0.5, dtype=np.float32))  # mode F: warned once
+    from isgan_torchreid.data.images import to_rgb
+    with pytest.warns(UserWarning, match="mode F"):
+        to_rgb(floating)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        to_rgb(floating)  # the second time: no warning
+
+
+@pytest.mark.parametrize("tool", ["png", "json", "torchscript", "csv"])
+def test_every_tool_output_error_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, tool):
+    from isgan_torchreid.compare import write_comparison
+    from isgan_torchreid.deploy import Encoder
+    from isgan_torchreid.deploy.encoder import DEFAULT_SPEC
+    from isgan_torchreid.deploy.export import export
+    from isgan_torchreid.visualize.canvas import save_png
+
+    out = tmp_path / "out"
+    out.mkdir()
+    writers = {
+        "png": lambda: save_png(Image.new("RGB", (8, 8)), str(out / "p.png")),
+        "json": lambda: ckpt.write_json(str(out / "r.json"), {"a": 1}),
+        "torchscript": lambda: export(Encoder(dict(DEFAULT_SPEC, backbone="resnet18", height=64, width=32)).eval(),
+                                      str(out / "e.pt"), "torchscript"),
+        "csv": lambda: write_comparison([], str(out), "c.yaml", {}),
+    }
+    read_only = OSError(errno.EROFS, os.strerror(errno.EROFS))
+    monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(read_only))  # the final rename fails
+    with pytest.raises(ISGANError) as info, warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        writers[tool]()
+    message = str(info.value)
+    assert "\n" not in message and "Read-only file system (errno 30); nothing was written" in message
+    assert os.listdir(out) == []

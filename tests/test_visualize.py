@@ -21,6 +21,7 @@ from isgan_torchreid.visualize import canvas
 from isgan_torchreid.visualize.canvas import (PAD, Tile, denormalize, font, market_label, parse_market_name,
                                               part_mask_bar, save_png, sheet)
 from isgan_torchreid.deploy.gan import checkpoint_config, load_gan
+from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.visualize.disentangle import (decode_with_classes, interpolated_codes, parse_slots, region_slots,
                                                    slot_names, swapped_codes)
 from isgan_torchreid.visualize.main import load_images, visualize_main
@@ -293,3 +294,15 @@ def test_tool_help():
     proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "visualize.py"), "swap", "--help"],
                           capture_output=True, text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 0 and "--parts" in proc.stdout and "config.yaml" in proc.stdout
+
+
+def test_rank_refuses_an_incomplete_descriptor(runs, tmp_path):
+    state = torch.load(runs["mgn"], weights_only=True)
+    del state["state_dict"]["encoder_r.reductions.0.0.weight"]
+    bad = str(tmp_path / "bad.pth.tar")
+    ckpt.save_checkpoint(state, bad)
+    config = os.path.join(os.path.dirname(os.path.dirname(runs["mgn"])), "config.yaml")
+    out = tmp_path / "rank.png"
+    with pytest.raises(ISGANError, match=f"{bad} does not hold the whole descriptor of this MGN: 1 of its"):
+        visualize_main(["rank", "--weights", bad, "--config-file", config, "--out", str(out), "--debug"])
+    assert not out.exists()

@@ -16,10 +16,12 @@ import hashlib
 import json
 import os
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import PIL
-from PIL import Image
+from PIL import Image, ImageOps
 
 from ..engine.checkpoint import write_json
 from ..errors import BadImageError, ISGANError
@@ -29,10 +31,32 @@ READ_PAUSE = 0.5  # seconds between them
 _SPLITS = ("train", "query", "gallery")
 
 
+_WARNED_MODES = set()  # unusual modes already warned about, once per process
+_USUAL_MODES = {"RGB", "L", "P", "RGBA", "LA", "PA", "CMYK", "YCbCr", "1", "RGBX", "La", "RGBa"}
+
+
+def to_rgb(img):
+    """Any PIL image -> RGB as it is meant to be seen: EXIF orientation applied, 16- and 32-bit integer greyscale
+    scaled to 8 bits (``convert`` would clip it: a 16-bit mid-grey turns white), palette, alpha and CMYK through
+    PIL's conversions. Float images and other rare modes are converted by PIL with one warning per mode."""
+    img = ImageOps.exif_transpose(img)
+    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
+        values = np.asarray(img, dtype=np.float64)
+        top = 65535.0 if img.mode != "I" or values.max() > 255 else 255.0  # PNG's 16-bit grey opens as I or I;16
+        grey = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
+        return Image.fromarray(grey, "L").convert("RGB")
+    if img.mode not in _USUAL_MODES and img.mode not in _WARNED_MODES:
+        _WARNED_MODES.add(img.mode)
+        warnings.warn(f"images of PIL mode {img.mode} (e.g. {getattr(img, 'filename', '') or 'an image'}) are "
+                      f"converted to RGB by PIL's rules; check that they look right", stacklevel=2)
+    return img.convert("RGB")
+
+
 def decode(path):
-    """The image at ``path`` as an RGB PIL image, fully decoded (what torchreid's ``read_image`` returns)."""
+    """The image at ``path`` as an RGB PIL image, fully decoded (what torchreid's ``read_image`` returns), by
+    :func:`to_rgb`."""
     with Image.open(path) as img:
-        return img.convert("RGB")
+        return to_rgb(img)
 
 
 def _reason(error, path):

@@ -28,6 +28,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import compat
+from ..data import images
 from ..engine import checkpoint as ckpt
 from ..engine.evaluation import descriptor
 from ..errors import ISGANError
@@ -46,9 +47,9 @@ def test_transform(spec):
 
 
 def read_image(path):
-    """An RGB PIL image, decoded now; raises OSError/ValueError for unreadable files (no retry loop)."""
-    with Image.open(path) as img:
-        return img.convert("RGB")
+    """An RGB PIL image, decoded now as training and evaluation decode it (EXIF orientation, 16-bit grey: see
+    :func:`~isgan_torchreid.data.images.to_rgb`); raises OSError/ValueError for unreadable files (no retry)."""
+    return images.decode(path)
 
 
 def _as_tensor(image, transform):
@@ -60,21 +61,27 @@ def _as_tensor(image, transform):
                              f"unreadable images)") from None
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image)  # (H, W, 3) uint8 RGB
-    elif not isinstance(image, Image.Image):
+    elif isinstance(image, Image.Image):
+        image = images.to_rgb(image)
+    else:
         raise TypeError(f"embed: expected image paths, PIL images or (H, W, 3) uint8 arrays, "
                         f"got {type(image).__name__}")
     return transform(image)
 
 
 @torch.no_grad()
-def embed(encoder, images, batch_size=64, flip=True, normalize=True):
+def embed(encoder, images, batch_size=64, flip=None, normalize=None):
     """(N, D) float32 CPU descriptors of ``images`` with ``encoder`` (from :func:`load_encoder`).
 
     ``images``: a list of paths, PIL images or (H, W, 3) uint8 RGB arrays, which go through torchreid's
     test transform at the encoder's input size; or a (N, 3, H, W) float tensor already transformed.
-    With the defaults (flip, normalize) this is the descriptor tools/test.py evaluates:
-    f(x) + f(hflip(x)), L2-normalised.
+    ``flip``, ``normalize``: default the encoder spec's (TEST.FLIP, TEST.NORMALIZE of its run), so that by
+    default this is the descriptor tools/test.py evaluates (f(x) + f(hflip(x)), L2-normalised, for the default
+    settings).
     """
+    spec = getattr(encoder, "spec", {})
+    flip = spec.get("flip", True) if flip is None else flip
+    normalize = spec.get("normalize", True) if normalize is None else normalize
     device = next(encoder.parameters()).device
     was_training = encoder.training
     encoder.eval()
@@ -181,6 +188,13 @@ def extract(encoder, paths, out, batch_size=64, workers=0, flip=True, normalize=
     """
     if not out.endswith(".npz"):
         raise ISGANError(f"--out {out}: the features are written as a .npz archive; name it like feats.npz")
+    try:
+        return _extract(encoder, paths, out, batch_size, workers, flip, normalize, progress)
+    except OSError as e:  # a read-only or full file system, a missing permission: the temp files are gone
+        raise ISGANError(ckpt.write_failure(out, e)) from None
+
+
+def _extract(encoder, paths, out, batch_size, workers, flip, normalize, progress):
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
     ckpt.remove_stale_temp_files(folder)

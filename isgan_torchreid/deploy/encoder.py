@@ -34,7 +34,7 @@ from ..models.branches import RESNETS, build_trunk, load_resnet, validate_parts
 from ..models.encoders import IdentityEncoder
 
 __all__ = ["FORMAT", "SPEC_KEYS", "encoder_spec", "Encoder", "Descriptor", "has_identity_encoder",
-           "encoder_state", "save_encoder", "read_encoder_file", "load_encoder"]
+           "encoder_state", "save_encoder", "read_encoder_file", "load_encoder", "load_for_evaluation"]
 
 FORMAT = "isgan-torchreid-encoder/1"
 SPEC_KEYS = ("backbone", "parts", "id_dim", "height", "width", "mean", "std", "flip", "normalize")
@@ -112,6 +112,36 @@ def encoder_state(weights):
     """The descriptor's tensors of a full model's state dict (``module.`` prefixes removed)."""
     weights = {k[len("module."):] if k.startswith("module.") else k: v for k, v in weights.items()}
     return {k: v for k, v in weights.items() if k.startswith(ENCODER_PREFIXES)}
+
+
+def load_for_evaluation(model, weights, origin):
+    """Copy a state dict into ``model`` to evaluate its descriptor; one ISGANError unless the descriptor loads whole.
+
+    The descriptor's tensors are trunk + E_R branches + reductions for IS-GAN/MGN models, and every tensor but
+    the classifiers of another class count (shape differing in the first dimension only) for torchreid's own
+    models. A missing, reshaped or unused one is refused; what else does not fit (classifiers of another
+    num_classes, an absent E_U/G/D) is skipped with a note. Returns the skipped names.
+    """
+    weights = {k[len("module."):] if k.startswith("module.") else k: v for k, v in weights.items()}
+    own = model.state_dict()
+    if has_identity_encoder(model):
+        needed = [k for k in own if k.startswith(ENCODER_PREFIXES)]
+        unused = [k for k in weights if k.startswith(ENCODER_PREFIXES) and k not in own]
+    else:
+        def other_classes(k):  # a classifier's weight (C, D) or bias (C,) of another class count
+            theirs, mine = weights[k].shape if k in weights else None, own[k].shape
+            return theirs is not None and len(mine) > 0 and theirs[1:] == mine[1:] and theirs[0] != mine[0]
+        needed = [k for k in own if not other_classes(k)]
+        unused = [k for k in weights if k not in own]
+    missing = [k for k in needed if k not in weights]
+    reshaped = [k for k in needed if k in weights and weights[k].shape != own[k].shape]
+    if missing or reshaped or unused:
+        examples = ", ".join((missing + reshaped + unused)[:2])
+        raise ISGANError(f"{origin} does not hold the whole descriptor of this {type(model).__name__}: "
+                         f"{len(missing)} of its {len(needed)} tensors missing, {len(reshaped)} of another shape, "
+                         f"{len(unused)} unused (e.g. {examples}); evaluate it with the config that trained it "
+                         f"(--config-file, MODEL.*), or evaluate a checkpoint of this model")
+    return ckpt.load_weights(model, weights)
 
 
 def save_encoder(model, spec, path):

@@ -47,7 +47,7 @@ def export_onnx(encoder, path, height=None, width=None, raw=False, dynamo=False,
     height, width = height or encoder.spec["height"], width or encoder.spec["width"]
     module = exported_module(encoder, raw)
     example = torch.zeros(2, 3, height, width)
-    with ckpt.atomic_path(path) as tmp:
+    with ckpt.output_file(path) as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter's notice
             if dynamo:
@@ -76,7 +76,7 @@ def export_torchscript(encoder, path, height=None, width=None, raw=False):
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.9 marks torch.jit as deprecated
         traced = torch.jit.trace(module, torch.zeros(2, 3, height, width), check_trace=False)
-        with ckpt.atomic_path(path) as tmp:
+        with ckpt.output_file(path) as tmp:
             torch.jit.save(traced, tmp, _extra_files={"spec.json": json.dumps(_spec_of(encoder, height, width, raw))})
     return path
 
@@ -88,7 +88,7 @@ def export(encoder, path, fmt, height=None, width=None, raw=False, dynamo=False)
     for name, value in (("height", height), ("width", width)):
         if value is not None and value < 32:
             raise ISGANError(f"--{name} {value} is too small for the encoder (its part-1 branch downsamples "
-                             f"x32); use 64 or more, e.g. the training size")
+                             f"x32); use 32 or more, e.g. the training size")
     if fmt == "onnx":
         return export_onnx(encoder, path, height, width, raw, dynamo)
     return export_torchscript(encoder, path, height, width, raw)

@@ -26,7 +26,7 @@ from ..engine.objective import image_to_unit
 from ..errors import ISGANError
 from ..models import build_model
 from .embedding import _as_tensor, test_transform
-from .encoder import _device
+from .encoder import _device, load_for_evaluation
 
 __all__ = ["GAN", "load_gan", "checkpoint_config", "load_model"]
 
@@ -62,11 +62,12 @@ def checkpoint_config(weights, config_file=None, opts=()):
                      f"that describes its architecture with --config-file")
 
 
-def load_model(cfg, state, strict, device):
+def load_model(cfg, state, strict, device, origin="the checkpoint"):
     """The model of ``cfg`` with the checkpoint's weights, in eval mode on ``device``.
 
-    ``strict``: every tensor must fit (IS-GAN's pictures need all of E_R, E_U and G); else tensors that do not
-    fit (another num_classes' classifiers) are skipped and listed.
+    ``strict``: every tensor must fit (IS-GAN's pictures need all of E_R, E_U and G); else the descriptor must
+    load whole and what else does not fit (another num_classes' classifiers) is skipped and listed
+    (:func:`~isgan_torchreid.deploy.encoder.load_for_evaluation`). ``origin`` names the checkpoint in errors.
     """
     cfg = cfg.clone()
     cfg.defrost()
@@ -82,7 +83,7 @@ def load_model(cfg, state, strict, device):
             raise ISGANError(f"the checkpoint does not fit MODEL.* of its config ({str(e).splitlines()[0]}); "
                              f"pass the config that trained it with --config-file") from None
     else:
-        ckpt.load_weights(model, weights)
+        load_for_evaluation(model, weights, origin)
     return model.to(device).eval()
 
 

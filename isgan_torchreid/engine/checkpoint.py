@@ -67,13 +67,26 @@ def _json_safe(value):
 def write_json(path, data):
     """Write ``data`` as strict JSON (non-finite floats as null) atomically (temp file, then rename); a failed
     write is one ISGANError."""
+    with output_file(path) as tmp:
+        with open(tmp, "w") as f:
+            json.dump(_json_safe(data), f, indent=2, allow_nan=False)
+
+
+def write_failure(path, error):
+    """One line for a tool output that could not be written."""
+    return (f"cannot write {path}: {error.strerror or error} (errno {error.errno}); nothing was written: choose a "
+            f"writable location with free space (or fix the cause) and run again")
+
+
+@contextlib.contextmanager
+def output_file(path):
+    """:func:`atomic_path` for a tool's output: an OSError while writing (a read-only or full file system, a
+    missing permission) is one ISGANError, and nothing is left behind."""
     try:
         with atomic_path(path) as tmp:
-            with open(tmp, "w") as f:
-                json.dump(_json_safe(data), f, indent=2, allow_nan=False)
+            yield tmp
     except OSError as e:
-        raise ISGANError(f"cannot write {path}: {e.strerror or e}; free space (or fix the cause) and run again") \
-            from None
+        raise ISGANError(write_failure(path, e)) from None
 
 
 def save_checkpoint(state, path):
@@ -156,10 +169,17 @@ def atomic_path(path):
         yield tmp
         with open(tmp, "rb+") as f:
             os.fsync(f.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # as open() would: some writers (safetensors) create files 0600
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
             os.remove(tmp)
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
 
 
 def remove_stale_temp_files(folder):
@@ -222,6 +242,9 @@ def load_checkpoint(path):
     A safetensors file (an encoder file, see :mod:`isgan_torchreid.deploy`) loads as
     ``{'state_dict': tensors, 'metadata': its string metadata}``.
     """
+    if os.path.isdir(path):
+        raise ISGANError(f"{path} is a folder, not a checkpoint; pass a file in it, e.g. "
+                         f"{os.path.join(path, 'stage3', 'latest.pth.tar')} or a stage's encoder.safetensors")
     if not os.path.isfile(path):
         raise ISGANError(f"checkpoint not found: {path}; check the path (checkpoints live in OUTPUT_DIR/stage<n>/)")
     if is_safetensors(path):
@@ -231,9 +254,14 @@ def load_checkpoint(path):
             state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, pickle error, foreign object...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if os.path.basename(path) == "latest.pth.tar":  # a run's resume point
+            advice = ("to resume from an older epoch, copy a model.pth.tar-<epoch> of the same folder over it, or "
+                      "delete it to start the stage again")
+        else:
+            advice = ("pass a checkpoint written by this project or torchreid (.pth.tar) or an "
+                      "encoder.safetensors")
         raise ISGANError(f"checkpoint {path} is corrupt or not a weights-only checkpoint ({reason}); "
-                         f"to resume from an older epoch, copy a model.pth.tar-<epoch> of the same folder over "
-                         f"it, or delete it to start the stage again") from None
+                         f"{advice}") from None
     if not isinstance(state, dict):
         raise ISGANError(f"checkpoint {path} holds a {type(state).__name__}, not a checkpoint dict")
     return state
@@ -282,6 +310,13 @@ def kept_path(output_dir, stage, epoch):
     return os.path.join(stage_dir(output_dir, stage), f"model.pth.tar-{epoch}")
 
 
+def evaluation_settings(cfg):
+    """What a stage's results depend on beside its weights: DATA.TARGETS and every TEST key but BATCH_SIZE
+    (none of them is in the config hash, so they may change on a finished run, which is then re-evaluated)."""
+    test = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.TEST.items() if k != "BATCH_SIZE"}
+    return {"TARGETS": list(cfg.DATA.TARGETS), "TEST": test}
+
+
 def _weights_state(engine, epoch):
     stage = engine.stage
     finished = stage_finished(engine.cfg, stage, epoch)
@@ -293,6 +328,8 @@ def _weights_state(engine, epoch):
         "num_classes": engine.num_classes,
         "results": engine.results.get(stage, {}) if finished else {},
     }
+    if finished:
+        state["evaluated_with"] = evaluation_settings(engine.cfg)
     if engine.encoder_spec is not None:
         state["encoder_spec"] = engine.encoder_spec
     return state
@@ -328,18 +365,16 @@ def resume_or_initialize(engine, stage):
             raise ISGANError(f"{path} was written with a different config (hash {state.get('config_hash')} vs "
                              f"{config_hash(cfg)}); use a new OUTPUT_DIR, or delete {os.path.dirname(path)} "
                              f"to restart stage {stage}")
-        engine.model.load_state_dict(model_state(state))
+        _apply_resume_state(engine, state, path, stage)
         if "optimizers" in state:
-            for name, opt_state in state["optimizers"].items():
-                engine.optimizers[name].load_state_dict(opt_state)
             print(f"=> resumed stage {stage} from {path} (epoch {state['epoch']})")
         elif stage_finished(cfg, stage, state["epoch"]):
             print(f"=> stage {stage} finished in {path}")
         else:  # a kept weights-only checkpoint copied over latest, as the corrupt-checkpoint error advises
             print(f"=> resumed stage {stage} from the weights in {path} (epoch {state['epoch']}); it holds no "
                   f"optimiser state, so that starts afresh")
-        if state.get("results"):
-            engine.results[stage] = state["results"]
+        if state.get("results") and state.get("evaluated_with") == evaluation_settings(cfg):
+            engine.results[stage] = state["results"]  # else a finished stage is evaluated again
         return state["epoch"]
     before = _previous_stage(engine.objective.stages, stage)
     if before is None:
@@ -350,6 +385,35 @@ def resume_or_initialize(engine, stage):
     load_weights(engine.model, model_state(state))
     print(f"=> stage {stage} initialised from {source}")
     return 0
+
+
+def _apply_resume_state(engine, state, path, stage):
+    """Load a stage's ``latest`` into the engine's model and optimisers; one ISGANError (what does not fit, and
+    advice that works) for a checkpoint of another version or an edited one."""
+    own = engine.model.state_dict()
+    try:
+        weights = model_state(state)
+        missing = [k for k in own if k not in weights]
+        unexpected = [k for k in weights if k not in own]
+        reshaped = [k for k in own if k in weights and getattr(weights[k], "shape", None) != own[k].shape]
+        problem = None
+        if missing or unexpected or reshaped:
+            problem = (f"{len(missing)} model tensors missing, {len(unexpected)} unexpected, {len(reshaped)} of "
+                       f"another shape (e.g. {', '.join((missing + unexpected + reshaped)[:2])})")
+        elif not isinstance(state.get("epoch"), int):
+            problem = "no epoch count"
+        elif set(state.get("optimizers", {})) - set(engine.optimizers):
+            problem = f"optimisers {sorted(state['optimizers'])}, this stage has {sorted(engine.optimizers)}"
+        if problem is None:
+            engine.model.load_state_dict(weights)
+            for name, opt_state in state.get("optimizers", {}).items():
+                engine.optimizers[name].load_state_dict(opt_state)
+    except (ISGANError, KeyError, ValueError, TypeError, RuntimeError) as e:
+        problem = " ".join(str(e).split())[:200] or type(e).__name__
+    if problem is not None:
+        raise ISGANError(f"{path} cannot resume stage {stage} of this model ({problem}): it was written by another "
+                         f"version of isgan-torchreid or changed since; delete it (or move it aside) to restart "
+                         f"stage {stage}, or copy a model.pth.tar-<epoch> of the same folder over it if one fits")
 
 
 def _previous_stage(stages, stage):

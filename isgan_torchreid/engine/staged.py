@@ -165,11 +165,20 @@ class ISGANEngine(Engine):
         """Train one stage from its latest checkpoint, the previous stage's, or scratch; then evaluate."""
         self.enter_stage(stage)
         start_epoch = ckpt.resume_or_initialize(self, stage)
-        done = start_epoch >= self.max_epoch and stage in self.results
+        trained = start_epoch >= self.max_epoch
+        done = trained and stage in self.results
         lr = self.cfg.TRAIN[f"STAGE{stage}"].LR
         print(f"=> Stage {stage}: epochs {start_epoch + 1}-{self.max_epoch}, lr {lr:g}"
-              + (" (already complete)" if done else ""))
+              + (" (already complete)" if done else " (trained; DATA.TARGETS or TEST.* changed: evaluating again)"
+                 if trained else ""))
         if done:
+            return
+        if trained:  # its results are of other evaluation settings: evaluate, and keep them with the weights
+            self.epoch, self.batch_idx = self.max_epoch, 0
+            self.evaluate_targets()
+            if distributed.is_main_process():
+                ckpt.save_training_state(self, self.max_epoch)
+            distributed.barrier()
             return
         self.epoch, self.num_batches = start_epoch, len(self.train_loader)
         self._call("before_stage")

@@ -8,13 +8,14 @@ it stays readable at any size; otherwise Pillow's small bitmap font.
 import dataclasses
 import os
 import re
-import tempfile
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
+
+from ..engine import checkpoint as ckpt
 
 __all__ = ["denormalize", "to_pil", "Tile", "sheet", "part_mask_bar", "save_png", "market_label", "parse_market_name",
            "font", "display_scale", "font_size_for", "to_array", "PAD", "MASK_COLOUR"]
@@ -216,19 +217,8 @@ def save_png(picture: Image.Image, path: str, colors: int = 0) -> None:
         if not 2 <= colors <= 256:
             raise ValueError(f"save_png: colors must be 2-256 (or 0: full RGB), got {colors}")
         picture = picture.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, suffix=".png.tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            picture.save(f, format="PNG", optimize=True)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 -> what a plain open() would give
-        os.replace(tmp, path)
-    except BaseException:
-        os.unlink(tmp)
-        raise
+    with ckpt.output_file(path) as tmp:
+        picture.save(tmp, format="PNG", optimize=True)
 
 
 def to_array(picture: Image.Image) -> np.ndarray:

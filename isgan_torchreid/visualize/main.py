@@ -128,7 +128,7 @@ def run_rank(args, opts):
     for weights in args.weights:
         cfg, state = checkpoint_config(weights, args.config_file, opts)
         device = select_device(cfg)
-        model = load_model(cfg, state, strict=False, device=device)
+        model = load_model(cfg, state, strict=False, device=device, origin=weights)
         stage = f" stage {state['stage']}" if "stage" in state else ""
         stage += " = E_R baseline" if cfg.MODEL.NAME == "isgan" and state.get("stage") == 1 else ""
         run = os.path.basename(os.path.dirname(os.path.dirname(os.path.abspath(weights))))
@@ -159,7 +159,7 @@ def build_parser():
                                                                       else " of stage 2 or 3"))
         s.add_argument("--config-file", help="config of a checkpoint outside a run folder" +
                        ("; also the data (DATA.TARGETS, DATA.ROOT, TEST.*)" if name == "rank" else ""))
-        s.add_argument("--out", required=True, metavar="FILE.png", help="the picture to write")
+        s.add_argument("--out", metavar="FILE.png", help="the picture to write (required)")
         s.add_argument("--scale", type=int, default=0, help="enlarge images N times (default: to ~256 rows)")
         s.add_argument("--font-size", type=int, default=0, help="text size in pixels (default: from the scale)")
         s.add_argument("--colors", type=int, default=0, metavar="N", help="write a palette PNG of N <= 256 colours "
@@ -169,14 +169,14 @@ def build_parser():
 
     s = command("interpolate", "Interpolate identity (E_R) and/or nuisance (E_U) features from image a to b "
                                "(paper Fig. 1).")
-    s.add_argument("--a", required=True, metavar="IMG")
-    s.add_argument("--b", required=True, metavar="IMG")
+    s.add_argument("--a", metavar="IMG", help="(required)")
+    s.add_argument("--b", metavar="IMG", help="(required)")
     s.add_argument("--steps", type=int, default=8, help="images from t=0 to t=1 (default 8)")
     s.add_argument("--what", choices=("identity", "nuisance", "both"), default="both")
     s = command("swap", "Swap the identity or nuisance features of some parts between images a and b, both ways "
                         "(paper Fig. 5).")
-    s.add_argument("--a", required=True, metavar="IMG")
-    s.add_argument("--b", required=True, metavar="IMG")
+    s.add_argument("--a", metavar="IMG", help="(required)")
+    s.add_argument("--b", metavar="IMG", help="(required)")
     s.add_argument("--parts", metavar="P", help="upper (default), lower, all, or feature indices/names of "
                    "MODEL.PARTS (for [1, 2, 3]: 0=p1g 1=p2g 2=p2s1 3=p2s2 4=p3g 5=p3s1 6=p3s2 7=p3s3)")
     s.add_argument("--what", choices=("identity", "nuisance"), default="identity")
@@ -206,6 +206,10 @@ def visualize_main(argv):
         setattr(args, flag[2:], values)
     if not args.weights:
         raise ISGANError(f"{args.command} needs --weights, e.g. --weights {LIST_FLAGS[args.command][0][1]}")
+    # checked here, not by argparse, which names a missing flag before an unknown one
+    missing = [f"--{name}" for name in ("a", "b", "out") if getattr(args, name, "") is None]
+    if missing:
+        raise ISGANError(f"{args.command} needs {' and '.join(missing)} (see tools/visualize.py {args.command} --help)")
     if not args.out.lower().endswith(".png"):
         raise ISGANError(f"--out {args.out}: the picture is written as PNG; name it FILE.png")
     if args.colors and not 2 <= args.colors <= 256:
