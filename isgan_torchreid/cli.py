@@ -74,6 +74,8 @@ def reports_errors(main):
                 raise
             rank = distributed.env_rank()
             if rank:
+                if in_main_thread:  # torchrun's stop ends this wait as it did before: quietly
+                    signal.signal(signal.SIGTERM, signal.SIG_DFL)
                 distributed.wait_for_main_to_report()
             print(f"error{f' (rank {rank})' if rank else ''}: {e}", file=sys.stderr)
             sys.exit(2)

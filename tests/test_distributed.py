@@ -472,3 +472,17 @@ def test_scaling_benchmark_times_one_and_two_processes():
         assert one > 0 and two > 0 and up == pytest.approx(two / one) and eff == pytest.approx(up / 2)
     table = scaling_table(rows, 2)
     assert "images/s, 2 processes" in table and table.count("train stage") == 3
+
+
+def test_a_torchrun_job_on_an_output_dir_in_use_stops_in_one_line(train_args, tmp_path):
+    """Rank 0 takes the run's lock for the group; when another trainer holds it, rank 0 says so and torchrun stops
+    the other rank, which waited for the process group: one error line, nothing written."""
+    from isgan_torchreid.engine.lock import output_dir_lock
+
+    out = tmp_path / "out"
+    with output_dir_lock(str(out)):
+        code, stdout, stderr = finish(torchrun(train_args(out)), timeout=300)
+        assert os.listdir(out) == [".lock"]  # no config.yaml, no train.log
+    errors = [line for line in stderr.splitlines() if line.startswith("error")]
+    assert code != 0 and len(errors) == 1, stderr[-3000:]
+    assert f"is in use by another trainer (pid {os.getpid()} on " in errors[0]
