@@ -33,7 +33,8 @@ from ..engine import checkpoint as ckpt
 from ..engine.evaluation import descriptor
 from ..errors import ISGANError
 
-__all__ = ["IMAGE_EXTENSIONS", "test_transform", "read_image", "embed", "list_images", "market_labels", "extract"]
+__all__ = ["IMAGE_EXTENSIONS", "test_transform", "read_image", "image_tensor", "embed", "list_images", "market_labels",
+           "extract"]
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".webp")
 _MARKET_NAME = re.compile(r"^(-?\d+)_c(\d+)")  # torchreid's Market-1501 parser: pid, camera (1-based)
@@ -52,7 +53,9 @@ def read_image(path):
     return images.decode(path)
 
 
-def _as_tensor(image, transform):
+def image_tensor(image, transform):
+    """One image as :func:`embed` takes it (a path, a PIL image or an (H, W, 3) uint8 array) through
+    ``transform``; an unreadable path is one ISGANError."""
     if isinstance(image, (str, os.PathLike)):
         try:
             image = read_image(image)
@@ -91,7 +94,7 @@ def embed(encoder, images, batch_size=64, flip=None, normalize=None):
         for start in range(0, len(images), batch_size):
             batch = images[start:start + batch_size]
             if transform is not None:
-                batch = torch.stack([_as_tensor(image, transform) for image in batch])  # (B, 3, H, W)
+                batch = torch.stack([image_tensor(image, transform) for image in batch])  # (B, 3, H, W)
             feats.append(descriptor(encoder, batch.to(device), flip, normalize).float().cpu())
     finally:
         encoder.train(was_training)

@@ -25,7 +25,7 @@ from ..engine import checkpoint as ckpt
 from ..engine.objective import image_to_unit
 from ..errors import ISGANError
 from ..models import build_model
-from .embedding import _as_tensor, test_transform
+from .embedding import image_tensor, test_transform
 from .encoder import _device, load_for_evaluation
 
 __all__ = ["GAN", "load_gan", "checkpoint_config", "load_model"]
@@ -113,7 +113,7 @@ class GAN:
             return images.to(self.device)
         if self._transform is None:
             self._transform = test_transform(self.spec)
-        return torch.stack([_as_tensor(image, self._transform) for image in images]).to(self.device)
+        return torch.stack([image_tensor(image, self._transform) for image in images]).to(self.device)
 
     @torch.no_grad()
     def encode(self, images, batch_size: int = 64):
