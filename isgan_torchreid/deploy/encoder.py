@@ -110,7 +110,7 @@ def has_identity_encoder(model) -> bool:
 
 def encoder_state(weights):
     """The descriptor's tensors of a full model's state dict (``module.`` prefixes removed)."""
-    weights = {k[len("module."):] if k.startswith("module.") else k: v for k, v in weights.items()}
+    weights = ckpt.unwrapped(weights)
     return {k: v for k, v in weights.items() if k.startswith(ENCODER_PREFIXES)}
 
 
@@ -122,7 +122,7 @@ def load_for_evaluation(model, weights, origin):
     models. A missing, reshaped or unused one is refused; what else does not fit (classifiers of another
     num_classes, an absent E_U/G/D) is skipped with a note. Returns the skipped names.
     """
-    weights = {k[len("module."):] if k.startswith("module.") else k: v for k, v in weights.items()}
+    weights = ckpt.unwrapped(weights)
     own = model.state_dict()
     if has_identity_encoder(model):
         needed = [k for k in own if k.startswith(ENCODER_PREFIXES)]

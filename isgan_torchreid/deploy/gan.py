@@ -76,7 +76,7 @@ def load_model(cfg, state, strict, device, origin="the checkpoint"):
     model = build_model(cfg, state.get("num_classes") or 1)
     weights = ckpt.model_state(state)
     if strict:
-        weights = {k[len("module."):] if k.startswith("module.") else k: v for k, v in weights.items()}
+        weights = ckpt.unwrapped(weights)
         try:
             model.load_state_dict(weights)
         except RuntimeError as e:

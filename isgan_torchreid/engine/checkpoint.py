@@ -277,9 +277,14 @@ def model_state(state):
     raise ISGANError("checkpoint holds no model weights (expected a 'state_dict' entry)")
 
 
+def unwrapped(weights):
+    """A state dict without the ``module.`` prefixes of DataParallel/DDP checkpoints (torchreid's among them)."""
+    return {k[len("module."):] if k.startswith("module.") else k: v for k, v in weights.items()}
+
+
 def load_weights(model, weights, verbose=True):
     """Copy every tensor whose name and shape match; return the skipped names (e.g. other num_classes)."""
-    weights = {k[len("module."):] if k.startswith("module.") else k: v for k, v in weights.items()}
+    weights = unwrapped(weights)
     own = model.state_dict()
     matched = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k in weights if k not in matched)

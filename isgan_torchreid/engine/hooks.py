@@ -179,12 +179,12 @@ class SampleGrids(HookBase):
         model.train(was_training)
         if was_training:
             e.apply_stage_policy()
+        generated = dict(zip(gen.sets, gen.fakes.chunk(len(gen.sets))))  # set -> (n, 3, H, W) in G's space
         target = e.objective.image_target(imgs)
-        self.eval_l1 = {name: reconstruction_loss(f, target).item()
-                        for name, f in zip(gen.sets, gen.fakes.chunk(len(gen.sets)))}
+        self.eval_l1 = {name: reconstruction_loss(f, target).item() for name, f in generated.items()}
         scale = display_scale(imgs.size(-2))
         real = denormalize(imgs, IMAGENET_MEAN, IMAGENET_STD)
-        fakes = dict(zip(gen.sets, (e.objective.image_to_unit(f) for f in gen.fakes.chunk(len(gen.sets)))))
+        fakes = {name: e.objective.image_to_unit(f) for name, f in generated.items()}
         parts = e.model.encoder_r.branches.parts
         bar_height, cell = real.size(-2) * scale, max(8, 5 * scale)
         rows = []
