@@ -60,6 +60,8 @@ _C.MODEL.ID_DIM = 256  # p of E_R: K x 256 = 2048-d test descriptor
 _C.MODEL.NID_DIM = 64  # p of E_U
 _C.MODEL.NOISE_DIM = 128
 _C.MODEL.EU_POOL = "avg"  # the authors' code pools E_U with avg; the paper says max
+_C.MODEL.G_INIT = "fan_in"  # fan_in: each layer's std from the inputs it sums | reference: the authors' (G saturates)
+_C.MODEL.G_DROPOUT = 0.2  # dropout in G's FC and first five upsampling blocks (authors' code)
 _C.MODEL.G_JOINT_BATCH = True  # G runs the three fake sets as one BatchNorm batch (False: one call per set)
 
 # ---------------------------------------------------------------- losses, Eq. 8
@@ -90,7 +92,9 @@ _C.TRAIN.INIT_WEIGHTS = ""  # checkpoint to start the first listed stage > 1 fro
 _C.TRAIN.ADAM_BETAS = [0.9, 0.999]
 _C.TRAIN.WEIGHT_DECAY = 5e-4  # Adam (coupled L2, amsgrad) for encoders + G
 _C.TRAIN.AMSGRAD = True
-_C.TRAIN.D_MOMENTUM = 0.9  # SGD for D_D + D_C
+_C.TRAIN.D_OPTIMIZER = "sgd"  # D_D + D_C: sgd (paper: momentum D_MOMENTUM) | adam (betas D_ADAM_BETAS)
+_C.TRAIN.D_MOMENTUM = 0.9
+_C.TRAIN.D_ADAM_BETAS = [0.5, 0.999]  # DCGAN's
 _C.TRAIN.D_WEIGHT_DECAY = 1e-4
 _C.TRAIN.LR_MULT_GU = 1.0  # stage-3 lr multiplier for G and E_U (authors intended 0.01, never applied)
 _C.TRAIN.GAMMA = 0.1
@@ -133,11 +137,13 @@ _CHOICES = {
     "DATA.ON_BAD_IMAGE": ("skip", "error"),
     "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50"),
     "MODEL.EU_POOL": ("avg", "max"),
+    "MODEL.G_INIT": ("fan_in", "reference"),
     "LOSS.ID_REDUCTION": ("mean", "sum"),
     "LOSS.KL_REDUCTION": ("official", "paper"),
     "LOSS.PART_SHUFFLE": ("local", "all", "none"),
     "LOSS.TARGET_SPACE": ("rgb", "tanh"),
     "TRAIN.NONFINITE": ("error", "skip"),
+    "TRAIN.D_OPTIMIZER": ("sgd", "adam"),
     "SAMPLER.EPOCH": ("identities", "images"),
     "TEST.METRIC": ("euclidean", "cosine"),
 }
@@ -157,6 +163,7 @@ _RANGES = {
     "MODEL.ID_DIM": "[1, inf)",
     "MODEL.NID_DIM": "[1, inf)",
     "MODEL.NOISE_DIM": "[1, inf)",
+    "MODEL.G_DROPOUT": "[0, 1)",
     **{f"LOSS.{name}": "[0, inf)" for name in ("LAMBDA_R", "LAMBDA_U", "LAMBDA_S", "LAMBDA_PS", "LAMBDA_D", "LAMBDA_C",
                                                "D_LAMBDA_D", "D_LAMBDA_C", "LAMBDA_TRIPLET", "TRIPLET_MARGIN")},
     "LOSS.LABEL_SMOOTH": "[0, 1)",
@@ -164,6 +171,7 @@ _RANGES = {
     "TRAIN.ADAM_BETAS": "[0, 1)",
     "TRAIN.WEIGHT_DECAY": "[0, inf)",
     "TRAIN.D_MOMENTUM": "[0, 1)",
+    "TRAIN.D_ADAM_BETAS": "[0, 1)",
     "TRAIN.D_WEIGHT_DECAY": "[0, inf)",
     "TRAIN.LR_MULT_GU": "(0, inf)",
     "TRAIN.GAMMA": "(0, 1]",
@@ -402,8 +410,9 @@ def validate(cfg):
                          f"TRAIN.STAGES [1], or [1, 3] for IS-GAN's E_R schedule")
     if not cfg.DATA.SOURCES:
         raise ISGANError("DATA.SOURCES is empty: name at least one dataset, e.g. market1501")
-    if len(cfg.TRAIN.ADAM_BETAS) != 2:
-        raise ISGANError(f"TRAIN.ADAM_BETAS = {cfg.TRAIN.ADAM_BETAS}: give two values, e.g. [0.9, 0.999]")
+    for key, example in (("ADAM_BETAS", "[0.9, 0.999]"), ("D_ADAM_BETAS", "[0.5, 0.999]")):
+        if len(cfg.TRAIN[key]) != 2:
+            raise ISGANError(f"TRAIN.{key} = {cfg.TRAIN[key]}: give two values, e.g. {example}")
     if len(set(cfg.MODEL.PARTS)) != len(cfg.MODEL.PARTS) or not cfg.MODEL.PARTS:
         raise ISGANError(f"MODEL.PARTS = {cfg.MODEL.PARTS}: distinct positive stripe counts, e.g. [1, 2, 3]")
     if cfg.MODEL.NAME == "isgan":

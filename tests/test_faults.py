@@ -447,6 +447,10 @@ def test_a_value_below_each_range_is_refused_at_load(key):
     (["DATA.SYNTH.NUM_CAMS", "7"], "DATA.SYNTH.NUM_CAMS = 7 is outside its allowed range [2, 6]"),
     (["TRAIN.STAGE2.MILESTONES", "[10, x]"], "TRAIN.STAGE2.MILESTONES[1] = 'x' is not a number"),
     (["TRAIN.ADAM_BETAS", "[0.9]"], "TRAIN.ADAM_BETAS = [0.9]: give two values"),
+    (["TRAIN.D_ADAM_BETAS", "[0.5, 0.9, 0.99]"], "TRAIN.D_ADAM_BETAS = [0.5, 0.9, 0.99]: give two values"),
+    (["TRAIN.D_OPTIMIZER", "rmsprop"], "TRAIN.D_OPTIMIZER"),
+    (["MODEL.G_INIT", "xavier"], "MODEL.G_INIT"),
+    (["MODEL.G_DROPOUT", "1.0"], "MODEL.G_DROPOUT = 1.0 is outside its allowed range [0, 1)"),
 ])
 def test_bad_values_are_one_line_naming_key_value_and_range(opts, expected):
     with pytest.raises(ISGANError) as info:

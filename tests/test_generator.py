@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from isgan_torchreid.models.generator import Generator
+from isgan_torchreid.models.generator import Generator, transposed_fan_in
 
 
 def n_params(module):
@@ -68,3 +68,46 @@ def test_noise_and_label_conditioning():
 def test_bad_size(hw):
     with pytest.raises(ValueError, match="DATA.HEIGHT and DATA.WIDTH"):
         Generator(3, height=hw[0], width=hw[1])
+
+
+def test_transposed_fan_in_counts_inputs_per_output_pixel():
+    k4s2 = nn.ConvTranspose2d(64, 3, 4, 2, 1)
+    assert transposed_fan_in(k4s2, (32, 16)) == 64 * 2 * 2
+    first = nn.ConvTranspose2d(512, 512, (6, 2), 1, 0)  # 1x1 map -> 6x2: one tap per channel
+    assert transposed_fan_in(first, (1, 1)) == 512
+
+
+def test_fan_in_init_draws_each_layer_from_its_fan():
+    torch.manual_seed(0)
+    g = Generator(5, id_dim=64, nid_dim=32, noise_dim=16, height=128, width=64)
+    leaky = (2 / (1 + 0.2 ** 2)) ** 0.5
+    assert g.fc[0].weight.std().item() == pytest.approx(leaky / (64 + 32 + 16 + 5) ** 0.5, rel=0.05)
+    deconvs = [m for m in g.deconvs.modules() if isinstance(m, nn.ConvTranspose2d)]
+    # inputs summed per output pixel: a 1x1 map, then a 2x1 map (one tap across), then 2x2 taps
+    fans = [512, 512 * 2, 512 * 4, 512 * 4, 256 * 4, 128 * 4, 64 * 4]
+    gains = [leaky] * 6 + [1.0]  # the last feeds Tanh
+    for conv, fan, gain in zip(deconvs, fans, gains):
+        assert conv.weight.std().item() == pytest.approx(gain / fan ** 0.5, rel=0.05)
+
+
+def _pre_tanh(init):
+    torch.manual_seed(0)
+    g = Generator(10, id_dim=64, nid_dim=32, height=128, width=64, init=init).train()
+    seen = []
+    g.deconvs[-1][0].register_forward_hook(lambda module, args, out: seen.append(out.detach()))
+    g(torch.randn(16, 64), torch.randn(16, 32), torch.arange(16) % 10)
+    return seen[0]
+
+
+def test_fan_in_init_keeps_the_first_images_in_tanh_linear_range():
+    pre = _pre_tanh("fan_in")
+    assert 0.4 < pre.std().item() < 1.0
+    assert (pre.tanh().abs() > 0.98).float().mean().item() < 0.02
+    reference = _pre_tanh("reference")  # the authors' init stays reachable, and saturates
+    assert reference.std().item() > 1.5
+    assert (reference.tanh().abs() > 0.98).float().mean().item() > 0.15
+
+
+def test_unknown_init():
+    with pytest.raises(ValueError, match="MODEL.G_INIT"):
+        Generator(3, height=128, width=64, init="xavier")

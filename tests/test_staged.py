@@ -196,6 +196,19 @@ def test_optimizers_cover_the_trained_modules(make_engine, stage):
     assert set(compat_models(engine)) == {"model", "discriminator"}  # both switched and stepped by torchreid
 
 
+@pytest.mark.parametrize("choice", ["sgd", "adam"])
+def test_discriminator_optimizer_is_the_configured_one(make_engine, choice):
+    engine = make_engine("TRAIN.D_OPTIMIZER", choice, "TRAIN.D_ADAM_BETAS", "[0.4, 0.99]")
+    engine.enter_stage(2)
+    opt = engine.optimizers["discriminator"].optimizer
+    group = opt.param_groups[0]
+    assert (group["lr"], group["weight_decay"]) == (engine.cfg.TRAIN.STAGE2.LR, engine.cfg.TRAIN.D_WEIGHT_DECAY)
+    if choice == "adam":
+        assert type(opt) is torch.optim.Adam and group["betas"] == (0.4, 0.99)
+    else:
+        assert type(opt) is torch.optim.SGD and group["momentum"] == engine.cfg.TRAIN.D_MOMENTUM
+
+
 def test_non_gan_model_trains_in_stage1_only(make_cfg, dm, batches):
     cfg = make_cfg("MODEL.NAME", "mgn", "TRAIN.STAGES", "[1]")
     torch.manual_seed(0)

@@ -1,7 +1,7 @@
 """Optimisers of a stage and one optimiser's update (backward, loss scaling, non-finite policy, step).
 
 Adam (β, coupled weight decay, amsgrad: the authors' setting) updates the encoders and G; SGD with
-momentum updates D (paper Sec. 4.1). Each stage builds fresh optimisers over the modules it trains,
+momentum updates D (paper Sec. 4.1), or Adam with DCGAN's betas (TRAIN.D_OPTIMIZER adam). Each stage builds fresh optimisers over the modules it trains,
 with its own learning rate and MultiStepLR milestones.
 """
 from typing import Callable, Dict, List
@@ -39,14 +39,17 @@ def build_stage_optimizers(cfg, stage: int, groups: Dict[str, List[nn.Module]], 
                            make_scaler: Callable[[], torch.amp.GradScaler]) -> Dict[str, StageOptimizer]:
     """One :class:`StageOptimizer` per entry of ``groups`` (name -> modules it updates).
 
-    "discriminator" gets SGD, every other group Adam. In stage 3 the parameters of ``slow`` modules (G and
+    "discriminator" gets TRAIN.D_OPTIMIZER (SGD or Adam, coupled weight decay D_WEIGHT_DECAY), every other group Adam. In stage 3 the parameters of ``slow`` modules (G and
     E_U) run at TRAIN.LR_MULT_GU x the stage's learning rate.
     """
     train, node = cfg.TRAIN, cfg.TRAIN[f"STAGE{stage}"]
     built = {}
     for name, modules in groups.items():
         params = [p for m in modules for p in m.parameters()]
-        if name == "discriminator":
+        if name == "discriminator" and train.D_OPTIMIZER == "adam":
+            opt = torch.optim.Adam(params, lr=node.LR, betas=tuple(train.D_ADAM_BETAS),
+                                   weight_decay=train.D_WEIGHT_DECAY)
+        elif name == "discriminator":
             opt = torch.optim.SGD(params, lr=node.LR, momentum=train.D_MOMENTUM, weight_decay=train.D_WEIGHT_DECAY)
         else:
             slowed = stage == 3 and train.LR_MULT_GU != 1.0

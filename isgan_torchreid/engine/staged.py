@@ -15,8 +15,6 @@ import os
 import time
 from typing import Dict, List, Optional, Sequence
 
-import torch
-
 from .. import compat, deploy
 from ..data.build import train_transform
 from ..errors import ISGANError

@@ -29,6 +29,8 @@ class ISGAN(MGN):
         width: int = 128,
         eu_pool: str = "avg",
         loss: str = "softmax",
+        g_init: str = "fan_in",
+        g_dropout: float = 0.2,
     ):
         # check cheap settings before loading (possibly downloading) the ResNet
         check_loss(loss)
@@ -38,7 +40,8 @@ class ISGAN(MGN):
         super().__init__(num_classes, backbone, pretrained, parts, id_dim, loss, resnet=resnet)
         self.encoder_u = NuisanceEncoder(resnet, parts, nid_dim, pool=eu_pool)
         k = self.encoder_r.num_features
-        self.generator = Generator(num_classes, id_dim * k, nid_dim * k, noise_dim, height, width)
+        self.generator = Generator(num_classes, id_dim * k, nid_dim * k, noise_dim, height, width,
+                                   dropout=g_dropout, init=g_init)
         self.discriminator = Discriminator(num_classes)
 
 
