@@ -61,6 +61,7 @@ _C.MODEL.NID_DIM = 64  # p of E_U
 _C.MODEL.NOISE_DIM = 128
 _C.MODEL.EU_POOL = "avg"  # the authors' code pools E_U with avg; the paper says max
 _C.MODEL.G_INIT = "fan_in"  # fan_in: each layer's std from the inputs it sums | reference: the authors' (G saturates)
+_C.MODEL.G_CLASS_INPUT = True  # G reads the one-hot label (paper); False: the identity code alone names the person
 _C.MODEL.G_DROPOUT = 0.2  # dropout in G's FC and first five upsampling blocks (authors' code)
 _C.MODEL.G_JOINT_BATCH = True  # G runs the three fake sets as one BatchNorm batch (False: one call per set)
 

@@ -111,3 +111,16 @@ def test_fan_in_init_keeps_the_first_images_in_tanh_linear_range():
 def test_unknown_init():
     with pytest.raises(ValueError, match="MODEL.G_INIT"):
         Generator(3, height=128, width=64, init="xavier")
+
+
+def test_without_class_input_the_label_changes_nothing():
+    torch.manual_seed(0)
+    g = Generator(4, id_dim=8, nid_dim=8, noise_dim=16, height=128, width=64, class_input=False).eval()
+    assert g.fc[0].in_features == 8 + 8 + 16
+    ids, nids, noise = torch.randn(2, 8), torch.randn(2, 8), torch.zeros(2, 16)
+    with torch.no_grad():
+        a = g(ids, nids, torch.tensor([0, 1]), noise=noise)
+        b = g(ids, nids, torch.tensor([3, 2]), noise=noise)
+        c = g(ids.flip(0), nids, torch.tensor([0, 1]), noise=noise)
+    assert torch.equal(a, b)
+    assert not torch.allclose(a, c)

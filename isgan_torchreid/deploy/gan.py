@@ -138,7 +138,8 @@ class GAN:
     def decode(self, identity: Tensor, nuisance: Tensor, classes=None, batch_size: int = 64) -> Tensor:
         """G(identity, nuisance, class, noise 0) -> (N, 3, H, W) RGB in [0, 1].
 
-        ``classes``: (N,) training classes for G's one-hot input; default :meth:`predicted_class`.
+        ``classes``: (N,) training classes for G's one-hot input; default :meth:`predicted_class` (a G built with
+        MODEL.G_CLASS_INPUT False reads none).
         """
         if identity.size(0) != nuisance.size(0):
             raise ValueError(f"GAN.decode: {identity.size(0)} identity codes but {nuisance.size(0)} nuisance codes")

@@ -63,7 +63,13 @@ def transposed_fan_in(conv: nn.ConvTranspose2d, input_size) -> int:
 
 
 class Generator(nn.Module):
-    """G: cat(id, nid, noise, one_hot(label)) -> FC -> 7 transposed convs -> Tanh image."""
+    """G: cat(id, nid, noise, one_hot(label)) -> FC -> 7 transposed convs -> Tanh image.
+
+    With ``class_input=False`` G reads no label: cat(id, nid, noise). In training every label G is given is
+    the identity its identity code came from (shuffling keeps the identity), so the one-hot is a second,
+    easier route to the training identities' looks that a test identity, decoded with a predicted class,
+    cannot take.
+    """
 
     def __init__(
         self,
@@ -75,6 +81,7 @@ class Generator(nn.Module):
         width: int = 128,
         dropout: float = 0.2,
         init: str = "fan_in",
+        class_input: bool = True,
     ):
         super().__init__()
         check_image_size(height, width)
@@ -82,8 +89,9 @@ class Generator(nn.Module):
             raise ValueError(f"unknown generator init {init!r} (MODEL.G_INIT); use one of {', '.join(INITS)}")
         self.num_classes = num_classes
         self.noise_dim = noise_dim
+        self.class_input = class_input
         self.fc = nn.Sequential(
-            nn.Linear(id_dim + nid_dim + noise_dim + num_classes, 512),
+            nn.Linear(id_dim + nid_dim + noise_dim + (num_classes if class_input else 0), 512),
             nn.BatchNorm1d(512),
             nn.LeakyReLU(0.2),
             nn.Dropout(dropout),
@@ -125,12 +133,15 @@ class Generator(nn.Module):
         """(B, id_dim), (B, nid_dim), (B,) labels [, (B, noise_dim)] -> (B, 3, H, W) in [-1, 1].
 
         When ``noise`` is None it is drawn from N(0, 1) with ``generator`` (torch's default if None).
+        ``labels`` are ignored by a G built with ``class_input=False`` (MODEL.G_CLASS_INPUT).
         """
         if noise is None:
             noise = torch.randn(
                 id_feat.shape[0], self.noise_dim,
                 generator=generator, device=id_feat.device, dtype=id_feat.dtype,
             )
-        one_hot = F.one_hot(labels, self.num_classes).to(id_feat.dtype)  # (B, C)
-        x = self.fc(torch.cat([id_feat, nid_feat, noise, one_hot], dim=1))  # (B, 512)
+        codes = [id_feat, nid_feat, noise]
+        if self.class_input:
+            codes.append(F.one_hot(labels, self.num_classes).to(id_feat.dtype))  # (B, C)
+        x = self.fc(torch.cat(codes, dim=1))  # (B, 512)
         return self.deconvs(x[:, :, None, None])  # (B, 512, 1, 1) -> (B, 3, H, W)

@@ -31,6 +31,7 @@ class ISGAN(MGN):
         loss: str = "softmax",
         g_init: str = "fan_in",
         g_dropout: float = 0.2,
+        g_class_input: bool = True,
     ):
         # check cheap settings before loading (possibly downloading) the ResNet
         check_loss(loss)
@@ -41,7 +42,7 @@ class ISGAN(MGN):
         self.encoder_u = NuisanceEncoder(resnet, parts, nid_dim, pool=eu_pool)
         k = self.encoder_r.num_features
         self.generator = Generator(num_classes, id_dim * k, nid_dim * k, noise_dim, height, width,
-                                   dropout=g_dropout, init=g_init)
+                                   dropout=g_dropout, init=g_init, class_input=g_class_input)
         self.discriminator = Discriminator(num_classes)
 
 
