@@ -73,6 +73,7 @@ _C.LOSS.LAMBDA_S = 10.0
 _C.LOSS.LAMBDA_PS = 10.0
 _C.LOSS.LAMBDA_D = 1.0  # generator side of L_D
 _C.LOSS.LAMBDA_C = 2.0  # generator side of L_C
+_C.LOSS.GAN_WARMUP = 0  # stage-2 epochs over which G's λ_D and λ_C rise linearly from 0 (D trains from the start)
 _C.LOSS.D_LAMBDA_D = 1.0  # discriminator side of L_D
 _C.LOSS.D_LAMBDA_C = 0.5  # discriminator side of L_C (authors' code)
 _C.LOSS.ID_REDUCTION = "mean"  # mean of the K CEs (authors' code) | sum (paper, Eq. 1)
@@ -168,6 +169,7 @@ _RANGES = {
     **{f"LOSS.{name}": "[0, inf)" for name in ("LAMBDA_R", "LAMBDA_U", "LAMBDA_S", "LAMBDA_PS", "LAMBDA_D", "LAMBDA_C",
                                                "D_LAMBDA_D", "D_LAMBDA_C", "LAMBDA_TRIPLET", "TRIPLET_MARGIN")},
     "LOSS.LABEL_SMOOTH": "[0, 1)",
+    "LOSS.GAN_WARMUP": "[0, inf)",
     "TRAIN.STAGES": "[1, 3]",
     "TRAIN.ADAM_BETAS": "[0, 1)",
     "TRAIN.WEIGHT_DECAY": "[0, inf)",

@@ -20,7 +20,7 @@ import isgan_torchreid.losses.isgan as loss_module
 from isgan_torchreid.cli import setup, train_main
 from isgan_torchreid.config import load_config
 from isgan_torchreid.engine import checkpoint as ckpt
-from isgan_torchreid.engine.hooks import Checkpointer, ResultsWriter
+from isgan_torchreid.engine.hooks import Checkpointer, GANWarmup, ResultsWriter
 from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
@@ -293,6 +293,33 @@ def test_gan_iteration_call_graph(make_engine, batches, stage):
     assert {"L1_auto", "L1_shuffled", "L1_part_shuffled", "L_S", "L_PS", "L_U", "L_D", "L_C", "D_dom",
             "D_cls"} <= set(summary)
     assert ("L_R" in summary) == (stage == 3)
+
+
+def test_gan_warmup_ramps_g_side_adversarial_and_class_terms(make_engine, batches):
+    engine = make_engine("LOSS.GAN_WARMUP", "4")
+    warmup = next(h for h in engine.hooks if isinstance(h, GANWarmup))
+    weights = []
+    for stage, epoch in [(2, 0), (2, 1), (2, 3), (2, 4), (2, 7), (3, 0)]:
+        engine.stage, engine.epoch = stage, epoch
+        warmup.before_epoch()
+        weights.append(engine.objective.gan_weight)
+    assert weights == [0.0, 0.25, 0.75, 1.0, 1.0, 1.0]
+
+    prepare(engine, 2)
+    d_batches = []
+    engine.model.discriminator.register_forward_pre_hook(lambda m, args: d_batches.append(args[0].size(0)))
+    engine.objective.gan_weight = 0.0
+    B = batches[0]["img"].size(0)
+    summary = engine.forward_backward(batches[0])
+    assert "L_D" not in summary and "L_C" not in summary  # G is not driven by D yet ...
+    assert summary["D_dom"] > 0 and summary["D_cls"] > 0 and d_batches == [B + 3 * B]  # ... while D learns
+    engine.objective.gan_weight = 0.5
+    half = engine.forward_backward(batches[1])
+    engine.objective.gan_weight = 1.0
+    full = engine.forward_backward(batches[1])
+    assert d_batches[1:] == [4 * B, 3 * B, 4 * B, 3 * B]
+    # the same batch and nearly the same weights: the weighted term is about half the full one
+    assert half["L_D"] == pytest.approx(0.5 * full["L_D"], rel=0.2)
 
 
 @pytest.mark.parametrize("stage", [1, 2, 3])

@@ -24,7 +24,7 @@ from . import checkpoint as ckpt
 from .objective import ISGANObjective
 
 __all__ = ["HookBase", "Checkpointer", "SampleGrids", "EncoderWriter", "ResultsWriter", "TensorBoardWriter",
-           "ProgressPrinter", "EpochTimer", "default_hooks", "LOSS_GROUPS", "STAGE_COST", "grouped"]
+           "ProgressPrinter", "EpochTimer", "GANWarmup", "default_hooks", "LOSS_GROUPS", "STAGE_COST", "grouped"]
 
 # the loss terms of a step, grouped for the progress line and TensorBoard: E_R's identity terms, the
 # encoder/G terms of Eq. 8 and D's terms [Eq. 6, 7]
@@ -393,8 +393,25 @@ class EpochTimer(HookBase):
         ckpt.write_json(self.path, self.speed)
 
 
+class GANWarmup(HookBase):
+    """G's adversarial and class terms (L_D, L_C) weighted by min(1, e / ``epochs``) in epoch e (0-based) of
+    stage 2, full in stage 3. D trains on both terms from the first step, so D_D and D_C have learned something
+    before they drive G, and G's reconstruction is not held back meanwhile. Every process sets its own."""
+
+    main_process_only = False
+
+    def __init__(self, epochs: int):
+        self.epochs = epochs
+
+    def before_epoch(self):
+        engine = self.engine
+        if isinstance(engine.objective, ISGANObjective):
+            ramp = engine.stage == 2 and self.epochs > 0
+            engine.objective.gan_weight = min(1.0, engine.epoch / self.epochs) if ramp else 1.0
+
+
 def default_hooks(cfg):
     """The hooks of a training run: checkpoints, encoder files, sample grids, progress, TensorBoard, results.json."""
     t = cfg.TRAIN
     return [Checkpointer(t.RESUME_FREQ, t.CHECKPOINT_FREQ), EncoderWriter(), SampleGrids(t.SAMPLE_FREQ),
-            ProgressPrinter(t.PRINT_FREQ), TensorBoardWriter(), ResultsWriter()]
+            ProgressPrinter(t.PRINT_FREQ), TensorBoardWriter(), ResultsWriter(), GANWarmup(cfg.LOSS.GAN_WARMUP)]

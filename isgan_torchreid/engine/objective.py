@@ -211,6 +211,7 @@ class ISGANObjective(IdentityObjective):
         self.joint_g_batch = joint_g_batch
         self.grad_norm_freq = grad_norm_freq  # every n-th stage-2/3 step of this process logs term_grad_norms
         self.gan_steps = 0
+        self.gan_weight = 1.0  # factor on G's L_D and L_C, set per epoch by hooks.GANWarmup (LOSS.GAN_WARMUP)
 
     def trainable_modules(self, stage: int) -> List[nn.Module]:
         return [getattr(self.model, name) for name in ISGAN_STAGE_MODULES[stage]]
@@ -313,7 +314,6 @@ class ISGANObjective(IdentityObjective):
         # ---- encoder/G step against the updated D, with D frozen (and unwrapped: nothing of it to all-reduce)
         disc.requires_grad_(False)
         with self.precision.autocast():
-            patch, cls = disc(gen.fakes)  # (n*B, 1, h, w), (n*B, C)
             recon = {name: L.reconstruction_loss(f, target) for name, f in zip(gen.sets, gen.fakes.chunk(n))}
             terms = {}
             if "auto" in recon:
@@ -323,9 +323,11 @@ class ISGANObjective(IdentityObjective):
             # 'official' sums over the batch: x processes, as DDP averages the gradients of the processes' sums
             batch_sum = distributed.get_world_size() if s.kl_reduction == "official" else 1
             terms["L_U"] = s.lambda_u[stage - 2] * batch_sum * L.kl_loss(gen.mu, gen.logvar, s.kl_reduction)
-            terms["L_D"] = s.lambda_d * n * L.generator_domain_loss(patch)
-            if n_cls:
-                terms["L_C"] = s.lambda_c * n_cls * L.class_loss(cls[cls_mask], labels[cls_mask])
+            if self.gan_weight > 0:
+                patch, cls = disc(gen.fakes)  # (n*B, 1, h, w), (n*B, C)
+                terms["L_D"] = self.gan_weight * s.lambda_d * n * L.generator_domain_loss(patch)
+                if n_cls:
+                    terms["L_C"] = self.gan_weight * s.lambda_c * n_cls * L.class_loss(cls[cls_mask], labels[cls_mask])
             if stage == 3:  # L_R [Eq. 1] (+ MGN's triplet on the global features with ISGAN_TRIPLET)
                 features = self.model.global_features(gen.id_feat) if s.isgan_triplet else None
                 terms.update(self.identity_terms(gen.logits, features, pids, s.lambda_r))
