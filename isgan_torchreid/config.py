@@ -62,6 +62,8 @@ _C.MODEL.NOISE_DIM = 128
 _C.MODEL.EU_POOL = "avg"  # the authors' code pools E_U with avg; the paper says max
 _C.MODEL.G_INIT = "fan_in"  # fan_in: each layer's std from the inputs it sums | reference: the authors' (G saturates)
 _C.MODEL.G_CLASS_INPUT = True  # G reads the one-hot label (paper); False: the identity code alone names the person
+_C.MODEL.G_WIDTH = 512  # G's widest hidden channel count (the authors'); the others scale with it
+_C.MODEL.D_WIDTH = 256  # D's trunk width (the authors'); the others scale with it
 _C.MODEL.G_DROPOUT = 0.2  # dropout in G's FC and first five upsampling blocks (authors' code)
 _C.MODEL.G_JOINT_BATCH = True  # G runs the three fake sets as one BatchNorm batch (False: one call per set)
 
@@ -166,6 +168,8 @@ _RANGES = {
     "MODEL.NID_DIM": "[1, inf)",
     "MODEL.NOISE_DIM": "[1, inf)",
     "MODEL.G_DROPOUT": "[0, 1)",
+    "MODEL.G_WIDTH": "[8, inf)",
+    "MODEL.D_WIDTH": "[8, inf)",
     **{f"LOSS.{name}": "[0, inf)" for name in ("LAMBDA_R", "LAMBDA_U", "LAMBDA_S", "LAMBDA_PS", "LAMBDA_D", "LAMBDA_C",
                                                "D_LAMBDA_D", "D_LAMBDA_C", "LAMBDA_TRIPLET", "TRIPLET_MARGIN")},
     "LOSS.LABEL_SMOOTH": "[0, 1)",
@@ -420,9 +424,9 @@ def validate(cfg):
         raise ISGANError(f"MODEL.PARTS = {cfg.MODEL.PARTS}: distinct positive stripe counts, e.g. [1, 2, 3]")
     if cfg.MODEL.NAME == "isgan":
         for key in ("HEIGHT", "WIDTH"):
-            if cfg.DATA[key] % 64:
-                raise ISGANError(f"DATA.{key} = {cfg.DATA[key]} must be divisible by 64 for the generator "
-                                 f"(six x2 upsamplings); e.g. 384x128, 256x128 or 128x64")
+            if cfg.DATA[key] % 16:
+                raise ISGANError(f"DATA.{key} = {cfg.DATA[key]} must be divisible by 16 for the generator "
+                                 f"(at least four x2 upsamplings); e.g. 384x128, 256x128, 128x64 or 64x32")
     if cfg.MODEL.NAME == "isgan" and (2 in stages or 3 in stages):
         if cfg.SAMPLER.K < 2:
             raise ISGANError("SAMPLER.K must be >= 2 for stages 2-3: identity shuffling needs a positive "

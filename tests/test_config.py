@@ -94,7 +94,7 @@ def test_wrong_types_name_the_key(key, value, expected):
     (["LOSS.PART_SHUFFLE", "some"], "LOSS.PART_SHUFFLE"),
     (["TRAIN.STAGES", "[3, 1]"], "TRAIN.STAGES"),
     (["TRAIN.STAGES", "[4]"], "TRAIN.STAGES"),
-    (["DATA.HEIGHT", "200"], "DATA.HEIGHT = 200 must be divisible by 64"),
+    (["DATA.HEIGHT", "200"], "DATA.HEIGHT = 200 must be divisible by 16"),
     (["SAMPLER.K", "1"], "SAMPLER.K must be >= 2"),
     (["MODEL.NAME", "mgn"], "TRAIN.STAGES"),
     (["MODEL.PARTS", "[2, 2]"], "MODEL.PARTS"),
@@ -110,8 +110,8 @@ def test_identity_models_allow_any_size_and_k1():
     for name in ("baseline", "mgn", "pcb_p6"):
         cfg = load_config(None, ["MODEL.NAME", name, "TRAIN.STAGES", "[1, 3]", "DATA.HEIGHT", "200", "SAMPLER.K", "1"])
         assert cfg.DATA.HEIGHT == 200
-    # IS-GAN's generator needs multiples of 64 even when only stage 1 runs: the model holds G
-    with pytest.raises(ISGANError, match="DATA.HEIGHT = 200 must be divisible by 64"):
+    # IS-GAN's generator needs multiples of 16 even when only stage 1 runs: the model holds G
+    with pytest.raises(ISGANError, match="DATA.HEIGHT = 200 must be divisible by 16"):
         load_config(None, ["TRAIN.STAGES", "[1]", "DATA.HEIGHT", "200"])
     assert load_config(None, ["TRAIN.STAGES", "[1]", "SAMPLER.K", "1"]).SAMPLER.K == 1
 

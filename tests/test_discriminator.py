@@ -32,13 +32,23 @@ def test_parameter_count_matches_reference(disc):
     assert n_params(disc) == 4_033_744
 
 
-@pytest.mark.parametrize("hw", [(384, 128), (256, 128), (128, 64)])
+@pytest.mark.parametrize("hw", [(384, 128), (256, 128), (128, 64), (64, 32)])
 def test_output_shapes(disc, hw):
     with torch.no_grad():
         patch, logits = disc(torch.randn(2, 3, *hw))
     # 384x128 gives 12x4 (the reference's unpadded k4 s1 convs gave 10x2)
     assert patch.shape == (2, 1, hw[0] // 32, hw[1] // 32)
     assert logits.shape == (2, 751)
+
+
+def test_width_scales_every_layer():
+    d = Discriminator(10, base_channels=64)
+    convs = [m for m in d.modules() if isinstance(m, nn.Conv2d)]
+    assert [m.out_channels for m in convs] == [8, 16, 32, 64, 64, 64, 1, 64]  # trunk, patch head, class conv
+    assert d.class_fc.in_features == 64
+    with torch.no_grad():
+        patch, logits = d(torch.randn(2, 3, 64, 32))
+    assert patch.shape == (2, 1, 2, 1) and logits.shape == (2, 10)
 
 
 def test_no_squashing_of_input_or_output(disc):

@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from isgan_torchreid.models.generator import Generator, transposed_fan_in
+from isgan_torchreid.models.generator import Generator, transposed_fan_in, upsamplings
 
 
 def n_params(module):
@@ -33,7 +33,7 @@ def test_structure():
     assert bn_weights.std().item() == pytest.approx(0.02, rel=0.2)
 
 
-@pytest.mark.parametrize("hw", [(384, 128), (256, 128), (128, 64)])
+@pytest.mark.parametrize("hw", [(384, 128), (256, 128), (128, 64), (64, 32), (96, 48), (32, 64)])
 def test_output_matches_image_size(hw):
     torch.manual_seed(0)
     g = Generator(7, id_dim=32, nid_dim=16, height=hw[0], width=hw[1]).train()
@@ -64,7 +64,7 @@ def test_noise_and_label_conditioning():
     assert torch.equal(gen_a, gen_b)
 
 
-@pytest.mark.parametrize("hw", [(100, 64), (384, 100), (0, 64), (32, 64)])
+@pytest.mark.parametrize("hw", [(100, 64), (384, 100), (0, 64), (24, 64)])
 def test_bad_size(hw):
     with pytest.raises(ValueError, match="DATA.HEIGHT and DATA.WIDTH"):
         Generator(3, height=hw[0], width=hw[1])
@@ -124,3 +124,20 @@ def test_without_class_input_the_label_changes_nothing():
         c = g(ids.flip(0), nids, torch.tensor([0, 1]), noise=noise)
     assert torch.equal(a, b)
     assert not torch.allclose(a, c)
+
+
+@pytest.mark.parametrize("hw, ups, first_map", [((128, 64), 6, (2, 1)), ((64, 32), 5, (2, 1)), ((96, 48), 4, (6, 3))])
+def test_sizes_below_multiples_of_64_leave_out_leading_upsamplings(hw, ups, first_map):
+    assert upsamplings(*hw) == ups
+    g = Generator(3, id_dim=8, nid_dim=8, height=hw[0], width=hw[1])
+    deconvs = [m for m in g.deconvs.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert len(deconvs) == 1 + ups
+    assert deconvs[0].kernel_size == first_map
+    assert [m.out_channels for m in deconvs] == [512] + [512, 512, 256, 128, 64, 3][6 - ups:]
+
+
+def test_width_scales_every_hidden_layer():
+    g = Generator(3, id_dim=8, nid_dim=8, height=128, width=64, base_channels=128)
+    deconvs = [m for m in g.deconvs.modules() if isinstance(m, nn.ConvTranspose2d)]
+    assert g.fc[0].out_features == 128
+    assert [m.out_channels for m in deconvs] == [128, 128, 128, 64, 32, 16, 3]

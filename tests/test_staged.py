@@ -14,6 +14,7 @@ import re
 import pytest
 import torch
 import yaml
+import torch.nn.functional as F
 from torch import nn
 
 import isgan_torchreid.losses.isgan as loss_module
@@ -293,6 +294,21 @@ def test_gan_iteration_call_graph(make_engine, batches, stage):
     assert {"L1_auto", "L1_shuffled", "L1_part_shuffled", "L_S", "L_PS", "L_U", "L_D", "L_C", "D_dom",
             "D_cls"} <= set(summary)
     assert ("L_R" in summary) == (stage == 3)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_small_images_and_narrow_g_and_d_train(make_engine, batches, stage):
+    """64x32 (G upsamples five times) with G and D at an eighth of their width: a step of each GAN stage."""
+    engine = make_engine("DATA.HEIGHT", "64", "DATA.WIDTH", "32", "MODEL.G_WIDTH", "64", "MODEL.D_WIDTH", "32")
+    prepare(engine, stage)
+    shapes = []
+    engine.model.generator.register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape)))
+    small = {"img": F.interpolate(batches[0]["img"], size=(64, 32), mode="bilinear"), "pid": batches[0]["pid"]}
+    before = snapshot(engine.model.generator)
+    summary = engine.forward_backward(small)
+    assert shapes == [(3 * 8, 3, 64, 32)]
+    assert all(math.isfinite(v) for v in summary.values())
+    assert any(changed_tensors(engine.model.generator, before, buffers=False).values())
 
 
 def test_gan_warmup_ramps_g_side_adversarial_and_class_terms(make_engine, batches):

@@ -36,25 +36,31 @@ def _same_conv4(cin: int, cout: int) -> nn.Sequential:
 
 
 class Discriminator(nn.Module):
-    """Shared stride-2 trunk with a PatchGAN domain head (D_D) and a classification head (D_C)."""
+    """Shared stride-2 trunk with a PatchGAN domain head (D_D) and a classification head (D_C).
 
-    def __init__(self, num_classes: int):
+    ``base_channels`` (MODEL.D_WIDTH, 256: the authors') is the trunk's last width; every layer's channel
+    count scales with it.
+    """
+
+    def __init__(self, num_classes: int, base_channels: int = 256):
         super().__init__()
+        trunk = [max(1, c * base_channels // 256) for c in _TRUNK_CHANNELS]
+        top = trunk[-1]
         # first block without normalisation
-        layers = [nn.Conv2d(3, _TRUNK_CHANNELS[0], 4, 2, 1), nn.LeakyReLU(0.2)]
-        for cin, cout in zip(_TRUNK_CHANNELS[:-1], _TRUNK_CHANNELS[1:]):
+        layers = [nn.Conv2d(3, trunk[0], 4, 2, 1), nn.LeakyReLU(0.2)]
+        for cin, cout in zip(trunk[:-1], trunk[1:]):
             layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.InstanceNorm2d(cout), nn.LeakyReLU(0.2)]
         self.trunk = nn.Sequential(*layers)
         self.patch_head = nn.Sequential(
-            _same_conv4(256, 256), nn.InstanceNorm2d(256), nn.LeakyReLU(0.2), _same_conv4(256, 1)
+            _same_conv4(top, top), nn.InstanceNorm2d(top), nn.LeakyReLU(0.2), _same_conv4(top, 1)
         )
-        self.class_conv = nn.Sequential(_same_conv4(256, 256), nn.LeakyReLU(0.2))  # no InstanceNorm: see module doc
+        self.class_conv = nn.Sequential(_same_conv4(top, top), nn.LeakyReLU(0.2))  # no InstanceNorm: see module doc
         self.class_pool = nn.AdaptiveAvgPool2d(1)
-        self.class_fc = nn.Linear(256, num_classes)
+        self.class_fc = nn.Linear(top, num_classes)
 
     def forward(self, img: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
         """(B, 3, H, W) -> (patch logits (B, 1, H/32, W/32), class logits (B, num_classes))."""
-        x = self.trunk(img)  # (B, 256, H/32, W/32)
+        x = self.trunk(img)  # (B, D_WIDTH, H/32, W/32)
         patch_logits = self.patch_head(x)  # (B, 1, H/32, W/32)
-        pooled = self.class_pool(self.class_conv(x)).flatten(1)  # (B, 256)
+        pooled = self.class_pool(self.class_conv(x)).flatten(1)  # (B, D_WIDTH)
         return patch_logits, self.class_fc(pooled)

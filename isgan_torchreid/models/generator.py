@@ -4,6 +4,11 @@ As in the authors' code (reference notes 1.5, D5): an FC layer to a 512x1x1 map,
 transposed convolutions. The first has kernel (H/64, W/64) and gives an H/64 x W/64 map; six
 x2 upsamplings reach H x W. The output goes through Tanh, so targets must live in [-1, 1].
 
+Other sizes: when 64 does not divide both H and W, G makes as many x2 upsamplings u as 2^u divides both
+(at least 4, so H and W must be multiples of 16) and leaves out the first of the upsampling blocks: at
+64x32, five (a 512-channel 2x1 map, then 512, 256, 128, 64 and 3 channels). ``base_channels``
+(MODEL.G_WIDTH, 512) scales every hidden channel count by base_channels / 512.
+
 Initialisation (MODEL.G_INIT). ``fan_in``: each weight ~ N(0, gain^2 / fan), where fan is the number of
 inputs one output unit sums: in_features for the FC, cin for the first transposed conv (its input is
 1x1, so each output pixel sees one kernel tap per channel) and cin * (4/2)^2 for the k4 s2 upsamplings;
@@ -22,21 +27,31 @@ from torch import nn
 
 from .branches import kaiming_init_
 
-__all__ = ["check_image_size", "transposed_fan_in", "Generator"]
+__all__ = ["upsamplings", "check_image_size", "transposed_fan_in", "Generator"]
 
 INITS = ("fan_in", "reference")
 _LEAKY_GAIN = nn.init.calculate_gain("leaky_relu", 0.2)  # sqrt(2 / 1.04)
 
-# output channels of the six x2 upsamplings (the first transposed conv keeps 512 channels)
-_UP_CHANNELS = (512, 512, 256, 128, 64, 3)
+# channels of the hidden maps after the first transposed conv and after each of the first five of the six
+# x2 upsamplings, at width 512 (the sixth gives the 3 RGB channels)
+_CHANNELS = (512, 512, 512, 256, 128, 64)
+MIN_UPSAMPLINGS = 4
+
+
+def upsamplings(height: int, width: int) -> int:
+    """The x2 upsamplings G makes for an H x W image: the largest u <= 6 with 2^u dividing H and W."""
+    u = 0
+    while u < 6 and height % 2 ** (u + 1) == 0 and width % 2 ** (u + 1) == 0:
+        u += 1
+    return u
 
 
 def check_image_size(height: int, width: int) -> None:
-    """Raise ValueError unless height and width are positive multiples of 64 (G upsamples x64)."""
-    if height <= 0 or width <= 0 or height % 64 or width % 64:
+    """Raise ValueError unless height and width are positive multiples of 16 (G upsamples at least x16)."""
+    if height <= 0 or width <= 0 or upsamplings(height, width) < MIN_UPSAMPLINGS:
         raise ValueError(
             f"image size {height}x{width} is not supported by the generator; set DATA.HEIGHT and "
-            f"DATA.WIDTH to positive multiples of 64 (e.g. 384x128, 256x128 or 128x64)"
+            f"DATA.WIDTH to positive multiples of 16 (e.g. 384x128, 256x128, 128x64 or 64x32)"
         )
 
 
@@ -82,6 +97,7 @@ class Generator(nn.Module):
         dropout: float = 0.2,
         init: str = "fan_in",
         class_input: bool = True,
+        base_channels: int = 512,
     ):
         super().__init__()
         check_image_size(height, width)
@@ -90,26 +106,24 @@ class Generator(nn.Module):
         self.num_classes = num_classes
         self.noise_dim = noise_dim
         self.class_input = class_input
+        ups = upsamplings(height, width)
+        channels = [max(1, c * base_channels // 512) for c in _CHANNELS[6 - ups:]]  # first map, then u - 1 hidden
         self.fc = nn.Sequential(
-            nn.Linear(id_dim + nid_dim + noise_dim + (num_classes if class_input else 0), 512),
-            nn.BatchNorm1d(512),
+            nn.Linear(id_dim + nid_dim + noise_dim + (num_classes if class_input else 0), channels[0]),
+            nn.BatchNorm1d(channels[0]),
             nn.LeakyReLU(0.2),
             nn.Dropout(dropout),
         )
-        # 1x1 -> H/64 x W/64
-        blocks = [_up_block(512, 512, (height // 64, width // 64), 1, 0, dropout)]
-        cin = 512
-        for i, cout in enumerate(_UP_CHANNELS[:-1]):
-            # blocks 2-5 keep the dropout, block 6 has none (as in the reference)
-            blocks.append(_up_block(cin, cout, 4, 2, 1, dropout if i < 4 else 0.0))
-            cin = cout
-        blocks.append(
-            nn.Sequential(nn.ConvTranspose2d(cin, _UP_CHANNELS[-1], 4, 2, 1, bias=False), nn.Tanh())
-        )
+        # 1x1 -> H/2^u x W/2^u
+        blocks = [_up_block(channels[0], channels[0], (height >> ups, width >> ups), 1, 0, dropout)]
+        for i, (cin, cout) in enumerate(zip(channels[:-1], channels[1:])):
+            # the last hidden upsampling has no dropout (as in the reference)
+            blocks.append(_up_block(cin, cout, 4, 2, 1, dropout if i < len(channels) - 2 else 0.0))
+        blocks.append(nn.Sequential(nn.ConvTranspose2d(channels[-1], 3, 4, 2, 1, bias=False), nn.Tanh()))
         self.deconvs = nn.Sequential(*blocks)
         kaiming_init_(self)  # BatchNorm N(1, 0.02); the weights below for "fan_in"
         if init == "fan_in":
-            self._fan_in_init(height // 64, width // 64)
+            self._fan_in_init(height >> ups, width >> ups)
 
     def _fan_in_init(self, h0: int, w0: int) -> None:
         """Weights ~ N(0, (gain / sqrt(fan))^2), fan the inputs each output unit sums (module doc)."""

@@ -32,6 +32,8 @@ class ISGAN(MGN):
         g_init: str = "fan_in",
         g_dropout: float = 0.2,
         g_class_input: bool = True,
+        g_width: int = 512,
+        d_width: int = 256,
     ):
         # check cheap settings before loading (possibly downloading) the ResNet
         check_loss(loss)
@@ -42,8 +44,9 @@ class ISGAN(MGN):
         self.encoder_u = NuisanceEncoder(resnet, parts, nid_dim, pool=eu_pool)
         k = self.encoder_r.num_features
         self.generator = Generator(num_classes, id_dim * k, nid_dim * k, noise_dim, height, width,
-                                   dropout=g_dropout, init=g_init, class_input=g_class_input)
-        self.discriminator = Discriminator(num_classes)
+                                   dropout=g_dropout, init=g_init, class_input=g_class_input,
+                                   base_channels=g_width)
+        self.discriminator = Discriminator(num_classes, base_channels=d_width)
 
 
 def isgan_r50(num_classes, loss="softmax", pretrained=True, use_gpu=True, **kwargs):
