@@ -165,6 +165,20 @@ def test_feature_order_and_indices(r18, parts):
     assert torch.equal(out, expected)
 
 
+@pytest.mark.parametrize("parts", [(1, 2, 3), (2,), (1, 3)])
+def test_shared_branch_pools_every_part_from_one_stride_one_map(r18, parts):
+    k, global_idx, local_idx = VARIANTS[parts]
+    branches = PartBranches(r18, parts=parts, pool="avg", shared=True).eval()
+    assert len(branches.branches) == 1 and branches.branches[0][1][0].conv1.stride == (1, 1)
+    assert (branches.num_features, branches.global_indices, branches.local_indices) == (k, global_idx, local_idx)
+    assert n_params(branches) == n_params(PartBranches(r18, parts=parts[:1]))  # one branch's weights
+    x = torch.randn(2, 256, 16, 8)
+    with torch.no_grad():
+        shared_map = branches.branches[0](x)  # (2, 512, 16, 8)
+        expected = torch.cat([part_pool(shared_map, n, "avg") for n in parts], dim=1)
+        assert torch.equal(branches(x), expected)
+
+
 def test_strides_and_weights_of_branches(r18):
     branches = PartBranches(r18, parts=(1, 2, 3), pool="avg").eval()
     x = torch.randn(1, 256, 24, 8)  # trunk map of a 384x128 image

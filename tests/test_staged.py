@@ -298,8 +298,11 @@ def test_gan_iteration_call_graph(make_engine, batches, stage):
 
 @pytest.mark.parametrize("stage", [2, 3])
 def test_small_images_and_narrow_g_and_d_train(make_engine, batches, stage):
-    """64x32 (G upsamples five times) with G and D at an eighth of their width: a step of each GAN stage."""
-    engine = make_engine("DATA.HEIGHT", "64", "DATA.WIDTH", "32", "MODEL.G_WIDTH", "64", "MODEL.D_WIDTH", "32")
+    """64x32 (G upsamples five times), G and D at an eighth of their width, E_U with one shared branch: a step of
+    each GAN stage."""
+    engine = make_engine("DATA.HEIGHT", "64", "DATA.WIDTH", "32", "MODEL.G_WIDTH", "64", "MODEL.D_WIDTH", "32",
+                         "MODEL.EU_BRANCHES", "shared")
+    assert len(engine.model.encoder_u.branches.branches) == 1
     prepare(engine, stage)
     shapes = []
     engine.model.generator.register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape)))

@@ -129,9 +129,12 @@ class PartBranches(nn.Module):
 
     Features are ordered branch by branch (in the order of ``parts``), global first, then stripes
     top to bottom; for parts (1, 2, 3): [g_p1, g_p2, p2_s0, p2_s1, g_p3, p3_s0, p3_s1, p3_s2].
+    ``shared``: one branch (layer4 at stride 1) whose map every entry of ``parts`` pools, the same K
+    features at a third of the cost for parts (1, 2, 3) (MODEL.EU_BRANCHES shared, E_U only).
     """
 
-    def __init__(self, resnet: torchvision.models.ResNet, parts=(1, 2, 3), pool: str = "max"):
+    def __init__(self, resnet: torchvision.models.ResNet, parts=(1, 2, 3), pool: str = "max",
+                 shared: bool = False):
         super().__init__()
         self.parts = validate_parts(parts)
         if pool not in ("max", "avg"):
@@ -139,13 +142,14 @@ class PartBranches(nn.Module):
                 f"unknown pooling {pool!r} for the part branches (MODEL.EU_POOL); use 'max' or 'avg'"
             )
         self.pool = pool
+        self.shared = shared
         self.out_channels = resnet.fc.in_features  # 2048 (resnet50) or 512 (resnet18/34)
         self.branches = nn.ModuleList(
             nn.Sequential(
                 copy.deepcopy(resnet.layer3[1:]),  # conv4_2 ..
-                copy.deepcopy(resnet.layer4) if n == 1 else _stride_one(resnet.layer4),  # conv5
+                copy.deepcopy(resnet.layer4) if n == 1 and not shared else _stride_one(resnet.layer4),  # conv5
             )
-            for n in self.parts
+            for n in (self.parts[:1] if shared else self.parts)
         )
         self.global_indices = []
         self.local_indices = []
@@ -162,7 +166,11 @@ class PartBranches(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C4, h, w) trunk map -> (B, K, C5) pooled features."""
-        feats = [part_pool(branch(x), n, self.pool) for branch, n in zip(self.branches, self.parts)]
+        if self.shared:
+            shared_map = self.branches[0](x)  # (B, C5, h, w)
+            feats = [part_pool(shared_map, n, self.pool) for n in self.parts]
+        else:
+            feats = [part_pool(branch(x), n, self.pool) for branch, n in zip(self.branches, self.parts)]
         return torch.cat(feats, dim=1)  # (B, K, C5)
 
 

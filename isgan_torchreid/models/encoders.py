@@ -60,7 +60,8 @@ class IdentityEncoder(nn.Module):
 
 
 class NuisanceEncoder(nn.Module):
-    """E_U: part branches with K Gaussian heads (mu, logvar), sampled by reparameterisation."""
+    """E_U: part branches (or one shared branch) with K Gaussian heads (mu, logvar), sampled by
+    reparameterisation."""
 
     def __init__(
         self,
@@ -68,9 +69,10 @@ class NuisanceEncoder(nn.Module):
         parts=(1, 2, 3),
         feat_dim: int = 64,
         pool: str = "avg",
+        shared: bool = False,
     ):
         super().__init__()
-        self.branches = PartBranches(resnet, parts, pool=pool)
+        self.branches = PartBranches(resnet, parts, pool=pool, shared=shared)
         self.feat_dim = feat_dim
         channels = self.branches.out_channels
         self.mu = nn.ModuleList(nn.Linear(channels, feat_dim) for _ in range(self.num_features))

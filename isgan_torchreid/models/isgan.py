@@ -29,6 +29,7 @@ class ISGAN(MGN):
         width: int = 128,
         eu_pool: str = "avg",
         loss: str = "softmax",
+        eu_shared: bool = False,
         g_init: str = "fan_in",
         g_dropout: float = 0.2,
         g_class_input: bool = True,
@@ -41,7 +42,7 @@ class ISGAN(MGN):
         check_image_size(height, width)
         resnet = load_resnet(backbone, pretrained)
         super().__init__(num_classes, backbone, pretrained, parts, id_dim, loss, resnet=resnet)
-        self.encoder_u = NuisanceEncoder(resnet, parts, nid_dim, pool=eu_pool)
+        self.encoder_u = NuisanceEncoder(resnet, parts, nid_dim, pool=eu_pool, shared=eu_shared)
         k = self.encoder_r.num_features
         self.generator = Generator(num_classes, id_dim * k, nid_dim * k, noise_dim, height, width,
                                    dropout=g_dropout, init=g_init, class_input=g_class_input,
