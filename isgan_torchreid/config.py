@@ -100,6 +100,7 @@ _C.TRAIN.AMSGRAD = True
 _C.TRAIN.D_OPTIMIZER = "sgd"  # D_D + D_C: sgd (paper: momentum D_MOMENTUM) | adam (betas D_ADAM_BETAS)
 _C.TRAIN.D_MOMENTUM = 0.9
 _C.TRAIN.D_ADAM_BETAS = [0.5, 0.999]  # DCGAN's
+_C.TRAIN.D_LR_MULT = 1.0  # D's learning rate = the stage's x this (two time-scale updates when != 1)
 _C.TRAIN.D_WEIGHT_DECAY = 1e-4
 _C.TRAIN.LR_MULT_GU = 1.0  # stage-3 lr multiplier for G and E_U (authors intended 0.01, never applied)
 _C.TRAIN.GAMMA = 0.1
@@ -183,6 +184,7 @@ _RANGES = {
     "TRAIN.D_ADAM_BETAS": "[0, 1)",
     "TRAIN.D_WEIGHT_DECAY": "[0, inf)",
     "TRAIN.LR_MULT_GU": "(0, inf)",
+    "TRAIN.D_LR_MULT": "(0, inf)",
     "TRAIN.GAMMA": "(0, 1]",
     "TRAIN.PRINT_FREQ": "[1, inf)",
     "TRAIN.RESUME_FREQ": "[1, inf)",

@@ -199,11 +199,12 @@ def test_optimizers_cover_the_trained_modules(make_engine, stage):
 
 @pytest.mark.parametrize("choice", ["sgd", "adam"])
 def test_discriminator_optimizer_is_the_configured_one(make_engine, choice):
-    engine = make_engine("TRAIN.D_OPTIMIZER", choice, "TRAIN.D_ADAM_BETAS", "[0.4, 0.99]")
+    engine = make_engine("TRAIN.D_OPTIMIZER", choice, "TRAIN.D_ADAM_BETAS", "[0.4, 0.99]", "TRAIN.D_LR_MULT", "4")
     engine.enter_stage(2)
     opt = engine.optimizers["discriminator"].optimizer
     group = opt.param_groups[0]
-    assert (group["lr"], group["weight_decay"]) == (engine.cfg.TRAIN.STAGE2.LR, engine.cfg.TRAIN.D_WEIGHT_DECAY)
+    assert group["lr"] == pytest.approx(4 * engine.cfg.TRAIN.STAGE2.LR)
+    assert group["weight_decay"] == engine.cfg.TRAIN.D_WEIGHT_DECAY
     if choice == "adam":
         assert type(opt) is torch.optim.Adam and group["betas"] == (0.4, 0.99)
     else:

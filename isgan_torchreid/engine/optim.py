@@ -39,18 +39,19 @@ def build_stage_optimizers(cfg, stage: int, groups: Dict[str, List[nn.Module]], 
                            make_scaler: Callable[[], torch.amp.GradScaler]) -> Dict[str, StageOptimizer]:
     """One :class:`StageOptimizer` per entry of ``groups`` (name -> modules it updates).
 
-    "discriminator" gets TRAIN.D_OPTIMIZER (SGD or Adam, coupled weight decay D_WEIGHT_DECAY), every other group Adam. In stage 3 the parameters of ``slow`` modules (G and
+    "discriminator" gets TRAIN.D_OPTIMIZER (SGD or Adam, coupled weight decay D_WEIGHT_DECAY) at D_LR_MULT x the
+    stage's learning rate, every other group Adam. In stage 3 the parameters of ``slow`` modules (G and
     E_U) run at TRAIN.LR_MULT_GU x the stage's learning rate.
     """
     train, node = cfg.TRAIN, cfg.TRAIN[f"STAGE{stage}"]
     built = {}
     for name, modules in groups.items():
         params = [p for m in modules for p in m.parameters()]
+        d_lr = node.LR * train.D_LR_MULT
         if name == "discriminator" and train.D_OPTIMIZER == "adam":
-            opt = torch.optim.Adam(params, lr=node.LR, betas=tuple(train.D_ADAM_BETAS),
-                                   weight_decay=train.D_WEIGHT_DECAY)
+            opt = torch.optim.Adam(params, lr=d_lr, betas=tuple(train.D_ADAM_BETAS), weight_decay=train.D_WEIGHT_DECAY)
         elif name == "discriminator":
-            opt = torch.optim.SGD(params, lr=node.LR, momentum=train.D_MOMENTUM, weight_decay=train.D_WEIGHT_DECAY)
+            opt = torch.optim.SGD(params, lr=d_lr, momentum=train.D_MOMENTUM, weight_decay=train.D_WEIGHT_DECAY)
         else:
             slowed = stage == 3 and train.LR_MULT_GU != 1.0
             slow_ids = {id(p) for m in slow for p in m.parameters()} if slowed else set()
