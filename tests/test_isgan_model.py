@@ -130,7 +130,7 @@ def test_r34_factory_and_options():
     "kwargs, match",
     [
         ({"height": 100}, "DATA.HEIGHT"),
-        ({"width": 96}, "DATA.WIDTH"),
+        ({"width": 72}, "DATA.WIDTH"),  # 8 x 9: fewer than four x2 upsamplings
         ({"loss": "center"}, "softmax, triplet"),
         ({"parts": ()}, "MODEL.PARTS"),
         ({"backbone": "resnet152"}, "resnet18, resnet34, resnet50"),
