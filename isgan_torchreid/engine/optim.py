@@ -1,8 +1,8 @@
 """Optimisers of a stage and one optimiser's update (backward, loss scaling, non-finite policy, step).
 
 Adam (β, coupled weight decay, amsgrad: the authors' setting) updates the encoders and G; SGD with
-momentum updates D (paper Sec. 4.1), or Adam with DCGAN's betas (TRAIN.D_OPTIMIZER adam). Each stage builds fresh optimisers over the modules it trains,
-with its own learning rate and MultiStepLR milestones.
+momentum updates D (paper Sec. 4.1), or Adam with DCGAN's betas (TRAIN.D_OPTIMIZER adam). Each stage
+builds fresh optimisers over the modules it trains, with its own learning rate and MultiStepLR milestones.
 """
 from typing import Callable, Dict, List
 

@@ -78,7 +78,7 @@ def transposed_fan_in(conv: nn.ConvTranspose2d, input_size) -> int:
 
 
 class Generator(nn.Module):
-    """G: cat(id, nid, noise, one_hot(label)) -> FC -> 7 transposed convs -> Tanh image.
+    """G: cat(id, nid, noise, one_hot(label)) -> FC -> 1 + u transposed convs (u = 6 at multiples of 64) -> Tanh.
 
     With ``class_input=False`` G reads no label: cat(id, nid, noise). In training every label G is given is
     the identity its identity code came from (shuffling keeps the identity), so the one-hot is a second,
@@ -157,5 +157,5 @@ class Generator(nn.Module):
         codes = [id_feat, nid_feat, noise]
         if self.class_input:
             codes.append(F.one_hot(labels, self.num_classes).to(id_feat.dtype))  # (B, C)
-        x = self.fc(torch.cat(codes, dim=1))  # (B, 512)
-        return self.deconvs(x[:, :, None, None])  # (B, 512, 1, 1) -> (B, 3, H, W)
+        x = self.fc(torch.cat(codes, dim=1))  # (B, c0), c0 = 512 at G_WIDTH 512
+        return self.deconvs(x[:, :, None, None])  # (B, c0, 1, 1) -> (B, 3, H, W)
