@@ -29,7 +29,7 @@ SRC_TESTS := tests/test_compat.py tests/test_isgan_model.py tests/test_mgn.py te
 test-src: $(SRC_VENV)/.installed
 	$(SRC_BIN)/python -m pytest -q $(SRC_TESTS)
 
-$(VENV)/.installed: setup.py
+$(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q $(TORCH)
 	$(BIN)/pip install -q -e '.[test]'
@@ -38,8 +38,10 @@ $(VENV)/.installed: setup.py
 # torchreid 1.4.0 as its README installs it (built in place: `--no-build-isolation`, needs Cython), but without
 # its requirements.txt (dev tools: tb-nightly, flake8, yapf, isort==4.3.21; opencv-python beside our headless
 # one). Its setup.py imports torchreid to read the version, so what that import needs comes first: the
-# project's own requirements (setup.py lists them all), read from its metadata, torchreid's left out.
-$(SRC_VENV)/.installed: setup.py $(VENV)/.installed $(wildcard $(TORCHREID_SRC))
+# project's own requirements (pyproject.toml lists them all), read from its metadata, torchreid's left out: the
+# unconditional ones and the test extra's (it holds the export extra's and onnxruntime; the onnxruntime-gpu
+# extra, which would clash with onnxruntime, is not taken).
+$(SRC_VENV)/.installed: pyproject.toml $(VENV)/.installed $(wildcard $(TORCHREID_SRC))
 	@test -e $(TORCHREID_SRC) || { echo "error: $(TORCHREID_SRC) not found; pass TORCHREID_SRC=<torchreid 1.4.0 source>"; exit 2; }
 	$(PYTHON) -m venv $(SRC_VENV)
 	@# torch, torchvision and their CUDA libraries (5.5 GB): $(VENV)'s files, hard-linked, not a second copy
@@ -47,7 +49,9 @@ $(SRC_VENV)/.installed: setup.py $(VENV)/.installed $(wildcard $(TORCHREID_SRC))
 	$(SRC_BIN)/pip install -q $(TORCH)
 	$(SRC_BIN)/pip install -q --dry-run --no-deps --report $(SRC_VENV)/project.json -e '.[test]'
 	$(SRC_BIN)/python -c "import json; [project] = json.load(open('$(SRC_VENV)/project.json'))['install']; \
-	  print(*(r.split(';')[0] for r in project['metadata']['requires_dist'] if not r.startswith('torchreid')), sep='\\n')" \
+	  reqs = [r.partition(';') for r in project['metadata']['requires_dist']]; \
+	  print(*(r for r, _, marker in reqs if marker.strip() in ('', 'extra == \"test\"') \
+	          and not r.startswith('torchreid')), sep='\\n')" \
 	  > $(SRC_VENV)/requirements.txt
 	$(SRC_BIN)/pip install -q Cython -r $(SRC_VENV)/requirements.txt
 	$(SRC_BIN)/pip install -q --no-build-isolation --no-deps $(TORCHREID_SRC)

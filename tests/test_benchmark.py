@@ -134,6 +134,14 @@ def test_reference_that_is_not_the_checkout_is_one_error_line(tmp_path, capsys):
     assert "no such folder" in line
 
 
+def test_inference_without_an_onnx_runtime_names_both_extras(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)  # `import onnxruntime` fails, as with neither installed
+    line = _error_line(capsys, ["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--inference"])
+    assert "onnxruntime" in line.split(";")[0]
+    assert "pip install 'isgan-torchreid[export,onnxruntime]' (CPU) or " \
+           "'isgan-torchreid[export,onnxruntime-gpu]' (CUDA)" in line
+
+
 def test_reference_needs_the_authors_setting(fake_checkout, capsys):
     synthetic = os.path.join(CONFIGS, "isgan_synthetic.yaml")
     line = _error_line(capsys, ["--config-file", synthetic, "--reference", fake_checkout, "MODEL.BACKBONE",

@@ -117,7 +117,12 @@ def _inference_tables(cfg, args):
 
     batches = [int(b) for b in args.inference_batches.split(",")]
     iters = args.iters or 3
-    rows, sizes, params = bench_inference(cfg, batches, iters, threads=args.threads)
+    try:
+        rows, sizes, params = bench_inference(cfg, batches, iters, threads=args.threads)
+    except ImportError as e:  # onnx (the [export] extra) or onnxruntime (either runtime extra: same module)
+        raise ISGANError(f"{e}; the inference table needs the export extra and an ONNX runtime: pip install "
+                         "'isgan-torchreid[export,onnxruntime]' (CPU) or 'isgan-torchreid[export,onnxruntime-gpu]' "
+                         "(CUDA)") from None
     print(f"identity encoder: {cfg.MODEL.BACKBONE} {cfg.DATA.HEIGHT}x{cfg.DATA.WIDTH}, parts {list(cfg.MODEL.PARTS)}, "
           f"{args.threads or torch.get_num_threads()} CPU threads, torch {torch.__version__}, median of {iters}")
     print(inference_tables(rows, sizes, params))
