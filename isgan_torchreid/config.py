@@ -61,6 +61,7 @@ _C.MODEL.NID_DIM = 64  # p of E_U
 _C.MODEL.NOISE_DIM = 128
 _C.MODEL.EU_POOL = "avg"  # the authors' code pools E_U with avg; the paper says max
 _C.MODEL.EU_BRANCHES = "parts"  # parts: one ResNet branch per part, as E_R (paper) | shared: one branch pooled for all
+_C.MODEL.EU_INPUT = "rgb"  # rgb: E_U reads the image (paper) | gray: its luminance, so colour must come from E_R
 _C.MODEL.G_INIT = "fan_in"  # fan_in: each layer's std from the inputs it sums | reference: the authors' (G saturates)
 _C.MODEL.G_CLASS_INPUT = True  # G reads the one-hot label (paper); False: the identity code alone names the person
 _C.MODEL.G_WIDTH = 512  # G's widest hidden channel count (the authors'); the others scale with it
@@ -144,6 +145,7 @@ _CHOICES = {
     "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50"),
     "MODEL.EU_POOL": ("avg", "max"),
     "MODEL.EU_BRANCHES": ("parts", "shared"),
+    "MODEL.EU_INPUT": ("rgb", "gray"),
     "MODEL.G_INIT": ("fan_in", "reference"),
     "LOSS.ID_REDUCTION": ("mean", "sum"),
     "LOSS.KL_REDUCTION": ("official", "paper"),

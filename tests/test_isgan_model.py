@@ -3,6 +3,8 @@ import pytest
 import torch
 import torchvision
 
+from isgan_torchreid.data.build import IMAGENET_MEAN, IMAGENET_STD
+from isgan_torchreid.engine.objective import luminance, nuisance_map
 from isgan_torchreid.models import isgan as isgan_module
 from isgan_torchreid.models.isgan import ISGAN, isgan_r18, isgan_r34, isgan_r50
 
@@ -73,6 +75,35 @@ def test_full_pipeline_shapes(hw):
     assert patch.shape == (2, 1, hw[0] // 32, hw[1] // 32) and cls.shape == (2, 10)
 
 
+def test_luminance_keeps_grey_images_and_weights_channels_by_bt601():
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    grey = torch.rand(2, 1, 8, 4).expand(2, 3, 8, 4)  # [0, 1], R = G = B
+    torch.testing.assert_close(luminance((grey - mean) / std), (grey - mean) / std)
+    red = torch.zeros(1, 3, 8, 4)
+    red[:, 0] = 1
+    torch.testing.assert_close(luminance((red - mean) / std) * std + mean, torch.full((1, 3, 8, 4), 0.299))
+
+
+def test_gray_eu_input_sees_no_colour():
+    """MODEL.EU_INPUT gray: two images of equal luminance give E_U the same map (the trunk, in eval mode, of the
+    luminance image); rgb gives it the trunk map itself. The trunk's training mode and statistics are kept."""
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 64, 32)
+    for eu_input in ("rgb", "gray"):
+        m = isgan_r18(10, pretrained=False, use_gpu=False, height=64, width=32, eu_input=eu_input).train()
+        trunk = m.backbone(x)
+        if eu_input == "rgb":
+            assert nuisance_map(m, x, trunk) is trunk
+            continue
+        stats = [b.clone() for b in m.backbone.buffers()]
+        seen = nuisance_map(m, x, trunk)
+        assert m.backbone.training and not seen.requires_grad
+        assert all(torch.equal(a, b) for a, b in zip(stats, m.backbone.buffers()))
+        torch.testing.assert_close(seen, nuisance_map(m, luminance(x), trunk))  # same luminance, same map
+        torch.testing.assert_close(seen, m.backbone.eval()(luminance(x)))
+
+
 def test_one_resnet_copied_everywhere():
     torch.manual_seed(0)
     m = ISGAN(4, backbone="resnet18", pretrained=False, height=128, width=64)
@@ -135,6 +166,7 @@ def test_r34_factory_and_options():
         ({"parts": ()}, "MODEL.PARTS"),
         ({"backbone": "resnet152"}, "resnet18, resnet34, resnet50"),
         ({"eu_pool": "median"}, "'max' or 'avg'"),
+        ({"eu_input": "hsv"}, "MODEL.EU_INPUT"),
     ],
 )
 def test_errors(monkeypatch, kwargs, match):

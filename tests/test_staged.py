@@ -315,6 +315,24 @@ def test_small_images_and_narrow_g_and_d_train(make_engine, batches, stage):
     assert any(changed_tensors(engine.model.generator, before, buffers=False).values())
 
 
+@pytest.mark.parametrize("stage", [2, 3])
+def test_gray_nuisance_input_trains_eu_and_leaves_the_trunk_to_real_images(make_engine, batches, stage):
+    """MODEL.EU_INPUT gray: E_U reads the trunk map of the luminance image, computed without gradient and with the
+    trunk's running statistics: E_U and G train, and in stage 3 the trunk's BatchNorm statistics move exactly as
+    under rgb (only the real images' pass updates them)."""
+    stats = {}
+    for eu_input in ("rgb", "gray"):
+        engine = make_engine("MODEL.EU_INPUT", eu_input)
+        prepare(engine, stage)
+        before = snapshot(engine.model.encoder_u)
+        summary = engine.forward_backward(batches[0])
+        assert all(math.isfinite(v) for v in summary.values())
+        assert any(changed_tensors(engine.model.encoder_u, before, buffers=False).values())
+        assert engine.model.backbone.training == (stage == 3)  # the luminance pass restored the trunk's mode
+        stats[eu_input] = [b.clone() for name, b in engine.model.backbone.named_buffers() if "running" in name]
+    assert all(torch.equal(a, b) for a, b in zip(stats["rgb"], stats["gray"]))
+
+
 def test_gan_warmup_ramps_g_side_adversarial_and_class_terms(make_engine, batches):
     engine = make_engine("LOSS.GAN_WARMUP", "4")
     warmup = next(h for h in engine.hooks if isinstance(h, GANWarmup))

@@ -22,7 +22,7 @@ from torch import Tensor
 from ..config import config_hash, load_config
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..engine import checkpoint as ckpt
-from ..engine.objective import image_to_unit
+from ..engine.objective import image_to_unit, nuisance_map
 from ..errors import ISGANError
 from ..models import build_model
 from .embedding import image_tensor, test_transform
@@ -120,9 +120,10 @@ class GAN:
         """images -> identity (N, K*p_R) E_R features, nuisance (N, K*p_U) E_U means; on the device."""
         identity, nuisance = [], []
         for start in range(0, len(images), batch_size):
-            trunk = self.model.backbone(self.images(images[start:start + batch_size]))  # (B, C4, H/16, W/16)
+            imgs = self.images(images[start:start + batch_size])
+            trunk = self.model.backbone(imgs)  # (B, C4, H/16, W/16)
             identity.append(self.model.encoder_r(trunk)[0])
-            nuisance.append(self.model.encoder_u(trunk)[0])  # eval mode: E_U's mean
+            nuisance.append(self.model.encoder_u(nuisance_map(self.model, imgs, trunk))[0])  # eval: E_U's mean
         if not identity:
             raise ValueError("GAN.encode: no images given")
         return torch.cat(identity), torch.cat(nuisance)

@@ -44,7 +44,7 @@ from . import distributed
 from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
 
 __all__ = ["LossSettings", "Precision", "Generation", "image_target", "image_to_unit", "IdentityObjective",
-           "ISGANObjective", "build_objective"]
+           "ISGANObjective", "build_objective", "luminance", "nuisance_map"]
 
 # attributes of ISGAN that each stage trains
 ISGAN_STAGE_MODULES = {
@@ -139,6 +139,30 @@ def image_to_unit(fake: Tensor, space: str) -> Tensor:
     if space == "tanh":
         return denormalize(torch.atanh(fake.clamp(-0.999, 0.999)), IMAGENET_MEAN, IMAGENET_STD)
     return ((fake + 1) / 2).clamp(0, 1)
+
+
+def luminance(imgs: Tensor) -> Tensor:
+    """Normalised RGB (B, 3, H, W) -> its luminance (ITU-R BT.601) in all three channels, normalised alike."""
+    mean = imgs.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = imgs.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    weights = imgs.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    gray = ((imgs * std + mean) * weights).sum(1, keepdim=True)  # (B, 1, H, W) in [0, 1]
+    return (gray - mean) / std  # (B, 3, H, W)
+
+
+def nuisance_map(model: nn.Module, imgs: Tensor, trunk: Tensor) -> Tensor:
+    """The map E_U reads (MODEL.EU_INPUT): ``trunk``, the images' trunk map (rgb), or the trunk map of their
+    luminance (gray), (B, C4, H/16, W/16). The luminance pass runs without gradient and with the trunk's running
+    BatchNorm statistics, so in stage 3 the trunk that E_R's test descriptor depends on learns from real images only."""
+    if model.eu_input == "rgb":
+        return trunk
+    backbone = model.backbone
+    was_training = backbone.training
+    try:
+        with torch.no_grad():
+            return backbone.eval()(luminance(imgs))
+    finally:
+        backbone.train(was_training)
 
 
 def _floats(terms: Dict[str, Tensor]) -> Dict[str, float]:
@@ -251,7 +275,7 @@ class ISGANObjective(IdentityObjective):
             id_feat, logits = net.encoder_r(trunk)  # (B, K*p_R), K x (B, C)
         if stage == 2:
             trunk = trunk.detach()
-        nid, mu, logvar = net.encoder_u(trunk)  # (B, K*p_U), (B, K, p_U) x2
+        nid, mu, logvar = net.encoder_u(nuisance_map(self.model, imgs, trunk))  # (B, K*p_U), (B, K, p_U) x2
         partner = sample_partners(pids)  # (B,)
         id_partner = id_feat[partner]
         sets, ids, mask = [], [], None

@@ -3,6 +3,11 @@
 ``forward`` is the baseline's (E_R only), so torchreid can train stage 1 and evaluate the model
 unchanged; the staged engine calls ``encoder_u``, ``generator`` and ``discriminator`` directly.
 One ImageNet ResNet is loaded and deep-copied into the trunk and all part branches of E_R and E_U.
+
+``eu_input`` (MODEL.EU_INPUT): ``rgb``, E_U reads the trunk map of the image (paper); ``gray``, of the image's
+luminance (:func:`isgan_torchreid.engine.objective.nuisance_map`), as DG-Net's structure encoder reads a grey
+image: E_U can still carry pose, view, background layout and light, but colour, the largest share of what tells
+persons apart, only the identity code can give G.
 """
 from .branches import load_resnet, validate_parts
 from .discriminator import Discriminator
@@ -10,7 +15,9 @@ from .encoders import NuisanceEncoder
 from .generator import Generator, check_image_size
 from .mgn import MGN, check_loss
 
-__all__ = ["ISGAN", "isgan_r50", "isgan_r34", "isgan_r18"]
+__all__ = ["EU_INPUTS", "ISGAN", "isgan_r50", "isgan_r34", "isgan_r18"]
+
+EU_INPUTS = ("rgb", "gray")
 
 
 class ISGAN(MGN):
@@ -30,6 +37,7 @@ class ISGAN(MGN):
         eu_pool: str = "avg",
         loss: str = "softmax",
         eu_shared: bool = False,
+        eu_input: str = "rgb",
         g_init: str = "fan_in",
         g_dropout: float = 0.2,
         g_class_input: bool = True,
@@ -40,9 +48,12 @@ class ISGAN(MGN):
         check_loss(loss)
         parts = validate_parts(parts)
         check_image_size(height, width)
+        if eu_input not in EU_INPUTS:
+            raise ValueError(f"unknown E_U input {eu_input!r} (MODEL.EU_INPUT); use one of {', '.join(EU_INPUTS)}")
         resnet = load_resnet(backbone, pretrained)
         super().__init__(num_classes, backbone, pretrained, parts, id_dim, loss, resnet=resnet)
         self.encoder_u = NuisanceEncoder(resnet, parts, nid_dim, pool=eu_pool, shared=eu_shared)
+        self.eu_input = eu_input  # what E_U reads: the trunk map of the image or of its luminance (nuisance_map)
         k = self.encoder_r.num_features
         self.generator = Generator(num_classes, id_dim * k, nid_dim * k, noise_dim, height, width,
                                    dropout=g_dropout, init=g_init, class_input=g_class_input,
