@@ -82,6 +82,7 @@ _C.LOSS.D_LAMBDA_D = 1.0  # discriminator side of L_D
 _C.LOSS.D_LAMBDA_C = 0.5  # discriminator side of L_C (authors' code)
 _C.LOSS.ID_REDUCTION = "mean"  # mean of the K CEs (authors' code) | sum (paper, Eq. 1)
 _C.LOSS.KL_REDUCTION = "official"  # official (sum over batch and dims, mean over K) | paper
+_C.LOSS.KL_FREE_BITS = 0.0  # nats per part and image that L_U does not charge (0: off, the paper)
 _C.LOSS.LABEL_SMOOTH = 0.0  # label smoothing of L_R
 _C.LOSS.D_LABEL_SMOOTH = True  # D targets ~ U(0.7, 1) / U(0, 0.3) (authors' code)
 _C.LOSS.PART_SHUFFLE = "local"  # local (paper) | all (global slots too) | none (authors' code, bug B1)
@@ -176,7 +177,8 @@ _RANGES = {
     "MODEL.G_WIDTH": "[8, inf)",
     "MODEL.D_WIDTH": "[8, inf)",
     **{f"LOSS.{name}": "[0, inf)" for name in ("LAMBDA_R", "LAMBDA_U", "LAMBDA_S", "LAMBDA_PS", "LAMBDA_D", "LAMBDA_C",
-                                               "D_LAMBDA_D", "D_LAMBDA_C", "LAMBDA_TRIPLET", "TRIPLET_MARGIN")},
+                                               "D_LAMBDA_D", "D_LAMBDA_C", "LAMBDA_TRIPLET", "TRIPLET_MARGIN",
+                                               "KL_FREE_BITS")},
     "LOSS.LABEL_SMOOTH": "[0, 1)",
     "LOSS.GAN_WARMUP": "[0, inf)",
     "TRAIN.STAGES": "[1, 3]",

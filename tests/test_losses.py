@@ -73,6 +73,23 @@ def test_kl_zero_at_standard_normal_and_positive_elsewhere():
     assert kl_loss(zeros, zeros - 0.1).item() > 0.0
 
 
+def test_kl_free_bits_charge_a_part_at_least_the_threshold_and_stop_its_gradient(gen):
+    b, k, d = 4, 3, 6
+    mu = torch.randn(b, k, d, generator=gen)
+    mu[:, 0] *= 0.01  # part 0 carries almost nothing; parts 1 and 2 about d / 2 nats per image
+    mu.requires_grad_(True)
+    logvar = torch.zeros(b, k, d)
+    per_part = _closed_form_kl(mu, logvar).sum(dim=2).mean(dim=0)  # (K,)
+    free = 0.5
+    assert per_part[0] < free < per_part[1:].min()
+    charged = torch.stack([per_part[0].detach().clamp(min=free), *per_part[1:]])
+    for reduction, expected in (("official", b * charged.mean()), ("paper", charged.sum())):
+        torch.testing.assert_close(kl_loss(mu, logvar, reduction, free_bits=free), expected)
+    kl_loss(mu, logvar, free_bits=free).backward()
+    assert mu.grad[:, 0].abs().max() == 0 and mu.grad[:, 1:].abs().min() > 0
+    torch.testing.assert_close(kl_loss(mu, logvar, free_bits=0.0), kl_loss(mu, logvar))
+
+
 def test_kl_errors():
     with pytest.raises(ValueError):
         kl_loss(torch.zeros(2, 3, 4), torch.zeros(2, 3, 4), reduction="mean")

@@ -333,6 +333,14 @@ def test_gray_nuisance_input_trains_eu_and_leaves_the_trunk_to_real_images(make_
     assert all(torch.equal(a, b) for a, b in zip(stats["rgb"], stats["gray"]))
 
 
+def test_kl_free_bits_reach_l_u(make_engine, batches):
+    """LOSS.KL_FREE_BITS above any part's KL: L_U is λ_U x B x the threshold (official reduction)."""
+    engine = make_engine("LOSS.KL_FREE_BITS", "1000", "LOSS.LAMBDA_U", "[0.5, 0.5]")
+    prepare(engine, 2)
+    summary = engine.forward_backward(batches[0])
+    assert summary["L_U"] == pytest.approx(0.5 * len(batches[0]["pid"]) * 1000)
+
+
 def test_gan_warmup_ramps_g_side_adversarial_and_class_terms(make_engine, batches):
     engine = make_engine("LOSS.GAN_WARMUP", "4")
     warmup = next(h for h in engine.hooks if isinstance(h, GANWarmup))

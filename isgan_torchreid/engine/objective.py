@@ -69,6 +69,7 @@ class LossSettings:
     d_lambda_c: float  # discriminator side of L_C
     id_reduction: str
     kl_reduction: str
+    kl_free_bits: float
     label_smooth: float
     d_label_smooth: bool
     class_on_auto: bool
@@ -346,7 +347,8 @@ class ISGANObjective(IdentityObjective):
                 terms["L_PS"] = s.lambda_ps * recon["part_shuffled"]
             # 'official' sums over the batch: x processes, as DDP averages the gradients of the processes' sums
             batch_sum = distributed.get_world_size() if s.kl_reduction == "official" else 1
-            terms["L_U"] = s.lambda_u[stage - 2] * batch_sum * L.kl_loss(gen.mu, gen.logvar, s.kl_reduction)
+            terms["L_U"] = s.lambda_u[stage - 2] * batch_sum * L.kl_loss(gen.mu, gen.logvar, s.kl_reduction,
+                                                                                    s.kl_free_bits)
             if self.gan_weight > 0:
                 patch, cls = disc(gen.fakes)  # (n*B, 1, h, w), (n*B, C)
                 terms["L_D"] = self.gan_weight * s.lambda_d * n * L.generator_domain_loss(patch)

@@ -38,11 +38,14 @@ def identity_loss(
     return per_feature.mean() if reduction == "mean" else per_feature.sum()
 
 
-def kl_loss(mu: Tensor, logvar: Tensor, reduction: str = "official") -> Tensor:
+def kl_loss(mu: Tensor, logvar: Tensor, reduction: str = "official", free_bits: float = 0.0) -> Tensor:
     """KL loss L_U [Eq. 5]: KL(N(mu, exp(logvar)) || N(0, I)) for mu, logvar of shape (B, K, D).
 
     'official' sums over the batch and dims and averages over the K parts (reference code);
     'paper' sums over the K parts and dims and averages over the batch.
+    ``free_bits`` > 0 (nats; Kingma et al. 2016, "free bits"): a part whose KL, averaged over the batch, is below
+    it counts as ``free_bits`` and passes no gradient, so E_U may keep that much information per part and image
+    at no cost, and no part can be pushed to collapse.
     """
     if reduction not in ("official", "paper"):
         raise ValueError(f"KL loss: reduction {reduction!r} is not one of 'official', 'paper'")
@@ -53,9 +56,12 @@ def kl_loss(mu: Tensor, logvar: Tensor, reduction: str = "official") -> Tensor:
         )
     mu, logvar = mu.float(), logvar.float()
     kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)  # (B, K, D)
+    per_part = kl.sum(dim=2).mean(dim=0)  # (K,) nats per image
+    if free_bits > 0:
+        per_part = per_part.clamp(min=free_bits)
     if reduction == "official":
-        return kl.sum(dim=(0, 2)).mean()
-    return kl.sum(dim=(1, 2)).mean()
+        return mu.shape[0] * per_part.mean()
+    return per_part.sum()
 
 
 def reconstruction_loss(fake: Tensor, target: Tensor) -> Tensor:
