@@ -12,7 +12,7 @@ TORCH := torch==2.14.1 torchvision==0.29.1
 .PHONY: demo test test-pypi test-src
 
 demo: $(VENV)/.installed
-	$(BIN)/python tools/train.py --config-file configs/isgan_synthetic.yaml
+	$(BIN)/python tools/train.py --config-file isgan_synthetic
 
 test: test-pypi test-src
 

@@ -14,7 +14,7 @@ import torch
 from tabulate import tabulate
 
 from . import compat
-from .config import dump_config, get_default_config, load_config
+from .config import dump_config, get_default_config, list_configs, load_config
 from .data.build import build_datamanager
 from .deploy.encoder import load_for_evaluation
 from .engine import checkpoint as ckpt
@@ -25,10 +25,24 @@ from .errors import ISGANError
 from .models import build_model
 
 
+class ListConfigs(argparse.Action):
+    """``--list-configs``: print the packaged configs and exit 0 while parsing, as ``--help`` does, so that
+    the required ``--config-file`` is not asked for."""
+
+    def __init__(self, option_strings, dest, help=None):
+        super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(list_configs())
+        parser.exit()
+
+
 def parser(description):
-    """``--config-file FILE [--debug] [KEY VALUE ...]``, shared by every tool."""
+    """``--config-file FILE|NAME [--list-configs] [--debug] [KEY VALUE ...]``, shared by every tool."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config-file", required=True, help="YAML config (may name a _BASE_)")
+    p.add_argument("--config-file", required=True, help="YAML config: a file (may name a _BASE_) or the name of a "
+                   "packaged config, e.g. isgan_market (see --list-configs)")
+    p.add_argument("--list-configs", action=ListConfigs, help="list the packaged configs and exit")
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
     return p

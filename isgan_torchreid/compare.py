@@ -19,7 +19,7 @@ import torch
 from tabulate import tabulate
 
 from . import cli, compat
-from .config import load_config
+from .config import load_config, resolve_config_file
 from .engine import checkpoint as ckpt
 from .engine import distributed
 from .engine.hooks import EpochTimer, default_hooks
@@ -143,6 +143,7 @@ def _rows(method, summary, stages):
 
 def compare(config_file, opts=(), methods=DEFAULT_METHODS):
     """Train and evaluate every method; write OUTPUT_DIR/comparison.{csv,json}; return the rows."""
+    config_file = resolve_config_file(config_file)  # a packaged name -> its file, whose path comparison.json records
     methods = list(methods)
     runs = runs_for(methods)
     base = load_config(config_file, list(opts) + next(iter(runs.values())))  # OUTPUT_DIR, TEST.RANKS

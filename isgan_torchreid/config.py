@@ -1,4 +1,5 @@
-"""Configuration: yacs defaults, ``_BASE_`` inheritance, ``KEY VALUE`` overrides, validation, dump.
+"""Configuration: yacs defaults, packaged configs by name, ``_BASE_`` inheritance, ``KEY VALUE`` overrides,
+validation, dump.
 
 Keys are grouped as DATA, SAMPLER, MODEL, LOSS (the paper's lambdas of Eq. 8), TRAIN (one
 sub-node per stage), TEST. Defaults reproduce the authors' effective setting with their
@@ -6,14 +7,21 @@ bugs fixed (see README, "Choices"); every deviation is a key.
 """
 import difflib
 import hashlib
+import itertools
 import math
 import os
+import textwrap
+from importlib import resources
 
 import yaml
 from yacs.config import CfgNode as CN
 
 from .data import synthetic
 from .errors import ISGANError
+
+# the YAML configs shipped inside the package (package data in pyproject.toml); a real folder, because pip installs
+# wheels unpacked, so their _BASE_ lines resolve as they do for any file
+CONFIG_DIR = os.fspath(resources.files(__package__).joinpath("configs"))
 
 _C = CN()
 _C.OUTPUT_DIR = "output/isgan_market"
@@ -216,13 +224,54 @@ def get_default_config():
     return cfg
 
 
+def packaged_configs():
+    """{name: description} of the packaged configs; the description is the file's leading comment, on one line."""
+    configs = {}
+    for file in sorted(os.listdir(CONFIG_DIR)):
+        if file.endswith(".yaml"):
+            with open(os.path.join(CONFIG_DIR, file)) as f:
+                comment = [line.lstrip("#").strip() for line in itertools.takewhile(lambda s: s.startswith("#"), f)]
+            configs[file[:-len(".yaml")]] = " ".join(comment)
+    return configs
+
+
+def list_configs(width=110):
+    """The packaged configs, one per line with its description shortened to ``width`` columns (--list-configs)."""
+    configs = packaged_configs()
+    column = max(map(len, configs)) + 2
+    rows = [name.ljust(column) + textwrap.shorten(text, width - column, placeholder=" ...") for name, text in
+            configs.items()]
+    return "\n".join([f"packaged configs (in {CONFIG_DIR}); --config-file takes a name or a path:"] + rows)
+
+
+def _packaged_file(arg):
+    """The packaged config ``arg`` names, written ``isgan_market``, ``isgan_market.yaml`` or
+    ``configs/isgan_market.yaml`` (a checkout's path before the configs moved into the package, so that older
+    command lines keep working); None if it names none."""
+    head, file = os.path.split(arg)
+    name = file[:-len(".yaml")] if file.endswith(".yaml") else file
+    if os.path.normpath(head) in (os.curdir, "configs") and name in packaged_configs():
+        return os.path.join(CONFIG_DIR, f"{name}.yaml")
+    return None
+
+
+def resolve_config_file(arg):
+    """--config-file's argument -> the file it means: an existing file wins, else the packaged config it names."""
+    if os.path.isfile(arg):
+        return arg
+    packaged = _packaged_file(arg)
+    if packaged is None:
+        raise ISGANError(f"config file not found: {arg}; pass an existing YAML file or a packaged config: "
+                         f"{', '.join(packaged_configs())}")
+    return packaged
+
+
 def _read_yaml(path, seen=()):
-    """Load a YAML file, resolving ``_BASE_`` (relative to the file) recursively."""
+    """Load a YAML file, resolving ``_BASE_`` recursively: a file beside the including one, else a packaged
+    config's name (so that a user's config may build on ``_BASE_: isgan_market`` from any folder)."""
     path = os.path.abspath(path)
     if path in seen:
         raise ISGANError(f"config {path}: _BASE_ cycle through {' -> '.join(seen)}; remove one _BASE_ line")
-    if not os.path.isfile(path):
-        raise ISGANError(f"config file not found: {path}; pass an existing file to --config-file")
     try:
         with open(path) as f:
             data = yaml.safe_load(f) or {}
@@ -233,7 +282,12 @@ def _read_yaml(path, seen=()):
     base = data.pop("_BASE_", None)
     if base is None:
         return data
-    merged = _read_yaml(os.path.join(os.path.dirname(path), base), seen + (path,))
+    beside = os.path.join(os.path.dirname(path), base)
+    base_file = beside if os.path.isfile(beside) else _packaged_file(base)
+    if base_file is None:
+        raise ISGANError(f"config {path}: _BASE_ {base} is neither a file beside it nor a packaged config "
+                         f"({', '.join(packaged_configs())}); fix the _BASE_ line")
+    merged = _read_yaml(base_file, seen + (path,))
     _deep_update(merged, data)
     return merged
 
@@ -372,10 +426,11 @@ def resolve_factory_name(cfg):
 
 
 def load_config(config_file=None, opts=()):
-    """Defaults <- config file (with its ``_BASE_`` chain) <- ``KEY VALUE`` overrides, validated, frozen."""
+    """Defaults <- config file (a path or a packaged name, with its ``_BASE_`` chain) <- ``KEY VALUE`` overrides,
+    validated, frozen."""
     cfg = get_default_config()
     if config_file:
-        _merge(cfg, _read_yaml(config_file), config_file)
+        _merge(cfg, _read_yaml(resolve_config_file(config_file)), config_file)
     merge_overrides(cfg, list(opts))
     resolve_factory_name(cfg)
     validate(cfg)

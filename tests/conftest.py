@@ -7,13 +7,13 @@ import pytest
 import torch
 
 import isgan_torchreid  # noqa: F401  (registers models and datasets into torchreid)
-from isgan_torchreid.config import config_hash, dump_config, load_config
+from isgan_torchreid.config import CONFIG_DIR, config_hash, dump_config, load_config
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.models import build_model
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-CONFIGS = os.path.join(REPO, "configs")
+CONFIGS = CONFIG_DIR  # the packaged configs, by path (tests/test_entry_points.py loads them by name)
 
 # small enough for seconds per epoch on 2 CPU cores: 8 train ids x 6 images, ResNet-18 at 128x64
 TINY = [

@@ -10,7 +10,7 @@ from isgan_torchreid.errors import ISGANError
 
 from conftest import CONFIGS, REPO
 
-MARKET = os.path.join(CONFIGS, "isgan_market.yaml")
+MARKET = "isgan_market"  # a packaged config, by name
 
 
 def run_tool(*args, env=None):

@@ -145,6 +145,8 @@ def test_odd_overrides_and_bad_files(tmp_path):
         load_config(None, ["SEED"])
     with pytest.raises(ISGANError, match="config file not found"):
         load_config(str(tmp_path / "missing.yaml"))
+    with pytest.raises(ISGANError, match="_BASE_ nowhere.yaml is neither a file beside it nor a packaged config"):
+        load_config(write(tmp_path / "orphan.yaml", {"_BASE_": "nowhere.yaml"}))
     with pytest.raises(ISGANError, match="not valid YAML"):
         load_config(write(tmp_path / "bad.yaml", "DATA: [unclosed"))
     a = write(tmp_path / "a.yaml", {"_BASE_": "b.yaml"})

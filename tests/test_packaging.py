@@ -1,5 +1,8 @@
 """pyproject.toml as pip reads it: ranges only (pip must keep a user's torch and torchreid, and let them choose
-onnxruntime or onnxruntime-gpu), the metadata an index page shows, and the split of the extras."""
+onnxruntime or onnxruntime-gpu), the metadata an index page shows, the split of the extras, the console scripts
+and the packaged configs."""
+import fnmatch
+import importlib
 import os
 
 import pytest
@@ -10,7 +13,8 @@ from conftest import REPO
 tomllib = pytest.importorskip("tomllib", reason="tomllib is in the standard library from Python 3.11")
 
 with open(os.path.join(REPO, "pyproject.toml"), "rb") as f:
-    PROJECT = tomllib.load(f)["project"]
+    PYPROJECT = tomllib.load(f)
+PROJECT = PYPROJECT["project"]
 DEPENDENCIES = PROJECT["dependencies"]
 EXTRAS = PROJECT["optional-dependencies"]
 
@@ -52,3 +56,19 @@ def test_extras_leave_the_choice_of_onnx_runtime_to_the_user():
         "[test]: pytest, the export extra and the CPU runtime, with the same bounds"
     for extra, reqs in EXTRAS.items():
         assert not names(reqs) & names(DEPENDENCIES), f"[{extra}] repeats a regular requirement"
+
+
+def test_console_scripts_are_the_seven_commands():
+    scripts = PROJECT.get("scripts", {})
+    assert sorted(scripts) == sorted(f"isgan-{name}" for name in ("train", "test", "compare", "extract", "export",
+                                                                    "visualize", "benchmark"))
+    for script, target in scripts.items():
+        module, _, function = target.partition(":")
+        assert callable(getattr(importlib.import_module(module), function, None)), f"{script} = {target}"
+
+
+def test_configs_are_package_data():
+    """A non-editable install carries every YAML config, which --config-file NAME reads."""
+    patterns = PYPROJECT["tool"]["setuptools"]["package-data"]["isgan_torchreid"]
+    configs = [f for f in os.listdir(os.path.join(REPO, "isgan_torchreid", "configs")) if f.endswith(".yaml")]
+    assert configs and all(any(fnmatch.fnmatch(f"configs/{f}", p) for p in patterns) for f in configs)

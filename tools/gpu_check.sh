@@ -88,7 +88,7 @@ part "CUDA tests (pytest -m cuda)" 200 \
 # ---------------------------------------------------------------- 2. the training command under torchrun
 part "torchrun tools/train.py on $NGPU GPU(s), tiny 3-stage run" 80 \
     "$PY" -m torch.distributed.run --nproc_per_node "$NGPU" --master_port 29531 tools/train.py \
-    --config-file configs/isgan_synthetic.yaml DEVICE cuda TRAIN.AMP True DATA.ROOT "$WORK/data" \
+    --config-file isgan_synthetic DEVICE cuda TRAIN.AMP True DATA.ROOT "$WORK/data" \
     OUTPUT_DIR "$WORK/run" DATA.WORKERS 2 DATA.SYNTH.NUM_TRAIN_IDS 16 SAMPLER.P "$((2 * NGPU))" \
     TRAIN.STAGE1.EPOCHS 2 TRAIN.STAGE2.EPOCHS 2 TRAIN.STAGE3.EPOCHS 1 TRAIN.PRINT_FREQ 1
 
@@ -96,7 +96,7 @@ part "torchrun tools/train.py on $NGPU GPU(s), tiny 3-stage run" 80 \
 for amp in False True; do
     table="$WORK/bench_amp_$amp.txt"
     part "benchmark: stages 1-3 in 1 and $NGPU process(es), TRAIN.AMP $amp" 90 \
-        bash -c "set -o pipefail; \"$PY\" tools/benchmark.py --config-file configs/isgan_market.yaml \
+        bash -c "set -o pipefail; \"$PY\" tools/benchmark.py --config-file isgan_market \
             --skip-training --skip-evaluator --nproc $NGPU --batch 32 --iters 5 \
             MODEL.PRETRAINED False TRAIN.AMP $amp | tee \"$table\""
     if [ -n "$OUTDIR" ] && [ -s "$table" ]; then

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Train: python tools/train.py --config-file configs/isgan_market.yaml [--stages 2 3] [KEY VALUE ...]"""
+"""Train: python tools/train.py --config-file isgan_market [--stages 2 3] [KEY VALUE ...]"""
 from isgan_torchreid.cli import train_main
 
 if __name__ == "__main__":

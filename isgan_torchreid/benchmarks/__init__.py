@@ -28,7 +28,8 @@ def _parser():
                "evaluator against torchreid's (default); or the authors' code timed in the same run, profiles, "
                "the encoder's inference, evaluation at gallery scale, D_C's generalisation.")
     config = next(a for a in p._actions if a.dest == "config_file")
-    config.required, config.help = False, "YAML config (may name a _BASE_); every table but --disentangle needs it"
+    config.required = False
+    config.help += "; every table but --disentangle needs it"
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iters", type=int, help="timed iterations (default 2; with --reference 5 per stage and "
                    "implementation; with --inference 3)")
@@ -193,8 +194,8 @@ def benchmark_main(argv=None):
         if args.disentangle:
             return _disentangle_table(args)
         if not args.config_file:
-            raise ISGANError("tools/benchmark.py needs --config-file (e.g. configs/isgan_synthetic.yaml), except "
-                             "with --disentangle RUN")
+            raise ISGANError("tools/benchmark.py needs --config-file (e.g. isgan_synthetic), except with "
+                             "--disentangle RUN")
         cfg = load_config(args.config_file, args.opts)
         if args.inference:
             return _inference_tables(cfg, args)

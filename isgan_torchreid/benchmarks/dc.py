@@ -6,7 +6,7 @@ the class term of D's loss alone on real images of 'synthperson', with a per-ide
 train identity, some images train D_C and the rest are held out. It prints train and held-out accuracy
 against chance for each class head of :data:`CLASS_HEADS`::
 
-    python tools/benchmark.py --config-file configs/isgan_synthetic.yaml --dc [--dc-seeds 0,1]
+    python tools/benchmark.py --config-file isgan_synthetic --dc [--dc-seeds 0,1]
 
 Images are in D's input space for LOSS.TARGET_SPACE rgb ([-1, 1] RGB) at DATA.HEIGHT x DATA.WIDTH;
 the dataset's size comes from DATA.SYNTH; D's optimiser is SGD with TRAIN.D_MOMENTUM/D_WEIGHT_DECAY.
