@@ -27,7 +27,7 @@ from .models import build_model
 
 class ListConfigs(argparse.Action):
     """``--list-configs``: print the packaged configs and exit 0 while parsing, as ``--help`` does, so that
-    the required ``--config-file`` is not asked for."""
+    a required ``--config-file`` is not asked for."""
 
     def __init__(self, option_strings, dest, help=None):
         super().__init__(option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, nargs=0, help=help)
@@ -37,11 +37,14 @@ class ListConfigs(argparse.Action):
         parser.exit()
 
 
-def parser(description):
-    """``--config-file FILE|NAME [--list-configs] [--debug] [KEY VALUE ...]``, shared by every tool."""
+def parser(description, config_help=None):
+    """``--config-file FILE|NAME [--list-configs] [--debug] [KEY VALUE ...]``, shared by every tool.
+
+    ``config_help``: the tool may go without --config-file, and this says what it uses then."""
     p = argparse.ArgumentParser(description=description)
-    p.add_argument("--config-file", required=True, help="YAML config: a file (may name a _BASE_) or the name of a "
-                   "packaged config, e.g. isgan_market (see --list-configs)")
+    p.add_argument("--config-file", required=config_help is None, help="YAML config: a file (may name a _BASE_) or "
+                   "the name of a packaged config, e.g. isgan_market (see --list-configs)"
+                   + (f"; {config_help}" if config_help else ""))
     p.add_argument("--list-configs", action=ListConfigs, help="list the packaged configs and exit")
     p.add_argument("--debug", action="store_true", help="show the traceback of user errors")
     p.add_argument("opts", nargs=argparse.REMAINDER, help="config overrides: KEY VALUE ...")
@@ -212,6 +215,7 @@ def build_engine(cfg, dm, device, hooks=None):
 
 def pop_list_flag(argv, flag, accept, example):
     """Take ``flag v1 v2 ...`` out of argv, wherever it stands; returns (the rest, the values or None if absent).
+    ``flag``: its spelling, or a tuple of spellings (``("-t", "--targets")``); errors name the one used.
 
     Every tool parses its list-valued flags (--stages, --targets, --methods, --weights, ...) here, the same way:
     values follow the flag separated by spaces, commas or both (``--stages 2 3``, ``--stages 2,3``,
@@ -219,32 +223,65 @@ def pop_list_flag(argv, flag, accept, example):
     admitted by ``accept`` (another flag, a ``KEY VALUE`` override). argparse cannot do this beside the
     trailing overrides, which it would swallow.
     """
+    spellings = (flag,) if isinstance(flag, str) else flag
     rest, values, found = [], [], False
     i = 0
     while i < len(argv):
         arg = argv[i]
-        if arg != flag and not arg.startswith(flag + "="):
+        used = next((f for f in spellings if arg == f or arg.startswith(f + "=")), None)
+        if used is None:
             rest.append(arg)
             i += 1
             continue
         found = True
-        taken = [arg[len(flag) + 1:]] if arg != flag else []
+        taken = [arg[len(used) + 1:]] if arg != used else []
         i += 1
-        while arg == flag and i < len(argv) and _values(argv[i]) and all(accept(v) for v in _values(argv[i])):
+        while arg == used and i < len(argv) and _values(argv[i]) and all(accept(v) for v in _values(argv[i])):
             taken.append(argv[i])
             i += 1
         items = [v for t in taken for v in _values(t)]
         if not items:
-            raise ISGANError(f"{flag} needs values, e.g. {flag} {example}")
+            raise ISGANError(f"{used} needs values, e.g. {used} {example}")
         bad = [v for v in items if not accept(v)]
         if bad:
-            raise ISGANError(f"{flag} {bad[0]}: not a valid value; e.g. {flag} {example}")
+            raise ISGANError(f"{used} {bad[0]}: not a valid value; e.g. {used} {example}")
         values += items
     return rest, (values if found else None)
 
 
 def _values(token):
     return [v for v in token.split(",") if v]
+
+
+def add_data_flags(p):
+    """torchreid's dataset flags, for --help: ``-s/--sources`` and ``-t/--targets`` (popped by
+    :func:`pop_data_flags`), ``--root``."""
+    p.add_argument("-s", "--sources", metavar="NAME", help="training datasets (overrides DATA.SOURCES), e.g. "
+                   "-s market1501 or -s market1501 dukemtmcreid")
+    p.add_argument("-t", "--targets", metavar="NAME", help="datasets to evaluate on (overrides DATA.TARGETS; "
+                   "empty: the sources), e.g. -t market1501 dukemtmcreid or -t market1501,dukemtmcreid")
+    p.add_argument("--root", help="the datasets' folder (overrides DATA.ROOT), e.g. --root ~/reid-data")
+
+
+def pop_data_flags(argv):
+    """Take ``-s/--sources`` and ``-t/--targets`` out of argv, wherever they stand (list flags, as
+    :func:`pop_list_flag` parses them); returns (the rest, their overrides: DATA.SOURCES / DATA.TARGETS lists)."""
+    opts = []
+    for key, spellings in (("DATA.SOURCES", ("-s", "--sources")), ("DATA.TARGETS", ("-t", "--targets"))):
+        argv, names = pop_list_flag(argv, spellings, is_name, "market1501 dukemtmcreid")
+        if names:
+            opts += [key, names]
+    return argv, opts
+
+
+def data_overrides(args, popped):
+    """The overrides of the dataset flags: -s/-t as popped, and as argparse took them where pop_data_flags did not
+    see them (``-tNAME``, an abbreviated ``--targ NAME``), then --root (DATA.ROOT)."""
+    opts = list(popped)
+    for key, value in (("DATA.SOURCES", args.sources), ("DATA.TARGETS", args.targets)):
+        if value:
+            opts += [key, _values(value)]
+    return opts + (["DATA.ROOT", args.root] if args.root else [])
 
 
 def is_name(arg):
@@ -295,10 +332,12 @@ def train_main(argv):
                         help="start from scratch; refused when OUTPUT_DIR holds checkpoints (never deleted)")
     p.add_argument("--eval-only", action="store_true", help="evaluate the run's last checkpoint on DATA.TARGETS "
                    "(results in OUTPUT_DIR/test/); any other checkpoint: tools/test.py --weights")
+    add_data_flags(p)
     command = "tools/train.py " + " ".join(argv)
     argv, stages = pop_list_flag(argv, "--stages", str.isdigit, "2 3")
+    argv, data = pop_data_flags(argv)
     args = parse_args(p, argv)
-    opts = args.opts + (["TRAIN.STAGES", f"[{', '.join(stages)}]"] if stages else [])
+    opts = args.opts + data_overrides(args, data) + (["TRAIN.STAGES", f"[{', '.join(stages)}]"] if stages else [])
     cfg = load_config(args.config_file, opts)
     if args.eval_only:
         distributed.single_process_only("tools/train.py --eval-only", "evaluation uses one device")
@@ -326,17 +365,18 @@ def _listing(paths, n=2):
     return ", ".join(shown) + (f" and {len(paths) - n} more" if len(paths) > n else "")
 
 
-def evaluate_weights(cfg, weights, targets=None):
-    """Evaluate the E_R descriptor of checkpoint ``weights`` on ``targets`` (default: DATA.TARGETS or SOURCES);
-    print the table, add the results under the checkpoint's path to OUTPUT_DIR/test/results.json."""
-    targets = targets or list(cfg.DATA.TARGETS) or list(cfg.DATA.SOURCES)
+def evaluate_weights(cfg, weights, state=None):
+    """Evaluate the E_R descriptor of checkpoint ``weights`` (``state``: the checkpoint, if loaded already) on
+    DATA.TARGETS (empty: SOURCES); print the table, add the results under the checkpoint's path to
+    OUTPUT_DIR/test/results.json."""
+    targets = list(cfg.DATA.TARGETS) or list(cfg.DATA.SOURCES)
     cfg = cfg.clone()
     cfg.defrost()
     cfg.DATA.SOURCES, cfg.DATA.TARGETS = targets, targets  # training data need not be present
     cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "test")  # keep the training run's config.yaml
     cfg.MODEL.PRETRAINED = False
     cfg.freeze()
-    state = ckpt.load_checkpoint(weights)
+    state = ckpt.load_checkpoint(weights) if state is None else state
     print(f"=> evaluating {weights}" + (f" (stage {state['stage']}, epoch {state['epoch']})" if "stage" in state
                                         else ""))
     # the classifiers do not enter the descriptor: a checkpoint without num_classes (torchreid's) gets 1
@@ -417,14 +457,24 @@ def export_main(argv):
 
 @reports_errors
 def test_main(argv):
-    """tools/test.py: evaluate a checkpoint's E_R descriptor on DATA.TARGETS (or --targets); the results are
-    added to OUTPUT_DIR/test/results.json under the checkpoint's path."""
+    """tools/test.py: evaluate a checkpoint's E_R descriptor on DATA.TARGETS (or -t); the results are added to
+    OUTPUT_DIR/test/results.json under the checkpoint's path.
+
+    Without --config-file, the config is the checkpoint's run's config.yaml (its hash checked) and OUTPUT_DIR
+    that run's folder where it is now, so the results land beside the run whatever the current folder (an
+    OUTPUT_DIR override still wins). With --config-file, OUTPUT_DIR is the config's, as for tools/train.py: a
+    checkpoint from elsewhere (torchreid's) may have no run folder, or one that is not writable.
+    """
     distributed.single_process_only("tools/test.py", "evaluation uses one device")
-    p = parser("Evaluate a checkpoint on the configured targets.")
+    p = parser("Evaluate a checkpoint on the configured targets.",
+               config_help="default: the config.yaml of the checkpoint's run (OUTPUT_DIR/config.yaml beside its "
+                           "stage<n>/ folder, hash checked), with the results in that run's test/")
     p.add_argument("--weights", required=True, help="checkpoint (ours or torchreid's)")
-    p.add_argument("--targets", metavar="NAME", help="datasets to evaluate on (overrides DATA.TARGETS), e.g. "
-                   "--targets market1501 dukemtmcreid or --targets market1501,dukemtmcreid")
-    argv, targets = pop_list_flag(argv, "--targets", is_name, "market1501 dukemtmcreid")
+    add_data_flags(p)
+    argv, data = pop_data_flags(argv)
     args = parse_args(p, argv)
-    cfg = load_config(args.config_file, args.opts)
-    return evaluate_weights(cfg, args.weights, targets)
+    opts = args.opts + data_overrides(args, data)
+    if args.config_file:
+        return evaluate_weights(load_config(args.config_file, opts), args.weights)
+    cfg, state = ckpt.checkpoint_config(args.weights, opts=opts)
+    return evaluate_weights(cfg, args.weights, state)

@@ -43,7 +43,7 @@ def benchmark():
 # COMMAND -> (its console script isgan-COMMAND, what it does); pyproject.toml's [project.scripts] lists the same
 COMMANDS = {
     "train": (train, "train IS-GAN (stages 1-3), MGN or a torchreid model; evaluate on DATA.TARGETS"),
-    "test": (test, "evaluate a checkpoint's descriptor on DATA.TARGETS or --targets"),
+    "test": (test, "evaluate a checkpoint's descriptor on DATA.TARGETS or -t/--targets"),
     "compare": (compare, "train and evaluate several methods under one config; one table"),
     "extract": (extract, "embed a folder or a list of images into an .npz"),
     "export": (export, "export the identity encoder to ONNX or TorchScript"),

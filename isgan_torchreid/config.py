@@ -343,14 +343,32 @@ def _merge(cfg, data, origin, prefix=""):
     for key, value in data.items():
         full = f"{prefix}{key}"
         if key not in cfg:
-            raise ISGANError(f"{origin}: unknown config key {full}{_suggestion(cfg, key, prefix)} (valid under "
-                             f"{prefix or 'top level'}: {', '.join(sorted(cfg.keys()))})")
+            raise _unknown_key(origin, full, cfg, key, prefix)
         if isinstance(cfg[key], CN):
             if not isinstance(value, dict):
                 raise ISGANError(f"{origin}: {full} is a group of keys, got {value!r}")
             _merge(cfg[key], value, origin, full + ".")
         else:
             cfg[key] = _coerce(full, cfg[key], value, origin)
+
+
+# keys of other re-id toolboxes with no twin here -> what to use instead (the nearest names would mislead)
+_WEIGHTS_HINT = ("weights are not a config key here: pass the checkpoint to evaluate as --weights FILE (test, "
+                 "extract, export, visualize), or the one to start training from as TRAIN.INIT_WEIGHTS FILE")
+_FOREIGN_KEYS = {
+    "MODEL.WEIGHTS": _WEIGHTS_HINT,  # fast-reid's
+    "MODEL.LOAD_WEIGHTS": _WEIGHTS_HINT,  # torchreid's model.load_weights
+}
+
+
+def _unknown_key(origin, shown, cfg, key, prefix, note=""):
+    """The error for ``key``, not under ``prefix`` (the group ``cfg``); ``shown``: the key as written, ``note``:
+    what to say first. A key of :data:`_FOREIGN_KEYS` gets its hint alone, others the closest and the valid names."""
+    foreign = _FOREIGN_KEYS.get(prefix + key.upper())
+    if foreign:
+        return ISGANError(f"{origin}: unknown config key {shown}; {foreign}")
+    return ISGANError(f"{origin}: unknown config key {shown}{note}{_suggestion(cfg, key, prefix)} (valid under "
+                      f"{prefix or 'top level'}: {', '.join(sorted(cfg.keys()))})")
 
 
 def _suggestion(cfg, key, prefix):
@@ -386,9 +404,8 @@ def _refuse_lower_case(cfg, key, origin):
     node = cfg
     for part in parts[:known]:
         node = node[part]
-    raise ISGANError(f"{origin}: unknown config key {key}; config keys are upper case, and {prefix[:-1]} has no "
-                     f"{parts[known]}{_suggestion(node, parts[known], prefix)} (valid under {prefix}: "
-                     f"{', '.join(sorted(node.keys()))})")
+    raise _unknown_key(origin, key, node, parts[known], prefix,
+                       f"; config keys are upper case, and {prefix[:-1]} has no {parts[known]}")
 
 
 def merge_overrides(cfg, opts, origin="command line"):

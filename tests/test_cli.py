@@ -1,14 +1,17 @@
-"""Entry points: user errors are one actionable line (exit 2), checked before any model is built."""
+"""Entry points: user errors are one actionable line (exit 2), checked before any model is built; torchreid's
+dataset flags; tools/test.py with the config of the checkpoint's run, its results beside the run."""
 import os
 import subprocess
 import sys
+from types import SimpleNamespace
 
 import pytest
 
 from isgan_torchreid import cli
+from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.errors import ISGANError
 
-from conftest import CONFIGS, REPO
+from conftest import CONFIGS, REPO, make_run
 
 MARKET = "isgan_market"  # a packaged config, by name
 
@@ -95,3 +98,93 @@ def test_ctrl_c_is_one_line_unless_debug(capsys):
         "checkpoint)"]
     with pytest.raises(KeyboardInterrupt):
         main(["--debug"])
+
+
+# ---------------------------------------------------------------- tools/test.py: the run's own config, results beside it
+
+@pytest.fixture(scope="module")
+def run(data_root, module_dir):
+    """A stage-1 checkpoint of random weights in a run folder with its config.yaml (conftest.make_run): its path."""
+    return make_run(str(module_dir), data_root, "run", 1)
+
+
+def copy_run(weights, dest, edit=lambda text: text):
+    """The run of ``weights`` at ``dest`` (checkpoint hard-linked, config.yaml copied through ``edit``); its config
+    still names the first folder as OUTPUT_DIR, as a moved run's does. Returns the copy's checkpoint."""
+    src = os.path.dirname(os.path.dirname(weights))
+    copy = os.path.join(dest, os.path.relpath(weights, src))
+    os.makedirs(os.path.dirname(copy))
+    os.link(weights, copy)
+    with open(os.path.join(src, "config.yaml")) as f:
+        (dest / "config.yaml").write_text(edit(f.read()))
+    return copy
+
+
+def metrics(results):
+    return {target: {k: v for k, v in m.items() if k != "test_images_per_s"} for target, m in results["test"].items()}
+
+
+def test_test_without_config_file_takes_the_runs_and_writes_beside_it(run, tmp_path, monkeypatch):
+    moved = copy_run(run, tmp_path / "moved")
+    (tmp_path / "cwd").mkdir()
+    monkeypatch.chdir(tmp_path / "cwd")
+    results = cli.test_main(["--weights", moved])
+    assert ckpt.read_json(str(tmp_path / "moved" / "test" / "results.json")) == {moved: results["test"]}
+    assert os.listdir(tmp_path / "cwd") == []  # not the current folder,
+    assert not os.path.exists(os.path.join(os.path.dirname(os.path.dirname(run)), "test"))  # nor the config's
+    explicit = cli.test_main(["--config-file", str(tmp_path / "moved" / "config.yaml"), "--weights", moved,
+                              "OUTPUT_DIR", str(tmp_path / "explicit")])
+    assert (tmp_path / "explicit" / "test" / "results.json").is_file()
+    assert metrics(explicit) == metrics(results)
+
+
+@pytest.mark.parametrize("where, expected", [
+    ("edited", "{folder}/config.yaml did not train {weights} (config hash "),
+    ("alone", "{weights} is not in a run folder with a config.yaml (OUTPUT_DIR/stage<n>/); pass the config that "
+              "describes its architecture with --config-file"),
+])
+def test_test_without_the_runs_config_is_one_line(run, tmp_path, capsys, where, expected):
+    folder = tmp_path / where
+    if where == "edited":  # SEED changes what is trained: another config hash
+        weights = copy_run(run, folder, lambda text: text.replace("\nSEED: 1\n", "\nSEED: 2\n"))
+        assert "\nSEED: 2\n" in (folder / "config.yaml").read_text()
+    else:
+        folder.mkdir()
+        weights = str(folder / "model.pth.tar-1")
+        os.link(run, weights)
+    with pytest.raises(SystemExit) as info:
+        cli.test_main(["--weights", weights])
+    err = capsys.readouterr().err
+    assert info.value.code == 2 and err.count("\n") == 1
+    assert err.startswith("error: " + expected.format(folder=folder, weights=weights)) and "--config-file" in err
+    assert not (folder / "test").exists()
+
+
+def test_dataset_flags_map_to_data_keys(run, tmp_path, monkeypatch):
+    seen = []
+    monkeypatch.setattr(cli, "evaluate_weights", lambda cfg, weights, state=None: seen.append(cfg))
+    cli.test_main(["--weights", run, "-t", "synthperson_b", "--root", str(tmp_path)])
+    # list flags anywhere, commas or spaces; an OUTPUT_DIR override wins over the run's folder
+    cli.test_main(["--weights", run, "--root=/r", "-s", "a,b", "OUTPUT_DIR", str(tmp_path), "--targets", "x", "y"])
+    monkeypatch.setattr(cli, "setup", lambda cfg: seen.append(cfg) or (None, None))
+    monkeypatch.setattr(cli, "build_engine", lambda *a: SimpleNamespace(run_stages=lambda: {}))
+    cli.train_main(["--config-file", MARKET, "--sources", "dukemtmcreid", "-tmarket1501,cuhk03", "--root",
+                    str(tmp_path), "OUTPUT_DIR", str(tmp_path / "train")])
+    got = [(list(c.DATA.SOURCES), list(c.DATA.TARGETS), c.DATA.ROOT, c.OUTPUT_DIR) for c in seen]
+    assert got == [(["synthperson"], ["synthperson_b"], str(tmp_path), os.path.dirname(os.path.dirname(run))),
+                   (["a", "b"], ["x", "y"], "/r", str(tmp_path)),
+                   (["dukemtmcreid"], ["market1501", "cuhk03"], str(tmp_path), str(tmp_path / "train"))]
+
+
+@pytest.mark.parametrize("main, argv", [
+    (cli.test_main, ["--weights", "RUN", "MODEL.WEIGHTS", "x.pth"]),  # fast-reid's spelling
+    (cli.train_main, ["--config-file", MARKET, "model.load_weights", "x.pth"]),  # torchreid's
+])
+def test_weights_keys_of_other_toolboxes_name_ours(run, capsys, main, argv):
+    with pytest.raises(SystemExit) as info:
+        main([run if a == "RUN" else a for a in argv])
+    assert info.value.code == 2
+    assert capsys.readouterr().err == (
+        f"error: command line: unknown config key {argv[-2]}; weights are not a config key here: pass the "
+        f"checkpoint to evaluate as --weights FILE (test, extract, export, visualize), or the one to start "
+        f"training from as TRAIN.INIT_WEIGHTS FILE\n")

@@ -197,7 +197,7 @@ def test_every_tool_parses_list_flags_alike(tmp_path, monkeypatch):
     monkeypatch.setattr(cli, "setup", lambda cfg: seen.update(stages=list(cfg.TRAIN.STAGES)) or (None, None))
     monkeypatch.setattr(cli, "build_engine", lambda *a: SimpleNamespace(run_stages=lambda: {}))
     cli.train_main(["--config-file", CONFIG, "--stages", "2,3", "OUTPUT_DIR", str(tmp_path / "t")])
-    monkeypatch.setattr(cli, "evaluate_weights", lambda cfg, w, targets: seen.update(targets=targets))
+    monkeypatch.setattr(cli, "evaluate_weights", lambda cfg, w: seen.update(targets=list(cfg.DATA.TARGETS)))
     cli.test_main(["--config-file", CONFIG, "--weights", "w", "--targets", "market1501,dukemtmcreid"])
     monkeypatch.setattr(compare, "compare", lambda c, o, methods: seen.update(methods=methods) or [])
     compare.compare_main(["--config-file", CONFIG, "--methods", "isgan,mgn"])

@@ -20,7 +20,7 @@ from isgan_torchreid.losses.shuffle import part_shuffle
 from isgan_torchreid.visualize import canvas
 from isgan_torchreid.visualize.canvas import (PAD, Tile, denormalize, font, market_label, parse_market_name,
                                               part_mask_bar, save_png, sheet)
-from isgan_torchreid.deploy.gan import checkpoint_config, load_gan
+from isgan_torchreid.deploy.gan import load_gan
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.visualize.disentangle import (decode_with_classes, interpolated_codes, parse_slots, region_slots,
                                                    slot_names, swapped_codes)
@@ -284,9 +284,9 @@ def test_checkpoint_outside_a_run_needs_a_config(runs, tmp_path):
     alone = tmp_path / "alone.pth.tar"
     os.link(runs["isgan"], alone)
     with pytest.raises(ISGANError, match="not in a run folder with a config.yaml.*--config-file"):
-        checkpoint_config(str(alone), None, [])
+        ckpt.checkpoint_config(str(alone), None, [])
     config = os.path.join(os.path.dirname(os.path.dirname(runs["isgan"])), "config.yaml")
-    cfg, state = checkpoint_config(str(alone), config, ["DEVICE", "cpu"])
+    cfg, state = ckpt.checkpoint_config(str(alone), config, ["DEVICE", "cpu"])
     assert state["config_hash"] == config_hash(cfg) and cfg.DEVICE == "cpu"
 
 

@@ -11,15 +11,15 @@ mode. G also takes a one-hot class of the C training identities [Sec. 4.1]; a te
 by default it gets the class E_R's classifiers predict from the identity features being decoded
 (:meth:`GAN.predicted_class`), as the figures do. Pass ``classes`` to choose it.
 
-:func:`checkpoint_config` and :func:`load_model` build any checkpoint of this project from the config that
-trained it; tools/visualize.py and the disentanglement benchmark use them too.
+:func:`load_model` builds any checkpoint of this project from the config that trained it (found by
+:func:`~isgan_torchreid.engine.checkpoint.checkpoint_config`); tools/visualize.py and the disentanglement
+benchmark use it too.
 """
 import os
 
 import torch
 from torch import Tensor
 
-from ..config import config_hash, load_config
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..engine import checkpoint as ckpt
 from ..engine.objective import image_to_unit, nuisance_map
@@ -28,38 +28,9 @@ from ..models import build_model
 from .embedding import image_tensor, test_transform
 from .encoder import _device, load_for_evaluation
 
-__all__ = ["GAN", "load_gan", "checkpoint_config", "load_model"]
+__all__ = ["GAN", "load_gan", "load_model"]
 
 GAN_PREFIXES = ("encoder_u.", "generator.")
-
-
-def _run_config_path(weights):
-    """``config.yaml`` of the run that wrote ``weights`` (its folder or the folder above), or None."""
-    folder = os.path.dirname(os.path.abspath(weights))
-    for candidate in (folder, os.path.dirname(folder)):
-        path = os.path.join(candidate, "config.yaml")
-        if os.path.isfile(path):
-            return path
-    return None
-
-
-def checkpoint_config(weights, config_file=None, opts=()):
-    """(config that built ``weights`` + ``opts``, the loaded checkpoint).
-
-    The config is the run's ``config.yaml`` (beside the ``stage<n>/`` folders) when its hash is the
-    checkpoint's, else ``config_file`` (for a checkpoint outside its run folder, e.g. torchreid's).
-    """
-    state = ckpt.load_checkpoint(weights)
-    run = _run_config_path(weights)
-    if run and state.get("config_hash") in (None, config_hash(load_config(run))):
-        return load_config(run, list(opts)), state
-    if config_file:
-        return load_config(config_file, list(opts)), state
-    if run:
-        raise ISGANError(f"{run} did not train {weights} (config hash {config_hash(load_config(run))} vs "
-                         f"{state.get('config_hash')}); pass the config that trained it with --config-file")
-    raise ISGANError(f"{weights} is not in a run folder with a config.yaml (OUTPUT_DIR/stage<n>/); pass the config "
-                     f"that describes its architecture with --config-file")
 
 
 def load_model(cfg, state, strict, device, origin="the checkpoint"):
@@ -168,7 +139,7 @@ def gan_from_checkpoint(weights, config_file=None, opts=(), device=None):
     if os.path.isfile(weights) and ckpt.is_safetensors(weights):
         raise ISGANError(f"{weights} is an encoder file (E_R only, no E_U or G); load_gan needs a stage-2 or "
                          f"stage-3 checkpoint of an IS-GAN run (OUTPUT_DIR/stage2/ or stage3/latest.pth.tar)")
-    cfg, state = checkpoint_config(weights, config_file, opts)
+    cfg, state = ckpt.checkpoint_config(weights, config_file, opts)
     if cfg.MODEL.NAME != "isgan":
         raise ISGANError(f"{weights} is a {cfg.MODEL.NAME} model without E_U and G: this needs an IS-GAN checkpoint "
                          f"of stage 2 or 3 (load_encoder or visualize.py rank read {cfg.MODEL.NAME} models)")

@@ -1,4 +1,5 @@
-"""Checkpoints: atomic save, safe (``weights_only``) load, partial weight loading, resume.
+"""Checkpoints: atomic save, safe (``weights_only``) load, partial weight loading, resume, the config of a run's
+checkpoint.
 
 Layout under ``OUTPUT_DIR``::
 
@@ -30,7 +31,7 @@ import shutil
 import torch
 
 from .. import compat
-from ..config import config_hash
+from ..config import config_hash, load_config
 from ..errors import ISGANError
 
 FORMAT = "isgan-torchreid/1"
@@ -299,6 +300,38 @@ def load_weights(model, weights, verbose=True):
 
 def _short(names, n=6):
     return ", ".join(names[:n]) + (f" ... (+{len(names) - n})" if len(names) > n else "") if names else "none"
+
+
+def run_config_path(weights):
+    """``config.yaml`` of the run that wrote ``weights`` (its folder or the folder above), or None."""
+    folder = os.path.dirname(os.path.abspath(weights))
+    for candidate in (folder, os.path.dirname(folder)):
+        path = os.path.join(candidate, "config.yaml")
+        if os.path.isfile(path):
+            return path
+    return None
+
+
+def checkpoint_config(weights, config_file=None, opts=()):
+    """(config that built ``weights`` + ``opts``, the loaded checkpoint).
+
+    The config is the run's ``config.yaml`` (beside the ``stage<n>/`` folders) when its hash is the
+    checkpoint's, with OUTPUT_DIR the run's folder as it is now (the file names the folder it was trained in,
+    which may since have moved) unless ``opts`` set it; else ``config_file`` (for a checkpoint outside its run
+    folder, e.g. torchreid's). Otherwise one ISGANError saying to pass --config-file.
+    """
+    state = load_checkpoint(weights)
+    run = run_config_path(weights)
+    trained = config_hash(load_config(run)) if run else None
+    if run and state.get("config_hash") in (None, trained):
+        return load_config(run, ["OUTPUT_DIR", os.path.dirname(run)] + list(opts)), state
+    if config_file:
+        return load_config(config_file, list(opts)), state
+    if run:
+        raise ISGANError(f"{run} did not train {weights} (config hash {trained} vs {state.get('config_hash')}); "
+                         f"pass the config that trained it with --config-file")
+    raise ISGANError(f"{weights} is not in a run folder with a config.yaml (OUTPUT_DIR/stage<n>/); pass the config "
+                     f"that describes its architecture with --config-file")
 
 
 # ------------------------------------------------------------------ the engine's state

@@ -18,7 +18,8 @@ from .. import compat
 from ..cli import is_value, parse_args, pop_list_flag, reports_errors, select_device
 from ..config import load_config
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD, build_datamanager
-from ..deploy.gan import checkpoint_config, describe, gan_from_checkpoint, load_model
+from ..deploy.gan import describe, gan_from_checkpoint, load_model
+from ..engine import checkpoint as ckpt
 from ..errors import ISGANError
 from .canvas import denormalize, display_scale, font_size_for, parse_market_name, save_png
 from .disentangle import interpolation_figure, pairs_figure, parse_slots, swap_figure
@@ -126,7 +127,7 @@ def _queries(spec, query, count):
 def run_rank(args, opts):
     models = []
     for weights in args.weights:
-        cfg, state = checkpoint_config(weights, args.config_file, opts)
+        cfg, state = ckpt.checkpoint_config(weights, args.config_file, opts)
         device = select_device(cfg)
         model = load_model(cfg, state, strict=False, device=device, origin=weights)
         stage = f" stage {state['stage']}" if "stage" in state else ""
