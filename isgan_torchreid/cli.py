@@ -189,9 +189,12 @@ def console_log(path, command=""):
 def setup(cfg):
     """Output dir, resolved config, seed, device, data manager (datasets checked before any model).
 
-    Under torchrun rank 0 writes the config and checks (or generates) the datasets before the others read them.
+    The checkpoints OUTPUT_DIR holds are checked against the config first, so that a config they cannot resume
+    under is refused before it replaces the run's config.yaml. Under torchrun rank 0 writes the config and
+    checks (or generates) the datasets before the others read them.
     """
     prepare_output_dir(cfg.OUTPUT_DIR)
+    ckpt.check_resume(cfg)
     if distributed.is_main_process():
         dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     compat.torchreid_base().utils.set_random_seed(cfg.SEED)

@@ -210,10 +210,14 @@ _RANGES = {
     "TEST.RANKS": "[1, inf)",
     "TEST.VISRANK_TOPK": "[1, inf)",
 }
-# keys that do not change what is trained: excluded from the checkpoint's config hash
+# keys that do not change what is trained: excluded from the checkpoint's config hash. A stage's EPOCHS says how
+# long it trains, which its checkpoint records (``epoch``): a resume checks that count against them instead
+# (engine.checkpoint.check_resumable), so that a run can be extended and the checkpoints of its earlier stages
+# still match the run's config.yaml
 _HASH_EXCLUDED = ("OUTPUT_DIR", "DEVICE", "TRAIN.STAGES", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ",
                   "TRAIN.RESUME_FREQ", "TRAIN.SAMPLE_FREQ", "TRAIN.GRAD_NORM_FREQ", "TRAIN.DIST_TIMEOUT", "DATA.ROOT",
-                  "DATA.WORKERS", "DATA.TARGETS", "DATA.ON_BAD_IMAGE", "DATA.LOADER_TIMEOUT", "TEST")
+                  "DATA.WORKERS", "DATA.TARGETS", "DATA.ON_BAD_IMAGE", "DATA.LOADER_TIMEOUT", "TEST",
+                  "TRAIN.STAGE1.EPOCHS", "TRAIN.STAGE2.EPOCHS", "TRAIN.STAGE3.EPOCHS")
 
 
 def get_default_config():
@@ -524,8 +528,10 @@ def validate(cfg):
             raise ISGANError(f"LOSS.LAMBDA_U = {cfg.LOSS.LAMBDA_U}: give two values, for stage 2 and stage 3")
 
 
-def config_hash(cfg):
-    """Short hash of everything that changes training (paths, logging and test options excluded)."""
+def hashed_config(cfg):
+    """The keys that change what is trained (paths, logging, test options and epochs excluded) as nested plain
+    values: what :func:`config_hash` hashes, and what a checkpoint records (so that a resume can name the keys
+    that changed)."""
     data = yaml.safe_load(cfg.dump())
     for key in _HASH_EXCLUDED:
         node = data
@@ -533,7 +539,39 @@ def config_hash(cfg):
         for p in parents:
             node = node[p]
         node.pop(last, None)
-    return hashlib.sha256(yaml.safe_dump(data, sort_keys=True).encode()).hexdigest()[:16]
+    return data
+
+
+def config_hash(cfg):
+    """Short hash of :func:`hashed_config`."""
+    return hashlib.sha256(yaml.safe_dump(hashed_config(cfg), sort_keys=True).encode()).hexdigest()[:16]
+
+
+class _Absent:
+    """The value of a key one config lacks, in :func:`changed_keys`."""
+
+    def __repr__(self):
+        return "(absent)"
+
+
+def changed_keys(old, new):
+    """``["KEY: old -> new", ...]`` for the keys whose values differ between two :func:`hashed_config` dicts,
+    sorted; a key only one has (another version's) is "(absent)" in the other."""
+    before, after = _flatten(old), _flatten(new)
+    absent = _Absent()
+    return [f"{key}: {before.get(key, absent)!r} -> {after.get(key, absent)!r}"
+            for key in sorted(before.keys() | after.keys()) if before.get(key, absent) != after.get(key, absent)]
+
+
+def _flatten(data, prefix=""):
+    """{"A": {"B": 1}} -> {"A.B": 1}."""
+    flat = {}
+    for key, value in data.items():
+        if isinstance(value, dict):
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
 
 
 def dump_config(cfg, path):

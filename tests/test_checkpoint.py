@@ -136,21 +136,58 @@ def stage1_checkpoint(tiny_cfg):
     os.remove(path)  # ~150 MB
 
 
-@pytest.mark.parametrize("overrides, compatible", [
+@pytest.mark.parametrize("overrides, refused", [
     (["TEST.FLIP", "False", "TEST.RANKS", "[1, 3]", "TRAIN.PRINT_FREQ", "7", "TRAIN.CHECKPOINT_FREQ", "3",
-      "TRAIN.SAMPLE_FREQ", "2", "DATA.WORKERS", "1"], True),
-    (["LOSS.LAMBDA_S", "5.0"], False),
-    (["TRAIN.STAGE1.LR", "0.01"], False),
+      "TRAIN.SAMPLE_FREQ", "2", "DATA.WORKERS", "1"], None),
+    (["LOSS.LAMBDA_S", "5.0"], "{path} was trained with another config (LOSS.LAMBDA_S: 10.0 -> 5.0); set these "
+                               "keys back to resume, or train in a new OUTPUT_DIR (or delete {folder} to restart "
+                               "stage 1)"),
+    (["TRAIN.STAGE1.LR", "0.01"], "(TRAIN.STAGE1.LR: 0.001 -> 0.01)"),
+    (["TRAIN.STAGE1.EPOCHS", "0"], "TRAIN.STAGE1.EPOCHS 0: stage 1 has already trained 1 epoch ({path}); set "
+                                   "TRAIN.STAGE1.EPOCHS 1 or more, or train in a new OUTPUT_DIR"),
 ])
-def test_resume_checks_training_config_hash(tiny_cfg, stage1_checkpoint, overrides, compatible):
+def test_resume_checks_training_config_hash(tiny_cfg, stage1_checkpoint, overrides, refused):
     dm, saved = stage1_checkpoint
     cfg = tiny_cfg("MODEL.PARTS", "[2]", *overrides)
     torch.manual_seed(1)  # other initial weights, so a restore is visible
     engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
     engine.enter_stage(1)
-    if not compatible:
-        with pytest.raises(ISGANError, match=r"different config \(hash .*use a new OUTPUT_DIR"):
+    if refused:
+        path = ckpt.latest_path(cfg.OUTPUT_DIR, 1)
+        with pytest.raises(ISGANError) as info:
             ckpt.resume_or_initialize(engine, 1)
+        message = str(info.value)
+        assert "\n" not in message and refused.format(path=path, folder=os.path.dirname(path)) in message
         return
     assert ckpt.resume_or_initialize(engine, 1) == 1  # resumes after epoch 1
     assert_same_state(engine.model.state_dict(), saved)
+
+
+def test_a_changed_config_is_listed_key_by_key(tiny_cfg, stage1_checkpoint):
+    path = ckpt.latest_path(tiny_cfg().OUTPUT_DIR, 1)
+    changed = ["SEED", "7", "TRAIN.GAMMA", "0.5", "TRAIN.WEIGHT_DECAY", "0.0", "TRAIN.AMSGRAD", "False"] + [
+        v for key in ("LAMBDA_R", "LAMBDA_S", "LAMBDA_PS", "LAMBDA_D", "LAMBDA_C", "D_LAMBDA_D")
+        for v in (f"LOSS.{key}", "0.5")]
+    with pytest.raises(ISGANError) as info:
+        ckpt.check_resumable(tiny_cfg("MODEL.PARTS", "[2]", *changed), 1, ckpt.load_checkpoint(path), path)
+    message = str(info.value)
+    assert "\n" not in message and message.count(" -> ") == 8 and "LOSS.D_LAMBDA_D: 1.0 -> 0.5; " in message
+    assert "TRAIN.AMSGRAD: True -> False; and 2 more); set these keys back" in message  # sorted: 8, then a count
+
+
+def test_a_finished_stage_trained_longer_follows_its_lr_schedule(tiny_cfg):
+    """A finished stage's latest holds no optimiser state: the optimisers start afresh, their schedulers at the
+    epoch the stage reached (MultiStepLR: past milestone 1, the rate is LR x GAMMA)."""
+    opts = ["MODEL.PARTS", "[2]", "TRAIN.STAGE1.MILESTONES", "[1]"]  # and TINY's one epoch
+    cfg = tiny_cfg(*opts)
+    device, dm = setup(cfg)
+    engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
+    engine.enter_stage(1)
+    ckpt.save_training_state(engine, 1)
+    assert "optimizers" not in ckpt.load_checkpoint(ckpt.latest_path(cfg.OUTPUT_DIR, 1))
+    cfg = tiny_cfg(*opts, "TRAIN.STAGE1.EPOCHS", "3")
+    longer = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
+    longer.enter_stage(1)
+    assert ckpt.resume_or_initialize(longer, 1) == 1
+    assert [g["lr"] for g in longer.optimizers["model"].optimizer.param_groups] == [
+        pytest.approx(cfg.TRAIN.STAGE1.LR * cfg.TRAIN.GAMMA)]

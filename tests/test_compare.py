@@ -121,7 +121,7 @@ def test_resumed_comparison_reuses_the_runs(compared, data_root):
     latest = out / "baseline" / "stage3" / "latest.pth.tar"
     mtime = latest.stat().st_mtime_ns
     rows, printed = run_compare(out, data_root, methods=["baseline", "mgn"])
-    assert "already complete" in printed and latest.stat().st_mtime_ns == mtime
+    assert "finished (1 epoch), skipped" in printed and latest.stat().st_mtime_ns == mtime
     assert [r["method"] for r in rows] == ["baseline", "mgn"]
     for r in rows:
         assert r == compared["by_method"][r["method"]]

@@ -5,7 +5,8 @@ import os
 import pytest
 import yaml
 
-from isgan_torchreid.config import config_hash, dump_config, get_default_config, load_config, merge_overrides
+from isgan_torchreid.config import (changed_keys, config_hash, dump_config, get_default_config, hashed_config,
+                                    load_config, merge_overrides)
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
 
@@ -176,9 +177,22 @@ def test_frozen_and_dump_roundtrip(tmp_path):
 def test_config_hash_tracks_training_keys_only():
     base = load_config(None)
     assert config_hash(load_config(None, ["LOSS.LAMBDA_S", "5"])) != config_hash(base)
-    assert config_hash(load_config(None, ["TRAIN.STAGE2.EPOCHS", "3"])) != config_hash(base)
-    for opts in (["OUTPUT_DIR", "x"], ["TEST.RERANK", "True"], ["TRAIN.STAGES", "[2, 3]"], ["DATA.WORKERS", "0"]):
+    assert config_hash(load_config(None, ["TRAIN.STAGE2.MILESTONES", "[3]"])) != config_hash(base)
+    # epochs are checked against the epochs a checkpoint has trained instead (see tests/test_staged.py)
+    for opts in (["OUTPUT_DIR", "x"], ["TEST.RERANK", "True"], ["TRAIN.STAGES", "[2, 3]"], ["DATA.WORKERS", "0"],
+                 ["TRAIN.STAGE2.EPOCHS", "3"]):
         assert config_hash(load_config(None, opts)) == config_hash(base), opts
+
+
+def test_changed_keys_name_old_and_new_values():
+    old = hashed_config(load_config(None))
+    new = hashed_config(load_config(None, ["TRAIN.STAGE1.LR", "0.01", "MODEL.NAME", "mgn", "TRAIN.STAGES", "[1]",
+                                           "MODEL.PARTS", "[2]", "TRAIN.STAGE1.EPOCHS", "5", "OUTPUT_DIR", "x"]))
+    assert "OUTPUT_DIR" not in new and "EPOCHS" not in new["TRAIN"]["STAGE1"]  # not hashed: not compared
+    assert changed_keys(old, new) == ["MODEL.NAME: 'isgan' -> 'mgn'", "MODEL.PARTS: [1, 2, 3] -> [2]",
+                                      "TRAIN.STAGE1.LR: 0.0002 -> 0.01"]
+    del old["LOSS"]["KL_FREE_BITS"]  # a key of another version
+    assert changed_keys(old, new)[0] == "LOSS.KL_FREE_BITS: (absent) -> 0.0"
 
 
 def test_merge_overrides_accepts_python_values():

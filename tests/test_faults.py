@@ -315,7 +315,7 @@ def test_damaged_latest_spares_kept_checkpoints_and_the_advice_works(tiny_cfg, t
     subprocess.run(["cp", os.path.join(folder, "model.pth.tar-1"), latest], check=True)  # as the error says
     results = train_main(["--config-file", config])
     out = capsys.readouterr().out
-    assert f"resumed stage 1 from the weights in {latest} (epoch 1)" in out and "epochs 2-2" in out
+    assert f"resumed stage 1 from the weights in {latest} (epoch 1)" in out and "=> Stage 1: epoch 2 of 2" in out
     assert 0 <= results[1]["synthperson"]["mAP"] <= 1
     assert ckpt.load_checkpoint(latest)["epoch"] == 2  # finished again
 
@@ -783,9 +783,9 @@ def test_every_test_option_may_change_on_a_finished_run(finished_run, tmp_path, 
     results = train_main(argv)
     printed = capsys.readouterr().out
     if key == "TEST.BATCH_SIZE":  # does not change a result: nothing to do
-        assert "(already complete)" in printed and results[1] == before["results"]
+        assert "=> Stage 1: finished (1 epoch), skipped" in printed and results[1] == before["results"]
         return
-    assert "evaluating again" in printed and "epochs 2-1" in printed  # evaluated, not trained
+    assert "=> Stage 1: finished (1 epoch), evaluating: no results yet with the current" in printed  # not trained
     after = ckpt.load_checkpoint(ckpt.latest_path(run, 1))
     assert torch.equal(after["state_dict"]["backbone.0.weight"], before["state_dict"]["backbone.0.weight"])
     same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (NaN ranks)
@@ -801,7 +801,7 @@ def test_every_test_option_may_change_on_a_finished_run(finished_run, tmp_path, 
         assert set(results[1]) == {"synthperson", "synthperson_b"}
     elif key == "TEST.VISRANK":
         assert glob.glob(os.path.join(run, "stage1", "**", "*.jpg"), recursive=True)
-    assert "(already complete)" in (train_main(argv) and capsys.readouterr().out)  # now recorded
+    assert "finished (1 epoch), skipped" in (train_main(argv) and capsys.readouterr().out)  # now recorded
 
 
 # ---------------------------------------------------------------- embed's spec, file modes

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import re
+import shutil
 
 import pytest
 import torch
@@ -117,6 +118,16 @@ def write_config(path, overrides):
 
 def metrics(results):
     return {stage: {t: {m: r[m] for m in METRICS} for t, r in per.items()} for stage, per in results.items()}
+
+
+def link_run(src, dst):
+    """A copy of the run in ``src`` at ``dst``: its config.yaml, and its checkpoints as hard links (a run replaces
+    its files, never writes into them, so ``src`` stays as it is)."""
+    for path in glob.glob(str(src / "stage*" / "*.pth.tar*")):
+        target = dst / os.path.relpath(path, src)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.link(path, target)
+    shutil.copy(src / "config.yaml", dst / "config.yaml")
 
 
 # ---------------------------------------------------------------- 1. stage policy
@@ -525,8 +536,10 @@ def test_interrupted_run_resumes_exactly(full_run, run_args, tmp_path):
     (out / "stage1").mkdir(parents=True)
     for name in ("latest.pth.tar", "model.pth.tar-1"):
         os.link(full_out / "stage1" / name, out / "stage1" / name)
+    # started for 3 stage-2 epochs, resumed for the reference's 2: the epoch count of an unfinished stage may
+    # change (not below the epochs it has trained), and enters neither its checkpoint nor its steps
     with interrupted_at(stage=2, epoch=1, step=2), pytest.raises(KeyboardInterrupt):
-        train_main(args)
+        train_main(args + ["TRAIN.STAGE2.EPOCHS", "3"])
     interrupted = ckpt.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))
     assert interrupted["epoch"] == 1 and set(interrupted["optimizers"]) == {"model", "discriminator"}
 
@@ -553,6 +566,61 @@ def test_finished_run_does_no_work(full_run, run_args, monkeypatch):
     monkeypatch.setattr(ckpt, "save_checkpoint", forbidden)
     assert train_main(run_args(out)) == results  # from the checkpoints
     assert {p: os.stat(p).st_mtime_ns for p in mtimes} == mtimes
+
+
+def test_raising_the_last_stages_epochs_trains_the_extra_ones(full_run, run_args, tmp_path, monkeypatch, capsys):
+    full_out, full_results = full_run
+    out = tmp_path / "longer"
+    link_run(full_out, out)
+    steps = []  # (stage, epoch) of every training step
+    real_step = ISGANEngine.forward_backward
+    monkeypatch.setattr(ISGANEngine, "forward_backward",
+                        lambda engine, data: steps.append((engine.stage, engine.epoch)) or real_step(engine, data))
+    args = run_args(out, "TRAIN.STAGE3.EPOCHS", "2")
+    capsys.readouterr()
+    results = train_main(args)
+    printed = capsys.readouterr().out
+
+    latest = out / "stage3" / "latest.pth.tar"
+    assert set(steps) == {(3, 1)}  # the second epoch of stage 3 alone
+    assert "=> Stage 1: finished (1 epoch), skipped" in printed
+    assert "=> Stage 2: finished (2 epochs), skipped" in printed
+    assert f"=> resumed stage 3 from the weights in {latest} (epoch 1)" in printed
+    assert "=> Stage 3: epoch 2 of 2," in printed
+    assert {s: metrics(results)[s] for s in (1, 2)} == {s: metrics(full_results)[s] for s in (1, 2)}
+    state = ckpt.load_checkpoint(str(latest))
+    assert state["epoch"] == 2 and "optimizers" not in state and state["results"] == results[3]
+    before = ckpt.load_checkpoint(str(full_out / "stage3" / "latest.pth.tar"))["state_dict"]
+    assert any(not torch.equal(v, before[k]) for k, v in state["state_dict"].items())
+    assert (out / "stage3" / "model.pth.tar-2").is_file()
+    for stage in (1, 2):  # not written again
+        assert os.path.samefile(out / f"stage{stage}" / "latest.pth.tar", full_out / f"stage{stage}" / "latest.pth.tar")
+    # the run's config.yaml now says 2, and still describes the earlier stages' checkpoints (tools/test.py)
+    assert load_config(str(out / "config.yaml")).TRAIN.STAGE3.EPOCHS == 2
+    assert ckpt.checkpoint_config(str(out / "stage1" / "latest.pth.tar"))[0].TRAIN.STAGE3.EPOCHS == 2
+
+    steps.clear()  # the same command again: nothing left to train
+    assert metrics(train_main(args)) == metrics(results) and steps == []
+    assert "=> Stage 3: finished (2 epochs), skipped" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("overrides, expected", [
+    (["TRAIN.STAGE3.LR", "0.001"], "{out}/stage1/latest.pth.tar was trained with another config (TRAIN.STAGE3.LR: "
+                                   "0.0001 -> 0.001); set these keys back to resume, or train in a new OUTPUT_DIR"),
+    (["TRAIN.STAGE2.EPOCHS", "1"], "TRAIN.STAGE2.EPOCHS 1: stage 2 has already trained 2 epochs "
+                                   "({out}/stage2/latest.pth.tar); set TRAIN.STAGE2.EPOCHS 2 or more"),
+    (["TRAIN.STAGE1.EPOCHS", "2"], "TRAIN.STAGE1.EPOCHS 2: stage 1 finished after 1 epoch and a later stage has "
+                                   "started from it ({out}/stage2/latest.pth.tar); set TRAIN.STAGE1.EPOCHS 1, or "
+                                   "train stage 1 longer in a new OUTPUT_DIR"),
+])
+def test_resume_refuses_what_the_checkpoints_cannot_continue(full_run, run_args, tmp_path, overrides, expected):
+    out = tmp_path / "run"
+    link_run(full_run[0], out)
+    config = (out / "config.yaml").read_text()
+    with pytest.raises(ISGANError) as info:
+        train_main(run_args(out, *overrides))
+    assert str(info.value).startswith(expected.format(out=out)) and "\n" not in str(info.value)
+    assert (out / "config.yaml").read_text() == config  # refused before it is replaced
 
 
 def test_checkpoint_frequencies(make_engine, monkeypatch):

@@ -10,13 +10,14 @@ Layout under ``OUTPUT_DIR``::
 
 A checkpoint is a dict of tensors and plain Python values only, so it loads with
 ``torch.load(weights_only=True)``. The weights sit under ``state_dict``, where torchreid's
-``load_pretrained_weights`` looks; ``stage``, ``epoch`` (epochs completed), ``config_hash``, ``num_classes``
-and ``results`` describe them. ``latest`` of an unfinished stage adds ``optimizers`` (optimiser, scheduler and
-AMP scaler state per optimiser). A finished stage never trains again (its epochs are part of the config hash),
-so its ``latest`` drops them: with AMSGrad, Adam keeps three tensors per weight it trains (stage 3 of the tests'
-ResNet-18: 1.2 GB with them, 0.3 GB without). No RNG state is needed: the engine reseeds every epoch from SEED
-(and the rank), so a run resumed at an epoch draws what the uninterrupted run drew, with any number of
-processes. Under torchrun, rank 0 writes the checkpoints; every process reads them.
+``load_pretrained_weights`` looks; ``stage``, ``epoch`` (epochs completed), ``config_hash`` and ``config``
+(the keys it hashes), ``num_classes`` and ``results`` describe them. ``latest`` of an unfinished stage adds
+``optimizers`` (optimiser, scheduler and AMP scaler state per optimiser). A finished stage's ``latest`` drops
+them: with AMSGrad, Adam keeps three tensors per weight it trains (stage 3 of the tests' ResNet-18: 1.2 GB with
+them, 0.3 GB without), and such a stage trains again only when its epochs are raised while it is the run's last
+(:func:`check_resumable`), with fresh optimisers then. No RNG state is needed: the engine reseeds every epoch
+from SEED (and the rank), so a run resumed at an epoch draws what the uninterrupted run drew, with any number
+of processes. Under torchrun, rank 0 writes the checkpoints; every process reads them.
 
 Every file is written to ``{path}.tmp.{pid}`` and renamed; :func:`remove_stale_temp_files` deletes
 the temp files of writers that died (kill -9) before the rename.
@@ -31,7 +32,7 @@ import shutil
 import torch
 
 from .. import compat
-from ..config import config_hash, load_config
+from ..config import changed_keys, config_hash, hashed_config, load_config
 from ..errors import ISGANError
 
 FORMAT = "isgan-torchreid/1"
@@ -338,9 +339,13 @@ def checkpoint_config(weights, config_file=None, opts=()):
 
 
 def stage_finished(cfg, stage, epoch):
-    """True when ``epoch`` completed epochs finish ``stage`` of ``cfg``; a finished stage never trains again (its
-    epochs are part of the config hash)."""
+    """True when ``epoch`` completed epochs finish ``stage`` of ``cfg``."""
     return epoch >= cfg.TRAIN[f"STAGE{stage}"].EPOCHS
+
+
+def epoch_count(n):
+    """'1 epoch', '3 epochs'."""
+    return f"{n} epoch{'' if n == 1 else 's'}"
 
 
 def kept_path(output_dir, stage, epoch):
@@ -363,6 +368,7 @@ def _weights_state(engine, epoch):
         "epoch": epoch,
         "state_dict": engine.model.state_dict(),
         "config_hash": config_hash(engine.cfg),
+        "config": hashed_config(engine.cfg),
         "num_classes": engine.num_classes,
         "results": engine.results.get(stage, {}) if finished else {},
     }
@@ -399,21 +405,23 @@ def resume_or_initialize(engine, stage):
     path = latest_path(out, stage)
     if os.path.isfile(path):
         state = load_checkpoint(path)
-        if state.get("config_hash") != config_hash(cfg):
-            raise ISGANError(f"{path} was written with a different config (hash {state.get('config_hash')} vs "
-                             f"{config_hash(cfg)}); use a new OUTPUT_DIR, or delete {os.path.dirname(path)} "
-                             f"to restart stage {stage}")
+        check_resumable(cfg, stage, state, path)
         _apply_resume_state(engine, state, path, stage)
+        epoch = state["epoch"]
+        finished = stage_finished(cfg, stage, epoch)
         if "optimizers" in state:
-            print(f"=> resumed stage {stage} from {path} (epoch {state['epoch']})")
-        elif stage_finished(cfg, stage, state["epoch"]):
+            print(f"=> resumed stage {stage} from {path} (epoch {epoch})")
+        elif finished:
             print(f"=> stage {stage} finished in {path}")
-        else:  # a kept weights-only checkpoint copied over latest, as the corrupt-checkpoint error advises
-            print(f"=> resumed stage {stage} from the weights in {path} (epoch {state['epoch']}); it holds no "
-                  f"optimiser state, so that starts afresh")
-        if state.get("results") and state.get("evaluated_with") == evaluation_settings(cfg):
+        else:  # a finished stage's epochs raised, or a kept weights-only checkpoint copied over latest
+            for opt in engine.optimizers.values():
+                opt.skip_epochs(epoch)
+            print(f"=> resumed stage {stage} from the weights in {path} (epoch {epoch}); it holds no optimiser "
+                  f"state (a finished stage keeps none), so the optimisers start afresh, at the learning rate of "
+                  f"epoch {epoch + 1} of the schedule")
+        if finished and state.get("results") and state.get("evaluated_with") == evaluation_settings(cfg):
             engine.results[stage] = state["results"]  # else a finished stage is evaluated again
-        return state["epoch"]
+        return epoch
     before = _previous_stage(engine.objective.stages, stage)
     if before is None:
         return 0
@@ -423,6 +431,49 @@ def resume_or_initialize(engine, stage):
     load_weights(engine.model, model_state(state))
     print(f"=> stage {stage} initialised from {source}")
     return 0
+
+
+def check_resume(cfg):
+    """Before a training run writes anything (its config.yaml first): :func:`check_resumable` for the
+    ``latest.pth.tar`` of each stage of TRAIN.STAGES in OUTPUT_DIR."""
+    for stage in cfg.TRAIN.STAGES:
+        path = latest_path(cfg.OUTPUT_DIR, stage)
+        if os.path.isfile(path):
+            check_resumable(cfg, stage, load_checkpoint(path), path)
+
+
+def check_resumable(cfg, stage, state, path):
+    """One ISGANError unless ``state`` (``stage``'s ``latest`` at ``path``) may go on under ``cfg``.
+
+    Every key of the config hash must be the checkpoint's; the error lists those that differ. The stage's
+    TRAIN.STAGE<n>.EPOCHS may change but not below the epochs it has trained, and may exceed them (a finished
+    stage trained longer) only while no later stage has a checkpoint: a later stage started from its weights as
+    they are. Its learning-rate schedule (MultiStepLR milestones) does not depend on the epoch count, so a stage
+    trained longer follows the schedule of a run configured so from the start.
+    """
+    if state.get("config_hash") != config_hash(cfg):
+        restart = f"train in a new OUTPUT_DIR (or delete {os.path.dirname(path)} to restart stage {stage})"
+        recorded = state.get("config")
+        changes = changed_keys(recorded, hashed_config(cfg)) if isinstance(recorded, dict) else []
+        if not changes:
+            raise ISGANError(f"{path} was trained with another config (config hash {state.get('config_hash')} vs "
+                             f"{config_hash(cfg)}), by an earlier version of isgan-torchreid that does not record "
+                             f"its keys; resume it with that version, or {restart}")
+        shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+        raise ISGANError(f"{path} was trained with another config ({shown}); set these keys back to resume, or "
+                         f"{restart}")
+    trained = state.get("epoch")
+    if not isinstance(trained, int):  # reported as it is loaded (_apply_resume_state)
+        return
+    key, epochs = f"TRAIN.STAGE{stage}.EPOCHS", cfg.TRAIN[f"STAGE{stage}"].EPOCHS
+    if epochs < trained:
+        raise ISGANError(f"{key} {epochs}: stage {stage} has already trained {epoch_count(trained)} ({path}); set "
+                         f"{key} {trained} or more, or train in a new OUTPUT_DIR")
+    later = [p for p in (latest_path(cfg.OUTPUT_DIR, s) for s in (1, 2, 3) if s > stage) if os.path.isfile(p)]
+    if epochs > trained and later:
+        raise ISGANError(f"{key} {epochs}: stage {stage} finished after {epoch_count(trained)} and a later stage "
+                         f"has started from it ({later[0]}); set {key} {trained}, or train stage {stage} longer in "
+                         f"a new OUTPUT_DIR")
 
 
 def _apply_resume_state(engine, state, path, stage):

@@ -4,6 +4,7 @@ Adam (β, coupled weight decay, amsgrad: the authors' setting) updates the encod
 momentum updates D (paper Sec. 4.1), or Adam with DCGAN's betas (TRAIN.D_OPTIMIZER adam). Each stage
 builds fresh optimisers over the modules it trains, with its own learning rate and MultiStepLR milestones.
 """
+import warnings
 from typing import Callable, Dict, List
 
 import torch
@@ -33,6 +34,14 @@ class StageOptimizer:
         self.scheduler.load_state_dict(state["scheduler"])
         if "scaler" in state:
             self.scaler.load_state_dict(state["scaler"])
+
+    def skip_epochs(self, epochs: int) -> None:
+        """Step the scheduler over ``epochs`` epochs that this optimiser did not run (a stage resumed from weights
+        alone), so that its learning rate is the schedule's at the next epoch."""
+        with warnings.catch_warnings():  # no optimiser step is due: those epochs' steps are in the weights
+            warnings.filterwarnings("ignore", message=r"Detected call of `lr_scheduler\.step\(\)` before")
+            for _ in range(epochs):
+                self.scheduler.step()
 
 
 def build_stage_optimizers(cfg, stage: int, groups: Dict[str, List[nn.Module]], slow: List[nn.Module],

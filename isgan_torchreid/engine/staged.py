@@ -165,19 +165,21 @@ class ISGANEngine(Engine):
         start_epoch = ckpt.resume_or_initialize(self, stage)
         trained = start_epoch >= self.max_epoch
         done = trained and stage in self.results
-        lr = self.cfg.TRAIN[f"STAGE{stage}"].LR
-        print(f"=> Stage {stage}: epochs {start_epoch + 1}-{self.max_epoch}, lr {lr:g}"
-              + (" (already complete)" if done else " (trained; DATA.TARGETS or TEST.* changed: evaluating again)"
-                 if trained else ""))
         if done:
+            print(f"=> Stage {stage}: finished ({ckpt.epoch_count(self.max_epoch)}), skipped")
             return
         if trained:  # its results are of other evaluation settings: evaluate, and keep them with the weights
+            print(f"=> Stage {stage}: finished ({ckpt.epoch_count(self.max_epoch)}), evaluating: no results yet "
+                  f"with the current DATA.TARGETS and TEST settings")
             self.epoch, self.batch_idx = self.max_epoch, 0
             self.evaluate_targets()
             if distributed.is_main_process():
                 ckpt.save_training_state(self, self.max_epoch)
             distributed.barrier()
             return
+        first = start_epoch + 1
+        span = f"epoch {first}" if first == self.max_epoch else f"epochs {first}-{self.max_epoch}"
+        print(f"=> Stage {stage}: {span} of {self.max_epoch}, lr {self.cfg.TRAIN[f'STAGE{stage}'].LR:g}")
         self.epoch, self.num_batches = start_epoch, len(self.train_loader)
         self._call("before_stage")
         for self.epoch in range(start_epoch, self.max_epoch):
