@@ -1,4 +1,6 @@
-"""Checkpoints: atomic save, clear errors on corrupt files, partial weight loading, config hash."""
+"""Checkpoints: atomic save, clear errors on corrupt files, partial weight loading, config hash, one copy of a
+finished stage's weights."""
+import errno
 import os
 
 import pytest
@@ -82,6 +84,65 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     assert_same_state(state["state_dict"], previous["state_dict"])
 
 
+def distinct_bytes(folder):
+    """Bytes of file data in ``folder``: each file's size once per inode (as du counts hard links)."""
+    sizes = {}
+    for name in os.listdir(folder):
+        stat = os.stat(os.path.join(folder, name))
+        sizes[(stat.st_dev, stat.st_ino)] = stat.st_size
+    return sum(sizes.values())
+
+
+def test_link_checkpoint_is_a_second_name_that_is_replaced_never_written_into(tmp_path):
+    latest, kept = str(tmp_path / "latest.pth.tar"), str(tmp_path / "model.pth.tar-1")
+    ckpt.save_checkpoint(small_state(1), latest)
+    ckpt.link_checkpoint(latest, kept)
+    assert os.path.samefile(latest, kept) and distinct_bytes(tmp_path) == os.path.getsize(latest)
+    ckpt.save_checkpoint(small_state(2), latest)  # latest is replaced: the other name keeps the old file
+    assert ckpt.load_checkpoint(kept)["epoch"] == 1 and ckpt.load_checkpoint(latest)["epoch"] == 2
+    ckpt.link_checkpoint(latest, kept)  # and replaced in turn: the old file is gone
+    assert os.path.samefile(latest, kept) and ckpt.load_checkpoint(kept)["epoch"] == 2
+    assert sorted(os.listdir(tmp_path)) == ["latest.pth.tar", "model.pth.tar-1"]  # no temp file
+    assert os.stat(latest).st_nlink == 2
+
+
+def test_link_checkpoint_copies_where_there_are_no_hard_links(tmp_path, monkeypatch):
+    latest, kept = str(tmp_path / "latest.pth.tar"), str(tmp_path / "model.pth.tar-1")
+    ckpt.save_checkpoint(small_state(1), latest)
+
+    def no_links(src, dst, *args, **kwargs):
+        raise OSError(errno.EPERM, os.strerror(errno.EPERM))  # e.g. a FAT or some FUSE file systems
+
+    monkeypatch.setattr(os, "link", no_links)
+    ckpt.link_checkpoint(latest, kept)
+    assert not os.path.samefile(latest, kept) and open(kept, "rb").read() == open(latest, "rb").read()
+    assert sorted(os.listdir(tmp_path)) == ["latest.pth.tar", "model.pth.tar-1"]
+
+
+def test_a_failed_link_keeps_the_previous_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
+    latest, kept = str(tmp_path / "latest.pth.tar"), str(tmp_path / "model.pth.tar-1")
+    ckpt.save_checkpoint(small_state(1), kept)
+    ckpt.save_checkpoint(small_state(2), latest)
+
+    def no_links(src, dst, *args, **kwargs):
+        raise OSError(errno.EMLINK, os.strerror(errno.EMLINK))
+
+    def copy_on_a_full_disk(src, dst, *args, **kwargs):
+        with open(src, "rb") as f, open(dst, "wb") as g:
+            g.write(f.read(100))
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "link", no_links)
+    monkeypatch.setattr(ckpt.shutil, "copyfile", copy_on_a_full_disk)
+    with pytest.raises(ISGANError) as info:
+        ckpt.link_checkpoint(latest, kept)
+    message = str(info.value)
+    assert message.startswith(f"cannot write checkpoint {kept}: No space left on device") and "\n" not in message
+    assert "KiB of free space" in message  # the size of the file it copies
+    assert sorted(os.listdir(tmp_path)) == ["latest.pth.tar", "model.pth.tar-1"]
+    assert ckpt.load_checkpoint(kept)["epoch"] == 1 and ckpt.load_checkpoint(latest)["epoch"] == 2
+
+
 def test_load_weights_skips_classifiers_of_another_num_classes(tmp_path, capsys):
     kwargs = dict(backbone="resnet18", pretrained=False, parts=(2,), height=128, width=64)
     torch.manual_seed(0)
@@ -124,7 +185,8 @@ def test_load_weights_reads_torchreid_checkpoints(tmp_path):
 
 @pytest.fixture
 def stage1_checkpoint(tiny_cfg):
-    """An engine's stage-1 checkpoint at epoch 1 in tiny_cfg's OUTPUT_DIR; returns (dm, saved model state)."""
+    """An engine's stage-1 checkpoint at epoch 1 (TINY: the stage's last) in tiny_cfg's OUTPUT_DIR, its latest and
+    its kept model.pth.tar-1 one file; returns (dm, saved model state)."""
     cfg = tiny_cfg("MODEL.PARTS", "[2]")  # small model: the checkpoint is written and read three times
     device, dm = setup(cfg)
     torch.manual_seed(0)
@@ -133,7 +195,23 @@ def stage1_checkpoint(tiny_cfg):
     path = ckpt.latest_path(cfg.OUTPUT_DIR, 1)
     ckpt.save_training_state(engine, 1)
     yield dm, {k: v.clone() for k, v in engine.model.state_dict().items()}
-    os.remove(path)  # ~150 MB
+    os.remove(path)  # ~150 MB, with the next
+    os.remove(ckpt.kept_path(cfg.OUTPUT_DIR, 1, 1))
+
+
+def test_a_finished_stage_stores_its_weights_once(tiny_cfg, stage1_checkpoint):
+    """Its latest and its last model.pth.tar-<epoch> are one file (torchreid's load_pretrained_weights reads both:
+    tests/test_deploy.py)."""
+    _, saved = stage1_checkpoint
+    out = tiny_cfg().OUTPUT_DIR
+    latest, kept = ckpt.latest_path(out, 1), ckpt.kept_path(out, 1, 1)
+    assert sorted(os.listdir(ckpt.stage_dir(out, 1))) == ["latest.pth.tar", "model.pth.tar-1"]
+    assert os.path.samefile(latest, kept)
+    assert distinct_bytes(ckpt.stage_dir(out, 1)) == os.path.getsize(latest) > ckpt._nbytes(saved)
+    for path in (latest, kept):
+        state = ckpt.load_checkpoint(path)
+        assert state["epoch"] == 1 and "optimizers" not in state
+        assert_same_state(state["state_dict"], saved)
 
 
 @pytest.mark.parametrize("overrides, refused", [
@@ -185,9 +263,17 @@ def test_a_finished_stage_trained_longer_follows_its_lr_schedule(tiny_cfg):
     engine.enter_stage(1)
     ckpt.save_training_state(engine, 1)
     assert "optimizers" not in ckpt.load_checkpoint(ckpt.latest_path(cfg.OUTPUT_DIR, 1))
+    kept = ckpt.kept_path(cfg.OUTPUT_DIR, 1, 1)
+    assert os.path.samefile(ckpt.latest_path(cfg.OUTPUT_DIR, 1), kept)
     cfg = tiny_cfg(*opts, "TRAIN.STAGE1.EPOCHS", "3")
     longer = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
     longer.enter_stage(1)
     assert ckpt.resume_or_initialize(longer, 1) == 1
     assert [g["lr"] for g in longer.optimizers["model"].optimizer.param_groups] == [
         pytest.approx(cfg.TRAIN.STAGE1.LR * cfg.TRAIN.GAMMA)]
+    # epoch 2 of 3 (unfinished): latest with the optimisers is a file of its own; model.pth.tar-1, now a mid-stage
+    # snapshot, keeps the file it shared
+    ckpt.save_training_state(longer, 2)
+    assert "optimizers" in ckpt.load_checkpoint(ckpt.latest_path(cfg.OUTPUT_DIR, 1))
+    assert not os.path.samefile(ckpt.latest_path(cfg.OUTPUT_DIR, 1), kept) and os.stat(kept).st_nlink == 1
+    assert ckpt.load_checkpoint(kept)["epoch"] == 1 and not os.path.exists(ckpt.kept_path(cfg.OUTPUT_DIR, 1, 2))

@@ -1,8 +1,9 @@
 """Trained models leave the trainer: torchreid interop, encoder files, load_encoder/embed, extract.py, export.
 
-The checkpoints are the engine's own (``save_training_state`` and ``save_weights`` on the tiny config, ResNet-18 at
-128x64, default parts so torchreid's factories fit them), with every weight perturbed away from its
-initialisation so that a skipped tensor shows. ResNet-50/34 models are checked without building them twice.
+The checkpoints are the engine's own (``save_training_state`` at the stage's end on the tiny config: ``latest`` and
+its hard link ``model.pth.tar-1``; ResNet-18 at 128x64, default parts so torchreid's factories fit them), with
+every weight perturbed away from its initialisation so that a skipped tensor shows. ResNet-50/34 models are
+checked without building them twice.
 """
 import json
 import os
@@ -79,8 +80,8 @@ def runs(data_root, module_dir):
             perturb_(model, 1)
             engine = ISGANEngine(cfg, dm, model, device)
             engine.enter_stage(1)
-            ckpt.save_training_state(engine, 1)
-            ckpt.save_weights(engine, 1)
+            ckpt.save_training_state(engine, 1)  # the stage's last epoch: model.pth.tar-1 is a hard link of latest
+            assert os.path.samefile(checkpoint_path(out, "latest"), checkpoint_path(out, "kept"))
             save_encoder(model, cfg, os.path.join(ckpt.stage_dir(out, 1), "encoder.safetensors"))
             made[name] = cfg, dm, model.eval(), out
         return made[name]

@@ -290,7 +290,7 @@ def test_a_stage_that_cannot_start_fails_before_any_training(tiny_cfg, tmp_path,
 # ---------------------------------------------------------------- 3. checkpoints
 
 
-def test_damaged_latest_spares_kept_checkpoints_and_the_advice_works(tiny_cfg, tmp_path, capsys):
+def test_damaged_latest_spares_earlier_kept_checkpoints_and_the_advice_works(tiny_cfg, tmp_path, capsys):
     cfg = tiny_cfg(*BASELINE)
     config = write_config(tmp_path / "c.yaml", TINY + BASELINE + [
         "DATA.ROOT", cfg.DATA.ROOT, "OUTPUT_DIR", cfg.OUTPUT_DIR, "TRAIN.STAGE1.EPOCHS", "2",
@@ -298,26 +298,29 @@ def test_damaged_latest_spares_kept_checkpoints_and_the_advice_works(tiny_cfg, t
     train_main(["--config-file", config])
     folder = ckpt.stage_dir(cfg.OUTPUT_DIR, 1)
     latest = ckpt.latest_path(cfg.OUTPUT_DIR, 1)
+    kept = [os.path.join(folder, f"model.pth.tar-{epoch}") for epoch in (1, 2)]
     final = ckpt.load_checkpoint(latest)["state_dict"]
-    truncate(latest, keep=0.5)  # damage in place
+    assert os.path.samefile(latest, kept[1]) and not os.path.samefile(latest, kept[0])
+    truncate(latest, keep=0.5)  # damage in place: to the stage's one copy of its last weights (model.pth.tar-2)
 
-    for epoch in (1, 2):  # the kept files are files of their own
-        state = ckpt.load_checkpoint(os.path.join(folder, f"model.pth.tar-{epoch}"))
-        assert state["epoch"] == epoch and set(state["state_dict"]) == set(final)
-    kept = ckpt.load_checkpoint(os.path.join(folder, "model.pth.tar-2"))["state_dict"]
-    assert all(torch.equal(kept[k], final[k]) for k in final)
+    state = ckpt.load_checkpoint(kept[0])  # a mid-stage snapshot is a file of its own
+    assert state["epoch"] == 1 and set(state["state_dict"]) == set(final)
+    with pytest.raises(ISGANError, match="corrupt"):
+        ckpt.load_checkpoint(kept[1])
 
     capsys.readouterr()
     with pytest.raises(SystemExit):
         train_main(["--config-file", config])
     err = capsys.readouterr().err
-    assert err.count("\n") == 1 and "copy a model.pth.tar-<epoch> of the same folder over it" in err
-    subprocess.run(["cp", os.path.join(folder, "model.pth.tar-1"), latest], check=True)  # as the error says
+    assert err.count("\n") == 1 and "delete it and copy a model.pth.tar-<epoch> of the same folder in its place" in err
+    os.remove(latest)  # as the error says
+    subprocess.run(["cp", kept[0], latest], check=True)
     results = train_main(["--config-file", config])
     out = capsys.readouterr().out
     assert f"resumed stage 1 from the weights in {latest} (epoch 1)" in out and "=> Stage 1: epoch 2 of 2" in out
     assert 0 <= results[1]["synthperson"]["mAP"] <= 1
-    assert ckpt.load_checkpoint(latest)["epoch"] == 2  # finished again
+    assert ckpt.load_checkpoint(latest)["epoch"] == 2  # finished again, model.pth.tar-2 with it
+    assert os.path.samefile(latest, kept[1]) and ckpt.load_checkpoint(kept[0])["epoch"] == 1
 
     truncate(latest, keep=0.5)
     os.remove(latest)  # the error's other advice: "delete it to start the stage again"
@@ -787,6 +790,7 @@ def test_every_test_option_may_change_on_a_finished_run(finished_run, tmp_path, 
         return
     assert "=> Stage 1: finished (1 epoch), evaluating: no results yet with the current" in printed  # not trained
     after = ckpt.load_checkpoint(ckpt.latest_path(run, 1))
+    assert os.path.samefile(ckpt.latest_path(run, 1), ckpt.kept_path(run, 1, 1))  # (copytree had made two files)
     assert torch.equal(after["state_dict"]["backbone.0.weight"], before["state_dict"]["backbone.0.weight"])
     same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (NaN ranks)
     assert same(after["results"], results[1])  # kept with the weights: the next rerun has nothing to do
@@ -837,7 +841,7 @@ def test_weights_that_are_a_folder_or_not_a_checkpoint_get_advice_that_fits(tmp_
     assert "resume" not in str(info.value)  # only a run's latest.pth.tar gets the resume advice
     latest = tmp_path / "latest.pth.tar"
     latest.write_bytes(bytes(64))
-    with pytest.raises(ISGANError, match="copy a model.pth.tar-<epoch> of the same folder over it"):
+    with pytest.raises(ISGANError, match="delete it and copy a model.pth.tar-<epoch> of the same folder in its place"):
         ckpt.load_checkpoint(str(latest))
 
 

@@ -513,9 +513,13 @@ def test_end_to_end_outputs(full_run):
         assert (state["stage"], state["epoch"], state["num_classes"]) == (stage, epochs, 8)
         assert state["results"] == results[stage]
         assert state["encoder_spec"]["parts"] == [2] and "optimizers" not in state  # finished: never trains again
-        kept = ckpt.load_checkpoint(str(folder / f"model.pth.tar-{epochs}"))  # weights only, written on its own
+        kept = ckpt.load_checkpoint(str(folder / f"model.pth.tar-{epochs}"))  # weights only
         assert "optimizers" not in kept and "rng" not in kept and kept["results"] == results[stage]
         assert all(torch.equal(kept["state_dict"][k], v) for k, v in state["state_dict"].items())
+        # ... and the same file as latest: the folder stores the stage's weights once
+        assert os.path.samefile(folder / "latest.pth.tar", folder / f"model.pth.tar-{epochs}")
+        checkpoints = {(s.st_dev, s.st_ino): s.st_size for s in map(os.stat, glob.glob(str(folder / "*.pth.tar*")))}
+        assert list(checkpoints.values()) == [os.path.getsize(folder / "latest.pth.tar")]
         encoder = ckpt.load_checkpoint(str(folder / "encoder.safetensors"))["state_dict"]  # the descriptor's tensors
         assert set(encoder) == {k for k in state["state_dict"] if k.startswith(
             ("backbone.", "encoder_r.branches.", "encoder_r.reductions."))}
@@ -552,6 +556,7 @@ def test_interrupted_run_resumes_exactly(full_run, run_args, tmp_path):
     assert resumed["state_dict"].keys() == reference["state_dict"].keys()
     different = [k for k, v in resumed["state_dict"].items() if not torch.equal(v, reference["state_dict"][k])]
     assert different == [], different[:5]  # so Adam's (E_U, G) and SGD's (D) moments were restored too
+    assert os.path.samefile(out / "stage2" / "latest.pth.tar", out / "stage2" / "model.pth.tar-2")
 
 
 def test_finished_run_does_no_work(full_run, run_args, monkeypatch):
@@ -592,7 +597,10 @@ def test_raising_the_last_stages_epochs_trains_the_extra_ones(full_run, run_args
     assert state["epoch"] == 2 and "optimizers" not in state and state["results"] == results[3]
     before = ckpt.load_checkpoint(str(full_out / "stage3" / "latest.pth.tar"))["state_dict"]
     assert any(not torch.equal(v, before[k]) for k, v in state["state_dict"].items())
-    assert (out / "stage3" / "model.pth.tar-2").is_file()
+    assert os.path.samefile(out / "stage3" / "model.pth.tar-2", latest)  # the stage's weights once
+    # model.pth.tar-1, the end of the first run and now a mid-stage snapshot, is the file it was (a hard link of
+    # the first run's latest here: never written into)
+    assert os.path.samefile(out / "stage3" / "model.pth.tar-1", full_out / "stage3" / "latest.pth.tar")
     for stage in (1, 2):  # not written again
         assert os.path.samefile(out / f"stage{stage}" / "latest.pth.tar", full_out / f"stage{stage}" / "latest.pth.tar")
     # the run's config.yaml now says 2, and still describes the earlier stages' checkpoints (tools/test.py)
@@ -633,8 +641,8 @@ def test_checkpoint_frequencies(make_engine, monkeypatch):
     for engine.epoch in range(7):
         hook.after_epoch()
     assert saved == [2, 4, 6, 7] and kept == [4]
-    hook.after_stage()  # after evaluation: the last epoch, with its results, in both files
-    assert saved[-1] == kept[-1] == 7
+    hook.after_stage()  # after evaluation: the last epoch, with its results, in latest and (a hard link of it,
+    assert saved == [2, 4, 6, 7, 7] and kept == [4]  # tests/test_checkpoint.py) model.pth.tar-7
 
 
 def test_results_json_keeps_earlier_invocations(make_engine, tmp_path):

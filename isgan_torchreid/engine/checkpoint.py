@@ -5,8 +5,17 @@ Layout under ``OUTPUT_DIR``::
 
     stage{n}/latest.pth.tar          every TRAIN.RESUME_FREQ epochs and at the end of the stage (atomic):
                                      everything needed to resume exactly; at the end, weights and results only
-    stage{n}/model.pth.tar-{epoch}   every TRAIN.CHECKPOINT_FREQ epochs and at the end of the stage:
-                                     weights only, written on their own (damage to ``latest`` spares them)
+    stage{n}/model.pth.tar-{epoch}   every TRAIN.CHECKPOINT_FREQ epochs: weights only, a file of its own
+                                     (damage to ``latest`` spares it); at the end of the stage: ``latest``
+                                     itself, a hard link to the same file data (a copy where the file system
+                                     has no hard links), so a finished stage stores its weights once
+
+A finished stage's ``latest`` and its last ``model.pth.tar-{epoch}`` are two names of one file: the engine
+replaces a checkpoint (temp file, rename) and never writes into one, so writing ``latest`` again (a finished
+stage evaluated again with other test settings, or trained longer) leaves the other name as it was, and then,
+while the stage is finished, links it to the new ``latest``. A file copied over ``latest`` by hand (``cp``)
+would be written into both: delete ``latest`` first. A kept checkpoint from an earlier epoch, or one that
+became mid-stage when the stage's epochs were raised, keeps its own file.
 
 A checkpoint is a dict of tensors and plain Python values only, so it loads with
 ``torch.load(weights_only=True)``. The weights sit under ``state_dict``, where torchreid's
@@ -19,7 +28,7 @@ them, 0.3 GB without), and such a stage trains again only when its epochs are ra
 from SEED (and the rank), so a run resumed at an epoch draws what the uninterrupted run drew, with any number
 of processes. Under torchrun, rank 0 writes the checkpoints; every process reads them.
 
-Every file is written to ``{path}.tmp.{pid}`` and renamed; :func:`remove_stale_temp_files` deletes
+Every file is written (or linked) to ``{path}.tmp.{pid}`` and renamed; :func:`remove_stale_temp_files` deletes
 the temp files of writers that died (kill -9) before the rename.
 """
 import contextlib
@@ -112,9 +121,39 @@ def save_checkpoint(state, path):
         error = e if isinstance(e, OSError) else e.__context__
         if not isinstance(error, OSError):
             raise
-        raise ISGANError(_write_failure(path, state, error)) from None
+        raise ISGANError(_write_failure(path, _nbytes(state), error)) from None
     finally:
         if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def link_checkpoint(source, path):
+    """Make ``path`` a second name of the checkpoint at ``source`` atomically: a hard link made at a temp name
+    beside ``path``, then renamed over it, so the file data is stored once; where the file system has no hard
+    links (or the file has too many), a copy, fsynced, in its place.
+
+    ``path`` keeps its previous content until the rename; a failure (a full disk, a read-only folder) removes the
+    temp file and raises one ISGANError as :func:`save_checkpoint` does.
+    """
+    tmp = f"{path}.tmp.{os.getpid()}"
+    try:
+        with contextlib.suppress(FileNotFoundError):  # a leftover of a dead writer of this pid: never write into it
+            os.remove(tmp)
+        try:
+            os.link(source, tmp)
+        except OSError:  # EPERM/ENOTSUP (no hard links: FAT, some network or FUSE file systems), EMLINK
+            shutil.copyfile(source, tmp)
+            with open(tmp, "rb+") as f:
+                os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as error:
+        try:
+            size = os.path.getsize(source)
+        except OSError:
+            size = 0
+        raise ISGANError(_write_failure(path, size, error)) from None
+    finally:
+        if os.path.lexists(tmp):
             os.remove(tmp)
 
 
@@ -145,8 +184,9 @@ def last_good_checkpoint(folder):
     return max((os.path.join(folder, n) for n in names), key=os.path.getmtime, default=None)
 
 
-def _write_failure(path, state, error):
-    """One line: which file failed, why, the space it needs (the state's tensors), the last good checkpoint."""
+def _write_failure(path, nbytes, error):
+    """One line: which file failed, why, the space it needs (``nbytes``: the state's tensors), the last good
+    checkpoint."""
     folder = os.path.dirname(path) or "."
     try:
         free = f", {_megabytes(shutil.disk_usage(folder).free)} free there now"
@@ -155,7 +195,7 @@ def _write_failure(path, state, error):
     last = last_good_checkpoint(folder)
     kept = f"the last good checkpoint, {last}, is intact" if last else f"no earlier checkpoint is in {folder}"
     return (f"cannot write checkpoint {path}: {error.strerror or error} (errno {error.errno}); it needs about "
-            f"{_megabytes(_nbytes(state))} of free space{free}; {kept}: free space (or fix the cause) and run "
+            f"{_megabytes(nbytes)} of free space{free}; {kept}: free space (or fix the cause) and run "
             f"again to resume")
 
 
@@ -257,8 +297,8 @@ def load_checkpoint(path):
     except Exception as e:  # truncated zip, pickle error, foreign object...
         reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if os.path.basename(path) == "latest.pth.tar":  # a run's resume point
-            advice = ("to resume from an older epoch, copy a model.pth.tar-<epoch> of the same folder over it, or "
-                      "delete it to start the stage again")
+            advice = ("to resume from an older epoch, delete it and copy a model.pth.tar-<epoch> of the same folder "
+                      "in its place, or delete it to start the stage again")
         else:
             advice = ("pass a checkpoint written by this project or torchreid (.pth.tar) or an "
                       "encoder.safetensors")
@@ -349,7 +389,8 @@ def epoch_count(n):
 
 
 def kept_path(output_dir, stage, epoch):
-    """Path of the weights-only checkpoint kept at ``epoch`` of ``stage``."""
+    """Path of the weights-only checkpoint kept at ``epoch`` of ``stage`` (at its last epoch, a hard link of its
+    ``latest``)."""
     return os.path.join(stage_dir(output_dir, stage), f"model.pth.tar-{epoch}")
 
 
@@ -380,17 +421,24 @@ def _weights_state(engine, epoch):
 
 
 def save_weights(engine, epoch):
-    """Write the engine's weights alone as ``model.pth.tar-{epoch}`` of its stage."""
+    """Write the engine's weights alone as ``model.pth.tar-{epoch}`` of its stage, a file of its own: the
+    snapshots every TRAIN.CHECKPOINT_FREQ epochs. A finished stage's is kept by :func:`save_training_state`."""
     save_checkpoint(_weights_state(engine, epoch), kept_path(engine.cfg.OUTPUT_DIR, engine.stage, epoch))
 
 
 def save_training_state(engine, epoch):
     """Write everything needed to resume the engine's stage after ``epoch`` to its ``latest.pth.tar``: the
-    weights, and the optimisers' state while the stage has epochs left."""
+    weights, and the optimisers' state while the stage has epochs left. When ``epoch`` finishes the stage,
+    ``latest`` holds the weights (and results) alone, and ``model.pth.tar-{epoch}`` becomes a hard link of it
+    (:func:`link_checkpoint`): a finished stage stores its weights once."""
+    out, stage = engine.cfg.OUTPUT_DIR, engine.stage
     state = _weights_state(engine, epoch)
-    if not stage_finished(engine.cfg, engine.stage, epoch):
+    finished = stage_finished(engine.cfg, stage, epoch)
+    if not finished:
         state["optimizers"] = {name: opt.state_dict() for name, opt in engine.optimizers.items()}
-    save_checkpoint(state, latest_path(engine.cfg.OUTPUT_DIR, engine.stage))
+    save_checkpoint(state, latest_path(out, stage))
+    if finished:
+        link_checkpoint(latest_path(out, stage), kept_path(out, stage, epoch))
 
 
 def resume_or_initialize(engine, stage):
@@ -502,7 +550,8 @@ def _apply_resume_state(engine, state, path, stage):
     if problem is not None:
         raise ISGANError(f"{path} cannot resume stage {stage} of this model ({problem}): it was written by another "
                          f"version of isgan-torchreid or changed since; delete it (or move it aside) to restart "
-                         f"stage {stage}, or copy a model.pth.tar-<epoch> of the same folder over it if one fits")
+                         f"stage {stage}, or delete it and copy a model.pth.tar-<epoch> of the same folder in its "
+                         f"place if one fits")
 
 
 def _previous_stage(stages, stage):

@@ -72,8 +72,9 @@ class HookBase:
 
 class Checkpointer(HookBase):
     """Resumable ``latest.pth.tar`` every ``resume_freq`` epochs, and at a stage's end its weights and results
-    (:func:`~isgan_torchreid.engine.checkpoint.save_training_state`); weights-only ``model.pth.tar-{epoch}`` every
-    ``keep_freq`` epochs and at the end."""
+    (:func:`~isgan_torchreid.engine.checkpoint.save_training_state`, which then keeps ``model.pth.tar-{epoch}`` as a
+    hard link of it: one copy of the weights); weights-only ``model.pth.tar-{epoch}`` files of their own every
+    ``keep_freq`` epochs before the end."""
 
     def __init__(self, resume_freq: int, keep_freq: int):
         self.resume_freq = resume_freq
@@ -89,8 +90,7 @@ class Checkpointer(HookBase):
 
     def after_stage(self):
         e = self.engine
-        ckpt.save_training_state(e, e.max_epoch)  # now with the stage's results
-        ckpt.save_weights(e, e.max_epoch)
+        ckpt.save_training_state(e, e.max_epoch)  # now with the stage's results, and kept as model.pth.tar-{epoch}
 
 
 class SampleGrids(HookBase):
