@@ -1,4 +1,5 @@
-"""Command-line entry points behind tools/*.py: argument parsing, one place that reports errors, the console log."""
+"""Command-line entry points behind tools/*.py: argument parsing, one place that reports errors (and makes the
+console line-buffered, :mod:`.console`)."""
 import argparse
 import contextlib
 import functools
@@ -7,13 +8,12 @@ import os
 import signal
 import sys
 import threading
-import time
-import traceback
 
 import torch
 from tabulate import tabulate
 
 from . import compat
+from .console import console_log, line_buffered
 from .config import dump_config, get_default_config, list_configs, load_config
 from .data.build import build_datamanager
 from .deploy.encoder import load_for_evaluation
@@ -72,7 +72,8 @@ def _terminate(signum, frame):
 
 def reports_errors(main):
     """Print an ISGANError as one line (exit 2), and Ctrl-C or SIGTERM as one line (exit 130 or 143, as a shell
-    reports them), unless ``--debug`` is given.
+    reports them), unless ``--debug`` is given. Every tool's entry point: stdout and stderr are made
+    line-buffered here first (:func:`~.console.line_buffered`).
 
     Under torchrun every rank meets a user error alike (they read the same config, data and checkpoints, and
     decide on non-finite losses together): rank 0 prints it, and torchrun stops the job when rank 0 exits.
@@ -82,6 +83,7 @@ def reports_errors(main):
     @functools.wraps(main)
     def wrapper(argv=None):
         argv = sys.argv[1:] if argv is None else list(argv)
+        line_buffered()
         in_main_thread = threading.current_thread() is threading.main_thread()
         previous = signal.signal(signal.SIGTERM, _terminate) if in_main_thread else None
         try:
@@ -144,46 +146,6 @@ def results_table(results, ranks=(1, 5, 10)):
     table = tabulate(rows, headers=["stage", "target"] + [f"R-{r}" for r in ranks] + ["mAP"], tablefmt="github",
                      disable_numparse=True)
     return table + (f"\nNote: {STAGE2_NOTE}" if 2 in results else "")
-
-
-class _Tee:
-    """A text stream writing to several streams; anything else (isatty, fileno, encoding) is the first's."""
-
-    def __init__(self, *streams):
-        self.streams = streams
-
-    def write(self, text):
-        for s in self.streams:
-            s.write(text)
-        return len(text)
-
-    def flush(self):
-        for s in self.streams:
-            s.flush()
-
-    def __getattr__(self, name):
-        return getattr(self.streams[0], name)
-
-
-@contextlib.contextmanager
-def console_log(path, command=""):
-    """Mirror stdout and stderr into ``path`` (appended, line-buffered) within the block, after a header line
-    with the time and ``command``; an exception that ends the block is written there too (ISGANError as its
-    one ``error:`` line, anything else as its traceback)."""
-    with open(path, "a", buffering=1) as log:
-        log.write(f"\n==> {time.strftime('%Y-%m-%d %H:%M:%S')} {command}\n")
-        out, err = sys.stdout, sys.stderr
-        sys.stdout, sys.stderr = _Tee(out, log), _Tee(err, log)
-        try:
-            yield
-        except ISGANError as e:
-            log.write(f"error: {e}\n")
-            raise
-        except BaseException:
-            log.write(traceback.format_exc())
-            raise
-        finally:
-            sys.stdout, sys.stderr = out, err
 
 
 def setup(cfg):

@@ -38,8 +38,9 @@ covered by a test that fails without it):
   in every module that imported it by name.
 * ``ImageDataset.__init__`` passes its split lists through the check that :func:`checking_image_datasets`
   installs (unreadable images left out before torchreid counts identities; empty splits named by folder
-  instead of torchreid's ``IndexError``), and ``ImageDataset.__getitem__`` replaces a training image that
-  fails to load by another image of the same identity in datasets marked by :func:`skip_unreadable_at_load`.
+  instead of torchreid's ``IndexError``; each dataset's summary table printed once), and
+  ``ImageDataset.__getitem__`` replaces a training image that fails to load by another image of the same
+  identity in datasets marked by :func:`skip_unreadable_at_load`.
 """
 import contextlib
 import functools
@@ -117,12 +118,18 @@ def set_engine_models(engine, entries):
         engine.register_model(name, model, optimizer, scheduler)
 
 
-def test_transform(height, width, mean, std):
-    """torchreid's test transform (resize, to tensor, normalise) from ``build_transforms``, without its printout."""
+def build_transforms(height, width, names, mean, std):
+    """torchreid's (train, test) transforms from ``build_transforms`` (``names``: its train augmentations, e.g.
+    ``["random_flip", "random_erase"]``), without its "Building train transforms ..." printout: the data
+    manager prints that once per run, and a stage's own train transform would print it again."""
     with contextlib.redirect_stdout(io.StringIO()):
-        _, transform = torchreid_base().data.transforms.build_transforms(height, width, transforms=None,
-                                                                         norm_mean=mean, norm_std=std)
-    return transform
+        return torchreid_base().data.transforms.build_transforms(height, width, transforms=list(names),
+                                                                 norm_mean=mean, norm_std=std)
+
+
+def test_transform(height, width, mean, std):
+    """torchreid's test transform (resize, to tensor, normalise), without its printout."""
+    return build_transforms(height, width, [], mean, std)[1]
 
 
 # --------------------------------------------------------------------------- patches
@@ -205,19 +212,24 @@ def _patch_read_image():
 
 
 _dataset_check = None  # set by checking_image_datasets
+_summaries_shown = None  # the names of the datasets whose summary table checking_image_datasets' block printed
 
 
 @contextlib.contextmanager
 def checking_image_datasets(check):
     """While active, each torchreid image dataset built passes its lists through
     ``check(name, mode, {"train"/"query"/"gallery": list}, {split: folder or None})`` -> lists
-    (see :class:`isgan_torchreid.data.images.ImageCheck`) before torchreid counts its identities."""
-    global _dataset_check
-    previous, _dataset_check = _dataset_check, check
+    (see :class:`isgan_torchreid.data.images.ImageCheck`) before torchreid counts its identities; and each
+    dataset prints its summary table (``=> Loaded <name>``, the ids/images/cameras of its splits) once,
+    where torchreid's ``ImageDataManager`` prints it for the training and again for the test build of a
+    dataset that is both a source and a target."""
+    global _dataset_check, _summaries_shown
+    previous = _dataset_check, _summaries_shown
+    _dataset_check, _summaries_shown = check, set()
     try:
         yield check
     finally:
-        _dataset_check = previous
+        _dataset_check, _summaries_shown = previous
 
 
 def dataset_name(dataset):
@@ -235,6 +247,10 @@ def _patch_image_dataset_init():
                 lists = _dataset_check(dataset_name(self), kwargs.get("mode", "train"),
                                        {"train": train, "query": query, "gallery": gallery}, folders)
                 train, query, gallery = lists["train"], lists["query"], lists["gallery"]
+            if _summaries_shown is not None and kwargs.get("verbose", True):
+                name = dataset_name(self)
+                kwargs["verbose"] = name not in _summaries_shown  # torchreid's summary table, once
+                _summaries_shown.add(name)
             init(self, train, query, gallery, **kwargs)
         return __init__
 

@@ -1,18 +1,25 @@
 """What a run tells its user: the progress line and its ETA, TensorBoard steps (continuous across stages and
-resumes, no duplicates), sample grids, train.log, the results table, --resume/--no-resume, --eval-only and
-tools/test.py's results.json."""
+resumes, no duplicates), sample grids, train.log, the results table, the console (progress of long loops,
+line-buffered output, torchreid's banners once), --resume/--no-resume, --eval-only and tools/test.py's
+results.json."""
 import os
+import select
+import subprocess
 import sys
 from types import SimpleNamespace
 
 import pytest
 import torch
+from PIL import Image
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+from tqdm import tqdm
 
-from isgan_torchreid import cli
+from isgan_torchreid import cli, console
+from isgan_torchreid.data.images import check_images
 from isgan_torchreid.config import load_config
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.engine import hooks
+from isgan_torchreid.engine.evaluation import extract_features
 from isgan_torchreid.engine.hooks import (LOSS_GROUPS, STAGE_COST, ProgressPrinter, SampleGrids, TensorBoardWriter,
                                           grouped)
 from isgan_torchreid.engine.staged import ISGANEngine
@@ -20,7 +27,7 @@ from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
 from isgan_torchreid.visualize.canvas import Tile, sheet, to_pil
 
-from conftest import CONFIGS, TINY, interrupted_at
+from conftest import CONFIGS, REPO, TINY, interrupted_at
 
 CONFIG = os.path.join(CONFIGS, "isgan_synthetic.yaml")
 
@@ -171,6 +178,91 @@ def test_results_table_notes_stage2():
     assert "Note" not in cli.results_table({1: {"a": m}, 3: {"a": m}})
 
 
+# ---------------------------------------------------------------- the console: progress, line buffering
+
+def test_progress_off_a_terminal_is_a_line_per_ten_percent(capsys):
+    bar = console.progress(range(95), desc="checking", unit="img", quiet_s=0)
+    assert isinstance(bar, console.ProgressLines) and list(bar) == list(range(95))
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 10 and lines[0].startswith("checking: 10/95 img (10%) in 0:00:00, eta 0:00:")
+    assert lines[-1] == "checking: 95/95 img (100%) in 0:00:00"
+    with console.progress(total=1000, desc="embedding", unit="img", quiet_s=0) as bar:  # batches cross 30%, ...
+        for n in (300, 300, 300, 100):
+            bar.update(n)
+            bar.set_postfix(skipped=2)
+    assert [line.split(" in ")[0] for line in capsys.readouterr().err.splitlines()] == [
+        f"embedding: {n}/1000 img ({n // 10}%)" for n in (300, 600, 900, 1000)]
+    assert list(console.progress(range(95))) == list(range(95))  # the first QUIET_S seconds: nothing shown
+    assert capsys.readouterr().err == ""
+
+
+def test_progress_lines_start_after_the_quiet_seconds():
+    clock = Clock()
+    lines = console.ProgressLines(total=10, desc="gallery", unit="img", quiet_s=5, clock=clock)
+    printed = []
+    lines._line = lambda: printed.append(lines.n)
+    for _ in range(10):
+        clock.now += 1.0
+        lines.update(1)
+    assert printed == [5, 6, 7, 8, 9, 10]
+
+
+def test_progress_is_tqdm_on_a_terminal_and_stays_out_of_the_log(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    path = str(tmp_path / "train.log")
+    with cli.console_log(path, "cmd"):
+        bar = console.progress(range(3), desc="decoding", quiet_s=0)
+        assert isinstance(bar, tqdm) and list(bar) == [0, 1, 2]
+        print("a line")
+    assert "decoding:" in capsys.readouterr().err  # the bar, on the terminal
+    assert open(path).read().splitlines()[2:] == ["a line"]  # the log has no bar
+    monkeypatch.setenv("RANK", "1")  # torchrun's other ranks: nothing at all
+    assert list(console.progress(range(3), desc="decoding", quiet_s=0)) == [0, 1, 2]
+    assert capsys.readouterr().err == ""
+
+
+def test_image_check_and_feature_extraction_show_progress(monkeypatch, capsys, tmp_path):
+    monkeypatch.setattr(console, "QUIET_S", 0)
+    paths = [str(tmp_path / f"{i}.png") for i in range(4)]
+    for path in paths:
+        Image.new("RGB", (4, 8)).save(path)
+    assert check_images(paths, desc="checking market1501 train images") == {}
+    assert capsys.readouterr().err.splitlines()[-1] == "checking market1501 train images: 4/4 img (100%) in 0:00:00"
+    items = [{"img": torch.zeros(3, 2, 2), "pid": i, "camid": 0} for i in range(5)]
+    feats, _, _ = extract_features(torch.nn.Flatten(), torch.utils.data.DataLoader(items, batch_size=2), "cpu",
+                                   desc="market1501 query features")
+    err = capsys.readouterr().err.splitlines()
+    assert feats.shape == (5, 12) and [line.split(" in ")[0] for line in err] == [
+        "market1501 query features: 2/5 img (40%)", "market1501 query features: 4/5 img (80%)",
+        "market1501 query features: 5/5 img (100%)"]
+
+
+CHILD = """import sys
+from isgan_torchreid.cli import reports_errors
+
+@reports_errors
+def main(argv):
+    print("ready", sys.stdout.line_buffering)
+    sys.stdin.readline()
+
+main([])
+"""
+
+
+def test_tools_write_line_by_line_into_a_pipe():
+    """Every tool's entry point makes stdout line-buffered: under nohup or a scheduler (stdout a file or a pipe)
+    each line shows when printed, not at exit."""
+    child = subprocess.Popen([sys.executable, "-c", CHILD], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                             text=True, cwd=REPO)
+    try:
+        readable, _, _ = select.select([child.stdout], [], [], 300)
+        assert readable, "nothing arrived while the tool ran: its stdout is block-buffered"
+        assert child.stdout.readline() == "ready True\n"
+    finally:
+        child.stdin.close()  # the child's readline returns; it exits
+        assert child.wait(timeout=60) == 0
+
+
 # ---------------------------------------------------------------- list flags, the same in every tool
 
 def test_list_flags_accept_spaces_commas_and_repeats():
@@ -254,6 +346,12 @@ def test_train_log_holds_both_sessions(interrupted_run):
     assert text.count("==> ") == 2 and "KeyboardInterrupt" in text
     assert "=> resuming from checkpoints" in text and "[s1 e2/2 2/4]" in text and "| R-1 " in text
     assert "Note: stage 2" not in text  # the baseline has no stage 2
+    for session in text.split("\n==> ")[1:]:  # torchreid's banners once per invocation, not once per stage
+        for banner in ("Building train transforms ...", "Building test transforms ...", "=> Loaded SynthPerson",
+                       "**** Summary ****"):
+            assert session.count(banner) == 1, (banner, session)
+        assert "=> stage 1 trains with random flip and random erase" in session
+    assert "=> stage 3 trains with random flip\n" in text
 
 
 def test_no_resume_refuses_and_keeps_checkpoints(interrupted_run, capsys):

@@ -20,6 +20,7 @@ from PIL import Image
 from tabulate import tabulate
 from torch import nn
 
+from ..console import progress
 from ..data import synthetic
 from ..data.build import synth_spec
 from ..losses.isgan import class_loss
@@ -86,7 +87,7 @@ def train_class_head(disc, imgs, labels, train_idx, steps, batch, lr, momentum, 
     gen = torch.Generator().manual_seed(seed)
     disc.to(device).train()
     opt = torch.optim.SGD(disc.parameters(), lr=lr, momentum=momentum, weight_decay=weight_decay)
-    for _ in range(steps):
+    for _ in progress(range(steps), desc=f"training D_C's class head ({seed=})", unit="step"):
         idx = train_idx[torch.randint(len(train_idx), (batch,), generator=gen)]
         x = imgs[idx]  # (B, 3, H, W)
         flip = torch.rand(batch, generator=gen) < 0.5

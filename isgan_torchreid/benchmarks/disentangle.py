@@ -36,6 +36,7 @@ import torch.nn.functional as F
 from tabulate import tabulate
 from torch import Tensor, nn
 
+from ..console import progress
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD, build_datamanager
 from ..data.synthetic import FACTORS_FILE
 from ..deploy.gan import GAN, describe, gan_from_checkpoint
@@ -101,10 +102,12 @@ def choose_subset(query, gallery, train, settings: Settings) -> MeasuredSplit:
     return MeasuredSplit(query, gallery, train, pairs)
 
 
-def _unit_images(gan: GAN, paths) -> Tensor:
-    """[0, 1] RGB (N, 3, H, W) on the CPU of ``paths`` as the model sees them (resized)."""
+def _unit_images(gan: GAN, paths, desc=None) -> Tensor:
+    """[0, 1] RGB (N, 3, H, W) on the CPU of ``paths`` as the model sees them (resized); with ``desc``, the
+    progress shown as that."""
+    starts = range(0, len(paths), BATCH)
     out = [denormalize(gan.images(paths[s:s + BATCH]), IMAGENET_MEAN, IMAGENET_STD).cpu()
-           for s in range(0, len(paths), BATCH)]
+           for s in (starts if desc is None else progress(starts, desc=desc, unit="batch"))]
     return torch.cat(out)
 
 
@@ -119,7 +122,7 @@ def camera_means(gan: GAN, train) -> Dict[int, Tensor]:
     sums, counts = {}, {}
     paths = [item[0] for item in train]
     cams = [item[2] for item in train]
-    for s in range(0, len(paths), BATCH):
+    for s in progress(range(0, len(paths), BATCH), desc="mean training images", unit="batch"):
         imgs = _unit_images(gan, paths[s:s + BATCH])
         for img, cam in zip(imgs, cams[s:s + BATCH]):
             for key in (cam, -1):
@@ -183,7 +186,7 @@ def train_probe(images: Tensor, labels: Dict[str, Tensor], heads: Dict[str, int]
     optimizer = torch.optim.Adam(probe.parameters(), lr=1e-3, weight_decay=5e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(optimizer, max_lr=2e-3, total_steps=steps)
     probe.train()
-    for _ in range(steps):
+    for _ in progress(range(steps), desc="training the probe", unit="step"):
         pick = torch.randint(0, images.size(0), (min(64, images.size(0)),), generator=gen)
         logits = probe(_augment(images[pick], gen).to(device))
         loss = sum(F.cross_entropy(logits[name], labels[name][pick].to(device), ignore_index=-1) for name in heads)
@@ -241,7 +244,7 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
     """Every number of the module docstring, as a flat dict."""
     device = gan.device
     test = subset.query + subset.gallery
-    real = _unit_images(gan, [item[0] for item in test])  # (N, 3, H, W)
+    real = _unit_images(gan, [item[0] for item in test], "test images")  # (N, 3, H, W)
     identity, nuisance = gan.encode(_normalise(real))
     recon = gan.decode(identity, nuisance).cpu()
     means = camera_means(gan, subset.train)

@@ -84,14 +84,20 @@ def synth_spec(cfg, name):
     return spec
 
 
-def train_transform(cfg, stage):
-    """torchreid's train transform for ``stage``: random erasing only in stage 1 (paper, Sec. 4.1)."""
+def train_augmentations(cfg, stage):
+    """torchreid's names of the train augmentations of ``stage``: random erasing only in stage 1 (paper,
+    Sec. 4.1)."""
     names = ["random_flip"] if cfg.DATA.RANDOM_FLIP else []
     if stage == 1 and cfg.DATA.RANDOM_ERASING:
         names.append("random_erase")
-    transform, _ = compat.torchreid_base().data.transforms.build_transforms(
-        cfg.DATA.HEIGHT, cfg.DATA.WIDTH, transforms=names, norm_mean=IMAGENET_MEAN, norm_std=IMAGENET_STD)
-    return transform
+    return names
+
+
+def train_transform(cfg, stage):
+    """torchreid's train transform for ``stage`` (:func:`train_augmentations`), built without torchreid's
+    printout (the data manager's, once per run, says what every transform does)."""
+    return compat.build_transforms(cfg.DATA.HEIGHT, cfg.DATA.WIDTH, train_augmentations(cfg, stage), IMAGENET_MEAN,
+                                   IMAGENET_STD)[0]
 
 
 def use_forkserver(loaders):

@@ -23,6 +23,7 @@ import numpy as np
 import PIL
 from PIL import Image, ImageOps
 
+from ..console import progress
 from ..engine.checkpoint import write_json
 from ..errors import BadImageError, ISGANError
 
@@ -132,9 +133,10 @@ class CheckCache:
                       f"they run again next time")
 
 
-def check_images(paths, cache=None, threads=None):
+def check_images(paths, cache=None, threads=None, desc="checking images"):
     """{path: reason} for each of ``paths`` that cannot be decoded; decodes run in ``threads`` threads (PIL
-    releases the GIL while decoding) and only for files the ``cache`` has no current result for."""
+    releases the GIL while decoding) and only for files the ``cache`` has no current result for, with their
+    progress shown as ``desc`` (:func:`~isgan_torchreid.console.progress`)."""
     by_folder = {}
     for path in paths:
         by_folder.setdefault(os.path.dirname(path), []).append(path)
@@ -156,7 +158,8 @@ def check_images(paths, cache=None, threads=None):
     if todo:
         workers = threads or min(32, 2 * (os.cpu_count() or 1))
         with ThreadPoolExecutor(workers) as pool:
-            reasons = list(pool.map(unreadable, [path for path, _ in todo], chunksize=16))
+            decoded = pool.map(unreadable, [path for path, _ in todo], chunksize=16)  # in order, as they finish
+            reasons = list(progress(decoded, total=len(todo), desc=desc, unit="img"))
         for (path, st), reason in zip(todo, reasons):
             records[os.path.dirname(path)][os.path.basename(path)] = [st.st_size, st.st_mtime_ns, reason]
             if reason:
@@ -201,7 +204,7 @@ class ImageCheck:
         paths = [item[0] for item in items]
         unknown = [p for p in paths if p not in self.known]
         if unknown:
-            bad = check_images(unknown, self.cache)
+            bad = check_images(unknown, self.cache, desc=f"checking {name} {split} images")
             for path in unknown:
                 self.known[path] = bad.get(path)
                 if path in bad:

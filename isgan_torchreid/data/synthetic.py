@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
 from isgan_torchreid import compat
+from isgan_torchreid.console import progress
 from isgan_torchreid.errors import ISGANError
 
 __all__ = [
@@ -592,7 +593,8 @@ def _render_all(out_dir, spec):
     idents, factors = {}, {}
     for name in _SPLIT_DIRS:
         os.makedirs(osp.join(out_dir, name))
-    for rel_path, cam, ident_key, image_key, pid in _plan(spec):
+    plan = progress(_plan(spec), desc='generating synthetic images', unit='img')
+    for rel_path, cam, ident_key, image_key, pid in plan:
         ident = None
         if ident_key is not None:
             if ident_key not in idents:

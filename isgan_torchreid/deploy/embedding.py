@@ -25,9 +25,8 @@ import zipfile
 import numpy as np
 import torch
 from PIL import Image
-from tqdm import tqdm
 
-from .. import compat
+from .. import compat, console
 from ..data import images
 from ..engine import checkpoint as ckpt
 from ..engine.evaluation import descriptor
@@ -210,8 +209,8 @@ def _extract(encoder, paths, out, batch_size, workers, flip, normalize, progress
     good, bad = [], []
     raw_path = f"{out}.features.tmp.{os.getpid()}"  # features as they come, copied into the archive at the end
     try:
-        with open(raw_path, "wb") as raw, tqdm(total=len(paths), unit="img", disable=not progress,
-                                               desc="embedding") as bar:
+        with open(raw_path, "wb") as raw, console.progress(total=len(paths), desc="embedding",
+                                                           unit="img", disable=not progress) as bar:
             for indices, imgs, errors in loader:
                 ok = torch.tensor([not e for e in errors])
                 bad += [(paths[i], e) for i, e in zip(indices.tolist(), errors) if e]

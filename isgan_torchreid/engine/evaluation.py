@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 import torchreid
 
+from isgan_torchreid.console import progress
 from isgan_torchreid.errors import ISGANError
 
 __all__ = ['MAX_BYTES', 'chunk_rows', 'evaluate_rank', 'rank_chunks', 'distance_chunks', 'compute_distance_matrix',
@@ -247,11 +248,12 @@ def descriptor(model, imgs, flip=True, normalize=True):
     return f
 
 
-def extract_features(model, loader, device, flip=True, normalize=True):
+def extract_features(model, loader, device, flip=True, normalize=True, desc='extracting features'):
     """Test descriptors of a loader: f(x) + f(hflip(x)) (with flip), then L2-normalised (with normalize).
 
     The model (already on `device`) runs in eval mode under `torch.no_grad()`; its previous
     train/eval mode is restored afterwards. The loader yields torchreid dicts with 'img', 'pid', 'camid'.
+    Its progress (images of `loader.dataset`) is shown as `desc` (`isgan_torchreid.console.progress`).
 
     Returns:
         (features (N, D) float32 on CPU, pids int64 array, camids int64 array).
@@ -260,12 +262,14 @@ def extract_features(model, loader, device, flip=True, normalize=True):
     model.eval()
     feats, pids, camids = [], [], []
     try:
-        with torch.no_grad():
+        total = len(loader.dataset) if hasattr(getattr(loader, 'dataset', None), '__len__') else None
+        with torch.no_grad(), progress(total=total, desc=desc, unit='img') as bar:
             for batch in loader:
                 f = descriptor(model, batch['img'].to(device), flip, normalize)  # (B, D)
                 feats.append(f.float().cpu())
                 pids.append(np.asarray(batch['pid'], dtype=np.int64).reshape(-1))
                 camids.append(np.asarray(batch['camid'], dtype=np.int64).reshape(-1))
+                bar.update(len(f))
     finally:
         model.train(was_training)
     if not feats:

@@ -16,7 +16,7 @@ import time
 from typing import Dict, List, Optional, Sequence
 
 from .. import compat, deploy
-from ..data.build import train_transform
+from ..data.build import train_augmentations, train_transform
 from ..errors import ISGANError
 from . import checkpoint as ckpt
 from . import distributed
@@ -104,8 +104,11 @@ class ISGANEngine(Engine):
         self.updates = {name: Update(opt, self._nonfinite) for name, opt in self.optimizers.items()}
         if self.train_loader is not None:  # workers start per epoch: they see the new transform
             self.train_loader.dataset.transform = train_transform(self.cfg, stage)
-            if stage > 1 and distributed.is_main_process():
-                warn_singletons(self.train_loader.dataset.train, self.objective)
+            if distributed.is_main_process():  # torchreid's transform banner is the data manager's, once
+                augmentations = [a.replace("_", " ") for a in train_augmentations(self.cfg, stage)]
+                print(f"=> stage {stage} trains with {' and '.join(augmentations) or 'no augmentation'}")
+                if stage > 1:
+                    warn_singletons(self.train_loader.dataset.train, self.objective)
         self.epoch = self.batch_idx = 0
         self.max_epoch = self.cfg.TRAIN[f"STAGE{stage}"].EPOCHS
         self.apply_stage_policy()
@@ -199,8 +202,10 @@ class ISGANEngine(Engine):
         """torchreid's per-target evaluation, with flip-augmented features and the fast exact evaluator."""
         flip = self.cfg.TEST.FLIP
         t0 = time.time()
-        qf, q_pids, q_camids = extract_features(self.model, query_loader, self.device, flip, normalize_feature)
-        gf, g_pids, g_camids = extract_features(self.model, gallery_loader, self.device, flip, normalize_feature)
+        qf, q_pids, q_camids = extract_features(self.model, query_loader, self.device, flip, normalize_feature,
+                                                desc=f"{dataset_name} query features")
+        gf, g_pids, g_camids = extract_features(self.model, gallery_loader, self.device, flip, normalize_feature,
+                                                desc=f"{dataset_name} gallery features")
         n_images = (len(qf) + len(gf)) * (2 if flip else 1)
         result = evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=dist_metric, rerank=rerank,
                           use_metric_cuhk03=use_metric_cuhk03, ranks=tuple(ranks))

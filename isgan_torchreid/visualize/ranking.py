@@ -54,12 +54,13 @@ def rank_lists(ranked: RankedModel, queries: Sequence, gallery: Sequence, test_c
 
     ``queries``, ``gallery``: torchreid items (path, pid, camid, ...); ``size``: (width, height) of each image.
     """
-    def features(items):
+    def features(items, split):
         loader = DataLoader(_Images(items, ranked.transform), batch_size=test_cfg.BATCH_SIZE, num_workers=0)
-        return extract_features(ranked.model, loader, ranked.device, test_cfg.FLIP, test_cfg.NORMALIZE)
+        return extract_features(ranked.model, loader, ranked.device, test_cfg.FLIP, test_cfg.NORMALIZE,
+                                desc=f"{ranked.name}: {split} features")
 
-    qf, q_pids, q_cams = features(queries)
-    gf, g_pids, g_cams = features(gallery)
+    qf, q_pids, q_cams = features(queries, "query")
+    gf, g_pids, g_cams = features(gallery, "gallery")
     dist = compute_distance_matrix(qf, gf, test_cfg.METRIC).cpu().numpy()  # (Q, G)
     draw = compat.torchreid_base().utils.visualize_ranked_results
     lists = []
