@@ -9,6 +9,10 @@ SRC_BIN := $(SRC_VENV)/bin
 TORCHREID_SRC ?= ../shared/vendor/deep-person-reid-f8cd150.tar.gz
 TORCH := torch==2.14.1 torchvision==0.29.1
 
+# two pytest-xdist workers (the tests run at one thread each), a test file on one worker: the runs that a
+# file's tests share (module-scoped fixtures) are trained once
+PYTEST_PARALLEL ?= -n 2 --dist loadfile
+
 .PHONY: demo test test-pypi test-src
 
 demo: $(VENV)/.installed
@@ -17,7 +21,7 @@ demo: $(VENV)/.installed
 test: test-pypi test-src
 
 test-pypi: $(VENV)/.installed
-	$(BIN)/python -m pytest -q tests
+	$(BIN)/python -m pytest -q $(PYTEST_PARALLEL) tests
 
 # Under the source layout, what touches torchreid: import and registration, models, datasets, torchreid's stock
 # engines, evaluation against both torchreid evaluators, checkpoints and torchreid's loaders, the patched image
@@ -27,7 +31,7 @@ SRC_TESTS := tests/test_compat.py tests/test_isgan_model.py tests/test_mgn.py te
 	tests/test_deploy.py tests/test_faults.py tests/test_staged.py::test_end_to_end_outputs
 
 test-src: $(SRC_VENV)/.installed
-	$(SRC_BIN)/python -m pytest -q $(SRC_TESTS)
+	$(SRC_BIN)/python -m pytest -q $(PYTEST_PARALLEL) $(SRC_TESTS)
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -4,40 +4,53 @@ under installed names.
 Each script reads its arguments from ``sys.argv``, as tools/*.py do, and drops its function's result: a console
 script exits with what it returns, and a results dict would be printed as an error with exit status 1.
 """
+import importlib
 import sys
 
-from .benchmarks import benchmark_main
-from .cli import export_main, extract_main, test_main, train_main
-from .compare import compare_main
-from .visualize.main import visualize_main
+# COMMAND -> (module, function): imported when the command runs, so that one command (or --help) does not
+# import every tool's dependencies
+_ENTRY = {
+    "train": (".cli", "train_main"),
+    "test": (".cli", "test_main"),
+    "compare": (".compare", "compare_main"),
+    "extract": (".cli", "extract_main"),
+    "export": (".cli", "export_main"),
+    "visualize": (".visualize.main", "visualize_main"),
+    "benchmark": (".benchmarks", "benchmark_main"),
+}
+
+
+def _run(command):
+    module, function = _ENTRY[command]
+    getattr(importlib.import_module(module, __package__), function)()
 
 
 def train():
-    train_main()
+    _run("train")
 
 
 def test():
-    test_main()
+    _run("test")
 
 
 def compare():
-    compare_main()
+    _run("compare")
 
 
 def extract():
-    extract_main()
+    _run("extract")
 
 
 def export():
-    export_main()
+    _run("export")
 
 
 def visualize():
-    visualize_main()
+    _run("visualize")
 
 
 def benchmark():
-    benchmark_main()
+    _run("benchmark")
 
 
 # COMMAND -> (its console script isgan-COMMAND, what it does); pyproject.toml's [project.scripts] lists the same

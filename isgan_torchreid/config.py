@@ -254,8 +254,9 @@ def _packaged_file(arg):
     command lines keep working); None if it names none."""
     head, file = os.path.split(arg)
     name = file[:-len(".yaml")] if file.endswith(".yaml") else file
-    if os.path.normpath(head) in (os.curdir, "configs") and name in packaged_configs():
-        return os.path.join(CONFIG_DIR, f"{name}.yaml")
+    path = os.path.join(CONFIG_DIR, f"{name}.yaml")
+    if os.path.normpath(head) in (os.curdir, "configs") and name and os.path.isfile(path):
+        return path
     return None
 
 

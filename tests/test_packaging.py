@@ -52,8 +52,8 @@ def test_extras_leave_the_choice_of_onnx_runtime_to_the_user():
     for runtime in ("onnxruntime", "onnxruntime-gpu"):
         assert names(EXTRAS.get(runtime, [])) == {runtime}, f"no [{runtime}] extra holding {runtime} alone"
     ci = EXTRAS["export"] + EXTRAS["onnxruntime"]
-    assert names(EXTRAS["test"]) == {"pytest"} | names(ci) and set(ci) <= set(EXTRAS["test"]), \
-        "[test]: pytest, the export extra and the CPU runtime, with the same bounds"
+    assert names(EXTRAS["test"]) == {"pytest", "pytest-xdist"} | names(ci) and set(ci) <= set(EXTRAS["test"]), \
+        "[test]: pytest and pytest-xdist, the export extra and the CPU runtime, with the same bounds"
     for extra, reqs in EXTRAS.items():
         assert not names(reqs) & names(DEPENDENCIES), f"[{extra}] repeats a regular requirement"
 
