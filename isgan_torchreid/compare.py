@@ -8,12 +8,22 @@ schedule: the stage-1 epochs, then the stage-3 epochs at the stage-3 learning ra
 own identity objective. The baseline is IS-GAN's E_R network trained that way with L_R alone (paper
 Sec. 3.2), so IS-GAN's gain over it is what the GAN stages add, not the learning-rate drop.
 Each run keeps its config, checkpoints, TensorBoard events, results and ``train.log`` in
-``OUTPUT_DIR/<method>/``.
+``OUTPUT_DIR/<method>/``; with several ``--seeds`` (each overrides SEED), every method runs once per seed,
+in ``OUTPUT_DIR/<method>/seed<k>/``. Running the same command again resumes: finished stages are skipped.
 
-Output: one table (printed), ``OUTPUT_DIR/comparison.csv`` and ``OUTPUT_DIR/comparison.json``.
+Without ``--methods`` the methods are :data:`DEFAULT_METHODS`, less, when the runs would train on the CPU,
+those with a ResNet-50 trunk (:func:`resnet50_trunk`: torchreid's pcb_p6, or ours under MODEL.BACKBONE
+resnet50); one printed line names them, and ``--methods`` runs them anyway.
+
+Output: one table (printed), ``OUTPUT_DIR/comparison.csv``, ``OUTPUT_DIR/comparison.json`` and a bar chart of
+rank-1 and mAP per method, ``OUTPUT_DIR/comparison.png``. With several seeds the table gives each method's
+mean ± sample standard deviation (n - 1) over the seeds, the chart's error bars that standard deviation, and
+the CSV and JSON hold every seed's row followed by a ``mean`` and a ``std`` row per method and target.
 """
 import csv
+import importlib.util
 import os
+import statistics
 
 import torch
 from tabulate import tabulate
@@ -34,8 +44,13 @@ METHOD_OVERRIDES = {
     "baseline": ["MODEL.NAME", "baseline", "TRAIN.STAGES", "[1, 3]"],
     "mgn": ["MODEL.NAME", "mgn", "TRAIN.STAGES", "[1, 3]"],
 }
-COLUMNS = ("method", "run", "target", "feature_dim", "params_test", "params_total", "rank1", "rank5", "mAP",
-           "train_images_per_s", "test_images_per_s")
+# seed: the run's SEED, or "mean" / "std" in the summary rows of several seeds, which alone have seeds (their count)
+COLUMNS = ("method", "seed", "seeds", "run", "target", "feature_dim", "params_test", "params_total", "rank1", "rank5",
+           "mAP", "train_images_per_s", "test_images_per_s")
+METRICS = ("rank1", "rank5", "mAP", "train_images_per_s", "test_images_per_s")  # averaged over seeds
+SAME_ACROSS_SEEDS = ("feature_dim", "params_test", "params_total")  # the architecture's: in the mean row
+STD_NOTE = "sample standard deviation (n - 1) over the seeds"
+RESNET50_STAGES = [3, 4, 6, 3]  # bottleneck blocks in layer1-4 of a ResNet-50 trunk
 
 
 def images_per_s(speed, stages):
@@ -81,6 +96,47 @@ def check_part_pooling(cfg):
         raise ISGANError(f"{cfg.MODEL.NAME} pools {parts} horizontal stripes but DATA.HEIGHT = {cfg.DATA.HEIGHT} "
                          f"gives a {rows}-row feature map, so stripes would repeat rows; use DATA.HEIGHT >= "
                          f"{16 * parts} (e.g. 128x64 or PCB's 384x128), or leave {cfg.MODEL.NAME} out of --methods")
+
+
+def check_seeds(seeds):
+    """``--seeds`` values -> ints; None (no --seeds) stays None. SEED's range is checked as the config loads."""
+    if seeds is None:
+        return None
+    seeds = [int(s) for s in seeds]
+    repeated = sorted({s for s in seeds if seeds.count(s) > 1})
+    if repeated:
+        raise ISGANError(f"--seeds names {', '.join(map(str, repeated))} more than once; list each seed once")
+    return seeds
+
+
+def resnet50_trunk(cfg):
+    """Whether ``cfg``'s model has a ResNet-50 trunk: MODEL.BACKBONE for the project's models (isgan, baseline,
+    mgn); for a torchreid model, its layout, built without weights: layer1-4 of 3, 4, 6 and 3 bottleneck blocks
+    (resnet50, pcb_p6, resnet50_fc512, se_resnet50, resnext50_32x4d, ...)."""
+    builder = compat.model_factory().get(cfg.MODEL.NAME)
+    if builder is None:  # isgan, baseline, mgn: built by the project from MODEL.BACKBONE
+        return cfg.MODEL.BACKBONE == "resnet50"
+    model = builder(num_classes=1, loss="softmax", pretrained=False, use_gpu=False)
+    layers = [getattr(model, f"layer{i}", None) for i in range(1, 5)]
+    if not all(isinstance(layer, torch.nn.Sequential) for layer in layers):
+        return False
+    return [len(layer) for layer in layers] == RESNET50_STAGES and all(hasattr(block, "conv3") for block in layers[0])
+
+
+def cpu_default(cfgs):
+    """The default methods' configs {method: cfg} -> those to run: on the CPU (DEVICE as training resolves it),
+    those without a ResNet-50 trunk, with one printed line naming the others; every one on a GPU."""
+    if cli.select_device(next(iter(cfgs.values()))).type != "cpu":
+        return list(cfgs)
+    left_out = [m for m, cfg in cfgs.items() if resnet50_trunk(cfg)]
+    kept = [m for m in cfgs if m not in left_out]
+    if not kept:
+        raise ISGANError(f"on the CPU the default methods leave out those with a ResNet-50 trunk, and here every one "
+                         f"has one ({', '.join(left_out)}); name those to train on the CPU anyway with --methods, "
+                         f"e.g. --methods {' '.join(cfgs)}, or set MODEL.BACKBONE resnet18")
+    print(f"=> on the CPU the default methods leave out {', '.join(left_out)} (ResNet-50 trunk); to train "
+          f"{'it' if len(left_out) == 1 else 'them'} anyway, name every method: --methods {' '.join(cfgs)}")
+    return kept
 
 
 def model_size(model, height, width, device):
@@ -130,74 +186,208 @@ def train_run(cfg):
     return {"results": results, "speed": timer.speed, "size": size}
 
 
-def _rows(method, summary, stages):
-    """One row per target for ``method``, read from the run's results of its last stage."""
+def _rows(method, seed, folder, summary, stages):
+    """One row per target for ``method``'s run of ``seed`` in OUTPUT_DIR/``folder``, read from the run's results of
+    its last stage."""
     feature_dim, params_test, params_total = summary["size"]
     return [{
-        "method": method, "run": f"{method}/stage{stages[-1]}", "target": target, "feature_dim": feature_dim,
-        "params_test": params_test, "params_total": params_total, "rank1": m["rank1"], "rank5": m["rank5"],
-        "mAP": m["mAP"], "train_images_per_s": images_per_s(summary["speed"], stages),
+        "method": method, "seed": seed, "seeds": None, "run": f"{folder}/stage{stages[-1]}", "target": target,
+        "feature_dim": feature_dim, "params_test": params_test, "params_total": params_total, "rank1": m["rank1"],
+        "rank5": m["rank5"], "mAP": m["mAP"], "train_images_per_s": images_per_s(summary["speed"], stages),
         "test_images_per_s": m["test_images_per_s"],
     } for target, m in summary["results"][stages[-1]].items()]
 
 
-def compare(config_file, opts=(), methods=DEFAULT_METHODS):
-    """Train and evaluate every method; write OUTPUT_DIR/comparison.{csv,json}; return the rows."""
+def _mean_std(values):
+    if any(v is None for v in values):  # a throughput that was not timed in some run
+        return None, None
+    return statistics.fmean(values), (statistics.stdev(values) if len(values) > 1 else None)
+
+
+def summarize(rows):
+    """Per-seed rows -> per method and target (in the rows' order), a ``mean`` row and a ``std`` row (seed "mean" /
+    "std"; seeds: how many) of :data:`METRICS`: the mean and the sample standard deviation (n - 1) over the seeds.
+    The mean row also carries the architecture's columns (feature dim, parameters)."""
+    groups = {}
+    for r in rows:
+        groups.setdefault((r["method"], r["target"]), []).append(r)
+    summary = []
+    for (method, target), group in groups.items():
+        mean = {k: None for k in COLUMNS} | {"method": method, "seed": "mean", "seeds": len(group), "target": target}
+        std = dict(mean, seed="std")
+        mean.update({k: group[0][k] for k in SAME_ACROSS_SEEDS})
+        for key in METRICS:
+            mean[key], std[key] = _mean_std([r[key] for r in group])
+        summary += [mean, std]
+    return summary
+
+
+def check_plotting():
+    """The chart needs matplotlib: refuse before anything is trained when it is missing (an install older than the
+    requirement)."""
+    if importlib.util.find_spec("matplotlib") is None:
+        raise ISGANError("tools/compare.py draws OUTPUT_DIR/comparison.png with matplotlib, which is not installed; "
+                         "pip install 'matplotlib>=3.5' (an isgan-torchreid requirement)")
+
+
+def compare(config_file, opts=(), methods=None, seeds=None):
+    """Train and evaluate every method once per seed; write OUTPUT_DIR/comparison.{csv,json,png}; return the rows.
+
+    ``methods`` None: :data:`DEFAULT_METHODS`, less those with a ResNet-50 trunk on the CPU (:func:`cpu_default`).
+    ``seeds`` None: the config's SEED. One seed: every run in OUTPUT_DIR/<method>/; several: in
+    OUTPUT_DIR/<method>/seed<k>/, and each method's rows (one per seed and target) are followed by its mean and
+    std rows (:func:`summarize`). Runs go seed by seed, so that an interrupted comparison has whole seeds.
+    """
     config_file = resolve_config_file(config_file)  # a packaged name -> its file, whose path comparison.json records
-    methods = list(methods)
-    runs = runs_for(methods)
-    base = load_config(config_file, list(opts) + next(iter(runs.values())))  # OUTPUT_DIR, TEST.RANKS
+    runs = runs_for(list(DEFAULT_METHODS if methods is None else methods))
+    seeds = check_seeds(seeds)
+    check_plotting()
+    base = load_config(config_file, list(opts) + next(iter(runs.values())))  # OUTPUT_DIR, TEST.RANKS, SEED
+    if methods is None:
+        runs = {m: runs[m] for m in cpu_default({m: load_config(config_file, list(opts) + overrides)
+                                                  for m, overrides in runs.items()})}
+    seeds = seeds or [base.SEED]
+    folders = {(run, seed): os.path.join(run, f"seed{seed}") if len(seeds) > 1 else run
+               for run in runs for seed in seeds}
     ranks = str(sorted(set(base.TEST.RANKS) | {1, 5}))  # the table reports rank-1 and rank-5
-    cfgs = {run: load_config(config_file, list(opts) + overrides + [
-        "TEST.RANKS", ranks, "OUTPUT_DIR", os.path.join(base.OUTPUT_DIR, run)]) for run, overrides in runs.items()}
+    cfgs = {(run, seed): load_config(config_file, list(opts) + overrides + [
+        "SEED", str(seed), "TEST.RANKS", ranks, "OUTPUT_DIR", os.path.join(base.OUTPUT_DIR, folders[run, seed])])
+        for seed in seeds for run, overrides in runs.items()}
     for cfg in cfgs.values():  # every setting is checked before anything is written or trained
         check_part_pooling(cfg)
     cli.prepare_output_dir(base.OUTPUT_DIR)
-    summaries = {run: train_run(cfg) for run, cfg in cfgs.items()}
-    rows = [row for m in methods for row in _rows(m, summaries[m], list(cfgs[m].TRAIN.STAGES))]
-    write_comparison(rows, base.OUTPUT_DIR, config_file, runs)
+    summaries = {key: train_run(cfg) for key, cfg in cfgs.items()}
+    per_seed = {m: [row for seed in seeds for row in _rows(m, seed, folders[m, seed], summaries[m, seed],
+                                                           list(cfgs[m, seed].TRAIN.STAGES))] for m in runs}
+    rows = [row for m in runs for row in per_seed[m] + (summarize(per_seed[m]) if len(seeds) > 1 else [])]
+    write_comparison(rows, base.OUTPUT_DIR, config_file, runs, seeds)
     return rows
 
 
-def comparison_table(rows):
-    """Rows -> a github-style table (ranks and mAP in percent, parameters in millions)."""
-    def rate(v):
-        return "n/a" if v is None else f"{v:.1f}"
+def _rate(v):
+    return "n/a" if v is None else f"{v:.1f}"
 
-    body = [[r["method"], r["run"], r["target"], r["feature_dim"], f"{r['params_test'] / 1e6:.2f}",
-             f"{r['params_total'] / 1e6:.2f}", f"{100 * r['rank1']:.1f}", f"{100 * r['rank5']:.1f}",
-             f"{100 * r['mAP']:.1f}", rate(r["train_images_per_s"]), rate(r["test_images_per_s"])] for r in rows]
-    headers = ["method", "checkpoint", "target", "feat. dim", "params at test (M)", "params total (M)", "R-1", "R-5",
-               "mAP", "train img/s", "test img/s"]
+
+def _params(v):
+    return f"{v / 1e6:.2f}"
+
+
+def comparison_table(rows):
+    """The rows of single runs -> a github-style table (ranks and mAP in percent, parameters in millions), with a
+    seed column when they come from several seeds."""
+    runs = [r for r in rows if r["seed"] not in ("mean", "std")]
+    several = len({r["seed"] for r in runs}) > 1
+    body = [[r["method"]] + ([r["seed"]] if several else []) + [
+        r["run"], r["target"], r["feature_dim"], _params(r["params_test"]), _params(r["params_total"]),
+        f"{100 * r['rank1']:.1f}", f"{100 * r['rank5']:.1f}", f"{100 * r['mAP']:.1f}", _rate(r["train_images_per_s"]),
+        _rate(r["test_images_per_s"])] for r in runs]
+    headers = ["method"] + (["seed"] if several else []) + [
+        "checkpoint", "target", "feat. dim", "params at test (M)", "params total (M)", "R-1", "R-5", "mAP",
+        "train img/s", "test img/s"]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
-def write_comparison(rows, output_dir, config_file, runs):
-    """OUTPUT_DIR/comparison.csv (the rows) and comparison.json (the rows plus each run's overrides)."""
+def summary_table(rows):
+    """The mean and std rows -> a github-style table of mean ± std (ranks and mAP in percent) per method and target,
+    with the number of seeds and the mean throughputs; empty without them (one seed)."""
+    means = [r for r in rows if r["seed"] == "mean"]
+    stds = [r for r in rows if r["seed"] == "std"]
+    if not means:
+        return ""
+
+    def spread(mean, std, key):
+        return f"{100 * mean[key]:.1f} ± {100 * std[key]:.1f}"
+
+    body = [[m["method"], m["target"], m["seeds"], m["feature_dim"], _params(m["params_test"]),
+             _params(m["params_total"])] + [spread(m, s, key) for key in ("rank1", "rank5", "mAP")]
+            + [_rate(m["train_images_per_s"]), _rate(m["test_images_per_s"])] for m, s in zip(means, stds)]
+    headers = ["method", "target", "seeds", "feat. dim", "params at test (M)", "params total (M)", "R-1", "R-5", "mAP",
+               "train img/s", "test img/s"]
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def plot_comparison(rows, path, title=""):
+    """A bar chart of rank-1 and mAP (percent) per method (per method and target when there are several targets),
+    written to ``path`` atomically; returns the matplotlib Figure. With several seeds the bars are the means and the
+    error bars the sample standard deviations (n - 1).
+
+    matplotlib is imported here, not with the package, and drawn on its Agg canvas without pyplot: no display and
+    no global backend are touched.
+    """
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    means = [r for r in rows if r["seed"] == "mean"]
+    stds = [r for r in rows if r["seed"] == "std"]
+    bars = means or [r for r in rows if r["seed"] != "std"]
+    several_targets = len({r["target"] for r in bars}) > 1
+    labels = [f"{r['method']}\n{r['target']}" if several_targets else r["method"] for r in bars]
+    fig = Figure(figsize=(max(6.0, 1.2 * len(bars) + 2.0), 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.subplots()
+    width = 0.38
+    for offset, key, name in ((-width / 2, "rank1", "rank-1"), (width / 2, "mAP", "mAP")):
+        errors = [100 * s[key] for s in stds] if stds else None
+        ax.bar([i + offset for i in range(len(bars))], [100 * r[key] for r in bars], width, yerr=errors,
+               capsize=4 if errors else 0, label=name)
+    ax.set_xticks(range(len(bars)))
+    ax.set_xticklabels(labels)
+    ax.set_ylim(bottom=0)
+    ax.set_ylabel("rank-1, mAP (%)" + (": mean ± sample std over the seeds" if stds else ""))
+    ax.set_title(title)
+    ax.grid(axis="y", alpha=0.3)
+    ax.set_axisbelow(True)
+    ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, off the bars
+    with ckpt.output_file(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")  # the temp name has no .png to go by
+    return fig
+
+
+def write_comparison(rows, output_dir, config_file, runs, seeds):
+    """OUTPUT_DIR/comparison.csv (the rows), comparison.json (the rows, the seeds and each method's overrides) and
+    comparison.png (:func:`plot_comparison`), each written atomically."""
     path = os.path.join(output_dir, "comparison.csv")
     with ckpt.output_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
     ckpt.write_json(os.path.join(output_dir, "comparison.json"),
-                {"config_file": os.path.abspath(config_file), "overrides": runs, "rows": rows})
-    print(f"=> wrote {os.path.join(output_dir, 'comparison.csv')} and comparison.json")
+                    {"config_file": os.path.abspath(config_file), "seeds": seeds,
+                     **({"std": STD_NOTE} if len(seeds) > 1 else {}), "overrides": runs, "rows": rows})
+    name = os.path.splitext(os.path.basename(config_file))[0]
+    plot_comparison(rows, os.path.join(output_dir, "comparison.png"),
+                    f"{name}: mean ± sample std (n - 1) over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1
+                    else f"{name}, seed {seeds[0]}")
+    print(f"=> wrote {os.path.join(output_dir, 'comparison.csv')}, comparison.json and comparison.png")
 
 
 @cli.reports_errors
 def compare_main(argv):
-    """tools/compare.py: train and evaluate each method under one config; print, CSV and JSON the table."""
+    """tools/compare.py: train and evaluate each method under one config, once per seed; print the table, write it
+    as CSV and JSON, and draw it."""
     distributed.single_process_only("tools/compare.py", "to train one method on several GPUs, run tools/train.py "
                                     "under torchrun with the method's overrides")
-    p = cli.parser("Compare IS-GAN, its E_R baseline, MGN and torchreid models under one setting.")
+    p = cli.parser("Compare IS-GAN, its E_R baseline, MGN and torchreid models under one setting: one table "
+                   "(printed, OUTPUT_DIR/comparison.csv and .json) and a bar chart of rank-1 and mAP "
+                   "(OUTPUT_DIR/comparison.png).")
     p.add_argument("--methods", metavar="NAME", help="isgan, isgan_tri (IS-GAN + MGN's triplet term), baseline "
                    "(IS-GAN's E_R trained with L_R only), mgn or "
-                   f"torchreid model names, e.g. --methods isgan mgn (default: {' '.join(DEFAULT_METHODS)})")
+                   f"torchreid model names, e.g. --methods isgan mgn (default: {' '.join(DEFAULT_METHODS)}; when "
+                   f"training on the CPU, less those with a ResNet-50 trunk, e.g. pcb_p6: name them to train them)")
+    p.add_argument("--seeds", metavar="N", help="train every method once per seed (each overrides SEED), e.g. "
+                   "--seeds 0 1 2: the runs go to OUTPUT_DIR/<method>/seed<N>/ and the table and chart give the mean "
+                   "± sample standard deviation (n - 1) of R-1, R-5 and mAP over the seeds (default: the config's "
+                   "SEED, runs in OUTPUT_DIR/<method>/)")
     argv, methods = cli.pop_list_flag(argv, "--methods", cli.is_name, "isgan baseline mgn pcb_p6")
-    methods = methods or list(DEFAULT_METHODS)
+    argv, seeds = cli.pop_list_flag(argv, "--seeds", str.isdigit, "0 1 2")
     args = cli.parse_args(p, argv)
-    rows = compare(args.config_file, args.opts, methods)
+    rows = compare(args.config_file, args.opts, methods, seeds)
     print(comparison_table(rows))
+    summary = summary_table(rows)
+    if summary:
+        seeds = len({r["seed"] for r in rows} - {"mean", "std"})
+        print(f"Mean ± {STD_NOTE} ({seeds} seeds); every seed's row is in comparison.csv and comparison.json:")
+        print(summary)
     print("Every method: stage-1 epochs, then stage-3 epochs at the stage-3 learning rate (IS-GAN's E_R schedule; "
           "isgan adds its stage 2). isgan_tri = IS-GAN with MGN's triplet term in L_R (LOSS.ISGAN_TRIPLET). "
           "baseline = IS-GAN's E_R trained with L_R only. params at test: those the test descriptor depends on; "

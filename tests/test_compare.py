@@ -1,9 +1,11 @@
-"""tools/compare.py: IS-GAN, its E_R baseline, MGN and torchreid's pcb_p6 under one tiny setting and schedule."""
+"""tools/compare.py: IS-GAN, its E_R baseline, MGN and a torchreid model under one tiny setting and schedule; seeds,
+the chart, the CPU default."""
 import contextlib
 import csv
 import io
 import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -20,7 +22,7 @@ from isgan_torchreid.models import mgn_r18
 from conftest import CONFIGS, REPO, TINY
 
 CONFIG = os.path.join(CONFIGS, "compare_synthetic.yaml")
-METHODS = ["isgan", "baseline", "mgn", "pcb_p6"]
+METHODS = ["isgan", "baseline", "mgn", "resnet18"]  # resnet18: torchreid's, a cheap stand-in for its pcb_p6
 NUM_TRAIN_IDS = 8  # TINY's DATA.SYNTH.NUM_TRAIN_IDS
 
 
@@ -28,10 +30,12 @@ def count(module):
     return sum(p.numel() for p in module.parameters())
 
 
-def run_compare(out, data_root, methods=()):
-    """compare_main on the tiny config (``--methods`` last, after the overrides); returns (rows, printed text)."""
-    argv = ["--config-file", CONFIG, *TINY, "DATA.ROOT", data_root, "OUTPUT_DIR", str(out)]
+def run_compare(out, data_root, methods=(), seeds=(), extra=()):
+    """compare_main on the tiny config (``--methods`` and ``--seeds`` last, after the overrides); returns (rows,
+    printed text)."""
+    argv = ["--config-file", CONFIG, *TINY, "DATA.ROOT", data_root, "OUTPUT_DIR", str(out), *extra]
     argv += ["--methods", *methods] if methods else []
+    argv += ["--seeds", *map(str, seeds)] if seeds else []
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
         rows = compare.compare_main(argv)
@@ -40,7 +44,7 @@ def run_compare(out, data_root, methods=()):
 
 @pytest.fixture(scope="module")
 def compared(data_root, module_dir):
-    """One comparison of the four default methods (1 epoch per stage)."""
+    """One comparison of three of the default methods and torchreid's resnet18 (1 epoch per stage), one seed."""
     out = module_dir / "compare"
     rows, printed = run_compare(out, data_root, METHODS)
     return dict(out=out, rows=rows, printed=printed, by_method={r["method"]: r for r in rows})
@@ -86,15 +90,15 @@ def test_baseline_follows_isgans_schedule(compared):
 def test_feature_dims_and_parameters(compared):
     by = compared["by_method"]
     assert by["isgan"]["feature_dim"] == by["baseline"]["feature_dim"] == by["mgn"]["feature_dim"] == 8 * 256
-    assert by["pcb_p6"]["feature_dim"] == 6 * 2048  # torchreid's PCB: 6 stripes of ResNet-50 layer4 features
+    assert by["resnet18"]["feature_dim"] == 512  # torchreid's ResNet-18: pooled layer4 features
     # E_R at test time is the same network in IS-GAN, its baseline and MGN; E_U, G and D only count in total
     assert by["isgan"]["params_test"] == by["baseline"]["params_test"] == by["mgn"]["params_test"]
     assert by["baseline"]["params_total"] == by["mgn"]["params_total"] < by["isgan"]["params_total"]
-    # what the descriptor does not depend on: MGN's classifiers; PCB's reduction layer and classifiers
+    # what the descriptor does not depend on: MGN's classifiers; the torchreid model's classifier
     mgn = mgn_r18(NUM_TRAIN_IDS, pretrained=False)
     assert by["mgn"]["params_total"] - by["mgn"]["params_test"] == count(mgn.encoder_r.classifiers)
-    pcb = torchreid.models.build_model("pcb_p6", NUM_TRAIN_IDS, pretrained=False)
-    assert by["pcb_p6"]["params_total"] - by["pcb_p6"]["params_test"] == count(pcb.conv5) + count(pcb.classifier)
+    resnet = torchreid.models.build_model("resnet18", NUM_TRAIN_IDS, pretrained=False)
+    assert by["resnet18"]["params_total"] - by["resnet18"]["params_test"] == count(resnet.classifier)
 
 
 def test_csv_json_and_run_folders(compared):
@@ -105,9 +109,10 @@ def test_csv_json_and_run_folders(compared):
     assert [float(r["mAP"]) for r in table] == pytest.approx([r["mAP"] for r in rows])
     with open(out / "comparison.json") as f:
         data = json.load(f)
-    assert data["rows"] == rows
-    assert data["overrides"]["pcb_p6"] == ["MODEL.NAME", "pcb_p6", "TRAIN.STAGES", "[1, 3]"]
-    for run, stages in (("isgan", (1, 2, 3)), ("baseline", (1, 3)), ("mgn", (1, 3)), ("pcb_p6", (1, 3))):
+    assert data["rows"] == rows and data["seeds"] == [1] and "std" not in data  # compare_synthetic's SEED 1
+    assert {r["seed"] for r in rows} == {1} and {r["seeds"] for r in table} == {""}  # one seed: no mean/std rows
+    assert data["overrides"]["resnet18"] == ["MODEL.NAME", "resnet18", "TRAIN.STAGES", "[1, 3]"]
+    for run, stages in (("isgan", (1, 2, 3)), ("baseline", (1, 3)), ("mgn", (1, 3)), ("resnet18", (1, 3))):
         for stage in stages:
             assert (out / run / f"stage{stage}" / "latest.pth.tar").is_file()
         assert (out / run / "results.json").is_file()
@@ -127,20 +132,177 @@ def test_resumed_comparison_reuses_the_runs(compared, data_root):
         assert r == compared["by_method"][r["method"]]
 
 
+def is_png(path):
+    with open(path, "rb") as f:
+        return f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+
+def test_chart_of_one_seed(compared):
+    out = compared["out"]
+    assert is_png(out / "comparison.png")
+    assert not [f for f in os.listdir(out) if ".tmp." in f]  # written through a temp file, renamed
+
+
+def test_two_seeds_give_mean_and_sample_std(compared, data_root, tmp_path):
+    """Each seed is a run of its own in OUTPUT_DIR/<method>/seed<k>/, and a finished one is skipped: seed 1 is the
+    fixture's run of torchreid's resnet18 (the cheapest; compare_synthetic's SEED 1) moved there, so only seed 2
+    trains."""
+    out = tmp_path / "seeds"
+    shutil.copytree(compared["out"] / "resnet18", out / "resnet18" / "seed1")
+    latest = out / "resnet18" / "seed1" / "stage3" / "latest.pth.tar"
+    mtime = latest.stat().st_mtime_ns
+    rows, printed = run_compare(out, data_root, methods=["resnet18"], seeds=[1, 2])
+    assert "finished (1 epoch), skipped" in printed and latest.stat().st_mtime_ns == mtime
+    for stage in (1, 3):
+        assert (out / "resnet18" / "seed2" / f"stage{stage}" / "latest.pth.tar").is_file()
+    assert load_config(str(out / "resnet18" / "seed2" / "config.yaml")).SEED == 2
+    assert sorted(os.listdir(out / "resnet18")) == ["seed1", "seed2"]
+
+    assert [(r["seed"], r["seeds"], r["run"]) for r in rows] == [
+        (1, None, "resnet18/seed1/stage3"), (2, None, "resnet18/seed2/stage3"), ("mean", 2, None), ("std", 2, None)]
+    one, two, mean, std = rows
+    assert one == dict(compared["by_method"]["resnet18"], run="resnet18/seed1/stage3")
+    for key in ("rank1", "rank5", "mAP", "train_images_per_s", "test_images_per_s"):
+        assert mean[key] == pytest.approx((one[key] + two[key]) / 2)
+        assert std[key] == pytest.approx(abs(one[key] - two[key]) / 2 ** 0.5)  # sample std of two values
+    assert mean["feature_dim"] == one["feature_dim"] and std["feature_dim"] is None
+
+    assert "sample standard deviation (n - 1) over the seeds (2 seeds)" in printed
+    header, _, cells = [[c.strip() for c in line.split("|")[1:-1]]
+                        for line in printed[printed.index("(2 seeds)"):].splitlines()[1:4]]
+    assert header[:3] == ["method", "target", "seeds"] and header[6:9] == ["R-1", "R-5", "mAP"]
+    assert cells[:3] == ["resnet18", "synthperson", "2"]
+    assert cells[6] == f"{100 * mean['rank1']:.1f} ± {100 * std['rank1']:.1f}"
+    with open(out / "comparison.csv") as f:
+        table = list(csv.DictReader(f))
+    assert [(r["seed"], r["seeds"]) for r in table] == [("1", ""), ("2", ""), ("mean", "2"), ("std", "2")]
+    assert float(table[3]["mAP"]) == pytest.approx(std["mAP"])
+    data = json.loads((out / "comparison.json").read_text())
+    assert data["rows"] == rows and data["seeds"] == [1, 2] and "n - 1" in data["std"]
+    assert is_png(out / "comparison.png")
+
+
+def row(method, seed, target, rank1, mAP, speed=10.0):
+    return {"method": method, "seed": seed, "seeds": None, "run": f"{method}/seed{seed}/stage3", "target": target,
+            "feature_dim": 2048, "params_test": 7, "params_total": 9, "rank1": rank1, "rank5": 1.0, "mAP": mAP,
+            "train_images_per_s": speed, "test_images_per_s": 100.0}
+
+
+def test_summary_rows_hold_mean_and_sample_std():
+    rows = [row("isgan", 0, "a", 0.2, 0.1), row("isgan", 0, "b", 0.5, 0.5),
+            row("isgan", 1, "a", 0.4, 0.1, speed=None), row("isgan", 1, "b", 0.5, 0.5),
+            row("isgan", 2, "a", 0.6, 0.4), row("isgan", 2, "b", 0.5, 0.5)]
+    summary = compare.summarize(rows)
+    assert [(r["method"], r["target"], r["seed"], r["seeds"]) for r in summary] == [
+        ("isgan", "a", "mean", 3), ("isgan", "a", "std", 3), ("isgan", "b", "mean", 3), ("isgan", "b", "std", 3)]
+    mean_a, std_a, mean_b, std_b = summary
+    assert (mean_a["rank1"], mean_a["mAP"]) == pytest.approx((0.4, 0.2))
+    # n - 1: sqrt((0.2^2 + 0 + 0.2^2) / 2) = 0.2 and sqrt((0.1^2 + 0.1^2 + 0.2^2) / 2) = sqrt(0.03)
+    assert (std_a["rank1"], std_a["mAP"]) == pytest.approx((0.2, 0.03 ** 0.5))  # not n: 0.163, 0.141
+    assert (mean_b["rank1"], std_b["rank1"], mean_b["rank5"], std_b["rank5"]) == (0.5, 0.0, 1.0, 0.0)
+    assert mean_a["train_images_per_s"] is None and std_a["train_images_per_s"] is None  # one run untimed
+    assert mean_b["train_images_per_s"] == 10.0 and mean_a["test_images_per_s"] == 100.0
+    assert (mean_a["feature_dim"], mean_a["params_test"], mean_a["params_total"]) == (2048, 7, 9)
+    assert std_a["feature_dim"] is None and mean_a["run"] is None
+    assert list(mean_a) == list(compare.COLUMNS)  # every row has the CSV's columns
+
+
+def bar_sets(ax):
+    from matplotlib.container import BarContainer
+    return [c for c in ax.containers if isinstance(c, BarContainer)]
+
+
+def test_chart_bars_are_rank1_and_map_with_std_error_bars(tmp_path):
+    rows = [row(m, s, t, 0.5 + 0.1 * s, 0.3) for m in ("isgan", "mgn") for s in (0, 1) for t in ("a", "b")]
+    rows += compare.summarize(rows[:4]) + compare.summarize(rows[4:])
+    path = tmp_path / "comparison.png"
+    ax = compare.plot_comparison(rows, str(path), "title").axes[0]
+    assert len(ax.patches) == 2 * 4  # rank-1 and mAP for each method and target
+    assert [p.get_height() for p in ax.patches[:4]] == pytest.approx([55.0] * 4)  # rank-1 means, in percent
+    assert [p.get_height() for p in ax.patches[4:]] == pytest.approx([30.0] * 4)  # then the mAP means
+    rank1, _ = bar_sets(ax)
+    spans = [seg[1][1] - seg[0][1] for seg in rank1.errorbar.lines[2][0].get_segments()]
+    assert spans == pytest.approx([2 * 100 * 0.1 / 2 ** 0.5] * 4)  # +- the sample std of 0.5 and 0.6, in percent
+    assert [t.get_text() for t in ax.get_xticklabels()] == ["isgan\na", "isgan\nb", "mgn\na", "mgn\nb"]
+    assert is_png(path) and os.listdir(tmp_path) == ["comparison.png"]
+    one_seed = compare.plot_comparison([rows[0], rows[4]], str(path), "title").axes[0]  # seed 0, target a
+    assert len(one_seed.patches) == 4 and all(bars.errorbar is None for bars in bar_sets(one_seed))
+    assert [t.get_text() for t in one_seed.get_xticklabels()] == ["isgan", "mgn"]  # one target: methods alone
+
+
+def fake_train_run(trained):
+    """train_run without training: records (run folder, SEED) and reports fixed metrics."""
+    def train_run(cfg):
+        trained.append((os.path.basename(cfg.OUTPUT_DIR), cfg.SEED))
+        metrics = {"rank1": 0.5, "rank5": 0.75, "mAP": 0.25 + cfg.SEED / 100, "test_images_per_s": 9.0}
+        return {"results": {cfg.TRAIN.STAGES[-1]: {"synthperson": metrics}}, "speed": {}, "size": (4, 1, 2)}
+    return train_run
+
+
+def test_cpu_default_leaves_out_resnet50_models(tmp_path, data_root, monkeypatch, capsys):
+    trained = []
+    monkeypatch.setattr(compare, "train_run", fake_train_run(trained))
+    rows, printed = run_compare(tmp_path / "o", data_root, extra=["DEVICE", "cpu"])  # no --methods
+    assert "=> on the CPU the default methods leave out pcb_p6 (ResNet-50 trunk); to train it anyway, name every " \
+           "method: --methods isgan isgan_tri baseline mgn pcb_p6" in printed
+    assert [m for m, _ in trained] == [r["method"] for r in rows] == ["isgan", "isgan_tri", "baseline", "mgn"]
+    assert is_png(tmp_path / "o" / "comparison.png")
+
+    cfgs = {m: load_config(CONFIG, TINY + overrides + ["DEVICE", "auto"])
+            for m, overrides in compare.runs_for(list(compare.DEFAULT_METHODS)).items()}
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # DEVICE auto -> cuda: every default method
+    capsys.readouterr()
+    assert compare.cpu_default(cfgs) == list(compare.DEFAULT_METHODS)
+    assert capsys.readouterr().out == ""
+
+
+@pytest.mark.parametrize("name, backbone, expected", [
+    ("pcb_p6", "resnet18", True), ("resnet50", "resnet18", True), ("se_resnet50", "resnet18", True),
+    ("resnet18", "resnet50", False), ("osnet_x0_25", "resnet50", False),  # torchreid's: by the model's layout
+    ("isgan", "resnet50", True), ("mgn", "resnet50", True), ("baseline", "resnet18", False),  # ours: MODEL.BACKBONE
+    ("isgan_r50", "resnet50", True), ("mgn_r18", "resnet18", False),
+])
+def test_resnet50_trunks(name, backbone, expected):
+    cfg = load_config(CONFIG, ["MODEL.NAME", name, "MODEL.BACKBONE", backbone, "TRAIN.STAGES", "[1, 3]"])
+    assert compare.resnet50_trunk(cfg) is expected
+
+
+@pytest.mark.parametrize("seeds, folders", [
+    (None, ["baseline", "mgn"]),  # the config's SEED 1, today's layout
+    (["7"], ["baseline", "mgn"]),
+    (["3", "4"], ["baseline/seed3", "mgn/seed3", "baseline/seed4", "mgn/seed4"]),  # seed by seed
+])
+def test_seed_layout(tmp_path, data_root, monkeypatch, seeds, folders):
+    trained = []
+    monkeypatch.setattr(compare, "train_run", lambda cfg: trained.append(cfg) or fake_train_run([])(cfg))
+    rows = compare.compare(CONFIG, TINY + ["DATA.ROOT", data_root, "OUTPUT_DIR", str(tmp_path)], ["baseline", "mgn"],
+                           seeds)
+    assert [os.path.relpath(cfg.OUTPUT_DIR, tmp_path) for cfg in trained] == folders
+    expected = [int(s) for s in seeds] if seeds else [1]
+    assert [cfg.SEED for cfg in trained] == [s for s in expected for _ in ("baseline", "mgn")]
+    assert [r["seed"] for r in rows] == (expected + ["mean", "std"] if len(expected) > 1 else expected) * 2
+
+
 def test_default_methods_add_isgan_with_triplet():
     runs = compare.runs_for(list(compare.DEFAULT_METHODS))
     assert list(runs) == ["isgan", "isgan_tri", "baseline", "mgn", "pcb_p6"]
     assert runs["isgan_tri"] == ["MODEL.NAME", "isgan", "LOSS.ISGAN_TRIPLET", "True", "TRAIN.STAGES", "[1, 2, 3]"]
 
 
-@pytest.mark.parametrize("methods, extra, message", [
-    (["isgan", "gan"], [], "unknown method 'gan'"),
-    (["mgn", "mgn"], [], "names mgn more than once"),
-    (["pcb_p6"], ["DATA.HEIGHT", "64", "DATA.WIDTH", "32"], "pcb_p6 pools 6 horizontal stripes but DATA.HEIGHT = 64"),
+@pytest.mark.parametrize("methods, seeds, extra, message", [
+    (["isgan", "gan"], None, [], "unknown method 'gan'"),
+    (["mgn", "mgn"], None, [], "names mgn more than once"),
+    (["mgn"], ["0", "1", "0"], [], "--seeds names 0 more than once"),
+    (["mgn"], ["0", "4294967296"], [], "SEED"),  # numpy's seed range
+    # named, a ResNet-50 model runs on the CPU too: here it gets as far as its own check
+    (["pcb_p6"], None, ["DATA.HEIGHT", "64", "DATA.WIDTH", "32"], "pcb_p6 pools 6 horizontal stripes but DATA.HEIGHT = 64"),
+    (None, None, ["MODEL.BACKBONE", "resnet50", "DEVICE", "cpu"], "here every one has one \\(isgan, isgan_tri, baseline, "
+     "mgn, pcb_p6\\); name those to train on the CPU anyway with --methods"),
 ])
-def test_user_errors(tmp_path, data_root, methods, extra, message):
+def test_user_errors(tmp_path, data_root, methods, seeds, extra, message):
     with pytest.raises(ISGANError, match=message):
-        compare.compare(CONFIG, TINY + ["DATA.ROOT", data_root, "OUTPUT_DIR", str(tmp_path / "o"), *extra], methods)
+        compare.compare(CONFIG, TINY + ["DATA.ROOT", data_root, "OUTPUT_DIR", str(tmp_path / "o"), *extra], methods,
+                        seeds)
     assert not (tmp_path / "o").exists()  # checked before anything is written or trained
 
 
@@ -158,8 +320,11 @@ def test_list_flags_stand_anywhere():
 
 
 def test_tool_prints_one_line_errors(tmp_path):
-    proc = subprocess.run([sys.executable, os.path.join(REPO, "tools", "compare.py"), "--config-file", CONFIG,
-                           "OUTPUT_DIR", str(tmp_path), "--methods"], capture_output=True, text=True, cwd=REPO,
-                          timeout=120)
+    # -X importtime: every module imported, on stderr; the chart's matplotlib is not one until a chart is drawn
+    proc = subprocess.run([sys.executable, "-X", "importtime", os.path.join(REPO, "tools", "compare.py"),
+                           "--config-file", CONFIG, "OUTPUT_DIR", str(tmp_path), "--methods"], capture_output=True,
+                          text=True, cwd=REPO, timeout=120)
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("error: --methods needs values, e.g. --methods")
+    imported = [line.split("|")[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")]
+    assert "isgan_torchreid.compare" in imported and "matplotlib" not in imported
