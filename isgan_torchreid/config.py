@@ -3,7 +3,7 @@ validation, dump.
 
 Keys are grouped as DATA, SAMPLER, MODEL, LOSS (the paper's lambdas of Eq. 8), TRAIN (one
 sub-node per stage), TEST. Defaults reproduce the authors' effective setting with their
-bugs fixed (see README, "Choices"); every deviation is a key.
+bugs fixed (see docs/design.md, "Choices"); every deviation is a key.
 """
 import difflib
 import hashlib

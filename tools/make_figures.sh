@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The README's "What it learned" figures, from a finished run of the synthetic demo (`make demo`):
+# The figures of docs/results.md ("What it learned"), from a finished run of the synthetic demo (`make demo`):
 #
 #   tools/make_figures.sh OUTPUT_DIR [FIGURES_DIR]
 #

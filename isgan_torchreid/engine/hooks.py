@@ -30,7 +30,7 @@ __all__ = ["HookBase", "Checkpointer", "SampleGrids", "EncoderWriter", "ResultsW
 # encoder/G terms of Eq. 8 and D's terms [Eq. 6, 7]
 LOSS_GROUPS = {"id": ("L_R", "L_tri"), "gen": ("L_S", "L_PS", "L_U", "L_D", "L_C"), "disc": ("D_dom", "D_cls")}
 # seconds per step of IS-GAN's stages relative to stage 1, for the ETA of stages not yet run: an earlier run of
-# tools/benchmark.py (ResNet-50, 384x128, CPU: 3630 / 8332 / 13274 ms per step); the README's same-run table
+# tools/benchmark.py (ResNet-50, 384x128, CPU: 3630 / 8332 / 13274 ms per step); docs/performance.md's same-run table
 # ("Performance", our column: 7126 / 14132 / 23182 ms) gives 1 : 2.0 : 3.3, so the estimates are rough
 STAGE_COST = {1: 1.0, 2: 2.3, 3: 3.7}
 GRID_TITLES = {"auto": "G: auto", "shuffled": "G: id-shuffled", "part_shuffled": "G: part-shuffled"}

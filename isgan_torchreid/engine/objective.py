@@ -57,7 +57,7 @@ GAN_MODULES = ("encoder_u", "generator", "discriminator")
 
 @dataclasses.dataclass(frozen=True)
 class LossSettings:
-    """The LOSS group, resolved once: the weights of Eq. 8 and the choices of README "Loss scaling"."""
+    """The LOSS group, resolved once: the weights of Eq. 8 and the choices of docs/design.md "Loss scaling"."""
 
     lambda_r: float
     lambda_u: Tuple[float, float]  # (stage 2, stage 3)
