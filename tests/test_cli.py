@@ -100,7 +100,7 @@ def test_ctrl_c_is_one_line_unless_debug(capsys):
         main(["--debug"])
 
 
-# ---------------------------------------------------------------- tools/test.py: the run's own config, results beside it
+# ------------------------------------------------------------- tools/test.py: the run's own config, results beside it
 
 @pytest.fixture(scope="module")
 def run(data_root, module_dir):

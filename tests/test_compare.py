@@ -295,9 +295,11 @@ def test_default_methods_add_isgan_with_triplet():
     (["mgn"], ["0", "1", "0"], [], "--seeds names 0 more than once"),
     (["mgn"], ["0", "4294967296"], [], "SEED"),  # numpy's seed range
     # named, a ResNet-50 model runs on the CPU too: here it gets as far as its own check
-    (["pcb_p6"], None, ["DATA.HEIGHT", "64", "DATA.WIDTH", "32"], "pcb_p6 pools 6 horizontal stripes but DATA.HEIGHT = 64"),
-    (None, None, ["MODEL.BACKBONE", "resnet50", "DEVICE", "cpu"], "here every one has one \\(isgan, isgan_tri, baseline, "
-     "mgn, pcb_p6\\); name those to train on the CPU anyway with --methods"),
+    (["pcb_p6"], None, ["DATA.HEIGHT", "64", "DATA.WIDTH", "32"],
+     "pcb_p6 pools 6 horizontal stripes but DATA.HEIGHT = 64"),
+    (None, None, ["MODEL.BACKBONE", "resnet50", "DEVICE", "cpu"],
+     "here every one has one \\(isgan, isgan_tri, baseline, mgn, pcb_p6\\); name those to train on the CPU anyway "
+     "with --methods"),
 ])
 def test_user_errors(tmp_path, data_root, methods, seeds, extra, message):
     with pytest.raises(ISGANError, match=message):
