@@ -985,7 +985,7 @@ def test_every_tool_output_error_is_one_line_and_leaves_nothing(tmp_path, monkey
         "json": lambda: ckpt.write_json(str(out / "r.json"), {"a": 1}),
         "torchscript": lambda: export(Encoder(dict(DEFAULT_SPEC, backbone="resnet18", height=64, width=32)).eval(),
                                       str(out / "e.pt"), "torchscript"),
-        "csv": lambda: write_comparison([], str(out), "c.yaml", {}),
+        "csv": lambda: write_comparison([], str(out), "c.yaml", {}, [0]),
     }
     read_only = OSError(errno.EROFS, os.strerror(errno.EROFS))
     monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(read_only))  # the final rename fails
