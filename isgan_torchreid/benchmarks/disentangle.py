@@ -105,9 +105,8 @@ def choose_subset(query, gallery, train, settings: Settings) -> MeasuredSplit:
 def _unit_images(gan: GAN, paths, desc=None) -> Tensor:
     """[0, 1] RGB (N, 3, H, W) on the CPU of ``paths`` as the model sees them (resized); with ``desc``, the
     progress shown as that."""
-    starts = range(0, len(paths), BATCH)
-    out = [denormalize(gan.images(paths[s:s + BATCH]), IMAGENET_MEAN, IMAGENET_STD).cpu()
-           for s in (starts if desc is None else progress(starts, desc=desc, unit="batch"))]
+    starts = progress(range(0, len(paths), BATCH), desc=desc, unit="batch", disable=desc is None)
+    out = [denormalize(gan.images(paths[s:s + BATCH]), IMAGENET_MEAN, IMAGENET_STD).cpu() for s in starts]
     return torch.cat(out)
 
 

@@ -128,33 +128,27 @@ def save_checkpoint(state, path):
 
 
 def link_checkpoint(source, path):
-    """Make ``path`` a second name of the checkpoint at ``source`` atomically: a hard link made at a temp name
-    beside ``path``, then renamed over it, so the file data is stored once; where the file system has no hard
-    links (or the file has too many), a copy, fsynced, in its place.
+    """Make ``path`` a second name of the checkpoint at ``source`` atomically (:func:`atomic_path`): a hard link
+    made at the temp name, then renamed over ``path``, so the file data is stored once; where the file system has
+    no hard links (or the file has too many), a copy in its place.
 
     ``path`` keeps its previous content until the rename; a failure (a full disk, a read-only folder) removes the
     temp file and raises one ISGANError as :func:`save_checkpoint` does.
     """
-    tmp = f"{path}.tmp.{os.getpid()}"
     try:
-        with contextlib.suppress(FileNotFoundError):  # a leftover of a dead writer of this pid: never write into it
-            os.remove(tmp)
-        try:
-            os.link(source, tmp)
-        except OSError:  # EPERM/ENOTSUP (no hard links: FAT, some network or FUSE file systems), EMLINK
-            shutil.copyfile(source, tmp)
-            with open(tmp, "rb+") as f:
-                os.fsync(f.fileno())
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp:
+            with contextlib.suppress(FileNotFoundError):  # a dead writer's leftover of this pid: never write into it
+                os.remove(tmp)
+            try:
+                os.link(source, tmp)
+            except OSError:  # EPERM/ENOTSUP (no hard links: FAT, some network or FUSE file systems), EMLINK
+                shutil.copyfile(source, tmp)
     except OSError as error:
         try:
             size = os.path.getsize(source)
         except OSError:
             size = 0
         raise ISGANError(_write_failure(path, size, error)) from None
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
 
 
 def _nbytes(obj):
