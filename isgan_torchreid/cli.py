@@ -149,7 +149,8 @@ def results_table(results, ranks=(1, 5, 10)):
 
 
 def setup(cfg):
-    """Output dir, resolved config, seed, device, data manager (datasets checked before any model).
+    """Output dir, resolved config, seed, denormal flushing, device, data manager (datasets checked before any
+    model).
 
     The checkpoints OUTPUT_DIR holds are checked against the config first, so that a config they cannot resume
     under is refused before it replaces the run's config.yaml. Under torchrun rank 0 writes the config and
@@ -160,6 +161,7 @@ def setup(cfg):
     if distributed.is_main_process():
         dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     compat.torchreid_base().utils.set_random_seed(cfg.SEED)
+    torch.set_flush_denormal(cfg.TRAIN.FLUSH_DENORMAL)  # x86 CPUs; a no-op where unsupported
     device = select_device(cfg)
     with distributed.main_process_first():
         dm = build_datamanager(cfg, use_gpu=device.type == "cuda")
