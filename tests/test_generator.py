@@ -3,7 +3,7 @@ import pytest
 import torch
 from torch import nn
 
-from isgan_torchreid.models.generator import Generator, transposed_fan_in, upsamplings
+from isgan_torchreid.models.generator import Generator, stripe_features, transposed_fan_in, upsamplings
 
 
 def n_params(module):
@@ -141,3 +141,40 @@ def test_width_scales_every_hidden_layer():
     deconvs = [m for m in g.deconvs.modules() if isinstance(m, nn.ConvTranspose2d)]
     assert g.fc[0].out_features == 128
     assert [m.out_channels for m in deconvs] == [128, 128, 128, 64, 32, 16, 3]
+
+
+def test_stripe_features_follow_the_part_branches_layout():
+    # [g_p1, g_p2, p2_s0, p2_s1, g_p3, p3_s0, p3_s1, p3_s2]
+    assert stripe_features((1, 2, 3)) == [(2, [2, 3]), (3, [5, 6, 7])]
+    assert stripe_features((3, 1)) == [(3, [1, 2, 3])]
+    assert stripe_features((1,)) == []
+    with pytest.raises(ValueError, match="MODEL.G_STRIPES"):
+        Generator(3, id_dim=8, nid_dim=8, height=64, width=32, stripes=(1,))
+
+
+def test_stripe_conditioning_draws_each_stripe_into_its_rows():
+    torch.manual_seed(0)
+    d = 4
+    g = Generator(3, id_dim=8 * d, nid_dim=8, noise_dim=4, height=64, width=32, base_channels=64,
+                  class_input=False, stripes=(1, 2, 3)).eval()
+    # hidden maps at 64x32: 2, 4, 8, 16, 32 rows; conditioned where they have at least 3 rows
+    assert sorted(g.stripe_proj, key=int) == ["1", "2", "3", "4"]
+    ids = torch.randn(1, 8 * d)
+    parts = ids.view(1, 8, d)
+    proj = g.stripe_proj["2"]  # 8 rows: 2 stripes of 4 rows; 3 stripes of rows 0-2, 3-5, 6-7 (nearest)
+    drawn = g._stripe_map(parts, proj, 8)[0, :, :, 0].T  # (rows, c)
+    for row, (s2, s3) in enumerate(zip([2] * 4 + [3] * 4, [5, 5, 5, 6, 6, 6, 7, 7])):
+        torch.testing.assert_close(drawn[row], proj(parts[0, s2]) + proj(parts[0, s3]))
+    # a stripe feature changes G's output most in its own band: the top stripe of the 3-stripe branch
+    nids, noise = torch.zeros(1, 8), torch.zeros(1, 4)
+    moved = ids.clone().view(1, 8, d)
+    moved[0, 5] += 3.0
+    with torch.no_grad():
+        change = (g(moved.view(1, -1), nids, None, noise=noise) - g(ids, nids, None, noise=noise)).abs()
+    rows = change.mean(dim=(0, 1, 3))  # (64,)
+    assert rows[:21].mean() > 2 * rows[43:].mean()
+
+
+def test_without_stripes_the_generator_is_the_papers():
+    g = Generator(3, id_dim=8, nid_dim=8, height=64, width=32)
+    assert len(g.stripe_proj) == 0 and g.stripes == []

@@ -75,6 +75,16 @@ def test_full_pipeline_shapes(hw):
     assert patch.shape == (2, 1, hw[0] // 32, hw[1] // 32) and cls.shape == (2, 10)
 
 
+def test_config_builds_a_stripe_conditioned_generator():
+    from isgan_torchreid.config import load_config
+    from isgan_torchreid.models import build_model
+    cfg = load_config(None, ["MODEL.BACKBONE", "resnet18", "MODEL.PRETRAINED", "False", "DATA.HEIGHT", "64",
+                             "DATA.WIDTH", "32", "MODEL.G_WIDTH", "64", "MODEL.G_STRIPES", "True"])
+    g = build_model(cfg, 5).generator
+    assert g.stripes == [(2, [2, 3]), (3, [5, 6, 7])] and g.feature_dim == 256
+    assert g(torch.randn(2, 2048), torch.randn(2, 512), torch.tensor([0, 4])).shape == (2, 3, 64, 32)
+
+
 def test_luminance_keeps_grey_images_and_weights_channels_by_bt601():
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

@@ -17,9 +17,18 @@ with a standard deviation near 0.7, inside Tanh's linear range. ``reference``: t
 init, whose fan for a transposed conv is taken from the weight's second dimension (cout * k * k): the
 last layer's fan is 3 * 16 = 48 against 64 * 4 = 256 inputs summed, the pre-Tanh standard deviation
 is about 2.4 and about 30% of the first images' pixels are saturated (|x| > 0.98).
+
+Stripe conditioning (MODEL.G_STRIPES; off in the paper, where G reads the codes as one vector only). E_R's
+identity code is K part features (:class:`~isgan_torchreid.models.branches.PartBranches`), each stripe feature
+pooled from a band of rows of the person. With ``stripes`` (the part layout, e.g. (1, 2, 3)) G also draws every
+stripe feature of the identity code into the rows of its band: after each hidden block whose map has at least
+max(parts) rows, a linear map of each stripe feature (shared by all stripes) is added to the rows that
+stripe covers (nearest resizing of the n stripes to the map's rows), broadcast over the columns. The codes
+still enter through the FC as in the paper; the added path tells G where each stripe's look (a shirt, the
+trousers) belongs, which the vector path must otherwise learn from the data.
 """
 import math
-from typing import Optional
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -27,7 +36,7 @@ from torch import nn
 
 from .branches import kaiming_init_
 
-__all__ = ["upsamplings", "check_image_size", "transposed_fan_in", "Generator"]
+__all__ = ["upsamplings", "check_image_size", "transposed_fan_in", "stripe_features", "Generator"]
 
 INITS = ("fan_in", "reference")
 _LEAKY_GAIN = nn.init.calculate_gain("leaky_relu", 0.2)  # sqrt(2 / 1.04)
@@ -77,13 +86,25 @@ def transposed_fan_in(conv: nn.ConvTranspose2d, input_size) -> int:
     return conv.in_channels * taps[0] * taps[1]
 
 
+def stripe_features(parts: Sequence[int]) -> List[Tuple[int, List[int]]]:
+    """[(n, indices of its n stripe features in the K-feature code)] for each branch n > 1 of ``parts``, in the
+    order of :class:`~isgan_torchreid.models.branches.PartBranches`: per branch its global, then its stripes."""
+    layout, start = [], 0
+    for n in parts:
+        if n > 1:
+            layout.append((n, list(range(start + 1, start + 1 + n))))
+        start += 1 + (n if n > 1 else 0)
+    return layout
+
+
 class Generator(nn.Module):
     """G: cat(id, nid, noise, one_hot(label)) -> FC -> 1 + u transposed convs (u = 6 at multiples of 64) -> Tanh.
 
     With ``class_input=False`` G reads no label: cat(id, nid, noise). In training every label G is given is
     the identity its identity code came from (shuffling keeps the identity), so the one-hot is a second,
     easier route to the training identities' looks that a test identity, decoded with a predicted class,
-    cannot take.
+    cannot take. With ``stripes`` (a part layout) G also draws each stripe feature of ``id_feat`` into its rows
+    (module doc).
     """
 
     def __init__(
@@ -98,9 +119,14 @@ class Generator(nn.Module):
         init: str = "fan_in",
         class_input: bool = True,
         base_channels: int = 512,
+        stripes: Sequence[int] = (),
     ):
         super().__init__()
         check_image_size(height, width)
+        self.stripes = stripe_features(stripes)
+        if stripes and not self.stripes:
+            raise ValueError(f"G's stripe conditioning (MODEL.G_STRIPES) needs a part branch with stripes; parts "
+                             f"{tuple(stripes)} have none: set MODEL.PARTS e.g. [1, 2, 3] or MODEL.G_STRIPES False")
         if init not in INITS:
             raise ValueError(f"unknown generator init {init!r} (MODEL.G_INIT); use one of {', '.join(INITS)}")
         self.num_classes = num_classes
@@ -121,9 +147,19 @@ class Generator(nn.Module):
             blocks.append(_up_block(cin, cout, 4, 2, 1, dropout if i < len(channels) - 2 else 0.0))
         blocks.append(nn.Sequential(nn.ConvTranspose2d(channels[-1], 3, 4, 2, 1, bias=False), nn.Tanh()))
         self.deconvs = nn.Sequential(*blocks)
+        # stripe conditioning: block i's output has channels[i] channels and (height >> ups) * 2^i rows
+        self.feature_dim = id_dim // sum(1 + (n if n > 1 else 0) for n in stripes) if self.stripes else 0
+        rows_needed = max((n for n, _ in self.stripes), default=0)
+        self.stripe_proj = nn.ModuleDict({
+            str(i): nn.Linear(self.feature_dim, c) for i, c in enumerate(channels)
+            if self.stripes and (height >> ups) << i >= rows_needed
+        })
         kaiming_init_(self)  # BatchNorm N(1, 0.02); the weights below for "fan_in"
         if init == "fan_in":
             self._fan_in_init(height >> ups, width >> ups)
+        for proj in self.stripe_proj.values():  # unit gain: adds about as much as the block's own activations
+            nn.init.normal_(proj.weight, 0.0, 1 / math.sqrt(proj.in_features))
+            nn.init.zeros_(proj.bias)
 
     def _fan_in_init(self, h0: int, w0: int) -> None:
         """Weights ~ N(0, (gain / sqrt(fan))^2), fan the inputs each output unit sums (module doc)."""
@@ -157,5 +193,21 @@ class Generator(nn.Module):
         codes = [id_feat, nid_feat, noise]
         if self.class_input:
             codes.append(F.one_hot(labels, self.num_classes).to(id_feat.dtype))  # (B, C)
-        x = self.fc(torch.cat(codes, dim=1))  # (B, c0), c0 = 512 at G_WIDTH 512
-        return self.deconvs(x[:, :, None, None])  # (B, c0, 1, 1) -> (B, 3, H, W)
+        x = self.fc(torch.cat(codes, dim=1))[:, :, None, None]  # (B, c0, 1, 1), c0 = 512 at G_WIDTH 512
+        if not self.stripe_proj:
+            return self.deconvs(x)  # (B, 3, H, W)
+        parts = id_feat.view(id_feat.shape[0], -1, self.feature_dim)  # (B, K, d)
+        for i, block in enumerate(self.deconvs):
+            x = block(x)  # (B, c_i, h_i, w_i)
+            if str(i) in self.stripe_proj:
+                x = x + self._stripe_map(parts, self.stripe_proj[str(i)], x.shape[2])  # + (B, c_i, h_i, 1)
+        return x  # (B, 3, H, W)
+
+    def _stripe_map(self, parts: torch.Tensor, proj: nn.Linear, rows: int) -> torch.Tensor:
+        """(B, K, d) part features -> (B, c, rows, 1): each branch's stripes projected and resized (nearest) to
+        ``rows``, summed over the branches."""
+        out = 0
+        for _, indices in self.stripes:
+            stripes = proj(parts[:, indices]).transpose(1, 2)[..., None]  # (B, c, n, 1)
+            out = out + F.interpolate(stripes, size=(rows, 1), mode="nearest")
+        return out

@@ -43,6 +43,7 @@ class ISGAN(MGN):
         g_class_input: bool = True,
         g_width: int = 512,
         d_width: int = 256,
+        g_stripes: bool = False,
     ):
         # check cheap settings before loading (possibly downloading) the ResNet
         check_loss(loss)
@@ -57,7 +58,7 @@ class ISGAN(MGN):
         k = self.encoder_r.num_features
         self.generator = Generator(num_classes, id_dim * k, nid_dim * k, noise_dim, height, width,
                                    dropout=g_dropout, init=g_init, class_input=g_class_input,
-                                   base_channels=g_width)
+                                   base_channels=g_width, stripes=parts if g_stripes else ())
         self.discriminator = Discriminator(num_classes, base_channels=d_width)
 
 
