@@ -13,6 +13,7 @@ import torch
 from tabulate import tabulate
 
 from . import compat
+from .allocator import keep_freed_memory
 from .console import console_log, line_buffered
 from .config import dump_config, get_default_config, list_configs, load_config
 from .data.build import build_datamanager
@@ -149,8 +150,8 @@ def results_table(results, ranks=(1, 5, 10)):
 
 
 def setup(cfg):
-    """Output dir, resolved config, seed, denormal flushing, device, data manager (datasets checked before any
-    model).
+    """Output dir, resolved config, seed, denormal flushing and the C allocator, device, data manager (datasets
+    checked before any model).
 
     The checkpoints OUTPUT_DIR holds are checked against the config first, so that a config they cannot resume
     under is refused before it replaces the run's config.yaml. Under torchrun rank 0 writes the config and
@@ -162,6 +163,8 @@ def setup(cfg):
         dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     compat.torchreid_base().utils.set_random_seed(cfg.SEED)
     torch.set_flush_denormal(cfg.TRAIN.FLUSH_DENORMAL)  # x86 CPUs; a no-op where unsupported
+    if cfg.TRAIN.KEEP_FREED_MEMORY:
+        keep_freed_memory()  # glibc; a no-op elsewhere
     device = select_device(cfg)
     with distributed.main_process_first():
         dm = build_datamanager(cfg, use_gpu=device.type == "cuda")

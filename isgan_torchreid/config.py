@@ -122,6 +122,7 @@ _C.TRAIN.SAMPLE_FREQ = 10  # epochs between image grids in stages 2-3 (0: only a
 _C.TRAIN.GRAD_NORM_FREQ = 50  # stage-2/3 steps between logs of each loss term's gradient norm per module (0: off)
 _C.TRAIN.AMP = False  # mixed precision: float16 + loss scaling on CUDA, bfloat16 on CPU
 _C.TRAIN.CHANNELS_LAST = False  # channels-last memory format for the model and its inputs
+_C.TRAIN.KEEP_FREED_MEMORY = True  # glibc: freed blocks stay in the heap for the next step (no page faults)
 _C.TRAIN.FLUSH_DENORMAL = True  # CPU: denormal floats read as 0 (long GAN runs slow down on them); False: IEEE
 _C.TRAIN.NONFINITE = "error"  # error | skip (skip the step and count it)
 _C.TRAIN.SYNC_BN = False  # torchrun on GPUs: BatchNorm statistics over the batches of all processes
@@ -218,7 +219,7 @@ _RANGES = {
 # still match the run's config.yaml
 _HASH_EXCLUDED = ("OUTPUT_DIR", "DEVICE", "TRAIN.STAGES", "TRAIN.PRINT_FREQ", "TRAIN.CHECKPOINT_FREQ",
                   "TRAIN.RESUME_FREQ", "TRAIN.SAMPLE_FREQ", "TRAIN.GRAD_NORM_FREQ", "TRAIN.DIST_TIMEOUT",
-                  "TRAIN.FLUSH_DENORMAL", "DATA.ROOT",
+                  "TRAIN.FLUSH_DENORMAL", "TRAIN.KEEP_FREED_MEMORY", "DATA.ROOT",
                   "DATA.WORKERS", "DATA.TARGETS", "DATA.ON_BAD_IMAGE", "DATA.LOADER_TIMEOUT", "TEST",
                   "TRAIN.STAGE1.EPOCHS", "TRAIN.STAGE2.EPOCHS", "TRAIN.STAGE3.EPOCHS")
 

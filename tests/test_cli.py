@@ -69,17 +69,20 @@ def test_stages_flag_and_resolved_config_written(tmp_path, data_root, monkeypatc
 
 
 @pytest.mark.parametrize("flush", [True, False])
-def test_training_sets_denormal_flushing_from_the_config(tmp_path, data_root, monkeypatch, flush):
-    calls = []
+def test_training_sets_denormals_and_the_allocator_from_the_config(tmp_path, data_root, monkeypatch, flush):
+    calls, kept = [], []
     monkeypatch.setattr(cli.torch, "set_flush_denormal", calls.append)
+    monkeypatch.setattr(cli, "keep_freed_memory", lambda: kept.append(True))
     monkeypatch.setattr(cli.ISGANEngine, "run_stages", lambda engine: {})
     from conftest import TINY
     from isgan_torchreid.config import config_hash, load_config
     cli.train_main(["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--stages", "1", *TINY,
-                    "DATA.ROOT", data_root, "OUTPUT_DIR", str(tmp_path / "o"), "TRAIN.FLUSH_DENORMAL", str(flush)])
-    assert calls == [flush]
-    # a run switch like DEVICE: a run resumes across it (and runs of earlier versions, without the key)
-    assert config_hash(load_config(None, ["TRAIN.FLUSH_DENORMAL", str(flush)])) == config_hash(load_config(None))
+                    "DATA.ROOT", data_root, "OUTPUT_DIR", str(tmp_path / "o"), "TRAIN.FLUSH_DENORMAL", str(flush),
+                    "TRAIN.KEEP_FREED_MEMORY", str(flush)])
+    assert calls == [flush] and kept == ([True] if flush else [])
+    # run switches like DEVICE: a run resumes across them (and runs of earlier versions, without the keys)
+    switched = ["TRAIN.FLUSH_DENORMAL", str(flush), "TRAIN.KEEP_FREED_MEMORY", str(flush)]
+    assert config_hash(load_config(None, switched)) == config_hash(load_config(None))
 
 
 def test_device_selection(monkeypatch):
