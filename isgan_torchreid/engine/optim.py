@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from . import distributed
 
-__all__ = ["StageOptimizer", "build_stage_optimizers", "Update"]
+__all__ = ["StageOptimizer", "adam", "build_stage_optimizers", "Update"]
 
 
 class StageOptimizer:
@@ -44,6 +44,15 @@ class StageOptimizer:
                 self.scheduler.step()
 
 
+def adam(params, **settings) -> torch.optim.Adam:
+    """``torch.optim.Adam``, fused where torch has the kernel for the parameters' device (CPU from torch 2.4,
+    CUDA): one kernel over every tensor instead of a loop over them, the same update within float rounding."""
+    try:
+        return torch.optim.Adam(params, fused=True, **settings)
+    except RuntimeError:  # torch < 2.4 on the CPU, or a device without the fused kernel
+        return torch.optim.Adam(params, **settings)
+
+
 def build_stage_optimizers(cfg, stage: int, groups: Dict[str, List[nn.Module]], slow: List[nn.Module],
                            make_scaler: Callable[[], torch.amp.GradScaler]) -> Dict[str, StageOptimizer]:
     """One :class:`StageOptimizer` per entry of ``groups`` (name -> modules it updates).
@@ -58,7 +67,7 @@ def build_stage_optimizers(cfg, stage: int, groups: Dict[str, List[nn.Module]], 
         params = [p for m in modules for p in m.parameters()]
         d_lr = node.LR * train.D_LR_MULT
         if name == "discriminator" and train.D_OPTIMIZER == "adam":
-            opt = torch.optim.Adam(params, lr=d_lr, betas=tuple(train.D_ADAM_BETAS), weight_decay=train.D_WEIGHT_DECAY)
+            opt = adam(params, lr=d_lr, betas=tuple(train.D_ADAM_BETAS), weight_decay=train.D_WEIGHT_DECAY)
         elif name == "discriminator":
             opt = torch.optim.SGD(params, lr=d_lr, momentum=train.D_MOMENTUM, weight_decay=train.D_WEIGHT_DECAY)
         else:
@@ -68,8 +77,8 @@ def build_stage_optimizers(cfg, stage: int, groups: Dict[str, List[nn.Module]], 
             if slow_ids:
                 param_groups.append({"params": [p for p in params if id(p) in slow_ids],
                                      "lr": node.LR * train.LR_MULT_GU})
-            opt = torch.optim.Adam(param_groups, lr=node.LR, betas=tuple(train.ADAM_BETAS),
-                                   weight_decay=train.WEIGHT_DECAY, amsgrad=train.AMSGRAD)
+            opt = adam(param_groups, lr=node.LR, betas=tuple(train.ADAM_BETAS), weight_decay=train.WEIGHT_DECAY,
+                       amsgrad=train.AMSGRAD)
         sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(node.MILESTONES), gamma=train.GAMMA)
         built[name] = StageOptimizer(opt, sched, make_scaler())
     return built

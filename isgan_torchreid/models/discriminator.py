@@ -47,14 +47,15 @@ class Discriminator(nn.Module):
         trunk = [max(1, c * base_channels // 256) for c in _TRUNK_CHANNELS]
         top = trunk[-1]
         # first block without normalisation
-        layers = [nn.Conv2d(3, trunk[0], 4, 2, 1), nn.LeakyReLU(0.2)]
+        layers = [nn.Conv2d(3, trunk[0], 4, 2, 1), nn.LeakyReLU(0.2, inplace=True)]
         for cin, cout in zip(trunk[:-1], trunk[1:]):
-            layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.InstanceNorm2d(cout), nn.LeakyReLU(0.2)]
+            layers += [nn.Conv2d(cin, cout, 4, 2, 1), nn.InstanceNorm2d(cout), nn.LeakyReLU(0.2, inplace=True)]
         self.trunk = nn.Sequential(*layers)
         self.patch_head = nn.Sequential(
-            _same_conv4(top, top), nn.InstanceNorm2d(top), nn.LeakyReLU(0.2), _same_conv4(top, 1)
+            _same_conv4(top, top), nn.InstanceNorm2d(top), nn.LeakyReLU(0.2, inplace=True), _same_conv4(top, 1)
         )
-        self.class_conv = nn.Sequential(_same_conv4(top, top), nn.LeakyReLU(0.2))  # no InstanceNorm: see module doc
+        # no InstanceNorm: see module doc
+        self.class_conv = nn.Sequential(_same_conv4(top, top), nn.LeakyReLU(0.2, inplace=True))
         self.class_pool = nn.AdaptiveAvgPool2d(1)
         self.class_fc = nn.Linear(top, num_classes)
 

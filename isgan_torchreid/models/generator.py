@@ -69,7 +69,7 @@ def _up_block(cin: int, cout: int, kernel, stride: int, padding: int, dropout: f
     layers = [
         nn.ConvTranspose2d(cin, cout, kernel, stride, padding, bias=False),
         nn.BatchNorm2d(cout),
-        nn.LeakyReLU(0.2),
+        nn.LeakyReLU(0.2, inplace=True),
     ]
     if dropout > 0:
         layers.append(nn.Dropout(dropout))
@@ -137,7 +137,7 @@ class Generator(nn.Module):
         self.fc = nn.Sequential(
             nn.Linear(id_dim + nid_dim + noise_dim + (num_classes if class_input else 0), channels[0]),
             nn.BatchNorm1d(channels[0]),
-            nn.LeakyReLU(0.2),
+            nn.LeakyReLU(0.2, inplace=True),
             nn.Dropout(dropout),
         )
         # 1x1 -> H/2^u x W/2^u
