@@ -1,5 +1,4 @@
 """The optimisers of a stage (isgan_torchreid.engine.optim)."""
-import pytest
 import torch
 
 from isgan_torchreid.engine import optim
