@@ -72,7 +72,7 @@ _C.MODEL.EU_BRANCHES = "parts"  # parts: one ResNet branch per part, as E_R (pap
 _C.MODEL.EU_INPUT = "rgb"  # rgb: E_U reads the image (paper) | gray: its luminance, so colour must come from E_R
 _C.MODEL.G_INIT = "fan_in"  # fan_in: each layer's std from the inputs it sums | reference: the authors' (G saturates)
 _C.MODEL.G_CLASS_INPUT = True  # G reads the one-hot label (paper); False: the identity code alone names the person
-_C.MODEL.G_STRIPES = False  # True: G also draws each stripe feature of the identity code into its rows (not paper)
+_C.MODEL.G_STRIPES = "none"  # none (paper) | identity | both: G draws those codes' stripe features into their rows
 _C.MODEL.G_WIDTH = 512  # G's widest hidden channel count (the authors'); the others scale with it
 _C.MODEL.D_WIDTH = 256  # D's trunk width (the authors'); the others scale with it
 _C.MODEL.G_DROPOUT = 0.2  # dropout in G's FC and first five upsampling blocks (authors' code)
@@ -158,6 +158,7 @@ _CHOICES = {
     "MODEL.EU_POOL": ("avg", "max"),
     "MODEL.EU_BRANCHES": ("parts", "shared"),
     "MODEL.EU_INPUT": ("rgb", "gray"),
+    "MODEL.G_STRIPES": ("none", "identity", "both"),
     "MODEL.G_INIT": ("fan_in", "reference"),
     "LOSS.ID_REDUCTION": ("mean", "sum"),
     "LOSS.KL_REDUCTION": ("official", "paper"),
@@ -516,9 +517,10 @@ def validate(cfg):
             if cfg.DATA[key] % 16:
                 raise ISGANError(f"DATA.{key} = {cfg.DATA[key]} must be divisible by 16 for the generator "
                                  f"(at least four x2 upsamplings); e.g. 384x128, 256x128, 128x64 or 64x32")
-        if cfg.MODEL.G_STRIPES and max(cfg.MODEL.PARTS) < 2:
-            raise ISGANError(f"MODEL.G_STRIPES True draws stripe features, but MODEL.PARTS {cfg.MODEL.PARTS} has no "
-                             f"branch with stripes: set MODEL.PARTS e.g. [1, 2, 3], or MODEL.G_STRIPES False")
+        if cfg.MODEL.G_STRIPES != "none" and max(cfg.MODEL.PARTS) < 2:
+            raise ISGANError(f"MODEL.G_STRIPES {cfg.MODEL.G_STRIPES} draws stripe features, but MODEL.PARTS "
+                             f"{cfg.MODEL.PARTS} has no branch with stripes: set MODEL.PARTS e.g. [1, 2, 3], or "
+                             f"MODEL.G_STRIPES none")
     if cfg.MODEL.NAME == "isgan" and (2 in stages or 3 in stages):
         if cfg.SAMPLER.K < 2:
             raise ISGANError("SAMPLER.K must be >= 2 for stages 2-3: identity shuffling needs a positive "

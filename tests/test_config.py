@@ -101,7 +101,8 @@ def test_wrong_types_name_the_key(key, value, expected):
     (["MODEL.PARTS", "[2, 2]"], "MODEL.PARTS"),
     (["TRAIN.STAGE3.LR", "0"], "TRAIN.STAGE3"),
     (["DATA.SOURCES", "[]"], "DATA.SOURCES"),
-    (["MODEL.G_STRIPES", "True", "MODEL.PARTS", "[1]", "TRAIN.STAGES", "[1]"], "MODEL.G_STRIPES True draws"),
+    (["MODEL.G_STRIPES", "identity", "MODEL.PARTS", "[1]", "TRAIN.STAGES", "[1]"], "MODEL.G_STRIPES identity draws"),
+    (["MODEL.G_STRIPES", "all"], "MODEL.G_STRIPES"),
 ])
 def test_invalid_values(opts, expected):
     with pytest.raises(ISGANError, match=expected):

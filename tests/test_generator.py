@@ -149,30 +149,34 @@ def test_stripe_features_follow_the_part_branches_layout():
     assert stripe_features((3, 1)) == [(3, [1, 2, 3])]
     assert stripe_features((1,)) == []
     with pytest.raises(ValueError, match="MODEL.G_STRIPES"):
-        Generator(3, id_dim=8, nid_dim=8, height=64, width=32, stripes=(1,))
+        Generator(3, id_dim=8, nid_dim=8, height=64, width=32, parts=(1,), stripe_codes=("identity",))
+    with pytest.raises(ValueError, match="unknown codes"):
+        Generator(3, id_dim=8, nid_dim=8, height=64, width=32, stripe_codes=("pose",))
 
 
 def test_stripe_conditioning_draws_each_stripe_into_its_rows():
     torch.manual_seed(0)
-    d = 4
-    g = Generator(3, id_dim=8 * d, nid_dim=8, noise_dim=4, height=64, width=32, base_channels=64,
-                  class_input=False, stripes=(1, 2, 3)).eval()
+    d, e = 4, 2
+    g = Generator(3, id_dim=8 * d, nid_dim=8 * e, noise_dim=4, height=64, width=32, base_channels=64,
+                  class_input=False, stripe_codes=("identity", "nuisance")).eval()
     # hidden maps at 64x32: 2, 4, 8, 16, 32 rows; conditioned where they have at least 3 rows
-    assert sorted(g.stripe_proj, key=int) == ["1", "2", "3", "4"]
-    ids = torch.randn(1, 8 * d)
+    assert [sorted(projs, key=int) for projs in g.stripe_proj.values()] == [["1", "2", "3", "4"]] * 2
+    assert g.stripe_proj["nuisance"]["2"].in_features == e
+    ids, nids = torch.randn(1, 8 * d), torch.randn(1, 8 * e)
     parts = ids.view(1, 8, d)
-    proj = g.stripe_proj["2"]  # 8 rows: 2 stripes of 4 rows; 3 stripes of rows 0-2, 3-5, 6-7 (nearest)
+    proj = g.stripe_proj["identity"]["2"]  # 8 rows: 2 stripes of 4 rows; 3 stripes of rows 0-2, 3-5, 6-7 (nearest)
     drawn = g._stripe_map(parts, proj, 8)[0, :, :, 0].T  # (rows, c)
     for row, (s2, s3) in enumerate(zip([2] * 4 + [3] * 4, [5, 5, 5, 6, 6, 6, 7, 7])):
         torch.testing.assert_close(drawn[row], proj(parts[0, s2]) + proj(parts[0, s3]))
-    # a stripe feature changes G's output most in its own band: the top stripe of the 3-stripe branch
-    nids, noise = torch.zeros(1, 8), torch.zeros(1, 4)
-    moved = ids.clone().view(1, 8, d)
-    moved[0, 5] += 3.0
-    with torch.no_grad():
-        change = (g(moved.view(1, -1), nids, None, noise=noise) - g(ids, nids, None, noise=noise)).abs()
-    rows = change.mean(dim=(0, 1, 3))  # (64,)
-    assert rows[:21].mean() > 2 * rows[43:].mean()
+    # a stripe feature of either code changes G's output most in its own band: the 3-stripe branch's top one
+    noise = torch.zeros(1, 4)
+    for code, dim in (("identity", d), ("nuisance", e)):
+        moved = {"identity": ids.clone(), "nuisance": nids.clone()}
+        moved[code].view(1, 8, dim)[0, 5] += 3.0
+        with torch.no_grad():
+            change = (g(moved["identity"], moved["nuisance"], None, noise=noise) - g(ids, nids, None, noise=noise))
+        rows = change.abs().mean(dim=(0, 1, 3))  # (64,)
+        assert rows[:21].mean() > 2 * rows[43:].mean(), code
 
 
 def test_without_stripes_the_generator_is_the_papers():

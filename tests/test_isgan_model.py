@@ -79,9 +79,10 @@ def test_config_builds_a_stripe_conditioned_generator():
     from isgan_torchreid.config import load_config
     from isgan_torchreid.models import build_model
     cfg = load_config(None, ["MODEL.BACKBONE", "resnet18", "MODEL.PRETRAINED", "False", "DATA.HEIGHT", "64",
-                             "DATA.WIDTH", "32", "MODEL.G_WIDTH", "64", "MODEL.G_STRIPES", "True"])
+                             "DATA.WIDTH", "32", "MODEL.G_WIDTH", "64", "MODEL.G_STRIPES", "both"])
     g = build_model(cfg, 5).generator
-    assert g.stripes == [(2, [2, 3]), (3, [5, 6, 7])] and g.feature_dim == 256
+    assert g.stripes == [(2, [2, 3]), (3, [5, 6, 7])] and list(g.stripe_proj) == ["identity", "nuisance"]
+    assert g.stripe_proj["identity"]["1"].in_features == 256 and g.stripe_proj["nuisance"]["1"].in_features == 64
     assert g(torch.randn(2, 2048), torch.randn(2, 512), torch.tensor([0, 4])).shape == (2, 3, 64, 32)
 
 

@@ -19,13 +19,14 @@ last layer's fan is 3 * 16 = 48 against 64 * 4 = 256 inputs summed, the pre-Tanh
 is about 2.4 and about 30% of the first images' pixels are saturated (|x| > 0.98).
 
 Stripe conditioning (MODEL.G_STRIPES; off in the paper, where G reads the codes as one vector only). E_R's
-identity code is K part features (:class:`~isgan_torchreid.models.branches.PartBranches`), each stripe feature
-pooled from a band of rows of the person. With ``stripes`` (the part layout, e.g. (1, 2, 3)) G also draws every
-stripe feature of the identity code into the rows of its band: after each hidden block whose map has at least
-max(parts) rows, a linear map of each stripe feature (shared by all stripes) is added to the rows that
-stripe covers (nearest resizing of the n stripes to the map's rows), broadcast over the columns. The codes
-still enter through the FC as in the paper; the added path tells G where each stripe's look (a shirt, the
-trousers) belongs, which the vector path must otherwise learn from the data.
+identity code and E_U's nuisance code are K part features each (:class:`~isgan_torchreid.models.branches.
+PartBranches`, layout ``parts``), each stripe feature pooled from a band of rows of the person. For each code in
+``stripe_codes`` G also draws every stripe feature into the rows of its band: after each hidden block whose map
+has at least max(parts) rows, a linear map of each stripe feature (one per code and block, shared by the
+stripes) is added to the rows that stripe covers (nearest resizing of the n stripes to the map's rows),
+broadcast over the columns. The codes still enter through the FC as in the paper; the added path tells G where
+each stripe's look (a shirt, the trousers; the legs' pose) belongs, which the vector path must otherwise learn
+from the data.
 """
 import math
 from typing import List, Optional, Sequence, Tuple
@@ -36,9 +37,10 @@ from torch import nn
 
 from .branches import kaiming_init_
 
-__all__ = ["upsamplings", "check_image_size", "transposed_fan_in", "stripe_features", "Generator"]
+__all__ = ["STRIPE_CODES", "upsamplings", "check_image_size", "transposed_fan_in", "stripe_features", "Generator"]
 
 INITS = ("fan_in", "reference")
+STRIPE_CODES = ("identity", "nuisance")
 _LEAKY_GAIN = nn.init.calculate_gain("leaky_relu", 0.2)  # sqrt(2 / 1.04)
 
 # channels of the hidden maps after the first transposed conv and after each of the first five of the six
@@ -103,8 +105,8 @@ class Generator(nn.Module):
     With ``class_input=False`` G reads no label: cat(id, nid, noise). In training every label G is given is
     the identity its identity code came from (shuffling keeps the identity), so the one-hot is a second,
     easier route to the training identities' looks that a test identity, decoded with a predicted class,
-    cannot take. With ``stripes`` (a part layout) G also draws each stripe feature of ``id_feat`` into its rows
-    (module doc).
+    cannot take. ``stripe_codes`` ("identity", "nuisance" or both): G also draws each stripe feature of those
+    codes into its rows (module doc); ``parts`` is the codes' part layout.
     """
 
     def __init__(
@@ -119,14 +121,18 @@ class Generator(nn.Module):
         init: str = "fan_in",
         class_input: bool = True,
         base_channels: int = 512,
-        stripes: Sequence[int] = (),
+        parts: Sequence[int] = (1, 2, 3),
+        stripe_codes: Sequence[str] = (),
     ):
         super().__init__()
         check_image_size(height, width)
-        self.stripes = stripe_features(stripes)
-        if stripes and not self.stripes:
+        unknown = set(stripe_codes) - set(STRIPE_CODES)
+        if unknown:
+            raise ValueError(f"unknown codes {sorted(unknown)} for G's stripe conditioning; use {STRIPE_CODES}")
+        self.stripes = stripe_features(parts) if stripe_codes else []
+        if stripe_codes and not self.stripes:
             raise ValueError(f"G's stripe conditioning (MODEL.G_STRIPES) needs a part branch with stripes; parts "
-                             f"{tuple(stripes)} have none: set MODEL.PARTS e.g. [1, 2, 3] or MODEL.G_STRIPES False")
+                             f"{tuple(parts)} have none: set MODEL.PARTS e.g. [1, 2, 3] or MODEL.G_STRIPES none")
         if init not in INITS:
             raise ValueError(f"unknown generator init {init!r} (MODEL.G_INIT); use one of {', '.join(INITS)}")
         self.num_classes = num_classes
@@ -148,18 +154,20 @@ class Generator(nn.Module):
         blocks.append(nn.Sequential(nn.ConvTranspose2d(channels[-1], 3, 4, 2, 1, bias=False), nn.Tanh()))
         self.deconvs = nn.Sequential(*blocks)
         # stripe conditioning: block i's output has channels[i] channels and (height >> ups) * 2^i rows
-        self.feature_dim = id_dim // sum(1 + (n if n > 1 else 0) for n in stripes) if self.stripes else 0
+        self.num_features = sum(1 + (n if n > 1 else 0) for n in parts)  # K
         rows_needed = max((n for n, _ in self.stripes), default=0)
+        levels = [(str(i), c) for i, c in enumerate(channels) if (height >> ups) << i >= rows_needed]
+        dims = {"identity": id_dim // self.num_features, "nuisance": nid_dim // self.num_features}
         self.stripe_proj = nn.ModuleDict({
-            str(i): nn.Linear(self.feature_dim, c) for i, c in enumerate(channels)
-            if self.stripes and (height >> ups) << i >= rows_needed
+            code: nn.ModuleDict({i: nn.Linear(dims[code], c) for i, c in levels}) for code in stripe_codes
         })
         kaiming_init_(self)  # BatchNorm N(1, 0.02); the weights below for "fan_in"
         if init == "fan_in":
             self._fan_in_init(height >> ups, width >> ups)
-        for proj in self.stripe_proj.values():  # unit gain: adds about as much as the block's own activations
-            nn.init.normal_(proj.weight, 0.0, 1 / math.sqrt(proj.in_features))
-            nn.init.zeros_(proj.bias)
+        for projs in self.stripe_proj.values():  # unit gain: adds about as much as the block's own activations
+            for proj in projs.values():
+                nn.init.normal_(proj.weight, 0.0, 1 / math.sqrt(proj.in_features))
+                nn.init.zeros_(proj.bias)
 
     def _fan_in_init(self, h0: int, w0: int) -> None:
         """Weights ~ N(0, (gain / sqrt(fan))^2), fan the inputs each output unit sums (module doc)."""
@@ -196,11 +204,13 @@ class Generator(nn.Module):
         x = self.fc(torch.cat(codes, dim=1))[:, :, None, None]  # (B, c0, 1, 1), c0 = 512 at G_WIDTH 512
         if not self.stripe_proj:
             return self.deconvs(x)  # (B, 3, H, W)
-        parts = id_feat.view(id_feat.shape[0], -1, self.feature_dim)  # (B, K, d)
+        flat = {"identity": id_feat, "nuisance": nid_feat}
+        parts = {code: flat[code].view(x.shape[0], self.num_features, -1) for code in self.stripe_proj}  # (B, K, d)
         for i, block in enumerate(self.deconvs):
             x = block(x)  # (B, c_i, h_i, w_i)
-            if str(i) in self.stripe_proj:
-                x = x + self._stripe_map(parts, self.stripe_proj[str(i)], x.shape[2])  # + (B, c_i, h_i, 1)
+            for code, projs in self.stripe_proj.items():
+                if str(i) in projs:
+                    x = x + self._stripe_map(parts[code], projs[str(i)], x.shape[2])  # + (B, c_i, h_i, 1)
         return x  # (B, 3, H, W)
 
     def _stripe_map(self, parts: torch.Tensor, proj: nn.Linear, rows: int) -> torch.Tensor:

@@ -18,6 +18,7 @@ from .mgn import MGN, check_loss
 __all__ = ["EU_INPUTS", "ISGAN", "isgan_r50", "isgan_r34", "isgan_r18"]
 
 EU_INPUTS = ("rgb", "gray")
+G_STRIPES = {"none": (), "identity": ("identity",), "both": ("identity", "nuisance")}  # MODEL.G_STRIPES -> codes
 
 
 class ISGAN(MGN):
@@ -43,12 +44,14 @@ class ISGAN(MGN):
         g_class_input: bool = True,
         g_width: int = 512,
         d_width: int = 256,
-        g_stripes: bool = False,
+        g_stripes: str = "none",
     ):
         # check cheap settings before loading (possibly downloading) the ResNet
         check_loss(loss)
         parts = validate_parts(parts)
         check_image_size(height, width)
+        if g_stripes not in G_STRIPES:
+            raise ValueError(f"unknown G stripes {g_stripes!r} (MODEL.G_STRIPES); use one of {', '.join(G_STRIPES)}")
         if eu_input not in EU_INPUTS:
             raise ValueError(f"unknown E_U input {eu_input!r} (MODEL.EU_INPUT); use one of {', '.join(EU_INPUTS)}")
         resnet = load_resnet(backbone, pretrained)
@@ -58,7 +61,8 @@ class ISGAN(MGN):
         k = self.encoder_r.num_features
         self.generator = Generator(num_classes, id_dim * k, nid_dim * k, noise_dim, height, width,
                                    dropout=g_dropout, init=g_init, class_input=g_class_input,
-                                   base_channels=g_width, stripes=parts if g_stripes else ())
+                                   base_channels=g_width, parts=parts,
+                                   stripe_codes=G_STRIPES[g_stripes])
         self.discriminator = Discriminator(num_classes, base_channels=d_width)
 
 
