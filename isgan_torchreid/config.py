@@ -573,6 +573,28 @@ def changed_keys(old, new):
             for key in sorted(before.keys() | after.keys()) if before.get(key, absent) != after.get(key, absent)]
 
 
+def config_changes(recorded, cfg):
+    """:func:`changed_keys` from ``recorded`` (a checkpoint's :func:`hashed_config` dict) to ``cfg``, less the keys
+    ``recorded`` lacks that ``cfg`` holds at their default: keys added by a later version, whose defaults keep
+    the behaviour of the version that wrote ``recorded``. Empty: ``cfg`` trains what ``recorded`` did."""
+    now, defaults = _flatten(hashed_config(cfg)), _flatten(hashed_config(get_default_config()))
+    before = _flatten(recorded)
+    for key, value in now.items():
+        if key not in before and key in defaults and value == defaults[key]:
+            before[key] = value
+    absent = _Absent()
+    return [f"{key}: {before.get(key, absent)!r} -> {now.get(key, absent)!r}"
+            for key in sorted(before.keys() | now.keys()) if before.get(key, absent) != now.get(key, absent)]
+
+
+def trained_by(state, cfg):
+    """Whether ``cfg`` trains what the checkpoint ``state`` was trained with: the same config hash, or a recorded
+    config that differs only by keys of a later version at their defaults (:func:`config_changes`)."""
+    if state.get("config_hash") == config_hash(cfg):
+        return True
+    return isinstance(state.get("config"), dict) and not config_changes(state["config"], cfg)
+
+
 def _flatten(data, prefix=""):
     """{"A": {"B": 1}} -> {"A.B": 1}."""
     flat = {}

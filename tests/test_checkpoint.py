@@ -253,6 +253,25 @@ def test_a_changed_config_is_listed_key_by_key(tiny_cfg, stage1_checkpoint):
     assert "TRAIN.AMSGRAD: True -> False; and 2 more); set these keys back" in message  # sorted: 8, then a count
 
 
+@pytest.mark.parametrize("value, refused", [("none", False), ("identity", True)])
+def test_keys_of_a_later_version_resume_at_their_defaults(tiny_cfg, stage1_checkpoint, value, refused):
+    """A checkpoint of a version without MODEL.G_STRIPES resumes (and loads for testing through its run's
+    config.yaml) while the key is at its default, the behaviour of that version; at another value it is refused."""
+    path = ckpt.latest_path(tiny_cfg().OUTPUT_DIR, 1)
+    earlier = ckpt.load_checkpoint(path)
+    del earlier["config"]["MODEL"]["G_STRIPES"]
+    earlier["config_hash"] = "0123456789abcdef"  # what that version's hash would be
+    cfg = tiny_cfg("MODEL.PARTS", "[2]", "MODEL.G_STRIPES", value)
+    if refused:
+        with pytest.raises(ISGANError, match=r"\(MODEL.G_STRIPES: \(absent\) -> 'identity'\); set these keys back"):
+            ckpt.check_resumable(cfg, 1, earlier, path)
+    else:
+        ckpt.check_resumable(cfg, 1, earlier, path)
+        ckpt.save_checkpoint(earlier, path)
+        loaded_cfg, _ = ckpt.checkpoint_config(path)
+        assert loaded_cfg.MODEL.G_STRIPES == "none"
+
+
 def test_a_finished_stage_trained_longer_follows_its_lr_schedule(tiny_cfg):
     """A finished stage's latest holds no optimiser state: the optimisers start afresh, their schedulers at the
     epoch the stage reached (MultiStepLR: past milestone 1, the rate is LR x GAMMA)."""

@@ -25,7 +25,7 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
-from ..config import config_hash, load_config
+from ..config import load_config, trained_by
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..engine import checkpoint as ckpt
 from ..engine.evaluation import descriptor
@@ -206,7 +206,7 @@ def _checkpoint_spec(path, state, weights):
             cfg = load_config(config)
         except ISGANError:  # not a config of this version: fall back to the tensors
             cfg = None
-        if cfg is not None and config_hash(cfg) == state["config_hash"]:
+        if cfg is not None and trained_by(state, cfg):
             return encoder_spec(cfg)
     return _infer_spec(path, weights)
 

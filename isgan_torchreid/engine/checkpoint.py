@@ -41,7 +41,7 @@ import shutil
 import torch
 
 from .. import compat
-from ..config import changed_keys, config_hash, hashed_config, load_config
+from ..config import config_changes, config_hash, hashed_config, load_config, trained_by
 from ..errors import ISGANError
 
 FORMAT = "isgan-torchreid/1"
@@ -357,14 +357,14 @@ def checkpoint_config(weights, config_file=None, opts=()):
     """
     state = load_checkpoint(weights)
     run = run_config_path(weights)
-    trained = config_hash(load_config(run)) if run else None
-    if run and state.get("config_hash") in (None, trained):
+    trained = load_config(run) if run else None
+    if run and (state.get("config_hash") is None or trained_by(state, trained)):
         return load_config(run, ["OUTPUT_DIR", os.path.dirname(run)] + list(opts)), state
     if config_file:
         return load_config(config_file, list(opts)), state
     if run:
-        raise ISGANError(f"{run} did not train {weights} (config hash {trained} vs {state.get('config_hash')}); "
-                         f"pass the config that trained it with --config-file")
+        raise ISGANError(f"{run} did not train {weights} (config hash {config_hash(trained)} vs "
+                         f"{state.get('config_hash')}); pass the config that trained it with --config-file")
     raise ISGANError(f"{weights} is not in a run folder with a config.yaml (OUTPUT_DIR/stage<n>/); pass the config "
                      f"that describes its architecture with --config-file")
 
@@ -487,20 +487,21 @@ def check_resume(cfg):
 def check_resumable(cfg, stage, state, path):
     """One ISGANError unless ``state`` (``stage``'s ``latest`` at ``path``) may go on under ``cfg``.
 
-    Every key of the config hash must be the checkpoint's; the error lists those that differ. The stage's
+    Every key of the config hash must be the checkpoint's (keys it lacks, from a later version, at their
+    defaults: :func:`~isgan_torchreid.config.config_changes`); the error lists those that differ. The stage's
     TRAIN.STAGE<n>.EPOCHS may change but not below the epochs it has trained, and may exceed them (a finished
     stage trained longer) only while no later stage has a checkpoint: a later stage started from its weights as
     they are. Its learning-rate schedule (MultiStepLR milestones) does not depend on the epoch count, so a stage
     trained longer follows the schedule of a run configured so from the start.
     """
-    if state.get("config_hash") != config_hash(cfg):
+    if state.get("config_hash") != config_hash(cfg) and not isinstance(state.get("config"), dict):
+        raise ISGANError(f"{path} was trained with another config (config hash {state.get('config_hash')} vs "
+                         f"{config_hash(cfg)}), by an earlier version of isgan-torchreid that does not record "
+                         f"its keys; resume it with that version, or train in a new OUTPUT_DIR (or delete "
+                         f"{os.path.dirname(path)} to restart stage {stage})")
+    changes = [] if trained_by(state, cfg) else config_changes(state["config"], cfg)
+    if changes:  # none: the same config, or keys a later version added, at their defaults
         restart = f"train in a new OUTPUT_DIR (or delete {os.path.dirname(path)} to restart stage {stage})"
-        recorded = state.get("config")
-        changes = changed_keys(recorded, hashed_config(cfg)) if isinstance(recorded, dict) else []
-        if not changes:
-            raise ISGANError(f"{path} was trained with another config (config hash {state.get('config_hash')} vs "
-                             f"{config_hash(cfg)}), by an earlier version of isgan-torchreid that does not record "
-                             f"its keys; resume it with that version, or {restart}")
         shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
         raise ISGANError(f"{path} was trained with another config ({shown}); set these keys back to resume, or "
                          f"{restart}")
