@@ -15,8 +15,11 @@ PYTEST_PARALLEL ?= -n 2 --dist loadfile
 
 .PHONY: demo test test-pypi test-src
 
+# the demo's run, its disentanglement table (benchmark) and figures, all under output/isgan_demo
 demo: $(VENV)/.installed
-	$(BIN)/python tools/train.py --config-file isgan_synthetic
+	$(BIN)/python tools/train.py --config-file isgan_demo
+	$(BIN)/python tools/benchmark.py --disentangle output/isgan_demo
+	PYTHON=$(BIN)/python bash tools/make_figures.sh output/isgan_demo output/isgan_demo/figures
 
 test: test-pypi test-src
 

@@ -28,7 +28,10 @@ c=$(first "${C_PID:-0049}")
 d=$(first "${D_PID:-0089}")
 mkdir -p "$figures"
 
-small=(--scale 1 --colors 256)  # 128x64 images as they are, palette PNGs: each figure < 200 KB
+height=$("$python" -c "import sys; from isgan_torchreid.config import load_config; \
+print(load_config(sys.argv[1]).DATA.HEIGHT)" "$run/config.yaml")
+scale=$(( height >= 128 ? 1 : 128 / height ))  # images at least 128 rows tall (64x32: x2)
+small=(--scale "$scale" --colors 256)  # palette PNGs: each figure < 200 KB
 tool interpolate --weights "$stage3" --a "$a" --b "$b" --steps 8 --what both "${small[@]}" \
     --out "$figures/interpolate.png"
 tool swap --weights "$stage3" --a "$a" --b "$b" --parts upper --what identity "${small[@]}" \
