@@ -567,10 +567,7 @@ class _Absent:
 def changed_keys(old, new):
     """``["KEY: old -> new", ...]`` for the keys whose values differ between two :func:`hashed_config` dicts,
     sorted; a key only one has (another version's) is "(absent)" in the other."""
-    before, after = _flatten(old), _flatten(new)
-    absent = _Absent()
-    return [f"{key}: {before.get(key, absent)!r} -> {after.get(key, absent)!r}"
-            for key in sorted(before.keys() | after.keys()) if before.get(key, absent) != after.get(key, absent)]
+    return _changes(_flatten(old), _flatten(new))
 
 
 def config_changes(recorded, cfg):
@@ -582,9 +579,14 @@ def config_changes(recorded, cfg):
     for key, value in now.items():
         if key not in before and key in defaults and value == defaults[key]:
             before[key] = value
+    return _changes(before, now)
+
+
+def _changes(before, after):
+    """:func:`changed_keys` of two flat dicts."""
     absent = _Absent()
-    return [f"{key}: {before.get(key, absent)!r} -> {now.get(key, absent)!r}"
-            for key in sorted(before.keys() | now.keys()) if before.get(key, absent) != now.get(key, absent)]
+    return [f"{key}: {before.get(key, absent)!r} -> {after.get(key, absent)!r}"
+            for key in sorted(before.keys() | after.keys()) if before.get(key, absent) != after.get(key, absent)]
 
 
 def trained_by(state, cfg):

@@ -494,17 +494,18 @@ def check_resumable(cfg, stage, state, path):
     they are. Its learning-rate schedule (MultiStepLR milestones) does not depend on the epoch count, so a stage
     trained longer follows the schedule of a run configured so from the start.
     """
-    if state.get("config_hash") != config_hash(cfg) and not isinstance(state.get("config"), dict):
-        raise ISGANError(f"{path} was trained with another config (config hash {state.get('config_hash')} vs "
-                         f"{config_hash(cfg)}), by an earlier version of isgan-torchreid that does not record "
-                         f"its keys; resume it with that version, or train in a new OUTPUT_DIR (or delete "
-                         f"{os.path.dirname(path)} to restart stage {stage})")
-    changes = [] if trained_by(state, cfg) else config_changes(state["config"], cfg)
-    if changes:  # none: the same config, or keys a later version added, at their defaults
+    if state.get("config_hash") != config_hash(cfg):
         restart = f"train in a new OUTPUT_DIR (or delete {os.path.dirname(path)} to restart stage {stage})"
-        shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
-        raise ISGANError(f"{path} was trained with another config ({shown}); set these keys back to resume, or "
-                         f"{restart}")
+        recorded = state.get("config")
+        if not isinstance(recorded, dict):
+            raise ISGANError(f"{path} was trained with another config (config hash {state.get('config_hash')} vs "
+                             f"{config_hash(cfg)}), by an earlier version of isgan-torchreid that does not record "
+                             f"its keys; resume it with that version, or {restart}")
+        changes = config_changes(recorded, cfg)
+        if changes:  # none: only keys a later version added, at their defaults
+            shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
+            raise ISGANError(f"{path} was trained with another config ({shown}); set these keys back to resume, "
+                             f"or {restart}")
     trained = state.get("epoch")
     if not isinstance(trained, int):  # reported as it is loaded (_apply_resume_state)
         return

@@ -23,6 +23,7 @@ __all__ = [
     "build_trunk",
     "validate_parts",
     "stripe_bounds",
+    "part_layout",
     "part_pool",
     "PartBranches",
     "kaiming_init_",
@@ -97,6 +98,18 @@ def stripe_bounds(height: int, n: int) -> List[Tuple[int, int]]:
     return [((i * height) // n, ((i + 1) * height + n - 1) // n) for i in range(n)]
 
 
+def part_layout(parts) -> List[Tuple[int, List[int]]]:
+    """[(index of its global feature, indices of its stripe features)] per branch n of ``parts``, in the order
+    :class:`PartBranches` pools them (a branch n == 1 has no stripes): for (1, 2, 3), [(0, []), (1, [2, 3]),
+    (4, [5, 6, 7])], K = 8."""
+    layout, start = [], 0
+    for n in parts:
+        stripes = list(range(start + 1, start + 1 + n)) if n > 1 else []
+        layout.append((start, stripes))
+        start += 1 + len(stripes)
+    return layout
+
+
 def part_pool(x: torch.Tensor, n: int, pool: str = "max") -> torch.Tensor:
     """Pool a (B, C, H, W) map into [global, stripe_0 .. stripe_{n-1}] (top to bottom).
 
@@ -151,13 +164,9 @@ class PartBranches(nn.Module):
             )
             for n in (self.parts[:1] if shared else self.parts)
         )
-        self.global_indices = []
-        self.local_indices = []
-        for n in self.parts:
-            start = len(self.global_indices) + len(self.local_indices)
-            self.global_indices.append(start)
-            if n > 1:
-                self.local_indices.extend(range(start + 1, start + 1 + n))
+        layout = part_layout(self.parts)
+        self.global_indices = [index for index, _ in layout]
+        self.local_indices = [index for _, stripes in layout for index in stripes]
 
     @property
     def num_features(self) -> int:

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .branches import kaiming_init_
+from .branches import kaiming_init_, part_layout
 
 __all__ = ["STRIPE_CODES", "upsamplings", "check_image_size", "transposed_fan_in", "stripe_features", "Generator"]
 
@@ -89,14 +89,9 @@ def transposed_fan_in(conv: nn.ConvTranspose2d, input_size) -> int:
 
 
 def stripe_features(parts: Sequence[int]) -> List[Tuple[int, List[int]]]:
-    """[(n, indices of its n stripe features in the K-feature code)] for each branch n > 1 of ``parts``, in the
-    order of :class:`~isgan_torchreid.models.branches.PartBranches`: per branch its global, then its stripes."""
-    layout, start = [], 0
-    for n in parts:
-        if n > 1:
-            layout.append((n, list(range(start + 1, start + 1 + n))))
-        start += 1 + (n if n > 1 else 0)
-    return layout
+    """[(n, indices of its n stripe features in the K-feature code)] for each branch n > 1 of ``parts``
+    (:func:`~isgan_torchreid.models.branches.part_layout`)."""
+    return [(len(stripes), stripes) for _, stripes in part_layout(parts) if stripes]
 
 
 class Generator(nn.Module):
@@ -154,7 +149,7 @@ class Generator(nn.Module):
         blocks.append(nn.Sequential(nn.ConvTranspose2d(channels[-1], 3, 4, 2, 1, bias=False), nn.Tanh()))
         self.deconvs = nn.Sequential(*blocks)
         # stripe conditioning: block i's output has channels[i] channels and (height >> ups) * 2^i rows
-        self.num_features = sum(1 + (n if n > 1 else 0) for n in parts)  # K
+        self.num_features = sum(1 + len(stripes) for _, stripes in part_layout(parts))  # K
         rows_needed = max((n for n, _ in self.stripes), default=0)
         levels = [(str(i), c) for i, c in enumerate(channels) if (height >> ups) << i >= rows_needed]
         dims = {"identity": id_dim // self.num_features, "nuisance": nid_dim // self.num_features}
