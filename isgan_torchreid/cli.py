@@ -149,6 +149,14 @@ def results_table(results, ranks=(1, 5, 10)):
     return table + (f"\nNote: {STAGE2_NOTE}" if 2 in results else "")
 
 
+def configure_cpu(cfg):
+    """The process's CPU settings a run trains under: denormal flushing (TRAIN.FLUSH_DENORMAL) and the C
+    allocator (TRAIN.KEEP_FREED_MEMORY); the benchmarks time our side under the same."""
+    torch.set_flush_denormal(cfg.TRAIN.FLUSH_DENORMAL)  # x86 CPUs; a no-op where unsupported
+    if cfg.TRAIN.KEEP_FREED_MEMORY:
+        keep_freed_memory()  # glibc; a no-op elsewhere
+
+
 def setup(cfg):
     """Output dir, resolved config, seed, denormal flushing and the C allocator, device, data manager (datasets
     checked before any model).
@@ -162,9 +170,7 @@ def setup(cfg):
     if distributed.is_main_process():
         dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     compat.torchreid_base().utils.set_random_seed(cfg.SEED)
-    torch.set_flush_denormal(cfg.TRAIN.FLUSH_DENORMAL)  # x86 CPUs; a no-op where unsupported
-    if cfg.TRAIN.KEEP_FREED_MEMORY:
-        keep_freed_memory()  # glibc; a no-op elsewhere
+    configure_cpu(cfg)
     device = select_device(cfg)
     with distributed.main_process_first():
         dm = build_datamanager(cfg, use_gpu=device.type == "cuda")

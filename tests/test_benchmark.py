@@ -2,6 +2,8 @@
 a FAKE checkout written here, a few lines with their module and attribute names, none of their code) and
 the profiler's split. No timing is asserted."""
 import os
+import platform
+import resource
 import sys
 import textwrap
 
@@ -10,9 +12,10 @@ import torch
 
 from conftest import CONFIGS
 from isgan_torchreid.benchmarks import authors, benchmark_main
-from isgan_torchreid.benchmarks.common import interleaved_seconds, our_engine, spread
+from isgan_torchreid.benchmarks.common import Sample, Worker, interleaved_seconds, measured, our_engine, spread
 from isgan_torchreid.benchmarks.profiling import GROUPS, REST, group_split, profile_step, profile_tables
-from isgan_torchreid.benchmarks.training import compare_with_authors, comparison_table, training_table
+from isgan_torchreid.benchmarks.training import (_authors_side, _our_side, compare_with_authors, comparison_table,
+                                                 cpu_table, training_table)
 
 # what load() imports, with the names AuthorsStage uses; each file also trips one of the patches if missing
 FAKE_CHECKOUT = {
@@ -98,14 +101,59 @@ def test_interleaved_seconds_alternates_after_warmup_and_times_each_call():
     assert len(syncs) == 2 * 2 * 3  # before and after each timed call
 
 
+def _samples(walls, sys=0.0, faults=0, peak_rss=2**30):
+    return [Sample(wall, 2 * wall, sys, faults, peak_rss) for wall in walls]
+
+
 def test_spread_and_comparison_table():
     assert spread([3.0, 1.0, 2.0, 10.0]) == (1.0, 2.5, 10.0)
-    table = comparison_table({2: {"ours": [1.0, 2.0, 3.0], "authors": [3.0, 3.0, 9.0]}})
+    table = comparison_table({2: {"ours": _samples([1.0, 2.0, 3.0]), "authors": _samples([3.0, 3.0, 9.0])}})
     row = table.splitlines()[-1]
     assert "train stage 2" in row
     assert "1000 / 2000 / 3000" in row and "3000 / 3000 / 9000" in row
     assert "1.50x" in row.split("|")[4]  # median 3.0 / median 2.0
     assert "1.50x - 3.00x" in row  # per pair: 3/1, 3/2, 9/3
+
+
+def test_cpu_table_gives_each_sides_medians_and_system_share():
+    table = cpu_table({3: {"ours": _samples([1.0, 2.0, 3.0], sys=0.1, faults=1500),
+                           "authors": _samples([4.0, 4.0, 4.0], sys=1.0, faults=900_000, peak_rss=3 * 2**30)}})
+    ours, theirs = ([cell.strip() for cell in row.split("|")[1:-1]] for row in table.splitlines()[-2:])
+    assert ours == ["train stage 3", "ours", "2.00", "4.00", "0.10", "5.0%", "1.5k", "1024"]
+    assert theirs == ["train stage 3", "authors", "4.00", "8.00", "1.00", "25.0%", "900.0k", "3072"]
+
+
+def test_measured_counts_a_calls_cpu_time_and_page_faults():
+    def touch_fresh_pages():
+        block = bytearray(64 * 2**20)  # glibc maps it afresh: its pages fault in when written
+        block[::4096] = b"x" * (len(block) // 4096)
+
+    sample = measured(touch_fresh_pages, torch.device("cpu"))
+    assert sample.wall > 0 and sample.user + sample.sys > 0
+    assert sample.faults >= 64 * 2**20 // os.sysconf("SC_PAGE_SIZE") // 2
+    assert sample.peak_rss >= 64 * 2**20
+
+
+def _settings_probe(state):
+    """(denormals flushed, minor page faults of taking and freeing 64 MiB ten times) in a worker's process."""
+    flushed = (torch.tensor([1e-40]) * 1.0).item() == 0.0
+    for _ in range(3):  # warm-up: the heap settles
+        torch.empty(1 << 24).fill_(1.0)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+    for _ in range(10):
+        torch.empty(1 << 24).fill_(1.0)
+    return flushed, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+
+@pytest.mark.skipif(platform.libc_ver()[0] != "glibc" or platform.machine() != "x86_64",
+                    reason="the allocator is tuned on glibc, denormals flushed on x86")
+def test_our_side_runs_under_the_trainers_cpu_settings_and_theirs_at_the_defaults(tiny_cfg, fake_checkout):
+    cfg = tiny_cfg()
+    with Worker(_our_side, cfg, 8, "cpu") as ours, Worker(_authors_side, cfg, fake_checkout, 8, "cpu") as theirs:
+        (our_flush, our_faults), (their_flush, their_faults) = ours(_settings_probe), theirs(_settings_probe)
+    assert our_flush and not their_flush
+    pages = 10 * (1 << 26) // os.sysconf("SC_PAGE_SIZE")
+    assert our_faults < pages // 20 < pages // 2 < their_faults
 
 
 def test_training_table_has_no_authors_column():
@@ -169,14 +217,17 @@ def test_authors_code_is_loaded_patched_and_stepped_without_leaving_traces(fake_
     assert capsys.readouterr().out == ""  # their loss print went to the sink (patch 5)
 
 
-def test_compare_with_authors_times_both_per_stage(tiny_cfg, fake_checkout):
-    seconds = compare_with_authors(tiny_cfg(), fake_checkout, batch=8, iters=1, warmup=0, device="cpu",
+def test_compare_with_authors_measures_both_per_stage(tiny_cfg, fake_checkout):
+    samples = compare_with_authors(tiny_cfg(), fake_checkout, batch=8, iters=2, warmup=0, device="cpu",
                                    stages=(1, 2))
-    assert list(seconds) == [1, 2]
-    for times in seconds.values():
-        assert set(times) == {"ours", "authors"}
-        assert len(times["ours"]) == len(times["authors"]) == 1 and min(times["ours"] + times["authors"]) > 0
-    assert "train stage 2" in comparison_table(seconds)
+    assert list(samples) == [1, 2]
+    for runs in samples.values():
+        assert set(runs) == {"ours", "authors"}
+        assert len(runs["ours"]) == len(runs["authors"]) == 2
+        assert all(s.wall > 0 and s.user + s.sys > 0 and s.faults >= 0 for s in runs["ours"] + runs["authors"])
+    # two processes: ours holds an IS-GAN, theirs the fake's tiny model
+    assert samples[2]["ours"][0].peak_rss != samples[2]["authors"][0].peak_rss
+    assert "train stage 2" in comparison_table(samples) and "authors" in cpu_table(samples)
 
 
 def test_profile_splits_a_stage2_step_by_module_group_and_removes_its_hooks(tiny_cfg):

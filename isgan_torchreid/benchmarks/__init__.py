@@ -79,7 +79,8 @@ def _training_tables(cfg, args, device):
     from . import authors
     from .common import in_fresh_process
     from .evaluator import bench_evaluator, evaluator_table
-    from .training import bench_training, compare_with_authors, comparison_table, profile_stages, training_table
+    from .training import (bench_training, compare_with_authors, comparison_table, cpu_table, profile_stages,
+                           training_table)
 
     if args.reference:
         authors.check_checkout(args.reference)
@@ -94,12 +95,14 @@ def _training_tables(cfg, args, device):
         print(training_table(rows, device))
     if args.reference:
         iters = args.iters or 5
-        seconds = in_fresh_process(compare_with_authors, cfg, os.path.abspath(args.reference), args.batch, iters, 1,
-                                   str(device))
-        print(f"\nSame run, ours and the authors' code ({args.reference}) alternating per stage: one warm-up "
-              f"each, then {iters} timed iterations each; batch {args.batch} = "
-              f"{args.batch // cfg.SAMPLER.K} x {cfg.SAMPLER.K}, random inputs.")
-        print(comparison_table(seconds))
+        samples = compare_with_authors(cfg, os.path.abspath(args.reference), args.batch, iters, 1, str(device))
+        print(f"\nSame run, ours and the authors' code ({args.reference}) alternating per stage, each in a process "
+              f"of its own (ours with TRAIN.FLUSH_DENORMAL {cfg.TRAIN.FLUSH_DENORMAL} and TRAIN.KEEP_FREED_MEMORY "
+              f"{cfg.TRAIN.KEEP_FREED_MEMORY}, theirs at the defaults): one warm-up each, then {iters} timed "
+              f"iterations each; batch {args.batch} = {args.batch // cfg.SAMPLER.K} x {cfg.SAMPLER.K}, random inputs.")
+        print(comparison_table(samples))
+        print(f"\nPer step, medians (CPU time of all {torch.get_num_threads()} threads of each process):")
+        print(cpu_table(samples))
     if args.profile:
         print()
         print(in_fresh_process(profile_stages, cfg, args.batch, str(device)))

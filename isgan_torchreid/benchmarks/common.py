@@ -1,5 +1,7 @@
-"""What every benchmark shares: clocks that wait for the GPU, interleaved timing and its spread, peak memory,
-fresh processes, and our engine driven batch by batch on random inputs."""
+"""What every benchmark shares: clocks that wait for the GPU, interleaved timing and its spread, a step's CPU
+time and page faults, peak memory, fresh and persistent worker processes, and our engine driven batch by batch
+on random inputs."""
+import collections
 import concurrent.futures
 import multiprocessing
 import os
@@ -9,8 +11,8 @@ import time
 
 import torch
 
-__all__ = ["NUM_CLASSES", "NoData", "sync", "timed", "peak_rss", "current_rss", "interleaved_seconds", "spread",
-           "in_fresh_process", "our_engine"]
+__all__ = ["NUM_CLASSES", "NoData", "Sample", "sync", "timed", "measured", "peak_rss", "current_rss", "interleaved",
+           "interleaved_seconds", "spread", "in_fresh_process", "Worker", "random_batch", "our_engine"]
 
 NUM_CLASSES = 751  # Market-1501's training identities
 
@@ -55,26 +57,52 @@ def current_rss():
         return peak_rss()
 
 
-def interleaved_seconds(steps, iters, warmup=1, sync=None, clock=time.perf_counter):
-    """Seconds of each call of the ``steps`` ({name: fn}), called in turn (A B A B ...) after ``warmup`` rounds.
+# one call of a step: wall seconds; user and system CPU seconds and minor page faults of its process (all its
+# threads); the process's peak resident memory in bytes so far
+Sample = collections.namedtuple("Sample", "wall user sys faults peak_rss")
+
+
+def measured(fn, device):
+    """Call ``fn()`` once and return its :class:`Sample` (``getrusage`` of this process around the call)."""
+    sync(device)
+    before, start = resource.getrusage(resource.RUSAGE_SELF), time.perf_counter()
+    fn()
+    sync(device)
+    wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
+    return Sample(wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
+                  after.ru_minflt - before.ru_minflt, after.ru_maxrss * 1024)
+
+
+def interleaved(steps, iters, warmup=1, measure=None):
+    """``measure(fn)`` of each of the ``steps`` ({name: fn}), called in turn (A B A B ...) after ``warmup``
+    rounds of plain calls; by default each step measures itself (its return value is kept).
 
     Interleaving exposes every implementation to the same machine state (load, heat, memory), so ratios
-    taken within one run stay fair when the machine drifts. ``sync()`` runs before each clock reading.
-    Returns {name: [seconds of each of the ``iters`` timed calls]}.
+    taken within one run stay fair when the machine drifts. Returns {name: [one value per timed round]}.
     """
-    sync = sync or (lambda: None)
+    measure = measure or (lambda fn: fn())
     for _ in range(warmup):
         for fn in steps.values():
             fn()
-    seconds = {name: [] for name in steps}
+    values = {name: [] for name in steps}
     for _ in range(iters):
         for name, fn in steps.items():
-            sync()
-            start = clock()
-            fn()
-            sync()
-            seconds[name].append(clock() - start)
-    return seconds
+            values[name].append(measure(fn))
+    return values
+
+
+def interleaved_seconds(steps, iters, warmup=1, sync=None, clock=time.perf_counter):
+    """:func:`interleaved` wall seconds of each call; ``sync()`` runs before each clock reading."""
+    sync = sync or (lambda: None)
+
+    def seconds(fn):
+        sync()
+        start = clock()
+        fn()
+        sync()
+        return clock() - start
+
+    return interleaved(steps, iters, warmup, seconds)
 
 
 def spread(seconds):
@@ -89,15 +117,63 @@ def in_fresh_process(fn, *args):
         return pool.submit(fn, *args).result()
 
 
+_state = None  # what a Worker's init returned, in the worker's process
+
+
+def _init_worker(init, args):
+    global _state
+    _state = init(*args)
+
+
+def _call_worker(fn, args):
+    return fn(_state, *args)
+
+
+class Worker:
+    """A spawned process that keeps state between calls, so that steps of two implementations can alternate
+    while each keeps its own process: its own C allocator settings, heap and peak memory.
+
+    ``Worker(init, *args)`` runs ``init(*args)`` in the process and keeps the result there as the state;
+    ``worker(fn, *args)`` returns ``fn(state, *args)`` run there. The functions must be importable
+    (module-level); their exceptions are re-raised here. Use as a context manager to end the process.
+    """
+
+    def __init__(self, init, *args):
+        context = multiprocessing.get_context("spawn")
+        self._pool = concurrent.futures.ProcessPoolExecutor(max_workers=1, mp_context=context)
+        try:
+            self._pool.submit(_init_worker, init, args).result()
+        except BaseException:
+            self.close()
+            raise
+
+    def __call__(self, fn, *args):
+        return self._pool.submit(_call_worker, fn, args).result()
+
+    def close(self):
+        self._pool.shutdown()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def random_batch(cfg, batch):
+    """The benchmarks' input: ``batch`` random images of the configured size in P x K layout (seeded)."""
+    gen = torch.Generator().manual_seed(0)
+    imgs = torch.randn(batch, 3, cfg.DATA.HEIGHT, cfg.DATA.WIDTH, generator=gen)
+    return {"img": imgs, "pid": torch.arange(batch) // cfg.SAMPLER.K}
+
+
 def our_engine(cfg, method, batch, device):
     """Our engine on a random P x K batch of the configured size: (engine, model, batch dict)."""
     import isgan_torchreid  # noqa: F401  (registration in a fresh process)
     from isgan_torchreid.engine.staged import ISGANEngine
     from isgan_torchreid.models import build_model
 
-    gen = torch.Generator().manual_seed(0)
-    imgs = torch.randn(batch, 3, cfg.DATA.HEIGHT, cfg.DATA.WIDTH, generator=gen)
-    data = {"img": imgs, "pid": torch.arange(batch) // cfg.SAMPLER.K}  # P x K layout
+    data = random_batch(cfg, batch)
     cfg = cfg.clone()
     cfg.defrost()
     cfg.MODEL.NAME, cfg.MODEL.PRETRAINED = method, False
