@@ -69,6 +69,7 @@ _C.MODEL.NID_DIM = 64  # p of E_U
 _C.MODEL.NOISE_DIM = 128
 _C.MODEL.EU_POOL = "avg"  # the authors' code pools E_U with avg; the paper says max
 _C.MODEL.EU_BRANCHES = "parts"  # parts: one ResNet branch per part, as E_R (paper) | shared: one branch pooled for all
+_C.MODEL.EU_GRID = []  # [] (paper) | [rows, cols]: E_U also encodes a rows x cols grid of cells (layout); G draws them in place
 _C.MODEL.EU_INPUT = "rgb"  # rgb: E_U reads the image (paper) | gray: its luminance, so colour must come from E_R
 _C.MODEL.G_INIT = "fan_in"  # fan_in: each layer's std from the inputs it sums | reference: the authors' (G saturates)
 _C.MODEL.G_CLASS_INPUT = True  # G reads the one-hot label (paper); False: the identity code alone names the person
@@ -517,6 +518,14 @@ def validate(cfg):
             if cfg.DATA[key] % 16:
                 raise ISGANError(f"DATA.{key} = {cfg.DATA[key]} must be divisible by 16 for the generator "
                                  f"(at least four x2 upsamplings); e.g. 384x128, 256x128, 128x64 or 64x32")
+        grid = list(cfg.MODEL.EU_GRID)
+        if grid and (len(grid) != 2 or not all(isinstance(n, int) and n >= 1 for n in grid)):
+            raise ISGANError(f"MODEL.EU_GRID = {grid}: give [] (off) or [rows, cols] of positive integers, "
+                             f"e.g. [4, 2]")
+        if grid and (grid[0] > cfg.DATA.HEIGHT // 16 or grid[1] > cfg.DATA.WIDTH // 16):
+            raise ISGANError(f"MODEL.EU_GRID = {grid} has more cells than E_U's map of a {cfg.DATA.HEIGHT}x"
+                             f"{cfg.DATA.WIDTH} image ({cfg.DATA.HEIGHT // 16}x{cfg.DATA.WIDTH // 16}); use at "
+                             f"most [{cfg.DATA.HEIGHT // 16}, {cfg.DATA.WIDTH // 16}]")
         if cfg.MODEL.G_STRIPES != "none" and max(cfg.MODEL.PARTS) < 2:
             raise ISGANError(f"MODEL.G_STRIPES {cfg.MODEL.G_STRIPES} draws stripe features, but MODEL.PARTS "
                              f"{cfg.MODEL.PARTS} has no branch with stripes: set MODEL.PARTS e.g. [1, 2, 3], or "

@@ -103,6 +103,9 @@ def test_wrong_types_name_the_key(key, value, expected):
     (["DATA.SOURCES", "[]"], "DATA.SOURCES"),
     (["MODEL.G_STRIPES", "identity", "MODEL.PARTS", "[1]", "TRAIN.STAGES", "[1]"], "MODEL.G_STRIPES identity draws"),
     (["MODEL.G_STRIPES", "all"], "MODEL.G_STRIPES"),
+    (["MODEL.EU_GRID", "[4]"], r"MODEL.EU_GRID = \[4\]: give \[\] \(off\) or \[rows, cols\]"),
+    (["MODEL.EU_GRID", "[4, 0]"], "MODEL.EU_GRID"),
+    (["MODEL.EU_GRID", "[25, 2]"], r"has more cells than E_U's map of a 384x128 image \(24x8\)"),
 ])
 def test_invalid_values(opts, expected):
     with pytest.raises(ISGANError, match=expected):

@@ -102,3 +102,22 @@ def test_reparameterisation(e_u):
     with torch.no_grad():
         z_eval, mu_eval, _ = e_u(x)
     assert torch.equal(z_eval, mu_eval.flatten(1))
+
+
+@pytest.mark.parametrize("shared", [True, False])
+def test_nuisance_grid_encodes_each_cell_of_the_last_branch_map(r18, shared):
+    """MODEL.EU_GRID: K part features, then rows x cols cells average-pooled from the last branch's map."""
+    torch.manual_seed(3)
+    e_u = NuisanceEncoder(r18, shared=shared, grid=(4, 2)).eval()
+    x = torch.randn(2, 256, 8, 4)
+    with torch.no_grad():
+        z, mu, logvar = e_u(x)
+        _, last_map = e_u.branches.pooled_and_map(x)  # the 3-stripe branch's (shared: the one) map at stride one
+    assert e_u.num_cells == 8 and last_map.shape == (2, 512, 8, 4)
+    assert z.shape == (2, 16 * 64) and mu.shape == logvar.shape == (2, 16, 64)
+    cells = last_map.unfold(2, 2, 2).unfold(3, 2, 2).mean(dim=(4, 5))  # (2, 512, 4, 2): 2x2 blocks
+    torch.testing.assert_close(mu[:, 8:], e_u.cell_mu(cells.flatten(2).transpose(1, 2)))
+    torch.testing.assert_close(mu[:, 9], e_u.cell_mu(cells[:, :, 0, 1]))  # row-major: cell (0, 1) is the second
+    assert torch.equal(z, mu.flatten(1))  # eval: the means
+    plain = NuisanceEncoder(r18, shared=shared)
+    assert plain.num_cells == 0 and not hasattr(plain, "cell_mu")

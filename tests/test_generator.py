@@ -181,4 +181,29 @@ def test_stripe_conditioning_draws_each_stripe_into_its_rows():
 
 def test_without_stripes_the_generator_is_the_papers():
     g = Generator(3, id_dim=8, nid_dim=8, height=64, width=32)
-    assert len(g.stripe_proj) == 0 and g.stripes == []
+    assert len(g.stripe_proj) == 0 and g.stripes == [] and len(g.grid_proj) == 0
+
+
+def test_grid_draws_each_cell_into_its_block():
+    """MODEL.EU_GRID: the nuisance code's cell features (after its K part features) are drawn into the block of
+    the map each cell covers, at every hidden level with at least as many rows as the grid."""
+    torch.manual_seed(0)
+    e, rows, cols = 2, 4, 2
+    g = Generator(3, id_dim=8 * 4, nid_dim=(8 + rows * cols) * e, noise_dim=4, height=64, width=32,
+                  base_channels=64, class_input=False, grid=(rows, cols)).eval()
+    assert g.nid_part_dim == e and sorted(g.grid_proj, key=int) == ["1", "2", "3", "4"]  # maps of 4-32 rows
+    ids, nids = torch.randn(1, 32), torch.randn(1, (8 + rows * cols) * e)
+    noise = torch.zeros(1, 4)
+    moved = nids.clone()
+    moved[0, 8 * e + (3 * cols + 1) * e:][:e] += 3.0  # cell (3, 1): bottom right, rows 48-63, columns 16-31
+    with torch.no_grad():
+        change = (g(ids, moved, None, noise=noise) - g(ids, nids, None, noise=noise)).abs().mean(dim=(0, 1))
+    assert change[48:, 16:].mean() > 2 * change[:32, :16].mean()
+
+
+def test_grid_and_stripes_read_their_own_slices_of_the_nuisance_code():
+    torch.manual_seed(0)
+    g = Generator(3, id_dim=8 * 4, nid_dim=(8 + 2) * 2, noise_dim=4, height=64, width=32, base_channels=64,
+                  class_input=False, stripe_codes=("identity", "nuisance"), grid=(2, 1)).eval()
+    assert g.stripe_proj["nuisance"]["1"].in_features == 2 and g.grid_proj["0"].in_features == 2
+    assert g(torch.randn(2, 32), torch.randn(2, 20), None).shape == (2, 3, 64, 32)

@@ -86,6 +86,22 @@ def test_config_builds_a_stripe_conditioned_generator():
     assert g(torch.randn(2, 2048), torch.randn(2, 512), torch.tensor([0, 4])).shape == (2, 3, 64, 32)
 
 
+def test_config_builds_a_layout_grid():
+    from isgan_torchreid.config import load_config
+    from isgan_torchreid.models import build_model
+    cfg = load_config(None, ["MODEL.BACKBONE", "resnet18", "MODEL.PRETRAINED", "False", "DATA.HEIGHT", "64",
+                             "DATA.WIDTH", "32", "MODEL.G_WIDTH", "64", "MODEL.EU_BRANCHES", "shared",
+                             "MODEL.EU_GRID", "[4, 2]"])
+    m = build_model(cfg, 5).eval()
+    x = torch.randn(2, 3, 64, 32)
+    with torch.no_grad():
+        trunk = m.backbone(x)
+        nid, mu, _ = m.encoder_u(trunk)
+        fake = m.generator(m.encoder_r(trunk)[0], nid, torch.tensor([0, 4]))
+    assert nid.shape == (2, (8 + 8) * 64) and mu.shape == (2, 16, 64) and fake.shape == x.shape
+    assert m.generator.grid == (4, 2) and m.generator.nid_part_dim == 64
+
+
 def test_luminance_keeps_grey_images_and_weights_channels_by_bt601():
     mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
@@ -186,3 +202,17 @@ def test_errors(monkeypatch, kwargs, match):
         monkeypatch.setattr(isgan_module, "load_resnet", lambda *a: pytest.fail("loaded a ResNet"))
     with pytest.raises(ValueError, match=match):
         ISGAN(3, **{"backbone": "resnet18", "pretrained": False, **kwargs})
+
+
+def test_a_layout_grid_trains_in_stages_2_and_3(tiny_cfg):
+    """The cells' KL joins L_U and their heads and G's grid maps learn from the stage-2/3 losses."""
+    from isgan_torchreid.benchmarks.common import our_engine
+    cfg = tiny_cfg("DATA.HEIGHT", "64", "DATA.WIDTH", "32", "MODEL.EU_BRANCHES", "shared", "MODEL.EU_GRID", "[2, 1]")
+    engine, model, data = our_engine(cfg, "isgan", 8, torch.device("cpu"))
+    heads = [model.encoder_u.cell_mu.weight, model.encoder_u.cell_logvar.weight, model.generator.grid_proj["0"].weight]
+    for stage in (2, 3):
+        engine.enter_stage(stage)
+        before = [w.detach().clone() for w in heads]
+        summary = engine.forward_backward(data)
+        assert all(torch.isfinite(torch.tensor(v)) for v in summary.values() if isinstance(v, float))
+        assert all(not torch.equal(b, w) for b, w in zip(before, heads)), stage

@@ -22,7 +22,8 @@ ACTIVE_VARIANCE = 0.01
 
 @torch.no_grad()
 def latent_stats(mu: Tensor, logvar: Tensor) -> Dict[str, Tensor]:
-    """mu, logvar (B, K, p_U) -> ``eu/kl``, ``eu/kl_p<k>`` (k = 0..K-1), ``eu/active``, ``eu/mu_std``."""
+    """mu, logvar (B, F, p_U) -> ``eu/kl``, ``eu/kl_p<k>`` (k = 0..F-1: the K part features, then the cells of
+    MODEL.EU_GRID), ``eu/active``, ``eu/mu_std``."""
     mu, logvar = mu.detach().float(), logvar.detach().float()
     kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)  # (B, K, p_U)
     per_part = kl.sum(2).mean(0)  # (K,)

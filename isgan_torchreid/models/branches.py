@@ -175,12 +175,17 @@ class PartBranches(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(B, C4, h, w) trunk map -> (B, K, C5) pooled features."""
+        return self.pooled_and_map(x)[0]
+
+    def pooled_and_map(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        """(B, C4, h, w) trunk map -> (B, K, C5) pooled features and the last branch's map (B, C5, h', w')
+        (the shared branch's when ``shared``; h', w' = h, w for a branch with stripes, else h/2, w/2)."""
         if self.shared:
-            shared_map = self.branches[0](x)  # (B, C5, h, w)
-            feats = [part_pool(shared_map, n, self.pool) for n in self.parts]
+            maps = [self.branches[0](x)] * len(self.parts)  # (B, C5, h, w), pooled by every entry
         else:
-            feats = [part_pool(branch(x), n, self.pool) for branch, n in zip(self.branches, self.parts)]
-        return torch.cat(feats, dim=1)  # (B, K, C5)
+            maps = [branch(x) for branch in self.branches]
+        feats = [part_pool(m, n, self.pool) for m, n in zip(maps, self.parts)]
+        return torch.cat(feats, dim=1), maps[-1]  # (B, K, C5), (B, C5, h, w)
 
 
 def kaiming_init_(module: nn.Module) -> None:

@@ -8,6 +8,7 @@ which the KL loss [Eq. 5] pulls towards N(0, 1).
 from typing import List, Optional, Tuple
 
 import torch
+import torch.nn.functional as F
 import torchvision
 from torch import nn
 
@@ -61,7 +62,13 @@ class IdentityEncoder(nn.Module):
 
 class NuisanceEncoder(nn.Module):
     """E_U: part branches (or one shared branch) with K Gaussian heads (mu, logvar), sampled by
-    reparameterisation."""
+    reparameterisation.
+
+    ``grid`` (rows, cols) (MODEL.EU_GRID; None in the paper): E_U also average-pools its last branch's map
+    into rows x cols cells and encodes each cell with one more Gaussian head (shared by the cells), so that the
+    nuisance code carries a coarse layout (where the person, the occluder and the background's objects are)
+    besides the K part features. The code then holds K + rows * cols features of ``feat_dim``.
+    """
 
     def __init__(
         self,
@@ -70,13 +77,23 @@ class NuisanceEncoder(nn.Module):
         feat_dim: int = 64,
         pool: str = "avg",
         shared: bool = False,
+        grid: Optional[Tuple[int, int]] = None,
     ):
         super().__init__()
         self.branches = PartBranches(resnet, parts, pool=pool, shared=shared)
         self.feat_dim = feat_dim
+        self.grid = tuple(grid) if grid else None
         channels = self.branches.out_channels
         self.mu = nn.ModuleList(nn.Linear(channels, feat_dim) for _ in range(self.num_features))
         self.logvar = nn.ModuleList(nn.Linear(channels, feat_dim) for _ in range(self.num_features))
+        if self.grid:
+            self.cell_mu = nn.Linear(channels, feat_dim)
+            self.cell_logvar = nn.Linear(channels, feat_dim)
+
+    @property
+    def num_cells(self) -> int:
+        """rows * cols of the layout grid (0 without one)."""
+        return self.grid[0] * self.grid[1] if self.grid else 0
 
     @property
     def num_features(self) -> int:
@@ -86,19 +103,24 @@ class NuisanceEncoder(nn.Module):
     def forward(
         self, x: torch.Tensor, generator: Optional[torch.Generator] = None
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, C4, h, w) trunk map -> z (B, K*feat_dim), mu and logvar (B, K, feat_dim).
+        """(B, C4, h, w) trunk map -> z (B, F*feat_dim), mu and logvar (B, F, feat_dim); F = K parts, then the
+        grid's cells row by row (F = K without a grid).
 
         In train mode z = mu + exp(logvar / 2) * eps with eps ~ N(0, 1) drawn from ``generator``
         (torch's default generator when None; it must live on the input's device).
         In eval mode z = mu.
         """
-        pooled = self.branches(x)  # (B, K, C5)
+        pooled, last_map = self.branches.pooled_and_map(x)  # (B, K, C5), (B, C5, h', w')
         mu = torch.stack([head(pooled[:, k]) for k, head in enumerate(self.mu)], dim=1)
         logvar = torch.stack([head(pooled[:, k]) for k, head in enumerate(self.logvar)], dim=1)
+        if self.grid:
+            cells = F.adaptive_avg_pool2d(last_map, self.grid).flatten(2).transpose(1, 2)  # (B, rows*cols, C5)
+            mu = torch.cat([mu, self.cell_mu(cells)], dim=1)  # (B, K + rows*cols, feat_dim)
+            logvar = torch.cat([logvar, self.cell_logvar(cells)], dim=1)
         if self.training:
             std = torch.exp(0.5 * logvar)
             eps = torch.randn(std.shape, generator=generator, device=std.device, dtype=std.dtype)
-            z = mu + std * eps  # (B, K, feat_dim)
+            z = mu + std * eps  # (B, F, feat_dim)
         else:
             z = mu
         return z.flatten(1), mu, logvar  # (B, K*feat_dim)

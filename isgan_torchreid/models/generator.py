@@ -27,6 +27,12 @@ stripes) is added to the rows that stripe covers (nearest resizing of the n stri
 broadcast over the columns. The codes still enter through the FC as in the paper; the added path tells G where
 each stripe's look (a shirt, the trousers; the legs' pose) belongs, which the vector path must otherwise learn
 from the data.
+
+Layout grid (MODEL.EU_GRID; off in the paper). When E_U's nuisance code also holds the features of a rows x
+cols grid of cells (:class:`~isgan_torchreid.models.encoders.NuisanceEncoder`), G adds a linear map of each
+cell's feature (one per block, shared by the cells) to the block of the map that cell covers (nearest resizing
+of the grid to the map), after each hidden block whose map has at least ``rows`` rows: the nuisance code says
+where things are in two dimensions, not only per stripe.
 """
 import math
 from typing import List, Optional, Sequence, Tuple
@@ -118,6 +124,7 @@ class Generator(nn.Module):
         base_channels: int = 512,
         parts: Sequence[int] = (1, 2, 3),
         stripe_codes: Sequence[str] = (),
+        grid: Optional[Tuple[int, int]] = None,
     ):
         super().__init__()
         check_image_size(height, width)
@@ -150,19 +157,26 @@ class Generator(nn.Module):
         self.deconvs = nn.Sequential(*blocks)
         # stripe conditioning: block i's output has channels[i] channels and (height >> ups) * 2^i rows
         self.num_features = sum(1 + len(stripes) for _, stripes in part_layout(parts))  # K
+        self.grid = tuple(grid) if grid else None
+        num_cells = self.grid[0] * self.grid[1] if self.grid else 0
+        self.nid_part_dim = nid_dim // (self.num_features + num_cells)  # p_U: nid = K part features + cells
         rows_needed = max((n for n, _ in self.stripes), default=0)
         levels = [(str(i), c) for i, c in enumerate(channels) if (height >> ups) << i >= rows_needed]
-        dims = {"identity": id_dim // self.num_features, "nuisance": nid_dim // self.num_features}
+        dims = {"identity": id_dim // self.num_features, "nuisance": self.nid_part_dim}
         self.stripe_proj = nn.ModuleDict({
             code: nn.ModuleDict({i: nn.Linear(dims[code], c) for i, c in levels}) for code in stripe_codes
+        })
+        self.grid_proj = nn.ModuleDict({
+            str(i): nn.Linear(self.nid_part_dim, c) for i, c in enumerate(channels)
+            if self.grid and (height >> ups) << i >= self.grid[0]
         })
         kaiming_init_(self)  # BatchNorm N(1, 0.02); the weights below for "fan_in"
         if init == "fan_in":
             self._fan_in_init(height >> ups, width >> ups)
-        for projs in self.stripe_proj.values():  # unit gain: adds about as much as the block's own activations
-            for proj in projs.values():
-                nn.init.normal_(proj.weight, 0.0, 1 / math.sqrt(proj.in_features))
-                nn.init.zeros_(proj.bias)
+        projs = [proj for code in self.stripe_proj.values() for proj in code.values()] + list(self.grid_proj.values())
+        for proj in projs:  # unit gain: adds about as much as the block's own activations
+            nn.init.normal_(proj.weight, 0.0, 1 / math.sqrt(proj.in_features))
+            nn.init.zeros_(proj.bias)
 
     def _fan_in_init(self, h0: int, w0: int) -> None:
         """Weights ~ N(0, (gain / sqrt(fan))^2), fan the inputs each output unit sums (module doc)."""
@@ -197,15 +211,20 @@ class Generator(nn.Module):
         if self.class_input:
             codes.append(F.one_hot(labels, self.num_classes).to(id_feat.dtype))  # (B, C)
         x = self.fc(torch.cat(codes, dim=1))[:, :, None, None]  # (B, c0, 1, 1), c0 = 512 at G_WIDTH 512
-        if not self.stripe_proj:
+        if not self.stripe_proj and not self.grid_proj:
             return self.deconvs(x)  # (B, 3, H, W)
-        flat = {"identity": id_feat, "nuisance": nid_feat}
-        parts = {code: flat[code].view(x.shape[0], self.num_features, -1) for code in self.stripe_proj}  # (B, K, d)
+        B, K, p = x.shape[0], self.num_features, self.nid_part_dim
+        flat = {"identity": id_feat, "nuisance": nid_feat[:, :K * p]}
+        parts = {code: flat[code].reshape(B, K, -1) for code in self.stripe_proj}  # (B, K, d)
+        cells = nid_feat[:, K * p:].reshape(B, *(self.grid or (0, 0)), p)  # (B, rows, cols, p_U)
         for i, block in enumerate(self.deconvs):
             x = block(x)  # (B, c_i, h_i, w_i)
             for code, projs in self.stripe_proj.items():
                 if str(i) in projs:
                     x = x + self._stripe_map(parts[code], projs[str(i)], x.shape[2])  # + (B, c_i, h_i, 1)
+            if str(i) in self.grid_proj:
+                grid_map = self.grid_proj[str(i)](cells).permute(0, 3, 1, 2)  # (B, c_i, rows, cols)
+                x = x + F.interpolate(grid_map, size=x.shape[2:], mode="nearest")  # + (B, c_i, h_i, w_i)
         return x  # (B, 3, H, W)
 
     def _stripe_map(self, parts: torch.Tensor, proj: nn.Linear, rows: int) -> torch.Tensor:

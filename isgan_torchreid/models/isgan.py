@@ -45,6 +45,7 @@ class ISGAN(MGN):
         g_width: int = 512,
         d_width: int = 256,
         g_stripes: str = "none",
+        eu_grid=None,
     ):
         # check cheap settings before loading (possibly downloading) the ResNet
         check_loss(loss)
@@ -56,13 +57,13 @@ class ISGAN(MGN):
             raise ValueError(f"unknown E_U input {eu_input!r} (MODEL.EU_INPUT); use one of {', '.join(EU_INPUTS)}")
         resnet = load_resnet(backbone, pretrained)
         super().__init__(num_classes, backbone, pretrained, parts, id_dim, loss, resnet=resnet)
-        self.encoder_u = NuisanceEncoder(resnet, parts, nid_dim, pool=eu_pool, shared=eu_shared)
+        self.encoder_u = NuisanceEncoder(resnet, parts, nid_dim, pool=eu_pool, shared=eu_shared, grid=eu_grid)
         self.eu_input = eu_input  # what E_U reads: the trunk map of the image or of its luminance (nuisance_map)
         k = self.encoder_r.num_features
-        self.generator = Generator(num_classes, id_dim * k, nid_dim * k, noise_dim, height, width,
-                                   dropout=g_dropout, init=g_init, class_input=g_class_input,
-                                   base_channels=g_width, parts=parts,
-                                   stripe_codes=G_STRIPES[g_stripes])
+        self.generator = Generator(num_classes, id_dim * k, nid_dim * (k + self.encoder_u.num_cells), noise_dim,
+                                   height, width, dropout=g_dropout, init=g_init, class_input=g_class_input,
+                                   base_channels=g_width, parts=parts, stripe_codes=G_STRIPES[g_stripes],
+                                   grid=self.encoder_u.grid)
         self.discriminator = Discriminator(num_classes, base_channels=d_width)
 
 
