@@ -22,8 +22,8 @@ from isgan_torchreid.visualize.canvas import (PAD, Tile, denormalize, font, mark
                                               part_mask_bar, save_png, sheet)
 from isgan_torchreid.deploy.gan import load_gan
 from isgan_torchreid.engine import checkpoint as ckpt
-from isgan_torchreid.visualize.disentangle import (decode_with_classes, interpolated_codes, parse_slots, region_slots,
-                                                   slot_names, swapped_codes)
+from isgan_torchreid.visualize.disentangle import (decode_with_classes, interpolated_codes, parse_slots, region_cells,
+                                                   region_slots, slot_names, swapped_codes)
 from isgan_torchreid.visualize.main import load_images, visualize_main
 
 from conftest import CONFIGS, REPO, TINY, make_run
@@ -306,3 +306,17 @@ def test_rank_refuses_an_incomplete_descriptor(runs, tmp_path):
     with pytest.raises(ISGANError, match=f"{bad} does not hold the whole descriptor of this MGN: 1 of its"):
         visualize_main(["rank", "--weights", bad, "--config-file", config, "--out", str(out), "--debug"])
     assert not out.exists()
+
+
+def test_region_cells_follow_the_grid_rows_after_the_part_features():
+    assert region_cells((4, 2), "upper", 8) == [8, 9, 10, 11] and region_cells((4, 2), "lower", 8) == [12, 13, 14, 15]
+    assert region_cells((4, 2), "all", 8) == list(range(8, 16))
+    assert region_cells((3, 1), "upper", 8) == [8] and region_cells((3, 1), "lower", 8) == [10]
+    assert region_cells(None, "upper", 8) == [] and region_cells((4, 2), "chosen features", 8) == []
+    # a nuisance code of 8 parts + 8 cells: swapping every part and cell gives the other's code whole
+    x, y = (torch.zeros(1, 4), torch.zeros(1, 16 * 3)), (torch.ones(1, 4), torch.arange(48.0)[None])
+    _, nuisance = swapped_codes(x, y, region_slots((1, 2, 3), "all") + region_cells((4, 2), "all", 8), "nuisance", 16)
+    assert torch.equal(nuisance, y[1])
+    _, upper = swapped_codes(x, y, region_slots((1, 2, 3), "upper") + region_cells((4, 2), "upper", 8), "nuisance", 16)
+    taken = upper.view(16, 3)[:, 0] != 0
+    assert taken.nonzero().flatten().tolist() == [2, 5, 8, 9, 10, 11] and upper.view(16, 3)[2, 0] == 6

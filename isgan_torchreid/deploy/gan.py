@@ -71,6 +71,8 @@ class GAN:
         self.spec = {"height": height, "width": width, "mean": list(IMAGENET_MEAN), "std": list(IMAGENET_STD)}
         self.parts = tuple(model.encoder_r.branches.parts)
         self.num_features = model.encoder_r.num_features  # K
+        self.grid = model.encoder_u.grid  # (rows, cols) of E_U's layout cells (MODEL.EU_GRID), or None
+        self.nuisance_features = self.num_features + model.encoder_u.num_cells  # K parts, then the cells
         self._transform = None
 
     @property

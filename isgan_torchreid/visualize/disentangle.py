@@ -13,7 +13,7 @@ from the identity features being decoded (:meth:`GAN.predicted_class`). Every fi
 and labels each generated image with the class it was given.
 """
 import os
-from typing import List, Sequence, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import torch
 from torch import Tensor
@@ -23,7 +23,7 @@ from ..errors import ISGANError
 from ..losses.shuffle import part_shuffle
 from .canvas import Tile, market_label, part_mask_bar, sheet, to_pil
 
-__all__ = ["CLASS_INPUT_NOTE", "slot_names", "region_slots", "parse_slots", "interpolated_codes", "swapped_codes",
+__all__ = ["CLASS_INPUT_NOTE", "slot_names", "region_slots", "region_cells", "parse_slots", "interpolated_codes", "swapped_codes",
            "decode_with_classes", "interpolation_figure", "swap_figure", "pairs_figure"]
 
 CLASS_INPUT_NOTE = ("G decodes E_R features (identity) and E_U means (nuisance) with noise 0; its class input is "
@@ -59,6 +59,17 @@ def region_slots(parts: Sequence[int], region: str) -> List[int]:
                 slots.append(k)
             k += 1
     return slots
+
+
+def region_cells(grid: Optional[Tuple[int, int]], region: str, first: int) -> List[int]:
+    """Feature indices of the cells of E_U's layout grid (MODEL.EU_GRID; none without one) in a region, the cells
+    numbered row by row from ``first`` (they follow the K part features): ``all``, or ``upper`` / ``lower``
+    (the rows whose centre lies in the top / bottom half, as :func:`region_slots`); none for chosen features."""
+    if not grid or region not in ("all", "upper", "lower"):
+        return []
+    rows, cols = grid
+    chosen = [r for r in range(rows) if region == "all" or (2 * r + 1 < rows if region == "upper" else 2 * r + 1 > rows)]
+    return [first + r * cols + c for r in chosen for c in range(cols)]
 
 
 def layout_text(parts: Sequence[int]) -> str:
@@ -106,7 +117,8 @@ def interpolated_codes(a: Tuple[Tensor, Tensor], b: Tuple[Tensor, Tensor], steps
 
 def swapped_codes(x: Tuple[Tensor, Tensor], y: Tuple[Tensor, Tensor], slots: Sequence[int], what: str,
                   num_features: int):
-    """x's codes with the ``what`` features of ``slots`` taken from y (the region-wise S of Eq. 4)."""
+    """x's codes with the ``what`` features of ``slots`` taken from y (the region-wise S of Eq. 4); the ``what``
+    code holds ``num_features`` features (K, or for a nuisance code with a layout grid K + its cells)."""
     if what not in WHAT:
         raise ValueError(f"swap: what must be one of {WHAT}, got {what!r}")
     mask = torch.zeros(x[0].size(0), num_features, dtype=torch.bool, device=x[0].device)  # (B, K)
@@ -170,8 +182,10 @@ def swap_figure(gan: GAN, imgs: Tensor, shown: Tensor, paths: Sequence[str], slo
     partner = torch.tensor([1, 0], device=identity.device)
     partner_codes = tuple(c[partner] for c in codes)
     auto, auto_cls = decode_with_classes(gan, identity, nuisance)
-    swapped, swapped_cls = decode_with_classes(gan, *swapped_codes(codes, partner_codes, slots, what,
-                                                                   gan.num_features))
+    cells = region_cells(gan.grid, region, gan.num_features) if what == "nuisance" else []
+    count = gan.nuisance_features if what == "nuisance" else gan.num_features
+    swapped, swapped_cls = decode_with_classes(gan, *swapped_codes(codes, partner_codes, list(slots) + cells, what,
+                                                                   count))
     names = slot_names(gan.parts)
     taken = [k in set(slots) for k in range(len(names))]
     bar = part_mask_bar(gan.parts, taken, height=shown.size(-2) * scale, cell=max(8, 5 * scale))
@@ -190,7 +204,10 @@ def swap_figure(gan: GAN, imgs: Tensor, shown: Tensor, paths: Sequence[str], slo
     caption = (f"Third column: the row's image decoded with the {what} features {chosen} taken from the other "
                f"image (features: {layout_text(gan.parts)}; stripes numbered from the top). Bars: one per part "
                f"branch of MODEL.PARTS {list(gan.parts)}, a frame for its global feature around its stripes; "
-               f"orange = taken from the other image. {CLASS_INPUT_NOTE}" + (f" Weights: {source}." if source else ""))
+               f"orange = taken from the other image."
+               + (f" E_U's layout cells of that region were taken too ({len(cells)} of the {gan.grid[0]}x"
+                  f"{gan.grid[1]} grid, MODEL.EU_GRID)." if cells else "")
+               + f" {CLASS_INPUT_NOTE}" + (f" Weights: {source}." if source else ""))
     return sheet(rows, title=title, column_titles=["input", "auto-encoded", f"with the other's {what}", "the other",
                                                    "features"],
                  row_labels=who, caption=caption, font_size=font_size)
