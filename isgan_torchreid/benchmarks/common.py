@@ -45,7 +45,14 @@ def timed(fn, iters, warmup, device):
 
 
 def peak_rss():
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    """This process's peak resident memory in bytes: Linux's VmHWM, the high-water mark of its own address
+    space (``ru_maxrss`` where /proc cannot be read; on Linux it also carries the peak of the process that
+    forked this one, since exec keeps it)."""
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) for line in f if line.startswith("VmHWM:")) * 1024
+    except (OSError, StopIteration, ValueError, IndexError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def current_rss():
@@ -70,7 +77,7 @@ def measured(fn, device):
     sync(device)
     wall, after = time.perf_counter() - start, resource.getrusage(resource.RUSAGE_SELF)
     return Sample(wall, after.ru_utime - before.ru_utime, after.ru_stime - before.ru_stime,
-                  after.ru_minflt - before.ru_minflt, after.ru_maxrss * 1024)
+                  after.ru_minflt - before.ru_minflt, peak_rss())
 
 
 def interleaved(steps, iters, warmup=1, measure=None):
