@@ -25,8 +25,8 @@ def latent_stats(mu: Tensor, logvar: Tensor) -> Dict[str, Tensor]:
     """mu, logvar (B, F, p_U) -> ``eu/kl``, ``eu/kl_p<k>`` (k = 0..F-1: the K part features, then the cells of
     MODEL.EU_GRID), ``eu/active``, ``eu/mu_std``."""
     mu, logvar = mu.detach().float(), logvar.detach().float()
-    kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)  # (B, K, p_U)
-    per_part = kl.sum(2).mean(0)  # (K,)
+    kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)  # (B, F, p_U)
+    per_part = kl.sum(2).mean(0)  # (F,)
     stats = {"eu/kl": per_part.sum()}
     stats.update({f"eu/kl_p{k}": v for k, v in enumerate(per_part)})
     if mu.size(0) > 1:

@@ -123,4 +123,4 @@ class NuisanceEncoder(nn.Module):
             z = mu + std * eps  # (B, F, feat_dim)
         else:
             z = mu
-        return z.flatten(1), mu, logvar  # (B, K*feat_dim)
+        return z.flatten(1), mu, logvar  # (B, F*feat_dim)

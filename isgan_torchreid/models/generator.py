@@ -160,15 +160,16 @@ class Generator(nn.Module):
         self.grid = tuple(grid) if grid else None
         num_cells = self.grid[0] * self.grid[1] if self.grid else 0
         self.nid_part_dim = nid_dim // (self.num_features + num_cells)  # p_U: nid = K part features + cells
-        rows_needed = max((n for n, _ in self.stripes), default=0)
-        levels = [(str(i), c) for i, c in enumerate(channels) if (height >> ups) << i >= rows_needed]
+        def levels(rows_needed):  # (name, channels) of the hidden blocks whose map has at least rows_needed rows
+            return [(str(i), c) for i, c in enumerate(channels) if (height >> ups) << i >= rows_needed]
+
         dims = {"identity": id_dim // self.num_features, "nuisance": self.nid_part_dim}
+        stripe_levels = levels(max((n for n, _ in self.stripes), default=0))
         self.stripe_proj = nn.ModuleDict({
-            code: nn.ModuleDict({i: nn.Linear(dims[code], c) for i, c in levels}) for code in stripe_codes
+            code: nn.ModuleDict({i: nn.Linear(dims[code], c) for i, c in stripe_levels}) for code in stripe_codes
         })
         self.grid_proj = nn.ModuleDict({
-            str(i): nn.Linear(self.nid_part_dim, c) for i, c in enumerate(channels)
-            if self.grid and (height >> ups) << i >= self.grid[0]
+            i: nn.Linear(self.nid_part_dim, c) for i, c in (levels(self.grid[0]) if self.grid else [])
         })
         kaiming_init_(self)  # BatchNorm N(1, 0.02); the weights below for "fan_in"
         if init == "fan_in":

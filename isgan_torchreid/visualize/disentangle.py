@@ -54,11 +54,16 @@ def region_slots(parts: Sequence[int], region: str) -> List[int]:
     for n in parts:
         k += 1  # the global feature
         for i in range(n if n > 1 else 0):
-            centre = 2 * i + 1  # stripe centre x 2n, compared with the image centre n
-            if (region == "upper" and centre < n) or (region == "lower" and centre > n):
+            if _in_half(i, n, region):
                 slots.append(k)
             k += 1
     return slots
+
+
+def _in_half(i: int, n: int, region: str) -> bool:
+    """Whether band i of n equal bands (top to bottom) has its centre in the ``upper`` / ``lower`` half."""
+    centre = 2 * i + 1  # the band's centre x 2n, compared with the image's centre n
+    return centre < n if region == "upper" else centre > n
 
 
 def region_cells(grid: Optional[Tuple[int, int]], region: str, first: int) -> List[int]:
@@ -68,7 +73,7 @@ def region_cells(grid: Optional[Tuple[int, int]], region: str, first: int) -> Li
     if not grid or region not in ("all", "upper", "lower"):
         return []
     rows, cols = grid
-    chosen = [r for r in range(rows) if region == "all" or (2 * r + 1 < rows if region == "upper" else 2 * r + 1 > rows)]
+    chosen = [r for r in range(rows) if region == "all" or _in_half(r, rows, region)]
     return [first + r * cols + c for r in chosen for c in range(cols)]
 
 
