@@ -94,3 +94,8 @@ def tiny_cfg(data_root, tmp_path):
         opts = TINY + ["DATA.ROOT", data_root, "OUTPUT_DIR", str(tmp_path / "out")] + list(overrides)
         return load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), opts)
     return make
+
+
+def floats(summary):
+    """A training step's summary (0-d tensors on the device) as floats, as the engine's logging points read it."""
+    return {name: value.item() for name, value in summary.items()}

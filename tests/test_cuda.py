@@ -18,7 +18,7 @@ from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.models import build_model
 
 import test_distributed as td
-from conftest import CONFIGS, TINY, interrupted_at
+from conftest import CONFIGS, TINY, floats, interrupted_at
 from test_distributed import train_args  # noqa: F401  (fixture)
 
 pytestmark = [pytest.mark.cuda, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
@@ -53,7 +53,7 @@ def test_float16_autocast_with_loss_scaling(stage):
     for _ in range(12):  # GradScaler starts at 2^16: an untrained trunk's first-layer gradients (~10) overflow float16
         # there, and each skipped step halves the scale (measured on an H200: 2^16 to 2^14 still overflow)
         scales.append({name: opt.scaler.get_scale() for name, opt in engine.optimizers.items()})
-        summary = engine.forward_backward(batch())
+        summary = floats(engine.forward_backward(batch()))
         if any(not torch.equal(p, before[n]) for n, p in engine.model.named_parameters() if n in before):
             break
     else:
@@ -84,7 +84,7 @@ def test_channels_last_on_gpu():
     seen = []
     engine.model.backbone.register_forward_pre_hook(
         lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
-    assert all(math.isfinite(v) for v in engine.forward_backward(batch()).values()) and seen == [True]
+    assert all(math.isfinite(v) for v in floats(engine.forward_backward(batch())).values()) and seen == [True]
 
 
 def test_gpu_run_resumes_and_its_checkpoint_loads_on_cpu(data_root, tmp_path):

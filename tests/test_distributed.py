@@ -269,22 +269,24 @@ def check_steps_as_one(tmp_path, monkeypatch, device_type):
 
 
 def _nonfinite_worker(rank, world_size, port, out_dir):
-    """Rank 1 alone gets a NaN loss: both ranks skip the step, name rank 1's term, and go on in step."""
-    from isgan_torchreid.engine.optim import StageOptimizer, Update
+    """Rank 1 alone gets a NaN loss: both ranks skip the step on the device, name rank 1's term when the log is
+    collected, and go on in step."""
+    from isgan_torchreid.engine.optim import NonfiniteLog, StageOptimizer, Update, sgd
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
         torch.manual_seed(0)
         model = nn.Linear(3, 1)
         net = nn.parallel.DistributedDataParallel(model)
-        opt = torch.optim.SGD(model.parameters(), lr=0.1)
-        seen = []
-        update = Update(StageOptimizer(opt, None, torch.amp.GradScaler("cpu", enabled=False)),
-                        lambda term, value: seen.append((term, value)))
+        log = NonfiniteLog()
+        update = Update(StageOptimizer(sgd(model.parameters(), lr=0.1, momentum=0.9), None,
+                                       torch.amp.GradScaler("cpu", enabled=False)), log)
         x = torch.ones(2, 3) * (rank + 1)
-        taken = [update({"L": net(x).sum() * (float("nan") if rank == 1 else 1.0)}),
-                 update({"L": net(x).sum()})]
-        torch.save({"taken": taken, "seen": seen, "weight": model.weight.detach().clone()},
+        skipped = []
+        for step, factor in enumerate((float("nan") if rank == 1 else 1.0, 1.0)):
+            log.where = step
+            skipped.append(bool(update({"L": net(x).sum() * factor})))
+        torch.save({"skipped": skipped, "seen": log.collect(), "weight": model.weight.detach().clone()},
                    os.path.join(out_dir, f"rank{rank}.pt"))
     finally:
         dist.destroy_process_group()
@@ -294,8 +296,9 @@ def test_nonfinite_loss_on_one_rank_is_decided_together(tmp_path):
     mp.spawn(_nonfinite_worker, args=(2, free_port(), str(tmp_path)), nprocs=2)
     ranks = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
     for r in ranks:
-        assert r["taken"] == [False, True]  # rank 0's finite loss was skipped too: no one waits for rank 1
-        assert [term for term, _ in r["seen"]] == ["L (rank 1)"] and math.isnan(r["seen"][0][1])
+        assert r["skipped"] == [True, False]  # rank 0's finite loss was skipped too: no one applies NaN gradients
+        assert [(where, term) for where, term, _ in r["seen"]] == [(0, "L (rank 1)")]
+        assert math.isnan(r["seen"][0][2])
     assert torch.equal(ranks[0]["weight"], ranks[1]["weight"])  # the next step all-reduced normally
 
 

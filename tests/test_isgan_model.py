@@ -8,6 +8,8 @@ from isgan_torchreid.engine.objective import luminance, nuisance_map
 from isgan_torchreid.models import isgan as isgan_module
 from isgan_torchreid.models.isgan import ISGAN, isgan_r18, isgan_r34, isgan_r50
 
+from conftest import floats
+
 
 def n_params(module):
     return sum(p.numel() for p in module.parameters())
@@ -213,6 +215,6 @@ def test_a_layout_grid_trains_in_stages_2_and_3(tiny_cfg):
     for stage in (2, 3):
         engine.enter_stage(stage)
         before = [w.detach().clone() for w in heads]
-        summary = engine.forward_backward(data)
-        assert all(torch.isfinite(torch.tensor(v)) for v in summary.values() if isinstance(v, float))
+        summary = floats(engine.forward_backward(data))
+        assert all(torch.isfinite(torch.tensor(v)) for v in summary.values())
         assert all(not torch.equal(b, w) for b, w in zip(before, heads)), stage

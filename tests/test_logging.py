@@ -44,16 +44,18 @@ class Clock:
 
 def fake_engine(cfg, stage, num_batches, is_gan=True):
     lr = SimpleNamespace(optimizer=SimpleNamespace(param_groups=[{"lr": 2e-4}]))
-    return SimpleNamespace(cfg=cfg, stage=stage, epoch=0, max_epoch=cfg.TRAIN[f"STAGE{stage}"].EPOCHS, batch_idx=-1,
-                           num_batches=num_batches, is_gan=is_gan, optimizers={"model": lr}, summary={},
-                           objective=SimpleNamespace(stages=(1, 2, 3) if is_gan else (1, 3)))
+    engine = SimpleNamespace(cfg=cfg, stage=stage, epoch=0, max_epoch=cfg.TRAIN[f"STAGE{stage}"].EPOCHS,
+                             batch_idx=-1, num_batches=num_batches, is_gan=is_gan, optimizers={"model": lr},
+                             summary={}, objective=SimpleNamespace(stages=(1, 2, 3) if is_gan else (1, 3)))
+    engine.at_logging_point = lambda: ISGANEngine.at_logging_point(engine)
+    return engine
 
 
 def steps(printer, engine, clock, n, seconds, summary):
     """Run ``n`` steps of ``seconds`` each through the printer."""
     for _ in range(n):
         clock.now += seconds
-        engine.summary = summary
+        engine.summary = {k: torch.tensor(v) for k, v in summary.items()}  # a step's values stay on the device
         engine.batch_idx += 1
         printer.after_step()
 
@@ -64,7 +66,7 @@ def test_progress_line_groups_fits_and_estimates_the_run(monkeypatch, capsys):
     cfg = load_config(None, ["TRAIN.STAGE1.EPOCHS", "300", "TRAIN.STAGE2.EPOCHS", "200", "TRAIN.STAGE3.EPOCHS", "100",
                              "TRAIN.PRINT_FREQ", "2"])
     nb = 1000
-    printer = ProgressPrinter(2)
+    printer = ProgressPrinter()
     engine = printer.engine = fake_engine(cfg, 1, nb)
     printer.before_stage()
     steps(printer, engine, clock, 2, 3.0, {"L_R": 1.0, "acc": 0.25})

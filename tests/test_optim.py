@@ -38,3 +38,31 @@ def test_adam_falls_back_where_no_fused_kernel_exists(monkeypatch):
     monkeypatch.setattr(optim.torch.optim, "Adam", no_fused)
     opt, _ = trajectory(lambda groups: optim.adam(groups, **SETTINGS))
     assert not opt.param_groups[0]["fused"]
+
+
+def test_sgd_skips_on_the_device_and_then_makes_torchs_steps():
+    """A first step skipped through found_inf (a non-finite loss) leaves the parameters and lets the next steps
+    make plain SGD's (fused SGD alone would keep uninitialised momentum buffers)."""
+    torch.manual_seed(0)
+    params = [torch.randn(64, 32, requires_grad=True), torch.randn(7, requires_grad=True)]
+    reference = [p.detach().clone().requires_grad_(True) for p in params]
+    settings = dict(lr=0.1, momentum=0.9, weight_decay=5e-4)
+    opt, plain = optim.sgd(params, **settings), torch.optim.SGD(reference, **settings)
+    assert opt.param_groups[0]["fused"]
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.full_like(p, float("nan"))
+    opt.found_inf = torch.ones(())
+    opt.step()
+    del opt.found_inf
+    assert all(torch.equal(p, b) for p, b in zip(params, before))
+    assert all(torch.equal(opt.state[p]["momentum_buffer"], torch.zeros_like(p)) for p in params)
+    for step in range(3):
+        torch.manual_seed(step)
+        for p, r in zip(params, reference):
+            p.grad = torch.randn_like(p)
+            r.grad = p.grad.clone()
+        opt.step()
+        plain.step()
+    for p, r in zip(params, reference):
+        torch.testing.assert_close(p, r, rtol=1e-6, atol=1e-7)

@@ -17,6 +17,7 @@ import torch
 import yaml
 import torch.nn.functional as F
 from torch import nn
+from torch.overrides import TorchFunctionMode
 
 import isgan_torchreid.losses.isgan as loss_module
 from isgan_torchreid.cli import setup, train_main
@@ -27,7 +28,7 @@ from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
 
-from conftest import CONFIGS, TINY, interrupted_at
+from conftest import CONFIGS, TINY, floats, interrupted_at
 
 MODULES = ("backbone", "encoder_r", "encoder_u", "generator", "discriminator")
 TRAINED = {
@@ -152,7 +153,7 @@ def test_stage_policy_one_step(make_engine, batches, stage):
             d_step_grads.update({n: p.grad.clone() for n, p in disc.named_parameters()})
         engine.optimizers["discriminator"].optimizer.register_step_pre_hook(record)
 
-    summary = engine.forward_backward(batches[0])
+    summary = floats(engine.forward_backward(batches[0]))
 
     assert all(torch.isfinite(torch.tensor(v)) for v in summary.values())
     for name in MODULES:
@@ -229,7 +230,7 @@ def test_non_gan_model_trains_in_stage1_only(make_cfg, dm, batches):
     assert not engine.is_gan
     prepare(engine, 1)
     before = snapshot(engine.model)
-    summary = engine.forward_backward(batches[0])
+    summary = floats(engine.forward_backward(batches[0]))
     assert set(summary) == {"L_R", "L_tri", "acc"}  # cross-entropy + batch-hard triplet (MGN)
     assert all(changed_tensors(engine.model, before, buffers=False).values())
     with pytest.raises(ISGANError, match=r"MGN has no stage 2 .*TRAIN.STAGES \[1, 3\]"):
@@ -247,7 +248,7 @@ def test_isgan_with_triplet_is_mgn_in_stage1_and_adds_the_triplet_to_l_r_in_stag
         engines[name] = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
         prepare(engines[name], 1)
         torch.manual_seed(1)
-        summary = engines[name].forward_backward(batches[0])
+        summary = floats(engines[name].forward_backward(batches[0]))
         assert set(summary) == {"L_R", "L_tri", "acc"}
     mgn = engines["mgn"].model.state_dict()
     isgan = engines["isgan"].model.state_dict()
@@ -258,7 +259,7 @@ def test_isgan_with_triplet_is_mgn_in_stage1_and_adds_the_triplet_to_l_r_in_stag
     calls = []
     real = engine.objective.triplet.forward
     engine.objective.triplet.forward = lambda f, p: calls.append(f.shape) or real(f, p)
-    summary = engine.forward_backward(batches[0])
+    summary = floats(engine.forward_backward(batches[0]))
     assert {"L_R", "L_tri", "L_S", "L_PS", "L_D", "L_C", "L_U"} <= set(summary)
     branches = engine.model.encoder_r.branches
     assert calls == [(batches[0]["img"].size(0), engine.cfg.MODEL.ID_DIM)] * len(branches.global_indices)
@@ -277,7 +278,7 @@ def test_stage1_runs_only_backbone_and_encoder_r(make_engine, batches):
         getattr(engine.model, name).register_forward_pre_hook(forbid)
     ran = []
     engine.model.encoder_r.register_forward_hook(lambda m, args, out: ran.append(torch.is_grad_enabled()))
-    summary = engine.forward_backward(batches[0])
+    summary = floats(engine.forward_backward(batches[0]))
     assert ran == [True] and set(summary) == {"L_R", "acc"}
 
 
@@ -297,7 +298,7 @@ def test_gan_iteration_call_graph(make_engine, batches, stage):
     model.generator.register_forward_pre_hook(lambda m, args: g_batches.append(args[0].size(0)))
     model.discriminator.register_forward_pre_hook(lambda m, args: d_batches.append(args[0].size(0)))
 
-    summary = engine.forward_backward(batches[0])
+    summary = floats(engine.forward_backward(batches[0]))
 
     grad = stage == 3  # stage 2 runs the frozen trunk and E_R under no_grad
     assert [c[1:] for c in trunk_calls] == [(grad, grad), (grad, grad)]
@@ -320,7 +321,7 @@ def test_small_images_and_narrow_g_and_d_train(make_engine, batches, stage):
     engine.model.generator.register_forward_hook(lambda m, args, out: shapes.append(tuple(out.shape)))
     small = {"img": F.interpolate(batches[0]["img"], size=(64, 32), mode="bilinear"), "pid": batches[0]["pid"]}
     before = snapshot(engine.model.generator)
-    summary = engine.forward_backward(small)
+    summary = floats(engine.forward_backward(small))
     assert shapes == [(3 * 8, 3, 64, 32)]
     assert all(math.isfinite(v) for v in summary.values())
     assert any(changed_tensors(engine.model.generator, before, buffers=False).values())
@@ -336,7 +337,7 @@ def test_gray_nuisance_input_trains_eu_and_leaves_the_trunk_to_real_images(make_
         engine = make_engine("MODEL.EU_INPUT", eu_input)
         prepare(engine, stage)
         before = snapshot(engine.model.encoder_u)
-        summary = engine.forward_backward(batches[0])
+        summary = floats(engine.forward_backward(batches[0]))
         assert all(math.isfinite(v) for v in summary.values())
         assert any(changed_tensors(engine.model.encoder_u, before, buffers=False).values())
         assert engine.model.backbone.training == (stage == 3)  # the luminance pass restored the trunk's mode
@@ -348,7 +349,7 @@ def test_kl_free_bits_reach_l_u(make_engine, batches):
     """LOSS.KL_FREE_BITS above any part's KL: L_U is λ_U x B x the threshold (official reduction)."""
     engine = make_engine("LOSS.KL_FREE_BITS", "1000", "LOSS.LAMBDA_U", "[0.5, 0.5]")
     prepare(engine, 2)
-    summary = engine.forward_backward(batches[0])
+    summary = floats(engine.forward_backward(batches[0]))
     assert summary["L_U"] == pytest.approx(0.5 * len(batches[0]["pid"]) * 1000)
 
 
@@ -367,13 +368,13 @@ def test_gan_warmup_ramps_g_side_adversarial_and_class_terms(make_engine, batche
     engine.model.discriminator.register_forward_pre_hook(lambda m, args: d_batches.append(args[0].size(0)))
     engine.objective.gan_weight = 0.0
     B = batches[0]["img"].size(0)
-    summary = engine.forward_backward(batches[0])
+    summary = floats(engine.forward_backward(batches[0]))
     assert "L_D" not in summary and "L_C" not in summary  # G is not driven by D yet ...
     assert summary["D_dom"] > 0 and summary["D_cls"] > 0 and d_batches == [B + 3 * B]  # ... while D learns
     engine.objective.gan_weight = 0.5
-    half = engine.forward_backward(batches[1])
+    half = floats(engine.forward_backward(batches[1]))
     engine.objective.gan_weight = 1.0
-    full = engine.forward_backward(batches[1])
+    full = floats(engine.forward_backward(batches[1]))
     assert d_batches[1:] == [4 * B, 3 * B, 4 * B, 3 * B]
     # the same batch and nearly the same weights: the weighted term is about half the full one
     assert half["L_D"] == pytest.approx(0.5 * full["L_D"], rel=0.2)
@@ -388,7 +389,7 @@ def test_mixed_precision_on_cpu(make_engine, batches, stage):
     module = engine.model.generator if stage > 1 else engine.model.encoder_r
     module.register_forward_hook(lambda m, args, out: dtypes.append((out[0] if isinstance(out, tuple) else out).dtype))
     before = {n: snapshot(getattr(engine.model, n)) for n in TRAINED[stage]}
-    summary = engine.forward_backward(batches[0])
+    summary = floats(engine.forward_backward(batches[0]))
     assert dtypes == [torch.bfloat16] and not engine.optimizers["model"].scaler.is_enabled()  # no scaling on CPU
     assert all(math.isfinite(v) for v in summary.values()), {k: v for k, v in summary.items() if not math.isfinite(v)}
     for name in TRAINED[stage]:
@@ -404,7 +405,7 @@ def test_channels_last(make_engine, batches):
     seen = []
     engine.model.backbone.register_forward_pre_hook(
         lambda m, args: seen.append(args[0].is_contiguous(memory_format=torch.channels_last)))
-    assert all(math.isfinite(v) for v in engine.forward_backward(batches[0]).values()) and seen == [True]
+    assert all(math.isfinite(v) for v in floats(engine.forward_backward(batches[0])).values()) and seen == [True]
 
 
 # ---------------------------------------------------------------- 3. short runs learn
@@ -417,7 +418,7 @@ def test_stage2_reconstruction_decreases(make_engine, batches):
     engine = make_engine(seed=1)
     prepare(engine, 2)
     torch.manual_seed(1)
-    log = [engine.forward_backward(batches[i % 2]) for i in range(24)]
+    log = [floats(engine.forward_backward(batches[i % 2])) for i in range(24)]
     for key in ("L1_auto", "L1_shuffled", "L1_part_shuffled"):
         first, last = mean([s[key] for s in log[:4]]), mean([s[key] for s in log[-4:]])
         assert last < 0.8 * first, (key, [round(s[key], 3) for s in log])
@@ -427,7 +428,7 @@ def test_stage3_total_loss_decreases(make_engine, batches):
     engine = make_engine(seed=2)
     prepare(engine, 3)
     torch.manual_seed(2)
-    log = [engine.forward_backward(batches[i % 2]) for i in range(10)]
+    log = [floats(engine.forward_backward(batches[i % 2])) for i in range(10)]
     total = [sum(v for k, v in s.items() if k.startswith("L_")) for s in log]  # Eq. 8, encoder/G side
     # from scratch, 20 x L_R dominates (~250) and falls fastest; measured last/first ~0.15-0.2
     assert mean(total[-3:]) < 0.5 * mean(total[:3]), [round(t, 2) for t in total]
@@ -435,8 +436,10 @@ def test_stage3_total_loss_decreases(make_engine, batches):
 
 # ---------------------------------------------------------------- 6. non-finite losses
 
-def nan_loss(*args, **kwargs):
-    return torch.tensor(float("nan"))
+def nan_loss(monkeypatch, name):
+    """Make ``losses.isgan.<name>`` return NaN (its graph kept, as a loss that overflowed would)."""
+    real = getattr(loss_module, name)
+    monkeypatch.setattr(loss_module, name, lambda *args, **kwargs: real(*args, **kwargs) * float("nan"))
 
 
 @pytest.mark.parametrize("stage, loss_fn, term", [
@@ -444,10 +447,12 @@ def nan_loss(*args, **kwargs):
 def test_nonfinite_error_names_where(make_engine, batches, monkeypatch, stage, loss_fn, term):
     engine = make_engine()
     prepare(engine, stage, epoch=2, batch_idx=4)
-    monkeypatch.setattr(loss_module, loss_fn, nan_loss)
+    nan_loss(monkeypatch, loss_fn)
+    engine.forward_backward(batches[0])  # the step does not wait for the device: the check is at logging points
+    engine.batch_idx += 3
     with pytest.raises(ISGANError, match=rf"non-finite loss {term} = nan at stage {stage}, epoch 3, iteration 5; "
                                          rf".*TRAIN\.STAGE{stage}\.LR.*TRAIN\.NONFINITE skip"):
-        engine.forward_backward(batches[0])
+        engine.check_nonfinite()
 
 
 @pytest.mark.parametrize("stage, loss_fn, frozen", [
@@ -458,9 +463,10 @@ def test_nonfinite_error_names_where(make_engine, batches, monkeypatch, stage, l
 def test_nonfinite_skip_leaves_parameters(make_engine, batches, monkeypatch, stage, loss_fn, frozen):
     engine = make_engine("TRAIN.NONFINITE", "skip")
     prepare(engine, stage)
-    monkeypatch.setattr(loss_module, loss_fn, nan_loss)
+    nan_loss(monkeypatch, loss_fn)
     before = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
     engine.forward_backward(batches[0])
+    engine.check_nonfinite()
     assert engine.skipped_steps == 1
     for n, p in engine.model.named_parameters():
         module = n.split(".", 1)[0]
@@ -470,7 +476,53 @@ def test_nonfinite_skip_leaves_parameters(make_engine, batches, monkeypatch, sta
     assert all(any(not torch.equal(p, before[n]) for n, p in engine.model.named_parameters()
                    if n.startswith(m + ".")) for m in trained)
     engine.forward_backward(batches[1])  # counts every skip
+    engine.check_nonfinite()
     assert engine.skipped_steps == 2
+
+
+# ---------------------------------------------------------------- 6b. a step that does not wait for the device
+
+class HostSyncs(TorchFunctionMode):
+    """Records the calls that make the host wait for the device, or copy host data to it: ``.item()``,
+    ``.tolist()``, ``.cpu()``, ``bool()`` of a tensor, ``nonzero``, boolean-mask indexing, new tensors from
+    Python data. On the CPU none of them waits, so the test sees them by name."""
+
+    CALLS = {torch.Tensor.item, torch.Tensor.tolist, torch.Tensor.cpu, torch.Tensor.numpy, torch.Tensor.__bool__,
+             torch.Tensor.__int__, torch.Tensor.__float__, torch.Tensor.__index__, torch.Tensor.nonzero, torch.nonzero,
+             torch.masked_select, torch.Tensor.masked_select, torch.tensor, torch.Tensor.new_tensor}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        indexing = func in (torch.Tensor.__getitem__, torch.Tensor.__setitem__)
+        index = args[1] if indexing else None
+        if func in self.CALLS or any(isinstance(i, torch.Tensor) and i.dtype == torch.bool
+                                     for i in (index if isinstance(index, tuple) else (index,))):
+            self.seen.append(getattr(func, "__name__", str(func)))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("stage, overrides", [
+    (1, []), (2, []), (3, []),
+    (2, ["TRAIN.D_OPTIMIZER", "adam", "TRAIN.GRAD_NORM_FREQ", "1", "LOSS.CLASS_ON_AUTO", "False"]),
+    (3, ["LOSS.LAMBDA_S", "0.0"]),
+])
+def test_a_step_never_waits_for_the_device(make_engine, batches, monkeypatch, stage, overrides):
+    engine = make_engine("TRAIN.NONFINITE", "skip", *overrides)
+    prepare(engine, stage)
+    engine.forward_backward(batches[0])  # constants made once (per device) are made here
+    nan_loss(monkeypatch, "identity_loss" if stage != 2 else "reconstruction_loss")  # the skip stays on the device
+    before = {n: p.detach().clone() for n, p in engine.model.named_parameters()}
+    with HostSyncs() as syncs:
+        summary = engine.forward_backward(batches[1])
+    assert syncs.seen == []
+    assert all(isinstance(v, torch.Tensor) and v.dim() == 0 for v in summary.values())
+    engine.check_nonfinite()  # the logging point reads it
+    assert engine.skipped_steps == 1
+    changed = {n.split(".", 1)[0] for n, p in engine.model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed == (set() if stage == 1 else {"discriminator"})  # D's finite step was taken, the other not
 
 
 # ---------------------------------------------------------------- full runs through the CLI
@@ -686,7 +738,7 @@ def test_diagnostics_leave_the_step_unchanged(make_engine, batches, stage):
     for freq in (0, 1):
         engine = make_engine("TRAIN.GRAD_NORM_FREQ", str(freq))
         prepare(engine, stage)
-        runs[freq] = engine.forward_backward(batches[0]), snapshot(engine.model)
+        runs[freq] = floats(engine.forward_backward(batches[0])), snapshot(engine.model)
     (plain, before), (diagnosed, after) = runs[0], runs[1]
     for name, value in before.items():
         assert torch.equal(value, after[name]), name

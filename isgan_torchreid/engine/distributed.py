@@ -32,7 +32,7 @@ from ..errors import ISGANError
 
 __all__ = ["env_rank", "env_world_size", "get_rank", "get_world_size", "is_main_process", "local_device",
            "process_group", "check_config", "barrier", "main_process_first", "broadcast_object",
-           "all_gather_object", "all_true", "mean_over_ranks", "epoch_seed", "data_parallel", "ParallelView",
+           "all_gather_object", "any_rank", "mean_over_ranks", "epoch_seed", "data_parallel", "ParallelView",
            "sync_batchnorm", "single_process_only", "wait_for_main_to_report"]
 
 # how long a rank other than 0 waits, after a user error, for rank 0 to print the same error and bring the
@@ -202,13 +202,13 @@ def all_gather_object(obj) -> list:
     return out
 
 
-def all_true(flag: bool) -> bool:
-    """Whether ``flag`` holds on every rank."""
+def any_rank(flag: torch.Tensor) -> torch.Tensor:
+    """Whether the 0-d bool ``flag`` holds on any rank, as a tensor on its device (no host synchronisation)."""
     if get_world_size() == 1:
         return flag
-    t = torch.tensor([1.0 if flag else 0.0], device=_collective_device())
-    dist.all_reduce(t, op=dist.ReduceOp.MIN)
-    return bool(t.item())
+    t = flag.to(torch.int32).reshape(1)
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    return t.reshape(()) > 0
 
 
 def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:

@@ -22,6 +22,7 @@ from ..visualize.canvas import (Tile, denormalize, display_scale, font_size_for,
                                 part_mask_bar, save_png, sheet, to_array, to_pil)
 from . import checkpoint as ckpt
 from .objective import ISGANObjective
+from .scalars import ScalarQueue
 
 __all__ = ["HookBase", "Checkpointer", "SampleGrids", "EncoderWriter", "ResultsWriter", "TensorBoardWriter",
            "ProgressPrinter", "EpochTimer", "GANWarmup", "default_hooks", "LOSS_GROUPS", "STAGE_COST", "grouped"]
@@ -241,6 +242,7 @@ class TensorBoardWriter(HookBase):
     def before_stage(self):
         e = self.engine
         self.writer = SummaryWriter(log_dir=ckpt.stage_dir(e.cfg.OUTPUT_DIR, e.stage), purge_step=self.step())
+        self.queue = ScalarQueue()  # the steps since the last logging point
 
     def step(self):
         """The global step of the engine's current iteration."""
@@ -250,16 +252,23 @@ class TensorBoardWriter(HookBase):
 
     def after_step(self):
         e = self.engine
-        step = self.step()
-        for group, terms in grouped(e.summary).items():
-            prefix = f"loss_{group}" if group in LOSS_GROUPS else "train"
-            for name, value in terms.items():
-                self.writer.add_scalar(name if "/" in name else f"{prefix}/{name}", value, step)
-            if group in LOSS_GROUPS:
-                self.writer.add_scalar(f"{prefix}/total", sum(terms.values()), step)
-        for name, opt in e.optimizers.items():
-            tag = "train/lr" if name == "model" else "train/lr_D"
-            self.writer.add_scalar(tag, opt.optimizer.param_groups[0]["lr"], step)
+        lrs = {"train/lr" if name == "model" else "train/lr_D": opt.optimizer.param_groups[0]["lr"]
+               for name, opt in e.optimizers.items()}
+        self.queue.add((self.step(), lrs), e.summary)
+        if e.at_logging_point():
+            self.flush()
+
+    def flush(self):
+        """Write the steps queued since the last logging point."""
+        for (step, lrs), summary in self.queue.drain():
+            for group, terms in grouped(summary).items():
+                prefix = f"loss_{group}" if group in LOSS_GROUPS else "train"
+                for name, value in terms.items():
+                    self.writer.add_scalar(name if "/" in name else f"{prefix}/{name}", value, step)
+                if group in LOSS_GROUPS:
+                    self.writer.add_scalar(f"{prefix}/total", sum(terms.values()), step)
+            for tag, lr in lrs.items():
+                self.writer.add_scalar(tag, lr, step)
 
     def add_scalar(self, tag, value):
         """A scalar at the current step."""
@@ -271,6 +280,7 @@ class TensorBoardWriter(HookBase):
 
     def after_stage(self):
         e = self.engine
+        self.flush()
         for target, metrics in e.results.get(e.stage, {}).items():
             for name in ("rank1", "mAP"):
                 self.writer.add_scalar(f"test/{target}/{name}", metrics[name], self.step())
@@ -292,29 +302,31 @@ class ProgressPrinter(HookBase):
 
     SHOWN = {"acc": "acc", "gan/D_real": "Dr", "gan/D_fake": "Df", "eu/kl": "KL"}  # summary key -> label
 
-    def __init__(self, freq: int):
-        self.freq = freq
+    def __init__(self):
         self.per_step = {}  # stage -> measured seconds per step, in this process
 
     def before_stage(self):
         self.start = time.perf_counter()
         self.steps = 0
         self.window = {name: (0.0, 0) for name in (*LOSS_GROUPS, *self.SHOWN.values())}  # the order of the line
+        self.queue = ScalarQueue()  # the steps since the last line
 
     def after_step(self):
         e = self.engine
         self.steps += 1
+        self.queue.add(None, e.summary)
+        if not e.at_logging_point():
+            return
+        for _, summary in self.queue.drain():  # waits for the device: the time per step is then measured
+            shown = {g: sum(terms.values()) for g, terms in grouped(summary).items() if g in LOSS_GROUPS}
+            shown.update({label: summary[key] for key, label in self.SHOWN.items() if key in summary})
+            for name, value in shown.items():
+                total, n = self.window[name]
+                self.window[name] = (total + value, n + 1)
         self.last = time.perf_counter()
-        shown = {g: sum(terms.values()) for g, terms in grouped(e.summary).items() if g in LOSS_GROUPS}
-        shown.update({label: e.summary[key] for key, label in self.SHOWN.items() if key in e.summary})
-        for name, value in shown.items():
-            total, n = self.window[name]
-            self.window[name] = (total + value, n + 1)
         self.per_step[e.stage] = (self.last - self.start) / self.steps
-        step = e.batch_idx + 1
-        if step % self.freq == 0 or step == e.num_batches:
-            print(self.line())
-            self.window = {name: (0.0, 0) for name in self.window}
+        print(self.line())
+        self.window = {name: (0.0, 0) for name in self.window}
 
     def estimate(self, stage):
         """Seconds per step of a stage not run yet: stage 3 trains what stages 1 and 2 train, so the sum of
@@ -414,4 +426,4 @@ def default_hooks(cfg):
     """The hooks of a training run: checkpoints, encoder files, sample grids, progress, TensorBoard, results.json."""
     t = cfg.TRAIN
     return [Checkpointer(t.RESUME_FREQ, t.CHECKPOINT_FREQ), EncoderWriter(), SampleGrids(t.SAMPLE_FREQ),
-            ProgressPrinter(t.PRINT_FREQ), TensorBoardWriter(), ResultsWriter(), GANWarmup(cfg.LOSS.GAN_WARMUP)]
+            ProgressPrinter(), TensorBoardWriter(), ResultsWriter(), GANWarmup(cfg.LOSS.GAN_WARMUP)]

@@ -29,6 +29,7 @@ each stage from :meth:`~IdentityObjective.parallel_modules`). The G step calls t
 there: a DDP wrapper would all-reduce nothing but still expect D's gradients.
 """
 import dataclasses
+import functools
 import warnings
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
@@ -125,13 +126,21 @@ class Generation(NamedTuple):
     part_mask: Optional[Tensor]  # (B, K) slots taken from the partner, None without part shuffling
 
 
+@functools.lru_cache(maxsize=None)
+def _channel_constants(device: torch.device, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
+    """ImageNet's mean and std and BT.601's luminance weights, each (1, 3, 1, 1), made once per device and dtype
+    (not copied from the host at every step); plain tensors even when first asked for under inference_mode."""
+    with torch.inference_mode(False):
+        return tuple(torch.tensor(v, device=device, dtype=dtype).view(1, 3, 1, 1)
+                     for v in (IMAGENET_MEAN, IMAGENET_STD, [0.299, 0.587, 0.114]))
+
+
 def image_target(imgs: Tensor, space: str) -> Tensor:
     """Normalised input -> the space of G's tanh output and D's inputs (LOSS.TARGET_SPACE): ``rgb`` is [-1, 1]
     RGB, ``tanh`` (the authors' code) is tanh of the normalised input."""
     if space == "tanh":
         return torch.tanh(imgs)
-    mean = imgs.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = imgs.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    mean, std, _ = _channel_constants(imgs.device, imgs.dtype)
     return (imgs * std + mean) * 2 - 1  # [-1, 1] RGB
 
 
@@ -144,9 +153,7 @@ def image_to_unit(fake: Tensor, space: str) -> Tensor:
 
 def luminance(imgs: Tensor) -> Tensor:
     """Normalised RGB (B, 3, H, W) -> its luminance (ITU-R BT.601) in all three channels, normalised alike."""
-    mean = imgs.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = imgs.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    weights = imgs.new_tensor([0.299, 0.587, 0.114]).view(1, 3, 1, 1)
+    mean, std, weights = _channel_constants(imgs.device, imgs.dtype)
     gray = ((imgs * std + mean) * weights).sum(1, keepdim=True)  # (B, 1, H, W) in [0, 1]
     return (gray - mean) / std  # (B, 3, H, W)
 
@@ -166,12 +173,12 @@ def nuisance_map(model: nn.Module, imgs: Tensor, trunk: Tensor) -> Tensor:
         backbone.train(was_training)
 
 
-def _floats(terms: Dict[str, Tensor]) -> Dict[str, float]:
-    """Loss tensors -> floats for logging (means over the processes), with one host synchronisation."""
+def _logged(terms: Dict[str, Tensor]) -> Dict[str, Tensor]:
+    """Loss tensors -> detached 0-d float tensors for logging (means over the processes), on the device."""
     if not terms:
         return {}
     values = distributed.mean_over_ranks(torch.stack([v.detach().float().reshape(()) for v in terms.values()]))
-    return dict(zip(terms, values.tolist()))
+    return dict(zip(terms, values.unbind()))
 
 
 class IdentityObjective:
@@ -210,8 +217,9 @@ class IdentityObjective:
                 [self.triplet(f.float(), pids) for f in features]).mean()
         return terms
 
-    def step(self, imgs: Tensor, pids: Tensor, stage: int, updates) -> Dict[str, float]:
-        """One identity step; stage 3 weights the objective by λ_R (Eq. 8). Returns the terms and accuracy."""
+    def step(self, imgs: Tensor, pids: Tensor, stage: int, updates) -> Dict[str, Tensor]:
+        """One identity step; stage 3 weights the objective by λ_R (Eq. 8). Returns the terms and accuracy
+        (:func:`_logged`)."""
         with self.precision.autocast():
             outputs = self.net(imgs)
             logits, features = outputs if isinstance(outputs, tuple) else (outputs, None)
@@ -220,7 +228,7 @@ class IdentityObjective:
         updates["model"](terms)
         first = logits[0] if isinstance(logits, (list, tuple)) else logits
         terms["acc"] = (first.argmax(1) == pids).float().mean()
-        return _floats(terms)
+        return _logged(terms)
 
 
 class ISGANObjective(IdentityObjective):
@@ -305,8 +313,10 @@ class ISGANObjective(IdentityObjective):
 
     # ------------------------------------------------------------------ one step
 
-    def step(self, imgs: Tensor, pids: Tensor, stage: int, updates) -> Dict[str, float]:
-        """One step of ``stage``: the identity step in stage 1, else a D step then an encoder/G step."""
+    def step(self, imgs: Tensor, pids: Tensor, stage: int, updates) -> Dict[str, Tensor]:
+        """One step of ``stage``: the identity step in stage 1, else a D step then an encoder/G step.
+
+        Static shapes and no host synchronisation: the fake sets whose D_C term counts are sliced, not masked."""
         if stage == 1:
             return super().step(imgs, pids, stage, updates)
         s = self.losses
@@ -317,10 +327,10 @@ class ISGANObjective(IdentityObjective):
             gen = self.generate(imgs, pids, stage)
         n = len(gen.sets)
         labels = pids.repeat(n)
-        # sets whose D_C term counts [Eq. 7]: the shuffled ones, plus the auto-encoded with CLASS_ON_AUTO
-        counted = [name != "auto" or s.class_on_auto for name in gen.sets]
-        cls_mask = torch.tensor(counted, device=imgs.device).repeat_interleave(B)  # (n*B,)
-        n_cls = sum(counted)
+        # sets whose D_C term counts [Eq. 7]: the shuffled ones, plus the auto-encoded (the first set) with
+        # CLASS_ON_AUTO; they are the fakes from row `first` on
+        first = B if gen.sets[0] == "auto" and not s.class_on_auto else 0
+        n_cls = n - first // B
 
         # ---- D step: real vs detached fakes in one pass [Eq. 6, 7]
         disc.requires_grad_(True)
@@ -331,7 +341,7 @@ class ISGANObjective(IdentityObjective):
                 patch[:B], patch[B:], smooth=s.d_label_smooth, fake_weight=n)}
             d_cls = L.class_loss(cls[:B], pids)
             if n_cls:
-                d_cls = d_cls + n_cls * L.class_loss(cls[B:][cls_mask], labels[cls_mask])
+                d_cls = d_cls + n_cls * L.class_loss(cls[B + first:], labels[first:])
             d_terms["D_cls"] = s.d_lambda_c * d_cls
         stats = {**discriminator_stats(patch, cls, B, pids, labels), **latent_stats(gen.mu, gen.logvar)}
         updates["discriminator"](d_terms)
@@ -353,7 +363,7 @@ class ISGANObjective(IdentityObjective):
                 patch, cls = disc(gen.fakes)  # (n*B, 1, h, w), (n*B, C)
                 terms["L_D"] = self.gan_weight * s.lambda_d * n * L.generator_domain_loss(patch)
                 if n_cls:
-                    terms["L_C"] = self.gan_weight * s.lambda_c * n_cls * L.class_loss(cls[cls_mask], labels[cls_mask])
+                    terms["L_C"] = self.gan_weight * s.lambda_c * n_cls * L.class_loss(cls[first:], labels[first:])
             if stage == 3:  # L_R [Eq. 1] (+ MGN's triplet on the global features with ISGAN_TRIPLET)
                 features = self.model.global_features(gen.id_feat) if s.isgan_triplet else None
                 terms.update(self.identity_terms(gen.logits, features, pids, s.lambda_r))
@@ -367,7 +377,7 @@ class ISGANObjective(IdentityObjective):
         self.gan_steps += 1
         updates["model"](terms)
         disc.requires_grad_(True)
-        return _floats({**terms, **d_terms, **{f"L1_{k}": v for k, v in recon.items()}, **stats})
+        return _logged({**terms, **d_terms, **{f"L1_{k}": v for k, v in recon.items()}, **stats})
 
 
 def singleton_identities(dataset) -> int:

@@ -4,15 +4,17 @@ Adam (β, coupled weight decay, amsgrad: the authors' setting) updates the encod
 momentum updates D (paper Sec. 4.1), or Adam with DCGAN's betas (TRAIN.D_OPTIMIZER adam). Each stage
 builds fresh optimisers over the modules it trains, with its own learning rate and MultiStepLR milestones.
 """
+import math
 import warnings
-from typing import Callable, Dict, List
+from typing import Callable, Dict, List, Tuple
 
 import torch
 from torch import Tensor, nn
 
 from . import distributed
+from .scalars import ScalarQueue
 
-__all__ = ["StageOptimizer", "adam", "build_stage_optimizers", "Update"]
+__all__ = ["StageOptimizer", "adam", "sgd", "build_stage_optimizers", "NonfiniteLog", "Update"]
 
 
 class StageOptimizer:
@@ -53,6 +55,22 @@ def adam(params, **settings) -> torch.optim.Adam:
         return torch.optim.Adam(params, **settings)
 
 
+def sgd(params, momentum: float, **settings) -> torch.optim.SGD:
+    """``torch.optim.SGD`` with momentum, fused where torch has the kernel (so a step can be skipped on the
+    device, :class:`Update`). Its momentum buffers start at zero: the first step then makes torch's first
+    step (buffer = gradient, as dampening is 0) whether or not an earlier step was skipped (fused SGD
+    skipping its first step would keep uninitialised buffers)."""
+    try:
+        opt = torch.optim.SGD(params, momentum=momentum, fused=True, **settings)
+    except RuntimeError:  # torch < 2.4 on the CPU, or a device without the fused kernel
+        opt = torch.optim.SGD(params, momentum=momentum, **settings)
+    if momentum:
+        for group in opt.param_groups:
+            for p in group["params"]:
+                opt.state[p]["momentum_buffer"] = torch.zeros_like(p, memory_format=torch.preserve_format)
+    return opt
+
+
 def build_stage_optimizers(cfg, stage: int, groups: Dict[str, List[nn.Module]], slow: List[nn.Module],
                            make_scaler: Callable[[], torch.amp.GradScaler]) -> Dict[str, StageOptimizer]:
     """One :class:`StageOptimizer` per entry of ``groups`` (name -> modules it updates).
@@ -69,7 +87,7 @@ def build_stage_optimizers(cfg, stage: int, groups: Dict[str, List[nn.Module]], 
         if name == "discriminator" and train.D_OPTIMIZER == "adam":
             opt = adam(params, lr=d_lr, betas=tuple(train.D_ADAM_BETAS), weight_decay=train.D_WEIGHT_DECAY)
         elif name == "discriminator":
-            opt = torch.optim.SGD(params, lr=d_lr, momentum=train.D_MOMENTUM, weight_decay=train.D_WEIGHT_DECAY)
+            opt = sgd(params, lr=d_lr, momentum=train.D_MOMENTUM, weight_decay=train.D_WEIGHT_DECAY)
         else:
             slowed = stage == 3 and train.LR_MULT_GU != 1.0
             slow_ids = {id(p) for m in slow for p in m.parameters()} if slowed else set()
@@ -84,40 +102,79 @@ def build_stage_optimizers(cfg, stage: int, groups: Dict[str, List[nn.Module]], 
     return built
 
 
-class Update:
-    """One optimiser's update from a dict of loss terms: zero_grad, backward (scaled), step.
+class NonfiniteLog:
+    """The non-finite losses of the updates since the last :meth:`collect`, kept on the device.
 
-    The summed loss is checked once; when it is not finite, ``on_nonfinite(term, value)`` is called with the
-    first non-finite term and the step is skipped (``on_nonfinite`` may raise instead). Under torchrun the
-    processes decide together: when one has a non-finite loss, all skip (or raise) with its term, so none
-    waits for gradients that another will not send.
+    Each update records its terms, whether its summed loss was finite on this process and whether it was
+    skipped (on any process); :meth:`collect`, at a logging point, reads them in one host synchronisation.
+    ``where`` is the label the engine sets before each step (stage, epoch, iteration).
     """
 
-    def __init__(self, stage_optimizer: StageOptimizer, on_nonfinite: Callable[[str, float], None]):
-        self.opt = stage_optimizer
-        self.on_nonfinite = on_nonfinite
+    def __init__(self):
+        self.queue = ScalarQueue()
+        self.where = None
 
-    def __call__(self, terms: Dict[str, Tensor]) -> bool:
-        """Returns whether the step was taken."""
+    def record(self, terms: Dict[str, Tensor], total: Tensor, local_bad: Tensor, skipped: Tensor) -> None:
+        self.queue.add(self.where, {**terms, "total": total, "local_bad": local_bad, "skipped": skipped})
+
+    def collect(self) -> List[Tuple[object, str, float]]:
+        """(where, term, value) per skipped update since the last call, in order: the first non-finite term
+        of the lowest rank that had one (``"<term> (rank r)"`` under torchrun; ``total`` when finite terms
+        summed to inf - inf). Every rank gets the same list."""
+        skipped, mine = [], []
+        for where, values in self.queue.drain():
+            if values.pop("skipped"):
+                skipped.append(where)
+                bad = values.pop("local_bad")
+                total = values.pop("total")
+                mine.append(None if not bad else next(((k, v) for k, v in values.items() if not math.isfinite(v)),
+                                                      ("total", total)))
+        if not skipped:
+            return []
+        reports = distributed.all_gather_object(mine)
+        found = []
+        for i, where in enumerate(skipped):
+            rank, (name, value) = next((r, report[i]) for r, report in enumerate(reports) if report[i] is not None)
+            found.append((where, f"{name} (rank {rank})" if len(reports) > 1 else name, value))
+        return found
+
+
+class Update:
+    """One optimiser's update from a dict of loss terms: zero_grad, backward (scaled), step, without waiting
+    for the device.
+
+    When the summed loss is not finite on any process, every process skips the step on the device: a fused
+    optimiser is told so through ``found_inf`` (the flag loss scaling uses), an AMP gradient scaler sees the
+    gradients made non-finite and skips (backing its scale off), and only an optimiser without a fused kernel
+    (torch < 2.4 on the CPU) asks the host. ``log`` records each update; the engine decides at its logging
+    points whether to stop or count the skipped steps (TRAIN.NONFINITE).
+    """
+
+    def __init__(self, stage_optimizer: StageOptimizer, log: NonfiniteLog):
+        self.opt = stage_optimizer
+        self.log = log
+
+    def __call__(self, terms: Dict[str, Tensor]) -> Tensor:
+        """Returns whether the step was skipped, a 0-d bool tensor on the device."""
         optimizer, scaler = self.opt.optimizer, self.opt.scaler
         optimizer.zero_grad(set_to_none=True)
         total = sum(terms.values())
-        finite = bool(torch.isfinite(total).item())
-        if not distributed.all_true(finite):
-            self.on_nonfinite(*self._first_nonfinite(terms, total, finite))
-            return False
-        scaler.scale(total).backward()
-        scaler.step(optimizer)
-        scaler.update()
-        return True
-
-    @staticmethod
-    def _first_nonfinite(terms: Dict[str, Tensor], total: Tensor, finite: bool):
-        """(term, value) of the first non-finite term, of the lowest rank that has one (named then)."""
-        mine = None
-        if not finite:
-            mine = next(((k, v.item()) for k, v in terms.items() if not torch.isfinite(v).item()),
-                        ("total", total.item()))  # finite terms can still sum to inf - inf
-        reports = distributed.all_gather_object(mine)
-        rank, (name, value) = next((r, report) for r, report in enumerate(reports) if report is not None)
-        return (f"{name} (rank {rank})" if len(reports) > 1 else name), value
+        local_bad = ~torch.isfinite(total.detach())
+        skipped = distributed.any_rank(local_bad)
+        self.log.record({k: v.detach() for k, v in terms.items()}, total.detach(), local_bad, skipped)
+        if scaler.is_enabled():
+            # a NaN factor makes every gradient non-finite where the loss was (1.0 elsewhere: exact)
+            scaler.scale(total * torch.where(skipped, float("nan"), 1.0)).backward()
+            scaler.step(optimizer)
+            scaler.update()
+        elif getattr(optimizer, "_step_supports_amp_scaling", False):  # fused: skips where found_inf != 0
+            total.backward()
+            optimizer.found_inf = skipped.float()
+            try:
+                optimizer.step()
+            finally:
+                del optimizer.found_inf
+        elif not skipped.item():
+            total.backward()
+            optimizer.step()
+        return skipped

@@ -15,6 +15,8 @@ import os
 import time
 from typing import Dict, List, Optional, Sequence
 
+from torch import Tensor
+
 from .. import compat, deploy
 from ..data.build import train_augmentations, train_transform
 from ..errors import ISGANError
@@ -23,7 +25,7 @@ from . import distributed
 from .evaluation import compute_distance_matrix, evaluate, extract_features
 from .hooks import HookBase, default_hooks
 from .objective import ISGANObjective, build_objective, warn_singletons
-from .optim import Update, build_stage_optimizers
+from .optim import NonfiniteLog, Update, build_stage_optimizers
 
 Engine = compat.torchreid_base().engine.Engine
 
@@ -47,7 +49,8 @@ class ISGANEngine(Engine):
         self.optimizers = {}
         self.results = {}  # stage (or "test") -> target -> metrics
         self.skipped_steps = 0
-        self.summary = {}  # the last step's loss terms
+        self.nonfinite = NonfiniteLog()  # the updates' non-finite checks, read at logging points
+        self.summary = {}  # the last step's loss terms, 0-d tensors on the device
         self.batch_size = 0  # the last step's images, over all processes
         self.num_batches = self.max_epoch = self.batch_idx = 0
         self.hooks: List[HookBase] = []
@@ -101,7 +104,7 @@ class ISGANEngine(Engine):
         modules = {"model": self.model, "discriminator": getattr(self.model, "discriminator", None)}
         compat.set_engine_models(self, {name: (modules[name], opt.optimizer, opt.scheduler)
                                         for name, opt in self.optimizers.items()})
-        self.updates = {name: Update(opt, self._nonfinite) for name, opt in self.optimizers.items()}
+        self.updates = {name: Update(opt, self.nonfinite) for name, opt in self.optimizers.items()}
         if self.train_loader is not None:  # workers start per epoch: they see the new transform
             self.train_loader.dataset.transform = train_transform(self.cfg, stage)
             if distributed.is_main_process():  # torchreid's transform banner is the data manager's, once
@@ -118,22 +121,31 @@ class ISGANEngine(Engine):
 
     # ------------------------------------------------------------------ one step
 
-    def forward_backward(self, data) -> Dict[str, float]:
-        """One training step of the current stage; returns each loss term for logging."""
+    def forward_backward(self, data) -> Dict[str, Tensor]:
+        """One training step of the current stage; returns each loss term for logging (0-d tensors on the
+        device: the step does not wait for the device, :mod:`.scalars`)."""
         imgs = data["img"].to(self.device, non_blocking=True, memory_format=self.precision.memory_format)
         pids = data["pid"].to(self.device, non_blocking=True)
         self.batch_size = imgs.size(0) * distributed.get_world_size()
+        self.nonfinite.where = (self.stage, self.epoch, self.batch_idx)
         return self.objective.step(imgs, pids, self.stage, self.updates)
 
-    def _nonfinite(self, term: str, value: float) -> None:
-        """Stop (or count a skipped step) on a non-finite loss, naming stage, epoch, iteration and term."""
-        where = f"stage {self.stage}, epoch {self.epoch + 1}, iteration {self.batch_idx + 1}"
-        if self.cfg.TRAIN.NONFINITE == "skip":
+    def at_logging_point(self) -> bool:
+        """Whether the current step is one at which the step values are read: every TRAIN.PRINT_FREQ steps and
+        the epoch's last."""
+        step = self.batch_idx + 1
+        return step % self.cfg.TRAIN.PRINT_FREQ == 0 or step == self.num_batches
+
+    def check_nonfinite(self) -> None:
+        """The updates skipped since the last check for a non-finite loss (all ranks alike): stop at the first
+        (TRAIN.NONFINITE error), or count and report each (skip), naming stage, epoch, iteration and term."""
+        for (stage, epoch, batch_idx), term, value in self.nonfinite.collect():
+            where = f"stage {stage}, epoch {epoch + 1}, iteration {batch_idx + 1}"
+            if self.cfg.TRAIN.NONFINITE != "skip":
+                raise ISGANError(f"non-finite loss {term} = {value} at {where}; lower TRAIN.STAGE{stage}.LR, "
+                                 f"or set TRAIN.NONFINITE skip to skip such steps")
             self.skipped_steps += 1
             print(f"=> skipped a step: non-finite {term} = {value} at {where}")
-            return
-        raise ISGANError(f"non-finite loss {term} = {value} at {where}; lower TRAIN.STAGE{self.stage}.LR, "
-                         f"or set TRAIN.NONFINITE skip to skip such steps")
 
     def seed_epoch(self) -> None:
         """Seed this epoch's batches (the same on every rank) and random streams (this rank's) from SEED."""
@@ -148,6 +160,8 @@ class ISGANEngine(Engine):
         self.num_batches = len(self.train_loader)
         for self.batch_idx, data in enumerate(self.train_loader):
             self.summary = self.forward_backward(data)
+            if self.at_logging_point():
+                self.check_nonfinite()
             self._call("after_step")
         self.update_lr()
 

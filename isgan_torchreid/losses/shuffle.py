@@ -60,7 +60,8 @@ def part_shuffle_mask(
     bit = 2 ** torch.arange(n, device=device)  # (n,)
     chosen = (code[:, None] & bit[None, :]) != 0  # (B, n)
     mask = torch.zeros(batch_size, num_slots, dtype=torch.bool, device=device)  # (B, num_slots)
-    mask[:, torch.tensor(slots, device=device)] = chosen
+    for i, slot in enumerate(slots):  # column by column: no index tensor copied from the host
+        mask[:, slot] = chosen[:, i]
     return mask
 
 
