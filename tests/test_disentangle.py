@@ -78,6 +78,7 @@ def test_a_generator_copying_the_nuisance_code_reconstructs_and_keeps_bs_image(r
     r = measure(CopyingGAN(load_gan(run["weights"], device="cpu"), "nuisance"), chosen, settings)
     assert r["recon_l1"] < 1e-5 and r["recon_vs_camera_mean"] < 1e-4
     assert r["delta_identity_swap"] < 1e-6 and r["delta_nuisance_swap"] > 0.05
+    assert r["probe_auto_vs_b"] == r["probe_real_id_vs_b"]  # its reconstruction is a's real image
     # G(id_a, nu_b) is b's image: the probe sees b's camera, view... exactly as often as on the real b
     assert r["factors"] == ["camera", "occluded", "view"]
     for name in r["factors"]:
@@ -91,8 +92,8 @@ def test_a_generator_copying_the_identity_code_is_scored_as_the_real_image(run, 
     r = measure(CopyingGAN(load_gan(run["weights"], device="cpu"), "identity"), chosen, settings)
     assert r["recon_l1"] < 1e-5 and r["delta_nuisance_swap"] < 1e-6 and r["delta_identity_swap"] > 0.05
     # G(id_a, nu_b) is a's image: retention equals the real image's, by E_R and by the probe
-    assert r["er_retention_vs_b"] == r["er_real_vs_b"]
-    assert r["probe_retention_vs_b"] == r["probe_real_id_vs_b"]
+    assert r["er_retention_vs_b"] == r["er_real_vs_b"] == r["er_auto_vs_b"]
+    assert r["probe_retention_vs_b"] == r["probe_real_id_vs_b"] == r["probe_auto_vs_b"]
     assert r["er_retention_vs_b_corrected"] == pytest.approx(2 * r["er_retention_vs_b"] - 1)
 
 

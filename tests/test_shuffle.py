@@ -5,7 +5,7 @@ import pytest
 import torch
 import torchreid
 
-from isgan_torchreid.losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners
+from isgan_torchreid.losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners, sample_strangers
 
 LOCAL_SLOTS = [2, 3, 5, 6, 7]  # part entries of the K=8 feature order [g_p0, g_p1, p1 x2, g_p2, p2 x3]
 
@@ -174,3 +174,15 @@ def test_part_shuffle_shape_errors():
         part_shuffle(torch.zeros(2, 20), torch.zeros(2, 20), mask)
     with pytest.raises(ValueError):
         part_shuffle(torch.zeros(2, 4, 3), torch.zeros(2, 4, 3), mask)
+
+
+def test_strangers_have_another_label_and_are_uniform():
+    labels = torch.tensor([0, 0, 1, 1, 2, 2])
+    gen = torch.Generator().manual_seed(0)
+    counts = torch.zeros(6, 6)
+    for _ in range(600):
+        strangers = sample_strangers(labels, generator=gen)
+        assert (labels[strangers] != labels).all()
+        counts[torch.arange(6), strangers] += 1
+    assert counts[0, 2:].min() > 100 and counts[0, :2].sum() == 0  # ~150 each of the 4 candidates
+    assert torch.equal(sample_strangers(torch.tensor([3, 3])), torch.tensor([0, 1]))  # one identity: itself

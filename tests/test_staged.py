@@ -309,6 +309,28 @@ def test_gan_iteration_call_graph(make_engine, batches, stage):
     assert ("L_R" in summary) == (stage == 3)
 
 
+def test_cross_identity_set_is_judged_but_not_reconstructed(make_engine, batches, monkeypatch):
+    """LOSS.CROSS_IDENTITY: G also draws each image's nuisance with another identity of the batch, drawn with
+    that identity's label; D_D and D_C see it (D_C told the stranger's label), no L1 is taken of it."""
+    engine = make_engine("LOSS.CROSS_IDENTITY", "True")
+    prepare(engine, 2)
+    B, pids = batches[0]["img"].size(0), batches[0]["pid"]
+    d_batches, class_targets = [], []
+    engine.model.discriminator.register_forward_pre_hook(lambda m, args: d_batches.append(args[0].size(0)))
+    real_class_loss = loss_module.class_loss
+    monkeypatch.setattr(loss_module, "class_loss", lambda logits, target: class_targets.append(target) or
+                        real_class_loss(logits, target))
+    summary = floats(engine.forward_backward(batches[0]))
+    assert d_batches == [B + 4 * B, 4 * B]
+    assert set(summary) >= {"L1_auto", "L1_shuffled", "L1_part_shuffled", "L_C"} and "L1_crossed" not in summary
+    d_real, d_fakes, g_fakes = class_targets
+    assert torch.equal(d_real, pids) and torch.equal(d_fakes, g_fakes) and len(g_fakes) == 4 * B
+    assert torch.equal(g_fakes[:3 * B], pids.repeat(3))
+    assert (g_fakes[3 * B:] != pids).all()  # every row drew another identity (the batch has several)
+    gen = engine.objective.generate(batches[0]["img"], pids, 2)
+    assert gen.sets[-1] == "crossed" and torch.equal(gen.labels[:B], pids)
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_small_images_and_narrow_g_and_d_train(make_engine, batches, stage):
     """64x32 (G upsamples five times), G and D at an eighth of their width, E_U with one shared branch: a step of

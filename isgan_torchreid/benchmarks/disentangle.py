@@ -14,7 +14,9 @@ predicts):
 * **identity retention** of the swap G(id_a, nu_b): E_R's descriptor of it (flip + L2, as evaluated) is
   nearer to a gallery image of a than to any of b (chance 0.5), and E_R's rank-1 over the chosen gallery is a
   (chance 1 / ids); the same for an independent *probe*, a small CNN trained from scratch on the chosen gallery
-  images (real images only), identity head: logit of a above logit of b (chance 0.5).
+  images (real images only), identity head: logit of a above logit of b (chance 0.5). Both verdicts are also
+  given on G's reconstruction G(id_a, nu_a): what G's rendering keeps of a without any swap, the ceiling of
+  the swap's retention that G itself sets.
 * **nuisance transfer** of the swap: for each nuisance factor, the probe's head for it (trained on the same real
   images) puts b's value above a's, over the pairs whose values differ (chance 0.5). The camera is the factor
   every Market-layout dataset labels (a and b always differ in it); a dataset with a ``factors.json`` beside
@@ -284,6 +286,7 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
 
     result["er_retention_vs_b"] = nearer_a_than_b(dist_fake)
     result["er_real_vs_b"] = nearer_a_than_b(dist_real[qi])
+    result["er_auto_vs_b"] = nearer_a_than_b(torch.cdist(_descriptors(gan, auto), gallery_desc))
     result["er_retention_rank1"] = (g_pids[dist_fake.argmin(1)] == pa).float().mean().item()
     result["er_real_rank1"] = (g_pids[dist_real.argmin(1)] == q_pids).float().mean().item()
     result["er_rank1_chance"] = 1 / ids
@@ -299,6 +302,7 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
                         settings.probe_steps, settings.seed, device)
     on_real = _probe_logits(probe, real[:nq], device)
     on_fake = _probe_logits(probe, nu_swap, device)
+    on_auto = _probe_logits(probe, auto, device)
     rows = torch.arange(len(subset.pairs))
 
     def prefers(logits, rows, first, second):  # (P,) logits[row, first] > logits[row, second]
@@ -308,6 +312,7 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
     result["probe_real_id_accuracy"] = (on_real["identity"].argmax(1) == targets["identity"][:nq]).float().mean().item()
     result["probe_real_id_vs_b"] = prefers(on_real["identity"], qi, ia, ib).mean().item()
     result["probe_retention_vs_b"] = prefers(on_fake["identity"], rows, ia, ib).mean().item()
+    result["probe_auto_vs_b"] = prefers(on_auto["identity"], rows, ia, ib).mean().item()
     transfers = []
     for name in (n for n in heads if n != "identity"):
         va, vb = targets[name][qi], targets[name][qj]
@@ -345,6 +350,8 @@ def disentangle_table(result: Dict[str, float]) -> str:
          f"chance {r['er_rank1_chance']:.2f}; real images {r['er_real_rank1']:.2f}"],
         ["probe: G(id_a, nu_b) is a rather than b", f"{r['probe_retention_vs_b']:.2f}",
          f"chance 0.50; real images {r['probe_real_id_vs_b']:.2f}"],
+        ["E_R / probe: G(id_a, nu_a) is a rather than b", f"{r['er_auto_vs_b']:.2f} / {r['probe_auto_vs_b']:.2f}",
+         "G's own ceiling: no swap"],
     ]
     for name in r["factors"]:
         if f"transfer_{name}" in r:

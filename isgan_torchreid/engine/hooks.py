@@ -34,7 +34,8 @@ LOSS_GROUPS = {"id": ("L_R", "L_tri"), "gen": ("L_S", "L_PS", "L_U", "L_D", "L_C
 # tools/benchmark.py (ResNet-50, 384x128, CPU: 3630 / 8332 / 13274 ms per step); docs/performance.md's same-run table
 # ("Performance", our column: 7126 / 14132 / 23182 ms) gives 1 : 2.0 : 3.3, so the estimates are rough
 STAGE_COST = {1: 1.0, 2: 2.3, 3: 3.7}
-GRID_TITLES = {"auto": "G: auto", "shuffled": "G: id-shuffled", "part_shuffled": "G: part-shuffled"}
+GRID_TITLES = {"auto": "G: auto", "shuffled": "G: id-shuffled", "part_shuffled": "G: part-shuffled",
+               "crossed": "G: id-crossed"}
 
 
 def grouped(summary):
@@ -92,6 +93,9 @@ class Checkpointer(HookBase):
     def after_stage(self):
         e = self.engine
         ckpt.save_training_state(e, e.max_epoch)  # now with the stage's results, and kept as model.pth.tar-{epoch}
+
+
+CROSSED_CAPTION = "id-crossed = another identity of the batch + own nuisance (LOSS.CROSS_IDENTITY). "
 
 
 class SampleGrids(HookBase):
@@ -156,7 +160,7 @@ class SampleGrids(HookBase):
         caption = ("partner: the same-identity image whose identity features are shuffled in. G's outputs: "
                    "auto = own identity + own nuisance features; id-shuffled = partner's identity + own nuisance "
                    "[Eq. 3]; part-shuffled = own identity with the orange features taken from the partner, own "
-                   f"nuisance [Eq. 4]. Bars: one per part branch of MODEL.PARTS {parts} (a frame: its global "
+                   f"nuisance [Eq. 4]. {CROSSED_CAPTION if 'crossed' in sets else ''}Bars: one per part branch of MODEL.PARTS {parts} (a frame: its global "
                    "feature; inside: its stripes, top to bottom). Eval mode (E_U's mean), the config's seed.")
         return sheet(rows, title=f"stage {e.stage}, epoch {e.epoch + 1}/{e.max_epoch}: training samples",
                      column_titles=titles, row_labels=[f"row {b + 1}" for b in range(len(rows))], caption=caption,
@@ -182,7 +186,8 @@ class SampleGrids(HookBase):
             e.apply_stage_policy()
         generated = dict(zip(gen.sets, gen.fakes.chunk(len(gen.sets))))  # set -> (n, 3, H, W) in G's space
         target = e.objective.image_target(imgs)
-        self.eval_l1 = {name: reconstruction_loss(f, target).item() for name, f in generated.items()}
+        self.eval_l1 = {name: reconstruction_loss(f, target).item() for name, f in generated.items()
+                        if name != "crossed"}  # no image to match
         scale = display_scale(imgs.size(-2))
         real = denormalize(imgs, IMAGENET_MEAN, IMAGENET_STD)
         fakes = {name: e.objective.image_to_unit(f) for name, f in generated.items()}

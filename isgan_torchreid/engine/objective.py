@@ -39,7 +39,7 @@ from torch import Tensor, nn
 from .. import compat
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..losses import isgan as L
-from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners
+from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners, sample_strangers
 from ..visualize import denormalize
 from . import distributed
 from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
@@ -74,6 +74,7 @@ class LossSettings:
     label_smooth: float
     d_label_smooth: bool
     class_on_auto: bool
+    cross_identity: bool
     part_shuffle: str
     target_space: str
     triplet_margin: float
@@ -117,7 +118,8 @@ class Generation(NamedTuple):
     """What G made from one batch of B images [Eq. 3, 4]."""
 
     fakes: Tensor  # (n_sets * B, 3, H, W), sets in the order of ``sets``
-    sets: List[str]  # subset of "auto", "shuffled", "part_shuffled"
+    sets: List[str]  # subset of "auto", "shuffled", "part_shuffled", "crossed"
+    labels: Tensor  # (n_sets * B,) the identity each fake was drawn with
     mu: Tensor  # (B, K, p_U)
     logvar: Tensor  # (B, K, p_U)
     id_feat: Tensor  # (B, K * p_R)
@@ -291,16 +293,23 @@ class ISGANObjective(IdentityObjective):
         if s.lambda_s > 0:
             sets += ["auto", "shuffled"]  # i == j and i != j in Eq. 3
             ids += [id_feat, id_partner]
+        labels = [pids] * len(sets)
         if s.lambda_ps > 0:
             sets.append("part_shuffled")  # Eq. 4
             mask = self.part_mask(id_feat.size(0), id_feat.device)
             ids.append(id_feat if mask is None else part_shuffle(id_feat, id_partner, mask))
+            labels.append(pids)
+        if s.cross_identity:  # another identity in this image's nuisance (LOSS.CROSS_IDENTITY)
+            stranger = sample_strangers(pids)  # (B,)
+            sets.append("crossed")
+            ids.append(id_feat[stranger])
+            labels.append(pids[stranger])
         n = len(sets)
         if self.joint_g_batch:  # one BatchNorm batch of n*B
-            fakes = net.generator(torch.cat(ids), nid.repeat(n, 1), pids.repeat(n))  # (n*B, 3, H, W)
+            fakes = net.generator(torch.cat(ids), nid.repeat(n, 1), torch.cat(labels))  # (n*B, 3, H, W)
         else:  # each set normalised on its own (DDP allows the n calls before one backward)
-            fakes = torch.cat([net.generator(i, nid, pids) for i in ids])
-        return Generation(fakes, sets, mu, logvar, id_feat, logits, partner, mask)
+            fakes = torch.cat([net.generator(i, nid, c) for i, c in zip(ids, labels)])
+        return Generation(fakes, sets, torch.cat(labels), mu, logvar, id_feat, logits, partner, mask)
 
     def part_mask(self, batch_size: int, device) -> Optional[Tensor]:
         """(B, K) slots S swaps, per LOSS.PART_SHUFFLE; None for 'none' (the authors' code, bug B1)."""
@@ -326,7 +335,7 @@ class ISGANObjective(IdentityObjective):
         with self.precision.autocast():
             gen = self.generate(imgs, pids, stage)
         n = len(gen.sets)
-        labels = pids.repeat(n)
+        labels = gen.labels
         # sets whose D_C term counts [Eq. 7]: the shuffled ones, plus the auto-encoded (the first set) with
         # CLASS_ON_AUTO; they are the fakes from row `first` on
         first = B if gen.sets[0] == "auto" and not s.class_on_auto else 0
@@ -349,7 +358,8 @@ class ISGANObjective(IdentityObjective):
         # ---- encoder/G step against the updated D, with D frozen (and unwrapped: nothing of it to all-reduce)
         disc.requires_grad_(False)
         with self.precision.autocast():
-            recon = {name: L.reconstruction_loss(f, target) for name, f in zip(gen.sets, gen.fakes.chunk(n))}
+            recon = {name: L.reconstruction_loss(f, target) for name, f in zip(gen.sets, gen.fakes.chunk(n))
+                     if name != "crossed"}  # a crossed fake has no image to match
             terms = {}
             if "auto" in recon:
                 terms["L_S"] = s.lambda_s * (recon["auto"] + recon["shuffled"])

@@ -11,7 +11,7 @@ import torch
 from torch import Tensor
 
 
-__all__ = ["sample_partners", "part_shuffle_mask", "part_shuffle"]
+__all__ = ["sample_partners", "sample_strangers", "part_shuffle_mask", "part_shuffle"]
 
 # Subsets are drawn as the bits of one int64 per row, so at most 62 candidate slots.
 _MAX_SLOTS = 62
@@ -29,6 +29,14 @@ def sample_partners(labels: Tensor, generator: Optional[torch.Generator] = None)
     candidates = (labels[:, None] == labels[None, :]) & ~eye  # (B, B)
     singleton = ~candidates.any(dim=1)  # (B,)
     candidates = candidates | (eye & singleton[:, None])  # a singleton's only candidate is itself
+    return torch.multinomial(candidates.float(), 1, generator=generator).squeeze(1)  # (B,)
+
+
+def sample_strangers(labels: Tensor, generator: Optional[torch.Generator] = None) -> Tensor:
+    """Index of a uniformly drawn sample of another label per sample (itself when the batch has one label)."""
+    eye = torch.eye(labels.numel(), dtype=torch.bool, device=labels.device)  # (B, B)
+    candidates = labels[:, None] != labels[None, :]  # (B, B)
+    candidates = candidates | (eye & ~candidates.any(dim=1, keepdim=True))
     return torch.multinomial(candidates.float(), 1, generator=generator).squeeze(1)  # (B,)
 
 
