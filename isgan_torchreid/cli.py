@@ -157,6 +157,12 @@ def configure_cpu(cfg):
         keep_freed_memory()  # glibc; a no-op elsewhere
 
 
+def configure_device(cfg, device: torch.device) -> None:
+    """cuDNN picks each convolution's fastest algorithm once per shape (TRAIN.CUDNN_BENCHMARK): a stage's
+    shapes do not change from step to step (fixed image size, P x K batches without a short last one)."""
+    torch.backends.cudnn.benchmark = cfg.TRAIN.CUDNN_BENCHMARK and device.type == "cuda"
+
+
 def setup(cfg):
     """Output dir, resolved config, seed, denormal flushing and the C allocator, device, data manager (datasets
     checked before any model).
@@ -172,6 +178,7 @@ def setup(cfg):
     compat.torchreid_base().utils.set_random_seed(cfg.SEED)
     configure_cpu(cfg)
     device = select_device(cfg)
+    configure_device(cfg, device)
     with distributed.main_process_first():
         dm = build_datamanager(cfg, use_gpu=device.type == "cuda")
     return device, dm

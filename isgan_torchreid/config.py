@@ -124,7 +124,9 @@ _C.TRAIN.RESUME_FREQ = 1  # epochs between "latest" checkpoints (what an interru
 _C.TRAIN.CHECKPOINT_FREQ = 50  # epochs between kept model.pth.tar-<epoch> (at "latest" epochs only)
 _C.TRAIN.SAMPLE_FREQ = 10  # epochs between image grids in stages 2-3 (0: only at the end)
 _C.TRAIN.GRAD_NORM_FREQ = 50  # stage-2/3 steps between logs of each loss term's gradient norm per module (0: off)
-_C.TRAIN.AMP = False  # mixed precision: float16 + loss scaling on CUDA, bfloat16 on CPU
+_C.TRAIN.AMP = False  # mixed precision (autocast) in TRAIN.AMP_DTYPE
+_C.TRAIN.CUDNN_BENCHMARK = True  # CUDA: cuDNN chooses each convolution's algorithm by timing it once per shape
+_C.TRAIN.AMP_DTYPE = "auto"  # auto (bfloat16 on the CPU and on GPUs that compute in it, else float16) | bfloat16 | float16 (+ loss scaling)
 _C.TRAIN.CHANNELS_LAST = False  # channels-last memory format for the model and its inputs
 _C.TRAIN.KEEP_FREED_MEMORY = True  # glibc: freed blocks stay in the heap for the next step (no page faults)
 _C.TRAIN.FLUSH_DENORMAL = True  # CPU: denormal floats read as 0 (long GAN runs slow down on them); False: IEEE
@@ -169,6 +171,7 @@ _CHOICES = {
     "LOSS.PART_SHUFFLE": ("local", "all", "none"),
     "LOSS.TARGET_SPACE": ("rgb", "tanh"),
     "TRAIN.NONFINITE": ("error", "skip"),
+    "TRAIN.AMP_DTYPE": ("auto", "bfloat16", "float16"),
     "TRAIN.D_OPTIMIZER": ("sgd", "adam"),
     "SAMPLER.EPOCH": ("identities", "images"),
     "TEST.METRIC": ("euclidean", "cosine"),

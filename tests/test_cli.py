@@ -205,3 +205,13 @@ def test_weights_keys_of_other_toolboxes_name_ours(run, capsys, main, argv):
         f"error: command line: unknown config key {argv[-2]}; weights are not a config key here: pass the "
         f"checkpoint to evaluate as --weights FILE (test, extract, export, visualize), or the one to start "
         f"training from as TRAIN.INIT_WEIGHTS FILE\n")
+
+
+@pytest.mark.parametrize("overrides, device, expected", [
+    ([], "cuda", True), ([], "cpu", False), (["TRAIN.CUDNN_BENCHMARK", "False"], "cuda", False)])
+def test_cudnn_benchmark_on_cuda_unless_switched_off(monkeypatch, overrides, device, expected):
+    import torch
+    from isgan_torchreid.config import load_config
+    monkeypatch.setattr(torch.backends.cudnn, "benchmark", not expected)
+    cli.configure_device(load_config(None, overrides), torch.device(device))
+    assert torch.backends.cudnn.benchmark is expected

@@ -43,7 +43,7 @@ def batch():
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_float16_autocast_with_loss_scaling(stage):
-    engine = gpu_engine("TRAIN.AMP", "True")
+    engine = gpu_engine("TRAIN.AMP", "True", "TRAIN.AMP_DTYPE", "float16")
     engine.enter_stage(stage)
     dtypes = []
     module = engine.model.generator if stage > 1 else engine.model.encoder_r
@@ -66,7 +66,7 @@ def test_float16_autocast_with_loss_scaling(stage):
 
 
 def test_loss_scaling_skips_overflowing_steps():
-    engine = gpu_engine("TRAIN.AMP", "True")
+    engine = gpu_engine("TRAIN.AMP", "True", "TRAIN.AMP_DTYPE", "float16")
     engine.enter_stage(1)
     scaler = engine.optimizers["model"].scaler
     scaler.scale(torch.ones((), device="cuda"))  # creates the scale
@@ -132,3 +132,13 @@ def test_torchrun_on_gpus_with_sync_batchnorm(train_args, tmp_path):  # noqa: F8
                             "--weights", str(out / "stage3" / "model.pth.tar-1"), "OUTPUT_DIR", str(tmp_path / "test")])
     for m in METRICS:
         assert tested["test"]["synthperson"][m] == pytest.approx(results["stage3"]["synthperson"][m], abs=1e-3)
+
+
+def test_bfloat16_autocast_needs_no_loss_scaling():
+    if not torch.cuda.is_bf16_supported(including_emulation=False):
+        pytest.skip("this GPU does not compute in bfloat16")
+    engine = gpu_engine("TRAIN.AMP", "True")  # AMP_DTYPE auto
+    engine.enter_stage(3)
+    assert engine.precision.dtype == torch.bfloat16
+    assert not any(opt.scaler.is_enabled() for opt in engine.optimizers.values())
+    assert all(math.isfinite(v) for v in floats(engine.forward_backward(batch())).values())

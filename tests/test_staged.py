@@ -24,6 +24,7 @@ from isgan_torchreid.cli import setup, train_main
 from isgan_torchreid.config import load_config
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.engine.hooks import Checkpointer, GANWarmup, ResultsWriter
+from isgan_torchreid.engine.objective import Precision
 from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
@@ -404,7 +405,7 @@ def test_gan_warmup_ramps_g_side_adversarial_and_class_terms(make_engine, batche
 
 @pytest.mark.parametrize("stage", [1, 2, 3])
 def test_mixed_precision_on_cpu(make_engine, batches, stage):
-    """TRAIN.AMP runs the same step under bfloat16 autocast on CPU (float16 + loss scaling on CUDA)."""
+    """TRAIN.AMP runs the same step under bfloat16 autocast on CPU, without loss scaling."""
     engine = make_engine("TRAIN.AMP", "True")
     prepare(engine, stage)
     dtypes = []
@@ -418,6 +419,17 @@ def test_mixed_precision_on_cpu(make_engine, batches, stage):
         assert any(changed_tensors(getattr(engine.model, name), before[name], buffers=False).values()), name
     assert all(p.dtype == torch.float32 for p in engine.model.parameters())  # master weights stay float32
     assert not any(k.startswith("grad_") for k in summary)  # gradient-norm diagnostics are off under AMP
+
+
+@pytest.mark.parametrize("choice, device, gpu_has_bf16, expected", [
+    ("auto", "cpu", False, torch.bfloat16), ("auto", "cuda", True, torch.bfloat16), ("auto", "cuda", False, torch.float16),
+    ("float16", "cpu", True, torch.float16), ("bfloat16", "cuda", False, torch.bfloat16)])
+def test_amp_dtype_and_loss_scaling(make_cfg, monkeypatch, choice, device, gpu_has_bf16, expected):
+    monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: gpu_has_bf16)
+    precision = Precision.from_config(make_cfg("TRAIN.AMP", "True", "TRAIN.AMP_DTYPE", choice), torch.device(device))
+    assert precision.dtype == expected
+    if device == "cpu":  # (a CUDA scaler disables itself where there is no GPU)
+        assert precision.grad_scaler().is_enabled() == (expected == torch.float16)
 
 
 def test_channels_last(make_engine, batches):

@@ -91,15 +91,22 @@ class LossSettings:
 
 @dataclasses.dataclass(frozen=True)
 class Precision:
-    """TRAIN.AMP and TRAIN.CHANNELS_LAST for one device: float16 + loss scaling on CUDA, bfloat16 on CPU."""
+    """TRAIN.AMP, TRAIN.AMP_DTYPE and TRAIN.CHANNELS_LAST for one device. Under AMP, bfloat16 needs no loss
+    scaling, so its step never asks the host anything (:class:`~.optim.Update`); float16 adds a gradient scaler."""
 
     device_type: str
     amp: bool = False
     channels_last: bool = False
+    dtype: torch.dtype = torch.bfloat16
 
-    @property
-    def dtype(self) -> torch.dtype:
-        return torch.float16 if self.device_type == "cuda" else torch.bfloat16
+    @classmethod
+    def from_config(cls, cfg, device: torch.device) -> "Precision":
+        """TRAIN.AMP_DTYPE auto: bfloat16 on the CPU and on GPUs that compute in it (Ampere on), else float16."""
+        choice = cfg.TRAIN.AMP_DTYPE
+        if choice == "auto":
+            bf16 = device.type != "cuda" or torch.cuda.is_bf16_supported(including_emulation=False)
+            choice = "bfloat16" if bf16 else "float16"
+        return cls(device.type, cfg.TRAIN.AMP, cfg.TRAIN.CHANNELS_LAST, getattr(torch, choice))
 
     @property
     def memory_format(self) -> torch.memory_format:
@@ -110,8 +117,8 @@ class Precision:
         return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.amp)
 
     def grad_scaler(self) -> torch.amp.GradScaler:
-        """Loss scaling for float16 (enabled on CUDA with AMP only)."""
-        return torch.amp.GradScaler(self.device_type, enabled=self.amp and self.device_type == "cuda")
+        """Loss scaling, enabled for float16 under AMP only."""
+        return torch.amp.GradScaler(self.device_type, enabled=self.amp and self.dtype == torch.float16)
 
 
 class Generation(NamedTuple):
@@ -411,7 +418,7 @@ def warn_singletons(dataset, objective) -> None:
 def build_objective(cfg, model: nn.Module, device: torch.device) -> IdentityObjective:
     """IS-GAN's objective for a model with E_U, G and D; the identity objective for any other."""
     losses = LossSettings.from_config(cfg)
-    precision = Precision(device.type, cfg.TRAIN.AMP, cfg.TRAIN.CHANNELS_LAST)
+    precision = Precision.from_config(cfg, device)
     if all(hasattr(model, name) for name in GAN_MODULES):
         return ISGANObjective(model, losses, precision, cfg.MODEL.G_JOINT_BATCH, cfg.TRAIN.GRAD_NORM_FREQ)
     return IdentityObjective(model, losses, precision)
