@@ -11,6 +11,7 @@ import math
 import os
 import re
 import shutil
+import threading
 
 import pytest
 import torch
@@ -721,14 +722,52 @@ def test_checkpoint_frequencies(make_engine, monkeypatch):
     engine = make_engine("TRAIN.RESUME_FREQ", "2", "TRAIN.CHECKPOINT_FREQ", "4", "TRAIN.STAGE1.EPOCHS", "7")
     engine.enter_stage(1)
     saved, kept = [], []
-    monkeypatch.setattr(ckpt, "save_training_state", lambda engine, epoch: saved.append(epoch))
-    monkeypatch.setattr(ckpt, "save_weights", lambda engine, epoch: kept.append(epoch))
+    monkeypatch.setattr(ckpt, "write_training_state", lambda out, state: saved.append(state["epoch"]))
+    monkeypatch.setattr(ckpt, "write_weights", lambda out, state: kept.append(state["epoch"]))
     hook = next(h for h in engine.hooks if isinstance(h, Checkpointer))
     for engine.epoch in range(7):
         hook.after_epoch()
+    hook.writer.wait()
     assert saved == [2, 4, 6, 7] and kept == [4]
     hook.after_stage()  # after evaluation: the last epoch, with its results, in latest and (a hard link of it,
     assert saved == [2, 4, 6, 7, 7] and kept == [4]  # tests/test_checkpoint.py) model.pth.tar-7
+
+
+def test_checkpoints_are_written_off_the_training_thread_from_a_snapshot(make_engine, monkeypatch):
+    engine = make_engine("TRAIN.STAGE1.EPOCHS", "3")
+    engine.enter_stage(1)
+    hook = next(h for h in engine.hooks if isinstance(h, Checkpointer))
+    real, started, release, writers = ckpt.write_training_state, threading.Event(), threading.Event(), []
+
+    def held(out, state):
+        writers.append(threading.current_thread().name)
+        started.set()
+        release.wait()
+        real(out, state)
+
+    monkeypatch.setattr(ckpt, "write_training_state", held)
+    engine.epoch = 0
+    hook.after_epoch()
+    assert started.wait(10)  # the write has begun, and this thread goes on training
+    expected = {k: v.clone() for k, v in engine.model.state_dict().items()}
+    with torch.no_grad():
+        for p in engine.model.parameters():
+            p.add_(1.0)
+    release.set()
+    hook.writer.wait()
+    assert writers == ["checkpoint-writer"]
+    state = ckpt.load_checkpoint(ckpt.latest_path(engine.cfg.OUTPUT_DIR, 1))
+    assert state["epoch"] == 1 and "optimizers" in state
+    assert all(torch.equal(state["state_dict"][k], v) for k, v in expected.items())  # the epoch's end, not later
+
+    def full(out, state):
+        raise ISGANError("could not write latest.pth.tar: no space left")
+
+    monkeypatch.setattr(ckpt, "write_training_state", full)
+    engine.epoch = 1
+    hook.after_epoch()
+    with pytest.raises(ISGANError, match="no space left"):  # at the next checkpoint (or the stage's end)
+        hook.writer.wait()
 
 
 def test_results_json_keeps_earlier_invocations(make_engine, tmp_path):

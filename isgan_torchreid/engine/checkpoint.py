@@ -37,6 +37,7 @@ import math
 import os
 import re
 import shutil
+import threading
 
 import torch
 
@@ -395,7 +396,7 @@ def evaluation_settings(cfg):
     return {"TARGETS": list(cfg.DATA.TARGETS), "TEST": test}
 
 
-def _weights_state(engine, epoch):
+def weights_state(engine, epoch):
     stage = engine.stage
     finished = stage_finished(engine.cfg, stage, epoch)
     state = {
@@ -414,25 +415,81 @@ def _weights_state(engine, epoch):
     return state
 
 
-def save_weights(engine, epoch):
-    """Write the engine's weights alone as ``model.pth.tar-{epoch}`` of its stage, a file of its own: the
-    snapshots every TRAIN.CHECKPOINT_FREQ epochs. A finished stage's is kept by :func:`save_training_state`."""
-    save_checkpoint(_weights_state(engine, epoch), kept_path(engine.cfg.OUTPUT_DIR, engine.stage, epoch))
+def write_weights(out, state):
+    """Write a weights-only ``state`` (:func:`weights_state`) as ``model.pth.tar-{epoch}`` of its stage, a file of
+    its own: the snapshots every TRAIN.CHECKPOINT_FREQ epochs. A finished stage's is kept by
+    :func:`write_training_state`."""
+    save_checkpoint(state, kept_path(out, state["stage"], state["epoch"]))
+
+
+def training_state(engine, epoch):
+    """Everything needed to resume the engine's stage after ``epoch``: the weights, and the optimisers' state
+    while the stage has epochs left (the live tensors: :func:`host_copy` before another thread writes it)."""
+    state = weights_state(engine, epoch)
+    if not stage_finished(engine.cfg, engine.stage, epoch):
+        state["optimizers"] = {name: opt.state_dict() for name, opt in engine.optimizers.items()}
+    return state
+
+
+def write_training_state(out, state):
+    """Write ``state`` (:func:`training_state`) to its stage's ``latest.pth.tar``; a finished stage's (it holds no
+    optimisers) also becomes ``model.pth.tar-{epoch}``, a hard link of it (:func:`link_checkpoint`): a finished
+    stage stores its weights once."""
+    latest = latest_path(out, state["stage"])
+    save_checkpoint(state, latest)
+    if "optimizers" not in state:
+        link_checkpoint(latest, kept_path(out, state["stage"], state["epoch"]))
 
 
 def save_training_state(engine, epoch):
-    """Write everything needed to resume the engine's stage after ``epoch`` to its ``latest.pth.tar``: the
-    weights, and the optimisers' state while the stage has epochs left. When ``epoch`` finishes the stage,
-    ``latest`` holds the weights (and results) alone, and ``model.pth.tar-{epoch}`` becomes a hard link of it
-    (:func:`link_checkpoint`): a finished stage stores its weights once."""
-    out, stage = engine.cfg.OUTPUT_DIR, engine.stage
-    state = _weights_state(engine, epoch)
-    finished = stage_finished(engine.cfg, stage, epoch)
-    if not finished:
-        state["optimizers"] = {name: opt.state_dict() for name, opt in engine.optimizers.items()}
-    save_checkpoint(state, latest_path(out, stage))
-    if finished:
-        link_checkpoint(latest_path(out, stage), kept_path(out, stage, epoch))
+    """:func:`training_state` written now, on this thread."""
+    write_training_state(engine.cfg.OUTPUT_DIR, training_state(engine, epoch))
+
+
+def host_copy(obj):
+    """``obj`` (dicts, lists, tuples of tensors and plain values) with every tensor copied to host memory: a
+    snapshot that training may run on from while another thread writes it."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return type(obj)((k, host_copy(v)) for k, v in obj.items())
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(host_copy(v) for v in obj)
+    return obj
+
+
+class BackgroundWriter:
+    """Writes checkpoints on one background thread, one at a time, while training goes on (issue 26: an fsync'd
+    GB-sized write per epoch stalls a GPU that trains an epoch in seconds). Each write is still atomic
+    (:func:`save_checkpoint`). :meth:`submit` and :meth:`wait` first wait for the write in flight and raise its
+    error (an ISGANError naming the file), so a failed write stops the run at the next checkpoint at the latest.
+    The thread is not a daemon: a run that ends (or fails) meanwhile still finishes the write in flight."""
+
+    def __init__(self):
+        self._thread = None
+        self._error = None
+
+    def submit(self, write, *args) -> None:
+        """Run ``write(*args)`` on the writer thread once the previous write has landed."""
+        self.wait()
+
+        def run():
+            try:
+                write(*args)
+            except BaseException as e:  # noqa: B036 - handed to the training thread by wait()
+                self._error = e
+
+        self._thread = threading.Thread(target=run, name="checkpoint-writer")
+        self._thread.start()
+
+    def wait(self) -> None:
+        """Return once no write is in flight; raise the error of the last one, if it failed."""
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+        if self._error is not None:
+            error, self._error = self._error, None
+            raise error
 
 
 def resume_or_initialize(engine, stage):

@@ -76,22 +76,28 @@ class Checkpointer(HookBase):
     """Resumable ``latest.pth.tar`` every ``resume_freq`` epochs, and at a stage's end its weights and results
     (:func:`~isgan_torchreid.engine.checkpoint.save_training_state`, which then keeps ``model.pth.tar-{epoch}`` as a
     hard link of it: one copy of the weights); weights-only ``model.pth.tar-{epoch}`` files of their own every
-    ``keep_freq`` epochs before the end."""
+    ``keep_freq`` epochs before the end.
+
+    The epochs' checkpoints are written by a :class:`~isgan_torchreid.engine.checkpoint.BackgroundWriter` from a
+    host copy taken at the epoch's end, so the next epoch trains meanwhile; the stage's last one is written
+    after the last write in flight has landed and before the stage ends, as the next stage starts from it."""
 
     def __init__(self, resume_freq: int, keep_freq: int):
         self.resume_freq = resume_freq
         self.keep_freq = keep_freq
+        self.writer = ckpt.BackgroundWriter()
 
     def after_epoch(self):
         e = self.engine
-        epoch = e.epoch + 1
+        epoch, out = e.epoch + 1, e.cfg.OUTPUT_DIR
         if epoch % self.resume_freq == 0 or epoch == e.max_epoch:
-            ckpt.save_training_state(e, epoch)
+            self.writer.submit(ckpt.write_training_state, out, ckpt.host_copy(ckpt.training_state(e, epoch)))
         if epoch < e.max_epoch and epoch % self.keep_freq == 0:
-            ckpt.save_weights(e, epoch)
+            self.writer.submit(ckpt.write_weights, out, ckpt.host_copy(ckpt.weights_state(e, epoch)))
 
     def after_stage(self):
         e = self.engine
+        self.writer.wait()
         ckpt.save_training_state(e, e.max_epoch)  # now with the stage's results, and kept as model.pth.tar-{epoch}
 
 
