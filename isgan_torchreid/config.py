@@ -97,9 +97,9 @@ _C.LOSS.LABEL_SMOOTH = 0.0  # label smoothing of L_R
 _C.LOSS.D_LABEL_SMOOTH = True  # D targets ~ U(0.7, 1) / U(0, 0.3) (authors' code)
 _C.LOSS.PART_SHUFFLE = "local"  # local (paper) | all (global slots too) | none (authors' code, bug B1)
 _C.LOSS.CLASS_ON_AUTO = True  # L_C also on auto-encoded fakes (authors' code); False: Eq. 7 only
-# a further fake set G(id_b, nu_a), b of another identity in the batch, judged by D_D (L_D) and by D_C as b (L_C);
-# no pixel target. False: the paper, whose fakes all keep their own identity
-_C.LOSS.CROSS_IDENTITY = False
+# > 0: a further fake set G(id_b, nu_a), b of another identity in the batch, without pixel target: judged by D_D
+# (in L_D) and by D_C as b, G's class term on it weighted by LAMBDA_X (L_X). 0: the paper (fakes keep their identity)
+_C.LOSS.LAMBDA_X = 0.0
 _C.LOSS.TARGET_SPACE = "rgb"  # rgb: [-1, 1] RGB | tanh: tanh(normalised image), the authors' target
 _C.LOSS.TRIPLET_MARGIN = 1.2  # batch-hard triplet loss on E_R's global features: MGN's, and IS-GAN's with ISGAN_TRIPLET
 _C.LOSS.LAMBDA_TRIPLET = 1.0
@@ -196,7 +196,7 @@ _RANGES = {
     "MODEL.G_WIDTH": "[8, inf)",
     "MODEL.D_WIDTH": "[8, inf)",
     **{f"LOSS.{name}": "[0, inf)" for name in ("LAMBDA_R", "LAMBDA_U", "LAMBDA_S", "LAMBDA_PS", "LAMBDA_D", "LAMBDA_C",
-                                               "D_LAMBDA_D", "D_LAMBDA_C", "LAMBDA_TRIPLET", "TRIPLET_MARGIN",
+                                               "LAMBDA_X", "D_LAMBDA_D", "D_LAMBDA_C", "LAMBDA_TRIPLET", "TRIPLET_MARGIN",
                                                "KL_FREE_BITS")},
     "LOSS.LABEL_SMOOTH": "[0, 1)",
     "LOSS.GAN_WARMUP": "[0, inf)",

@@ -22,7 +22,7 @@ def run_tool(*args, env=None):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["--config-file", MARKET, "LOSS.LAMBDA_X", "1"], "unknown config key LOSS.LAMBDA_X"),
+    (["--config-file", MARKET, "LOSS.LAMBDA_Z", "1"], "unknown config key LOSS.LAMBDA_Z"),
     (["--config-file", MARKET, "DATA.ROOT", "/nonexistent/reid-data"],
      "dataset market1501 not found: missing /nonexistent/reid-data/market1501"),
     (["--config-file", MARKET, "OUTPUT_DIR", "/dev/null/out"], "output directory /dev/null/out is not writable"),

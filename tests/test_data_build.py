@@ -87,14 +87,36 @@ def test_too_many_identities_per_batch(tiny_cfg):
         build_datamanager(tiny_cfg("SAMPLER.P", "50", "TRAIN.STAGES", "[1]"))
 
 
-def test_workers_start_from_a_forkserver_and_see_the_stage_transform(tiny_cfg):
-    dm = build_datamanager(tiny_cfg("DATA.WORKERS", "2"))
+def test_workers_start_from_a_forkserver_persist_and_take_each_stages_transform(tiny_cfg):
+    cfg = tiny_cfg("DATA.WORKERS", "2")
+    dm = build_datamanager(cfg)
     loaders = [dm.train_loader] + [l for split in dm.test_loader.values() for l in split.values()]
     assert all(l.multiprocessing_context.get_start_method() == "forkserver" for l in loaders)
+    assert dm.train_loader.persistent_workers
+    dm.train_loader.dataset.transforms[2] = T.Compose([T.Resize((8, 4)), T.ToTensor()])  # before the workers start
     batch = next(iter(dm.train_loader))
-    assert batch["img"].abs().sum() > 0
-    dm.train_loader.dataset.transform = T.Compose([T.Resize((8, 4)), T.ToTensor()])  # as the engine does per stage
-    assert next(iter(dm.train_loader))["img"].shape == (8, 3, 8, 4)
+    assert batch["img"].abs().sum() > 0 and batch["img"].shape[-2:] == (cfg.DATA.HEIGHT, cfg.DATA.WIDTH)
+    dm.train_loader.sampler.set_epoch(0, stage=2)
+    assert next(iter(dm.train_loader))["img"].shape[-2:] == (8, 4)  # the same workers, stage 2's transform
+
+
+def test_augmentations_depend_on_the_seed_and_place_alone(tiny_cfg):
+    """Workers or none, one epoch drawn twice, or resumed at it: the same augmented images."""
+    def epoch(workers, first=None):
+        dm = build_datamanager(tiny_cfg("DATA.WORKERS", str(workers)))
+        if first is not None:
+            dm.train_loader.sampler.set_epoch(first, stage=1)
+            list(dm.train_loader)  # an earlier epoch in the same workers
+        dm.train_loader.sampler.set_epoch(3, stage=1)
+        torch.manual_seed(123)  # the trainer's RNG: augmentations neither depend on it nor move it
+        imgs = torch.cat([b["img"] for b in dm.train_loader])
+        return imgs, torch.rand(1)
+    alone, after = epoch(0), epoch(0, first=0)
+    assert torch.equal(alone[0], after[0]) and torch.equal(alone[1], after[1]) and torch.equal(alone[1], epoch(2)[1])
+    assert torch.equal(alone[0], epoch(2, first=1)[0])
+    dm = build_datamanager(tiny_cfg())
+    dm.train_loader.sampler.set_epoch(4, stage=1)
+    assert not torch.equal(torch.cat([b["img"] for b in dm.train_loader]), alone[0])  # another epoch: other draws
 
 
 class Unpicklable(torch.utils.data.Dataset):

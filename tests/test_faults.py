@@ -496,7 +496,7 @@ def test_loaders_get_the_timeout_and_workers_that_end_with_the_trainer(tiny_cfg)
     for loader in all_loaders:
         assert isinstance(loader, loaders.GuardedLoader) and loader.timeout == 42
         assert loader.worker_init_fn is loaders.exit_with_trainer
-    assert len(dm.train_loader) == 4 and dm.train_loader.sampler.base.num_instances == 4  # P x K batches kept
+    assert len(dm.train_loader) == 4 and dm.train_loader.sampler.sampler.base.num_instances == 4  # P x K batches kept
     dm = build_datamanager(tiny_cfg())  # DATA.WORKERS 0: loading in the trainer, no timeout possible
     assert dm.train_loader.timeout == 0 and dm.train_loader.worker_init_fn is None
 

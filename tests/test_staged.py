@@ -312,9 +312,10 @@ def test_gan_iteration_call_graph(make_engine, batches, stage):
 
 
 def test_cross_identity_set_is_judged_but_not_reconstructed(make_engine, batches, monkeypatch):
-    """LOSS.CROSS_IDENTITY: G also draws each image's nuisance with another identity of the batch, drawn with
-    that identity's label; D_D and D_C see it (D_C told the stranger's label), no L1 is taken of it."""
-    engine = make_engine("LOSS.CROSS_IDENTITY", "True")
+    """LOSS.LAMBDA_X: G also draws each image's nuisance with another identity of the batch, drawn with that
+    identity's label; D_D and D_C see it (D_C told the stranger's label), G's class term on it is L_X, apart
+    from L_C; no L1 is taken of it."""
+    engine = make_engine("LOSS.LAMBDA_X", "0.5")
     prepare(engine, 2)
     B, pids = batches[0]["img"].size(0), batches[0]["pid"]
     d_batches, class_targets = [], []
@@ -324,11 +325,12 @@ def test_cross_identity_set_is_judged_but_not_reconstructed(make_engine, batches
                         real_class_loss(logits, target))
     summary = floats(engine.forward_backward(batches[0]))
     assert d_batches == [B + 4 * B, 4 * B]
-    assert set(summary) >= {"L1_auto", "L1_shuffled", "L1_part_shuffled", "L_C"} and "L1_crossed" not in summary
-    d_real, d_fakes, g_fakes = class_targets
-    assert torch.equal(d_real, pids) and torch.equal(d_fakes, g_fakes) and len(g_fakes) == 4 * B
-    assert torch.equal(g_fakes[:3 * B], pids.repeat(3))
-    assert (g_fakes[3 * B:] != pids).all()  # every row drew another identity (the batch has several)
+    assert set(summary) >= {"L1_auto", "L1_shuffled", "L1_part_shuffled", "L_C", "L_X"}
+    assert "L1_crossed" not in summary
+    d_real, d_fakes, g_c, g_x = class_targets
+    assert torch.equal(d_real, pids) and torch.equal(d_fakes, torch.cat([g_c, g_x]))
+    assert torch.equal(g_c, pids.repeat(3))
+    assert len(g_x) == B and (g_x != pids).all()  # every row drew another identity (the batch has several)
     gen = engine.objective.generate(batches[0]["img"], pids, 2)
     assert gen.sets[-1] == "crossed" and torch.equal(gen.labels[:B], pids)
 
@@ -541,7 +543,7 @@ class HostSyncs(TorchFunctionMode):
 
 @pytest.mark.parametrize("stage, overrides", [
     (1, []), (2, []), (3, []),
-    (2, ["TRAIN.D_OPTIMIZER", "adam", "TRAIN.GRAD_NORM_FREQ", "1", "LOSS.CLASS_ON_AUTO", "False"]),
+    (2, ["TRAIN.D_OPTIMIZER", "adam", "TRAIN.GRAD_NORM_FREQ", "1", "LOSS.CLASS_ON_AUTO", "False", "LOSS.LAMBDA_X", "1.0"]),
     (3, ["LOSS.LAMBDA_S", "0.0"]),
 ])
 def test_a_step_never_waits_for_the_device(make_engine, batches, monkeypatch, stage, overrides):

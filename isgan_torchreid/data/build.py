@@ -104,9 +104,9 @@ def use_forkserver(loaders):
     """Start the loaders' workers from a small forkserver that has imported the package.
 
     Forking the trainer itself (torch's default) was measured to stall the first batch of every
-    epoch by 10-15 s once the process holds a model and has written a checkpoint. Workers stay
-    per-epoch, so their seeds still come from the checkpointed torch RNG (exact resume). A dataset
-    that cannot be pickled (a user's, holding a lambda) keeps torch's default start method.
+    epoch by 10-15 s once the process holds a model and has written a checkpoint (the training loader's
+    workers now persist through the run; the test loaders' start per evaluation). A dataset that cannot be
+    pickled (a user's, holding a lambda) keeps torch's default start method.
     """
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(["isgan_torchreid"])
@@ -175,8 +175,9 @@ def build_datamanager(cfg, use_gpu=False):
               + ", ".join(f"{split} {len(paths)}" for split, paths in check.skipped.items()))
     if cfg.DATA.ON_BAD_IMAGE == "skip":
         compat.skip_unreadable_at_load(dm.train_loader.dataset)
-    dm.train_loader = identity_loader(dm.train_loader, cfg.SAMPLER.EPOCH, cfg.SEED, distributed.get_rank(),
-                                      distributed.get_world_size())
+    transforms = {stage: train_transform(cfg, stage) for stage in (1, 2, 3)}
+    dm.train_loader = identity_loader(dm.train_loader, cfg.SAMPLER.EPOCH, cfg.SEED, transforms,
+                                      distributed.get_rank(), distributed.get_world_size())
     dm.train_loader = guarded(dm.train_loader, cfg.DATA.LOADER_TIMEOUT)
     for split in dm.test_loader.values():
         for name, loader in split.items():

@@ -45,7 +45,7 @@ def guarded(loader, timeout):
         loader.dataset, batch_size=loader.batch_size, sampler=loader.sampler, num_workers=loader.num_workers,
         collate_fn=loader.collate_fn, pin_memory=loader.pin_memory, drop_last=loader.drop_last,
         timeout=timeout if workers else 0, worker_init_fn=exit_with_trainer if workers else None,
-        multiprocessing_context=loader.multiprocessing_context)
+        multiprocessing_context=loader.multiprocessing_context, persistent_workers=loader.persistent_workers)
 
 
 def wait_for_exit(pid, poll=1.0):

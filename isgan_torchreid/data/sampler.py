@@ -100,19 +100,71 @@ class DistributedIdentitySampler(torch.utils.data.Sampler):
         return len(self.base) // self.global_batch * self.local_batch
 
 
-def identity_loader(loader, epoch: str, seed: int, rank: int = 0, world_size: int = 1):
+class SampleKeys(torch.utils.data.Sampler):
+    """``sampler``'s indices as keys (index, seed, stage) for :class:`SeededSamples`: each sample's seed comes
+    from (SEED, stage, epoch, rank) of :meth:`set_epoch` and its place in the epoch, nothing else."""
+
+    def __init__(self, sampler: DistributedIdentitySampler):
+        self.sampler = sampler
+
+    def set_epoch(self, epoch: int, stage: int = 0) -> None:
+        self.sampler.set_epoch(epoch, stage)
+
+    def __iter__(self):
+        s = self.sampler
+        first = epoch_seed(s.seed, s.stage, s.epoch, s.rank) * len(s)  # the seeds of two epochs do not overlap
+        return ((index, (first + place) % 2**63, s.stage) for place, index in enumerate(s))
+
+    def __len__(self):
+        return len(self.sampler)
+
+
+class SeededSamples(torch.utils.data.Dataset):
+    """torchreid's training dataset read by the keys of :class:`SampleKeys`: each sample goes through its
+    stage's transform (``transforms``: stage -> transform) with Python's, numpy's and torch's random draws
+    seeded by its key (and restored after: without workers the dataset runs in the trainer's process). Before
+    any :meth:`SampleKeys.set_epoch` (stage 0) it keeps the dataset's own transform, torchreid's. A plain index
+    reads the dataset as it is.
+
+    So a sample's augmentation depends on (SEED, stage, epoch, rank, place) alone, not on which worker reads it
+    or what that worker read before: the loader's workers persist through the whole run, all stages included,
+    and a resumed run still draws what the uninterrupted run drew.
+    """
+
+    def __init__(self, dataset, transforms):
+        self.dataset = dataset
+        self.transforms = {0: dataset.transform, **transforms}
+        self.train = dataset.train  # the (path, pid, camid, ...) items, as torchreid's dataset has them
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, key):
+        if isinstance(key, int):
+            return self.dataset[key]
+        index, seed, stage = key
+        self.dataset.transform = self.transforms[stage]
+        with torch.random.fork_rng(devices=[]), _seeded(seed % 2**32):
+            torch.manual_seed(seed)
+            return self.dataset[index]
+
+
+def identity_loader(loader, epoch: str, seed: int, transforms, rank: int = 0, world_size: int = 1):
     """A copy of torchreid's train loader (P x K batches of its ``RandomIdentitySampler``) that gives this
     process its P/W x K share of each batch (:class:`DistributedIdentitySampler`), drawn by torchreid's
-    sampler for ``epoch`` "images" or by :class:`IdentityOnceSampler` for "identities"."""
+    sampler for ``epoch`` "images" or by :class:`IdentityOnceSampler` for "identities", each image through its
+    stage's transform of ``transforms`` (stage -> transform) with seeded draws (:class:`SeededSamples`), by
+    workers that persist through the run."""
     base = loader.sampler
     if epoch == "identities":
         base = IdentityOnceSampler(base.data_source, base.batch_size, base.num_instances)
     sampler = DistributedIdentitySampler(base, base.num_pids_per_batch, base.num_instances, seed, rank, world_size)
     return torch.utils.data.DataLoader(
-        loader.dataset,
-        sampler=sampler,
+        SeededSamples(loader.dataset, transforms),
+        sampler=SampleKeys(sampler),
         batch_size=sampler.local_batch,
         num_workers=loader.num_workers,
         pin_memory=loader.pin_memory,
         drop_last=True,
+        persistent_workers=loader.num_workers > 0,
     )

@@ -484,12 +484,17 @@ class BackgroundWriter:
 
     def wait(self) -> None:
         """Return once no write is in flight; raise the error of the last one, if it failed."""
+        error = self.join()
+        if error is not None:
+            raise error
+
+    def join(self):
+        """Return once no write is in flight, with the error of the last one (None if it landed)."""
         if self._thread is not None:
             self._thread.join()
             self._thread = None
-        if self._error is not None:
-            error, self._error = self._error, None
-            raise error
+        error, self._error = self._error, None
+        return error
 
 
 def resume_or_initialize(engine, stage):

@@ -2,7 +2,7 @@
 
 The engine calls, for each stage it trains: ``before_stage``, then per epoch ``before_epoch``,
 ``after_step`` after every step and ``after_epoch``, then evaluates and calls ``after_stage``; at the end
-of the run ``after_train``. A hook reads what it needs from ``self.engine`` (``cfg``, ``stage``,
+of the run ``after_train``, and ``close`` however the run ends. A hook reads what it needs from ``self.engine`` (``cfg``, ``stage``,
 ``epoch``, ``max_epoch``, ``batch_idx``, ``num_batches``, ``summary``, ``results``).
 
 Under torchrun, a hook runs on rank 0 alone unless it sets ``main_process_only = False``: hooks write files
@@ -29,7 +29,8 @@ __all__ = ["HookBase", "Checkpointer", "SampleGrids", "EncoderWriter", "ResultsW
 
 # the loss terms of a step, grouped for the progress line and TensorBoard: E_R's identity terms, the
 # encoder/G terms of Eq. 8 and D's terms [Eq. 6, 7]
-LOSS_GROUPS = {"id": ("L_R", "L_tri"), "gen": ("L_S", "L_PS", "L_U", "L_D", "L_C"), "disc": ("D_dom", "D_cls")}
+LOSS_GROUPS = {"id": ("L_R", "L_tri"), "gen": ("L_S", "L_PS", "L_U", "L_D", "L_C", "L_X"),
+               "disc": ("D_dom", "D_cls")}
 # seconds per step of IS-GAN's stages relative to stage 1, for the ETA of stages not yet run: an earlier run of
 # tools/benchmark.py (ResNet-50, 384x128, CPU: 3630 / 8332 / 13274 ms per step); docs/performance.md's same-run table
 # ("Performance", our column: 7126 / 14132 / 23182 ms) gives 1 : 2.0 : 3.3, so the estimates are rough
@@ -71,6 +72,9 @@ class HookBase:
     def after_train(self):
         pass
 
+    def close(self):
+        """Once when the run ends, however it ends (an error, Ctrl-C): finish what is in flight."""
+
 
 class Checkpointer(HookBase):
     """Resumable ``latest.pth.tar`` every ``resume_freq`` epochs, and at a stage's end its weights and results
@@ -100,8 +104,13 @@ class Checkpointer(HookBase):
         self.writer.wait()
         ckpt.save_training_state(e, e.max_epoch)  # now with the stage's results, and kept as model.pth.tar-{epoch}
 
+    def close(self):
+        error = self.writer.join()  # a run that stopped in an epoch still gets the last epoch's checkpoint
+        if error is not None:
+            print(f"=> the checkpoint write in flight failed too: {error}")
 
-CROSSED_CAPTION = "id-crossed = another identity of the batch + own nuisance (LOSS.CROSS_IDENTITY). "
+
+CROSSED_CAPTION = "id-crossed = another identity of the batch + own nuisance (LOSS.LAMBDA_X). "
 
 
 class SampleGrids(HookBase):
@@ -166,8 +175,9 @@ class SampleGrids(HookBase):
         caption = ("partner: the same-identity image whose identity features are shuffled in. G's outputs: "
                    "auto = own identity + own nuisance features; id-shuffled = partner's identity + own nuisance "
                    "[Eq. 3]; part-shuffled = own identity with the orange features taken from the partner, own "
-                   f"nuisance [Eq. 4]. {CROSSED_CAPTION if 'crossed' in sets else ''}Bars: one per part branch of MODEL.PARTS {parts} (a frame: its global "
-                   "feature; inside: its stripes, top to bottom). Eval mode (E_U's mean), the config's seed.")
+                   f"nuisance [Eq. 4]. {CROSSED_CAPTION if 'crossed' in sets else ''}Bars: one per part branch of "
+                   f"MODEL.PARTS {parts} (a frame: its global feature; inside: its stripes, top to bottom). Eval "
+                   "mode (E_U's mean), the config's seed.")
         return sheet(rows, title=f"stage {e.stage}, epoch {e.epoch + 1}/{e.max_epoch}: training samples",
                      column_titles=titles, row_labels=[f"row {b + 1}" for b in range(len(rows))], caption=caption,
                      font_size=font_size_for(rows[0][0].image.height))

@@ -74,7 +74,7 @@ class LossSettings:
     label_smooth: float
     d_label_smooth: bool
     class_on_auto: bool
-    cross_identity: bool
+    lambda_x: float  # generator side of L_X, D_C on cross-identity fakes (0: no such fakes)
     part_shuffle: str
     target_space: str
     triplet_margin: float
@@ -306,7 +306,7 @@ class ISGANObjective(IdentityObjective):
             mask = self.part_mask(id_feat.size(0), id_feat.device)
             ids.append(id_feat if mask is None else part_shuffle(id_feat, id_partner, mask))
             labels.append(pids)
-        if s.cross_identity:  # another identity in this image's nuisance (LOSS.CROSS_IDENTITY)
+        if s.lambda_x > 0:  # another identity in this image's nuisance (LOSS.LAMBDA_X)
             stranger = sample_strangers(pids)  # (B,)
             sets.append("crossed")
             ids.append(id_feat[stranger])
@@ -344,8 +344,10 @@ class ISGANObjective(IdentityObjective):
         n = len(gen.sets)
         labels = gen.labels
         # sets whose D_C term counts [Eq. 7]: the shuffled ones, plus the auto-encoded (the first set) with
-        # CLASS_ON_AUTO; they are the fakes from row `first` on
+        # CLASS_ON_AUTO, plus the cross-identity one (the last set) on D's side; they are the fakes from row
+        # `first` on; G's L_C takes them up to row `last`, its L_X the cross-identity ones after it
         first = B if gen.sets[0] == "auto" and not s.class_on_auto else 0
+        last = (n - 1) * B if gen.sets[-1] == "crossed" else n * B
         n_cls = n - first // B
 
         # ---- D step: real vs detached fakes in one pass [Eq. 6, 7]
@@ -379,8 +381,12 @@ class ISGANObjective(IdentityObjective):
             if self.gan_weight > 0:
                 patch, cls = disc(gen.fakes)  # (n*B, 1, h, w), (n*B, C)
                 terms["L_D"] = self.gan_weight * s.lambda_d * n * L.generator_domain_loss(patch)
-                if n_cls:
-                    terms["L_C"] = self.gan_weight * s.lambda_c * n_cls * L.class_loss(cls[first:], labels[first:])
+                if last > first:
+                    sets_c = (last - first) // B
+                    terms["L_C"] = self.gan_weight * s.lambda_c * sets_c * L.class_loss(cls[first:last],
+                                                                                         labels[first:last])
+                if last < n * B:
+                    terms["L_X"] = self.gan_weight * s.lambda_x * L.class_loss(cls[last:], labels[last:])
             if stage == 3:  # L_R [Eq. 1] (+ MGN's triplet on the global features with ISGAN_TRIPLET)
                 features = self.model.global_features(gen.id_feat) if s.isgan_triplet else None
                 terms.update(self.identity_terms(gen.logits, features, pids, s.lambda_r))

@@ -18,7 +18,7 @@ from typing import Dict, List, Optional, Sequence
 from torch import Tensor
 
 from .. import compat, deploy
-from ..data.build import train_augmentations, train_transform
+from ..data.build import train_augmentations
 from ..errors import ISGANError
 from . import checkpoint as ckpt
 from . import distributed
@@ -105,8 +105,7 @@ class ISGANEngine(Engine):
         compat.set_engine_models(self, {name: (modules[name], opt.optimizer, opt.scheduler)
                                         for name, opt in self.optimizers.items()})
         self.updates = {name: Update(opt, self.nonfinite) for name, opt in self.optimizers.items()}
-        if self.train_loader is not None:  # workers start per epoch: they see the new transform
-            self.train_loader.dataset.transform = train_transform(self.cfg, stage)
+        if self.train_loader is not None:  # its samples take the stage's transform (data.sampler.SampleKeys)
             if distributed.is_main_process():  # torchreid's transform banner is the data manager's, once
                 augmentations = [a.replace("_", " ") for a in train_augmentations(self.cfg, stage)]
                 print(f"=> stage {stage} trains with {' and '.join(augmentations) or 'no augmentation'}")
@@ -171,9 +170,12 @@ class ISGANEngine(Engine):
         """Run the configured stages (resuming where a previous run stopped); returns all results."""
         stages = list(stages or self.cfg.TRAIN.STAGES)
         ckpt.check_stages(self, stages)  # a stage that cannot start fails now, not after the earlier ones trained
-        for stage in stages:
-            self.run_stage(stage)
-        self._call("after_train")
+        try:
+            for stage in stages:
+                self.run_stage(stage)
+            self._call("after_train")
+        finally:
+            self._call("close")
         return self.results
 
     def run_stage(self, stage: int) -> None:
