@@ -126,7 +126,8 @@ _C.TRAIN.SAMPLE_FREQ = 10  # epochs between image grids in stages 2-3 (0: only a
 _C.TRAIN.GRAD_NORM_FREQ = 50  # stage-2/3 steps between logs of each loss term's gradient norm per module (0: off)
 _C.TRAIN.AMP = False  # mixed precision (autocast) in TRAIN.AMP_DTYPE
 _C.TRAIN.CUDNN_BENCHMARK = True  # CUDA: cuDNN chooses each convolution's algorithm by timing it once per shape
-_C.TRAIN.AMP_DTYPE = "auto"  # auto (bfloat16 on the CPU and on GPUs that compute in it, else float16) | bfloat16 | float16 (+ loss scaling)
+# auto (bfloat16 on the CPU and on GPUs that compute in it, else float16) | bfloat16 | float16 (+ loss scaling)
+_C.TRAIN.AMP_DTYPE = "auto"
 _C.TRAIN.CHANNELS_LAST = False  # channels-last memory format for the model and its inputs
 _C.TRAIN.KEEP_FREED_MEMORY = True  # glibc: freed blocks stay in the heap for the next step (no page faults)
 _C.TRAIN.FLUSH_DENORMAL = True  # CPU: denormal floats read as 0 (long GAN runs slow down on them); False: IEEE
@@ -196,8 +197,8 @@ _RANGES = {
     "MODEL.G_WIDTH": "[8, inf)",
     "MODEL.D_WIDTH": "[8, inf)",
     **{f"LOSS.{name}": "[0, inf)" for name in ("LAMBDA_R", "LAMBDA_U", "LAMBDA_S", "LAMBDA_PS", "LAMBDA_D", "LAMBDA_C",
-                                               "LAMBDA_X", "D_LAMBDA_D", "D_LAMBDA_C", "LAMBDA_TRIPLET", "TRIPLET_MARGIN",
-                                               "KL_FREE_BITS")},
+                                               "LAMBDA_X", "D_LAMBDA_D", "D_LAMBDA_C", "LAMBDA_TRIPLET",
+                                               "TRIPLET_MARGIN", "KL_FREE_BITS")},
     "LOSS.LABEL_SMOOTH": "[0, 1)",
     "LOSS.GAN_WARMUP": "[0, inf)",
     "TRAIN.STAGES": "[1, 3]",

@@ -425,7 +425,8 @@ def test_mixed_precision_on_cpu(make_engine, batches, stage):
 
 
 @pytest.mark.parametrize("choice, device, gpu_has_bf16, expected", [
-    ("auto", "cpu", False, torch.bfloat16), ("auto", "cuda", True, torch.bfloat16), ("auto", "cuda", False, torch.float16),
+    ("auto", "cpu", False, torch.bfloat16), ("auto", "cuda", True, torch.bfloat16),
+    ("auto", "cuda", False, torch.float16),
     ("float16", "cpu", True, torch.float16), ("bfloat16", "cuda", False, torch.bfloat16)])
 def test_amp_dtype_and_loss_scaling(make_cfg, monkeypatch, choice, device, gpu_has_bf16, expected):
     monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda including_emulation=True: gpu_has_bf16)
@@ -543,7 +544,8 @@ class HostSyncs(TorchFunctionMode):
 
 @pytest.mark.parametrize("stage, overrides", [
     (1, []), (2, []), (3, []),
-    (2, ["TRAIN.D_OPTIMIZER", "adam", "TRAIN.GRAD_NORM_FREQ", "1", "LOSS.CLASS_ON_AUTO", "False", "LOSS.LAMBDA_X", "1.0"]),
+    (2, ["TRAIN.D_OPTIMIZER", "adam", "TRAIN.GRAD_NORM_FREQ", "1", "LOSS.CLASS_ON_AUTO", "False",
+         "LOSS.LAMBDA_X", "1.0"]),
     (3, ["LOSS.LAMBDA_S", "0.0"]),
 ])
 def test_a_step_never_waits_for_the_device(make_engine, batches, monkeypatch, stage, overrides):

@@ -2,8 +2,9 @@
 
 The engine calls, for each stage it trains: ``before_stage``, then per epoch ``before_epoch``,
 ``after_step`` after every step and ``after_epoch``, then evaluates and calls ``after_stage``; at the end
-of the run ``after_train``, and ``close`` however the run ends. A hook reads what it needs from ``self.engine`` (``cfg``, ``stage``,
-``epoch``, ``max_epoch``, ``batch_idx``, ``num_batches``, ``summary``, ``results``).
+of the run ``after_train``, and ``close`` however the run ends. A hook reads what it needs from
+``self.engine`` (``cfg``, ``stage``, ``epoch``, ``max_epoch``, ``batch_idx``, ``num_batches``, ``summary``:
+the step's values on the device, to be read at ``engine.at_logging_point()``, ``results``).
 
 Under torchrun, a hook runs on rank 0 alone unless it sets ``main_process_only = False``: hooks write files
 and print, which one process does for all (the engine puts a barrier after each stage, before the next one
