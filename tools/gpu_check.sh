@@ -1,10 +1,11 @@
 #!/usr/bin/env bash
 # GPU check, under 8 minutes on one GPU (the parts' limits add up to 7.7):
-#   1. the CUDA-marked tests (float16 autocast + GradScaler, channels-last, resume, checkpoints loading on the CPU;
-#      with 2+ GPUs, DDP over NCCL and SyncBatchNorm),
+#   1. the CUDA-marked tests (float16 autocast + GradScaler, bfloat16 without it, channels-last, resume, checkpoints
+#      loading on the CPU; with 2+ GPUs, DDP over NCCL and SyncBatchNorm),
 #   2. a tiny 3-stage training run under torchrun on all GPUs (the real command line),
 #   3. tools/benchmark.py --nproc <all GPUs>: training images/s of stages 1-3 in 1 and in all GPUs' processes,
-#      with AMP off and on (IS-GAN ResNet-50, 384x128, 32 images per GPU).
+#      with AMP off and on (TRAIN.AMP_DTYPE auto: bfloat16 where the GPU computes in it; IS-GAN ResNet-50, 384x128,
+#      32 images per GPU).
 # Each part has its own time limit; a failing part does not stop the others; a summary closes the run.
 #
 #   bash tools/gpu_check.sh             # uses python3 (or $PYTHON) with torch installed; no venv needed
