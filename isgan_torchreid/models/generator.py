@@ -160,6 +160,7 @@ class Generator(nn.Module):
         self.grid = tuple(grid) if grid else None
         num_cells = self.grid[0] * self.grid[1] if self.grid else 0
         self.nid_part_dim = nid_dim // (self.num_features + num_cells)  # p_U: nid = K part features + cells
+
         def levels(rows_needed):  # (name, channels) of the hidden blocks whose map has at least rows_needed rows
             return [(str(i), c) for i, c in enumerate(channels) if (height >> ups) << i >= rows_needed]
 

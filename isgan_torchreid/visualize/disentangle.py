@@ -23,8 +23,8 @@ from ..errors import ISGANError
 from ..losses.shuffle import part_shuffle
 from .canvas import Tile, market_label, part_mask_bar, sheet, to_pil
 
-__all__ = ["CLASS_INPUT_NOTE", "slot_names", "region_slots", "region_cells", "parse_slots", "interpolated_codes", "swapped_codes",
-           "decode_with_classes", "interpolation_figure", "swap_figure", "pairs_figure"]
+__all__ = ["CLASS_INPUT_NOTE", "slot_names", "region_slots", "region_cells", "parse_slots", "interpolated_codes",
+           "swapped_codes", "decode_with_classes", "interpolation_figure", "swap_figure", "pairs_figure"]
 
 CLASS_INPUT_NOTE = ("G decodes E_R features (identity) and E_U means (nuisance) with noise 0; its class input is "
                     "the class E_R's classifiers predict from the decoded identity features (argmax of the mean of "
