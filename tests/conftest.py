@@ -3,6 +3,7 @@ import contextlib
 import os
 import shutil
 
+import numpy as np
 import pytest
 import torch
 
@@ -99,3 +100,49 @@ def tiny_cfg(data_root, tmp_path):
 def floats(summary):
     """A training step's summary (0-d tensors on the device) as floats, as the engine's logging points read it."""
     return {name: value.item() for name, value in summary.items()}
+
+
+# ---------------------------------------------------------------- deterministic draws
+
+# the modules whose random draws FixedDraws replaces
+DRAWING_MODULES = ("isgan_torchreid.models.encoders", "isgan_torchreid.models.generator",
+                   "isgan_torchreid.losses.shuffle", "isgan_torchreid.losses.isgan")
+
+
+def _shape(size):
+    """The shape a torch.rand/randn ``*size`` argument means: (2, 3) or ((2, 3),)."""
+    return tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else tuple(size)
+
+
+class FixedDraws:
+    """``torch`` as seen by the modules that draw random numbers, with rand/randn/randint/multinomial replaced by
+    functions of the row index modulo ``period`` (and of the labels, for partners): one process's rows i and the
+    concatenated batch's rows i and period + i get the same draws. Install it as the ``torch`` of the modules that
+    draw (models.encoders, models.generator, losses.shuffle, losses.isgan)."""
+
+    def __init__(self, period: int):
+        self.period = period
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def _table(self, shape, offset):
+        rows = torch.arange(shape[0]) % self.period
+        cols = torch.arange(int(np.prod(shape[1:])) if len(shape) > 1 else 1)
+        return torch.sin(1.3 * rows[:, None] + 0.7 * cols[None, :] + offset).reshape(shape)
+
+    def randn(self, *size, generator=None, device=None, dtype=None):
+        return self._table(_shape(size), 0.0).to(device=device, dtype=dtype or torch.float32)
+
+    def rand(self, *size, generator=None, device=None, dtype=None):
+        return ((self._table(_shape(size), 1.0) + 1) / 2).to(device=device, dtype=dtype or torch.float32)
+
+    def randint(self, low, high, size, generator=None, device=None):
+        return low + torch.arange(size[0], device=device) % self.period % (high - low)
+
+    def multinomial(self, weights, num_samples, generator=None):
+        n = weights.size(0)  # the next candidate after each row, cyclically: a same-label partner
+        index = torch.arange(n, device=weights.device)
+        ahead = (index[None, :] - index[:, None]) % n  # (n, n)
+        ahead = torch.where(ahead == 0, torch.full_like(ahead, n), ahead)  # itself last (singletons only)
+        return torch.where(weights > 0, ahead, torch.full_like(ahead, 2 * n)).argmin(1, keepdim=True)

@@ -31,7 +31,7 @@ from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
 
-from conftest import CONFIGS, REPO, TINY, interrupted_at
+from conftest import CONFIGS, DRAWING_MODULES, REPO, TINY, FixedDraws, interrupted_at
 
 SMALL = ["MODEL.PARTS", "[2]", "DATA.HEIGHT", "64"]  # half the model, half the pixels
 METRICS = ("rank1", "rank5", "rank10", "mAP")
@@ -111,49 +111,10 @@ def test_epoch_seeds_differ_by_stage_epoch_and_rank():
 B = 4  # images per process: 2 identities x K=2; the global batch is P=4 identities x 2
 
 
-def _shape(size):
-    """The shape a torch.rand/randn ``*size`` argument means: (2, 3) or ((2, 3),)."""
-    return tuple(size[0]) if len(size) == 1 and not isinstance(size[0], int) else tuple(size)
-
-
-class _FixedDraws:
-    """``torch`` as seen by the modules that draw random numbers, with rand/randn/randint/multinomial replaced by
-    functions of the row index modulo B (and of the labels, for partners): one process's rows i and the
-    concatenated batch's rows i and B + i get the same draws."""
-
-    def __getattr__(self, name):
-        return getattr(torch, name)
-
-    @staticmethod
-    def _table(shape, offset):
-        rows = torch.arange(shape[0]) % B
-        cols = torch.arange(int(np.prod(shape[1:])) if len(shape) > 1 else 1)
-        return torch.sin(1.3 * rows[:, None] + 0.7 * cols[None, :] + offset).reshape(shape)
-
-    def randn(self, *size, generator=None, device=None, dtype=None):
-        return self._table(_shape(size), 0.0).to(device=device, dtype=dtype or torch.float32)
-
-    def rand(self, *size, generator=None, device=None, dtype=None):
-        return ((self._table(_shape(size), 1.0) + 1) / 2).to(device=device, dtype=dtype or torch.float32)
-
-    def randint(self, low, high, size, generator=None, device=None):
-        return low + torch.arange(size[0], device=device) % B % (high - low)
-
-    def multinomial(self, weights, num_samples, generator=None):
-        n = weights.size(0)  # the next candidate after each row, cyclically: a same-label partner
-        index = torch.arange(n, device=weights.device)
-        ahead = (index[None, :] - index[:, None]) % n  # (n, n)
-        ahead = torch.where(ahead == 0, torch.full_like(ahead, n), ahead)  # itself last (singletons only)
-        return torch.where(weights > 0, ahead, torch.full_like(ahead, 2 * n)).argmin(1, keepdim=True)
-
-
 def _fix_random_draws():
     """E_U's reparameterisation noise, G's noise, partners, part masks and D's smoothed targets, deterministic."""
-    from isgan_torchreid.losses import isgan as loss_module
-    from isgan_torchreid.losses import shuffle
-    from isgan_torchreid.models import encoders, generator
-    for module in (encoders, generator, shuffle, loss_module):
-        module.torch = _FixedDraws()
+    for module in DRAWING_MODULES:
+        sys.modules[module].torch = FixedDraws(B)
 
 
 def _batch_statistics_off(model):
@@ -240,9 +201,8 @@ def check_steps_as_one(tmp_path, monkeypatch, device_type):
     mp.spawn(_step_worker, args=(2, free_port(), str(tmp_path), device_type), nprocs=2)
     per_rank = [torch.load(tmp_path / f"rank{r}.pt") for r in range(2)]
 
-    for module in ("isgan_torchreid.models.encoders", "isgan_torchreid.models.generator",
-                   "isgan_torchreid.losses.shuffle", "isgan_torchreid.losses.isgan"):
-        monkeypatch.setattr(sys.modules[module], "torch", _FixedDraws())
+    for module in DRAWING_MODULES:
+        monkeypatch.setattr(sys.modules[module], "torch", FixedDraws(B))
     engine = _tiny_engine(device_type)
     imgs, pids = _global_batch()
     reference = list(_steps(engine, imgs.to(engine.device), pids.to(engine.device)))

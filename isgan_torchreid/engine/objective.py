@@ -223,7 +223,7 @@ class IdentityObjective:
         if features is not None:
             features = features if isinstance(features, (list, tuple)) else [features]
             terms["L_tri"] = weight * s.lambda_triplet * torch.stack(
-                [self.triplet(f.float(), pids) for f in features]).mean()
+                [self.triplet(L.widen(f), pids) for f in features]).mean()
         return terms
 
     def step(self, imgs: Tensor, pids: Tensor, stage: int, updates) -> Dict[str, Tensor]:

@@ -1,8 +1,9 @@
 """IS-GAN loss terms [Eq. 1-7], one small function per term.
 
 The engine weights them with the LAMBDA_* factors and sums them into the overall objective [Eq. 8].
-Every term works on logits (no Sigmoid + BCELoss) and computes in float32, so it is safe under autocast,
-and draws any random targets on the inputs' device.
+Every term works on logits (no Sigmoid + BCELoss) and computes in float32 at least (half-precision inputs from
+autocast are widened, float64 ones kept), so it is safe under autocast, and draws any random targets on the
+inputs' device.
 """
 from typing import Optional, Sequence
 
@@ -12,6 +13,7 @@ from torch import Tensor
 
 
 __all__ = [
+    "widen",
     "identity_loss",
     "kl_loss",
     "reconstruction_loss",
@@ -19,6 +21,12 @@ __all__ = [
     "generator_domain_loss",
     "class_loss",
 ]
+
+
+def widen(t: Tensor) -> Tensor:
+    """``t`` in float32, or float64 if it is."""
+    return t if t.dtype == torch.float64 else t.float()
+
 
 # Width of the discriminator's smoothed domain targets (reference code): real ~ U(0.7, 1.0), fake ~ U(0.0, 0.3).
 _SMOOTH_WIDTH = 0.3
@@ -33,7 +41,7 @@ def identity_loss(
     if len(logits) == 0:
         raise ValueError("identity loss: got no logits; the identity encoder must return one logit tensor per feature")
     per_feature = torch.stack(
-        [F.cross_entropy(logit.float(), labels, label_smoothing=label_smooth) for logit in logits]
+        [F.cross_entropy(widen(logit), labels, label_smoothing=label_smooth) for logit in logits]
     )  # (K,)
     return per_feature.mean() if reduction == "mean" else per_feature.sum()
 
@@ -54,7 +62,7 @@ def kl_loss(mu: Tensor, logvar: Tensor, reduction: str = "official", free_bits: 
             f"KL loss: mu {tuple(mu.shape)} and logvar {tuple(logvar.shape)} must both be (B, K, D); "
             "stack the K per-part tensors along dim 1"
         )
-    mu, logvar = mu.float(), logvar.float()
+    mu, logvar = widen(mu), widen(logvar)
     kl = 0.5 * (mu.pow(2) + logvar.exp() - logvar - 1.0)  # (B, K, D)
     per_part = kl.sum(dim=2).mean(dim=0)  # (K,) nats per image
     if free_bits > 0:
@@ -71,7 +79,7 @@ def reconstruction_loss(fake: Tensor, target: Tensor) -> Tensor:
             f"reconstruction loss: generated images {tuple(fake.shape)} and targets {tuple(target.shape)} differ; "
             "the generator's output size must equal the input image height/width"
         )
-    return F.l1_loss(fake.float(), target.float())
+    return F.l1_loss(widen(fake), widen(target))
 
 
 def discriminator_domain_loss(
@@ -86,10 +94,12 @@ def discriminator_domain_loss(
     With smooth=True the targets are drawn per element from U(0.7, 1.0) (real) and U(0.0, 0.3) (fake).
     ``fake_weight`` = the number of fake sets concatenated in ``fake_logits`` gives Eq. 6's sum over them.
     """
-    real_logits, fake_logits = real_logits.float(), fake_logits.float()
+    real_logits, fake_logits = widen(real_logits), widen(fake_logits)
     if smooth:
-        real_noise = torch.rand(real_logits.shape, generator=generator, device=real_logits.device)
-        fake_noise = torch.rand(fake_logits.shape, generator=generator, device=fake_logits.device)
+        real_noise = torch.rand(real_logits.shape, generator=generator, device=real_logits.device,
+                                dtype=real_logits.dtype)
+        fake_noise = torch.rand(fake_logits.shape, generator=generator, device=fake_logits.device,
+                                dtype=fake_logits.dtype)
         real_target = 1.0 - _SMOOTH_WIDTH * real_noise  # U(0.7, 1.0)
         fake_target = _SMOOTH_WIDTH * fake_noise  # U(0.0, 0.3)
     else:
@@ -102,10 +112,10 @@ def discriminator_domain_loss(
 
 def generator_domain_loss(fake_logits: Tensor) -> Tensor:
     """Generator side of the domain loss L_D [Eq. 6]: BCE of the fakes' logits against 1 (mean)."""
-    fake_logits = fake_logits.float()
+    fake_logits = widen(fake_logits)
     return F.binary_cross_entropy_with_logits(fake_logits, torch.ones_like(fake_logits))
 
 
 def class_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Class loss L_C [Eq. 7]: cross-entropy of the class discriminator's logits (mean)."""
-    return F.cross_entropy(logits.float(), labels)
+    return F.cross_entropy(widen(logits), labels)
