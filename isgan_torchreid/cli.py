@@ -12,7 +12,7 @@ import threading
 import torch
 from tabulate import tabulate
 
-from . import compat
+from . import comm, compat
 from .allocator import keep_freed_memory
 from .console import console_log, line_buffered
 from .config import dump_config, get_default_config, list_configs, load_config
@@ -92,7 +92,7 @@ def reports_errors(main):
         except ISGANError as e:
             if "--debug" in argv:
                 raise
-            rank = distributed.env_rank()
+            rank = comm.env_rank()
             if rank:
                 if in_main_thread:  # torchrun's stop ends this wait as it did before: quietly
                     signal.signal(signal.SIGTERM, signal.SIG_DFL)
@@ -173,13 +173,13 @@ def setup(cfg):
     """
     prepare_output_dir(cfg.OUTPUT_DIR)
     ckpt.check_resume(cfg)
-    if distributed.is_main_process():
+    if comm.is_main_process():
         dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     compat.torchreid_base().utils.set_random_seed(cfg.SEED)
     configure_cpu(cfg)
     device = select_device(cfg)
     configure_device(cfg, device)
-    with distributed.main_process_first():
+    with comm.main_process_first():
         dm = build_datamanager(cfg, use_gpu=device.type == "cuda")
     return device, dm
 
@@ -323,14 +323,14 @@ def train_main(argv):
     opts = args.opts + data_overrides(args, data) + (["TRAIN.STAGES", f"[{', '.join(stages)}]"] if stages else [])
     cfg = load_config(args.config_file, opts)
     if args.eval_only:
-        distributed.single_process_only("tools/train.py --eval-only", "evaluation uses one device")
+        comm.single_process_only("tools/train.py --eval-only", "evaluation uses one device")
         return evaluate_weights(cfg, last_checkpoint(cfg))
     found = checkpoints_in(cfg.OUTPUT_DIR)
     if not args.resume and found:
         raise ISGANError(f"--no-resume: {cfg.OUTPUT_DIR} already holds checkpoints ({_listing(found)}), which are "
                          f"never deleted; set a new OUTPUT_DIR, or move {os.path.join(cfg.OUTPUT_DIR, 'stage*')} aside")
     prepare_output_dir(cfg.OUTPUT_DIR)
-    main = distributed.env_rank() == 0
+    main = comm.env_rank() == 0
     log = console_log(os.path.join(cfg.OUTPUT_DIR, "train.log"), command) if main else contextlib.nullcontext()
     with output_dir_lock(cfg.OUTPUT_DIR, enabled=main), log:
         print(f"=> {'resuming from' if found else 'starting with no'} checkpoints in {cfg.OUTPUT_DIR}")
@@ -448,7 +448,7 @@ def test_main(argv):
     OUTPUT_DIR override still wins). With --config-file, OUTPUT_DIR is the config's, as for tools/train.py: a
     checkpoint from elsewhere (torchreid's) may have no run folder, or one that is not writable.
     """
-    distributed.single_process_only("tools/test.py", "evaluation uses one device")
+    comm.single_process_only("tools/test.py", "evaluation uses one device")
     p = parser("Evaluate a checkpoint on the configured targets.",
                config_help="default: the config.yaml of the checkpoint's run (OUTPUT_DIR/config.yaml beside its "
                            "stage<n>/ folder, hash checked), with the results in that run's test/")

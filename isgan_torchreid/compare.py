@@ -28,10 +28,9 @@ import statistics
 import torch
 from tabulate import tabulate
 
-from . import cli, compat
+from . import cli, comm, compat
 from .config import load_config, resolve_config_file
 from .engine import checkpoint as ckpt
-from .engine import distributed
 from .engine.hooks import EpochTimer, default_hooks
 from .engine.lock import output_dir_lock
 from .errors import ISGANError
@@ -365,7 +364,7 @@ def write_comparison(rows, output_dir, config_file, runs, seeds):
 def compare_main(argv):
     """tools/compare.py: train and evaluate each method under one config, once per seed; print the table, write it
     as CSV and JSON, and draw it."""
-    distributed.single_process_only("tools/compare.py", "to train one method on several GPUs, run tools/train.py "
+    comm.single_process_only("tools/compare.py", "to train one method on several GPUs, run tools/train.py "
                                     "under torchrun with the method's overrides")
     p = cli.parser("Compare IS-GAN, its E_R baseline, MGN and torchreid models under one setting: one table "
                    "(printed, OUTPUT_DIR/comparison.csv and .json) and a bar chart of rank-1 and mAP "

@@ -18,7 +18,7 @@ import traceback
 
 from tqdm import tqdm
 
-from .engine import distributed
+from . import comm
 from .errors import ISGANError
 
 EVERY = 10  # percent of the work between two plain progress lines
@@ -52,7 +52,7 @@ def progress(iterable=None, total=None, desc="", unit="it", every=None, quiet_s=
     """
     every = EVERY if every is None else every
     quiet_s = QUIET_S if quiet_s is None else quiet_s
-    silent = disable or distributed.env_rank() != 0
+    silent = disable or comm.env_rank() != 0
     if not silent and interactive():
         return tqdm(iterable, total=total, desc=desc, unit=unit, file=terminal(sys.stderr), leave=False,
                     delay=quiet_s, dynamic_ncols=True)

@@ -26,6 +26,7 @@ from isgan_torchreid.benchmarks.common import NoData
 from isgan_torchreid.config import load_config
 from isgan_torchreid.data.sampler import DistributedIdentitySampler, IdentityOnceSampler, RandomIdentitySampler
 from isgan_torchreid.engine import checkpoint as ckpt
+from isgan_torchreid import comm
 from isgan_torchreid.engine import distributed
 from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
@@ -102,8 +103,8 @@ def test_sampling_leaves_the_global_rngs_alone():
 
 
 def test_epoch_seeds_differ_by_stage_epoch_and_rank():
-    seeds = {distributed.epoch_seed(1, s, e, r) for s in (1, 2, 3) for e in range(5) for r in range(4)}
-    assert len(seeds) == 60 and distributed.epoch_seed(1, 2, 3, 0) == distributed.epoch_seed(1, 2, 3, 0)
+    seeds = {comm.epoch_seed(1, s, e, r) for s in (1, 2, 3) for e in range(5) for r in range(4)}
+    assert len(seeds) == 60 and comm.epoch_seed(1, 2, 3, 0) == comm.epoch_seed(1, 2, 3, 0)
 
 
 # ---------------------------------------------------------------- gradients: 2 processes vs one on the concatenation
@@ -384,14 +385,14 @@ def test_user_error_is_reported_once(train_args, tmp_path, overrides, message):
 
 FAILING_RANK = """
 import sys, time
+from isgan_torchreid import comm
 from isgan_torchreid.cli import train_main
-from isgan_torchreid.engine import distributed
 from isgan_torchreid.engine.staged import ISGANEngine
 
 step = ISGANEngine.forward_backward
 
 def fails_on_rank1(self, data):
-    if distributed.get_rank() == 1:
+    if comm.get_rank() == 1:
         with open(sys.argv[1], "w") as f:
             f.write(repr(time.time()))
         raise RuntimeError("injected failure on rank 1")

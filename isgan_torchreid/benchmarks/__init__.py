@@ -182,11 +182,11 @@ def benchmark_main(argv=None):
     """tools/benchmark.py: the tables the flags ask for (see ``--help``)."""
     from ..cli import is_name, parse_args, pop_list_flag, reports_errors, select_device
     from ..config import load_config
-    from ..engine import distributed
+    from .. import comm
 
     @reports_errors
     def main(argv):
-        distributed.single_process_only("tools/benchmark.py", "--nproc N starts its own processes")
+        comm.single_process_only("tools/benchmark.py", "--nproc N starts its own processes")
         argv, methods = pop_list_flag(list(argv), "--methods", is_name, "isgan mgn pcb_p6")
         args = parse_args(_parser(), argv)
         args.methods = methods

@@ -14,8 +14,7 @@ import pickle
 import sys
 import traceback
 
-from .. import compat
-from ..engine import distributed
+from .. import comm, compat
 from ..errors import ISGANError
 from . import synthetic
 from .images import CheckCache, ImageCheck
@@ -177,7 +176,7 @@ def build_datamanager(cfg, use_gpu=False):
         compat.skip_unreadable_at_load(dm.train_loader.dataset)
     transforms = {stage: train_transform(cfg, stage) for stage in (1, 2, 3)}
     dm.train_loader = identity_loader(dm.train_loader, cfg.SAMPLER.EPOCH, cfg.SEED, transforms,
-                                      distributed.get_rank(), distributed.get_world_size())
+                                      comm.get_rank(), comm.get_world_size())
     dm.train_loader = guarded(dm.train_loader, cfg.DATA.LOADER_TIMEOUT)
     for split in dm.test_loader.values():
         for name, loader in split.items():

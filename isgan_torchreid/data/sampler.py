@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from .. import compat
-from ..engine.distributed import epoch_seed
+from ..comm import epoch_seed
 from ..errors import ISGANError
 
 RandomIdentitySampler = compat.torchreid_base().data.sampler.RandomIdentitySampler

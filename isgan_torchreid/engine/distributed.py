@@ -4,7 +4,8 @@
 ``WORLD_SIZE`` and ``LOCAL_WORLD_SIZE`` in their environment. :func:`process_group` joins them in one
 ``torch.distributed`` process group (NCCL on CUDA, gloo on CPU), each process on its ``LOCAL_RANK`` GPU.
 A plain ``python tools/train.py`` (or torchrun with one process) has world size 1: no process group, and
-every helper here does nothing, or returns its input.
+every helper here does nothing, or returns its input. Who a process is and the collectives live in
+:mod:`isgan_torchreid.comm`.
 
 What is distributed and what is not:
 
@@ -23,53 +24,19 @@ import sys
 import time
 from typing import Dict, Iterable
 
-import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
+from ..comm import env_world_size, get_world_size, group_initialized, is_main_process
 from ..errors import ISGANError
 
-__all__ = ["env_rank", "env_world_size", "get_rank", "get_world_size", "is_main_process", "local_device",
-           "process_group", "check_config", "barrier", "main_process_first", "broadcast_object",
-           "all_gather_object", "any_rank", "mean_over_ranks", "epoch_seed", "data_parallel", "ParallelView",
-           "sync_batchnorm", "single_process_only", "wait_for_main_to_report"]
+__all__ = ["local_device", "process_group", "check_config", "data_parallel", "ParallelView", "sync_batchnorm",
+           "wait_for_main_to_report"]
 
 # how long a rank other than 0 waits, after a user error, for rank 0 to print the same error and bring the
 # job down (torchrun stops every rank as soon as one exits); after that it prints the error itself
 report_grace_s = 10.0
-
-
-# ------------------------------------------------------------------ who am I
-
-
-def env_rank() -> int:
-    """This process's global rank as torchrun set it (0 outside torchrun); readable before the group exists."""
-    return int(os.environ.get("RANK", 0))
-
-
-def env_world_size() -> int:
-    """The number of processes torchrun started (1 outside torchrun)."""
-    return int(os.environ.get("WORLD_SIZE", 1))
-
-
-def _initialized() -> bool:
-    return dist.is_available() and dist.is_initialized()
-
-
-def get_rank() -> int:
-    """Rank in the process group (0 without one)."""
-    return dist.get_rank() if _initialized() else 0
-
-
-def get_world_size() -> int:
-    """Processes in the process group (1 without one)."""
-    return dist.get_world_size() if _initialized() else 1
-
-
-def is_main_process() -> bool:
-    """Rank 0, or the only process: the one that writes files, prints and evaluates."""
-    return get_rank() == 0
 
 
 # ------------------------------------------------------------------ the process group
@@ -99,7 +66,7 @@ def process_group(device: torch.device, timeout_minutes: float):
     stdout (their warnings and errors still reach stderr). A clean exit destroys the group; after an error
     the process leaves without (with a peer gone, destroying can hang).
     """
-    if env_world_size() == 1 or _initialized():  # a single process, or a group the caller manages
+    if env_world_size() == 1 or group_initialized():  # a single process, or a group the caller manages
         yield
         return
     if device.type == "cuda":
@@ -137,99 +104,6 @@ def check_config(cfg, device: torch.device) -> None:
     if cfg.MODEL.NAME == "mgn" and cfg.LOSS.LAMBDA_TRIPLET > 0 and p // world < 2:
         raise ISGANError(f"MGN's batch-hard triplet loss mines within each process's batch, which holds "
                          f"SAMPLER.P / processes = {p // world} identity: set SAMPLER.P >= {2 * world}")
-
-
-def single_process_only(tool: str, why: str) -> None:
-    """Refuse to run ``tool`` under torchrun (the same error on every rank), saying ``why``."""
-    if env_world_size() > 1:
-        raise ISGANError(f"{tool} runs in one process ({why}); start it with python, not torchrun")
-
-
-# ------------------------------------------------------------------ collectives (no-ops in one process)
-
-
-def _collective_device() -> torch.device:
-    """Where small tensors for collectives live: NCCL needs them on this process's GPU."""
-    if dist.get_backend() == "nccl":
-        return torch.device("cuda", torch.cuda.current_device())
-    return torch.device("cpu")
-
-
-def barrier() -> None:
-    """Wait until every rank arrives here."""
-    if get_world_size() == 1:
-        return
-    if dist.get_backend() == "nccl":
-        dist.barrier(device_ids=[torch.cuda.current_device()])
-    else:
-        dist.barrier()
-
-
-@contextlib.contextmanager
-def main_process_first():
-    """Rank 0 runs the block first (e.g. generating a synthetic dataset), the others after it.
-
-    When rank 0 fails inside, it alone reports the error; the others, still waiting, stop quietly (torchrun
-    stops them, or they raise a user error that :func:`~isgan_torchreid.cli.reports_errors` holds back).
-    """
-    if not is_main_process():
-        try:
-            barrier()
-        except RuntimeError as e:  # gloo notices at once that rank 0 has gone; a timeout also lands here
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            raise ISGANError(f"rank 0 stopped or timed out before the others could follow ({reason}); its error "
-                             f"comes first in the log") from None
-    yield
-    if is_main_process():
-        barrier()
-
-
-def broadcast_object(obj):
-    """Rank 0's ``obj`` on every rank (a picklable value)."""
-    if get_world_size() == 1:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0, device=_collective_device())
-    return box[0]
-
-
-def all_gather_object(obj) -> list:
-    """[rank 0's obj, rank 1's obj, ...] on every rank."""
-    if get_world_size() == 1:
-        return [obj]
-    out = [None] * get_world_size()
-    dist.all_gather_object(out, obj)
-    return out
-
-
-def any_rank(flag: torch.Tensor) -> torch.Tensor:
-    """Whether the 0-d bool ``flag`` holds on any rank, as a tensor on its device (no host synchronisation)."""
-    if get_world_size() == 1:
-        return flag
-    t = flag.to(torch.int32).reshape(1)
-    dist.all_reduce(t, op=dist.ReduceOp.MAX)
-    return t.reshape(()) > 0
-
-
-def mean_over_ranks(t: torch.Tensor) -> torch.Tensor:
-    """The mean of ``t`` over the ranks (a new tensor; ``t`` is not modified)."""
-    if get_world_size() == 1:
-        return t
-    t = t.detach().clone()
-    dist.all_reduce(t)
-    return t / get_world_size()
-
-
-# ------------------------------------------------------------------ seeds
-
-
-def epoch_seed(seed: int, stage: int, epoch: int, rank: int = 0) -> int:
-    """A 32-bit seed for one epoch of one stage on one rank, from SEED alone (no RNG state to save).
-
-    Each epoch of a run reseeds its random streams with this, so a run resumed at any epoch draws what the
-    uninterrupted run drew, for any number of processes; ``rank`` gives each process its own draws.
-    """
-    return int(np.random.SeedSequence([seed, stage, epoch, rank]).generate_state(1)[0])
 
 
 # ------------------------------------------------------------------ DDP wrappers of one stage

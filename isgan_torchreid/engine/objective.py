@@ -36,12 +36,11 @@ from typing import Dict, List, NamedTuple, Optional, Tuple
 import torch
 from torch import Tensor, nn
 
-from .. import compat
+from .. import comm, compat
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..losses import isgan as L
 from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners, sample_strangers
 from ..visualize import denormalize
-from . import distributed
 from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
 
 __all__ = ["LossSettings", "Precision", "Generation", "image_target", "image_to_unit", "IdentityObjective",
@@ -186,7 +185,7 @@ def _logged(terms: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Loss tensors -> detached 0-d float tensors for logging (means over the processes), on the device."""
     if not terms:
         return {}
-    values = distributed.mean_over_ranks(torch.stack([v.detach().float().reshape(()) for v in terms.values()]))
+    values = comm.mean_over_ranks(torch.stack([v.detach().float().reshape(()) for v in terms.values()]))
     return dict(zip(terms, values.unbind()))
 
 
@@ -375,7 +374,7 @@ class ISGANObjective(IdentityObjective):
             if "part_shuffled" in recon:
                 terms["L_PS"] = s.lambda_ps * recon["part_shuffled"]
             # 'official' sums over the batch: x processes, as DDP averages the gradients of the processes' sums
-            batch_sum = distributed.get_world_size() if s.kl_reduction == "official" else 1
+            batch_sum = comm.get_world_size() if s.kl_reduction == "official" else 1
             terms["L_U"] = s.lambda_u[stage - 2] * batch_sum * L.kl_loss(gen.mu, gen.logvar, s.kl_reduction,
                                                                                     s.kl_free_bits)
             if self.gan_weight > 0:
@@ -393,7 +392,7 @@ class ISGANObjective(IdentityObjective):
         diagnose = self.grad_norm_freq and self.gan_steps % self.grad_norm_freq == 0
         # skipped under torchrun (the DDP wrappers' hooks forbid extra backward passes) and with TRAIN.AMP (these
         # extra passes under CPU bfloat16 autocast returned NaN now and then in the tests, the update finite)
-        if diagnose and distributed.get_world_size() == 1 and not self.precision.amp:
+        if diagnose and comm.get_world_size() == 1 and not self.precision.amp:
             m = self.model
             stats.update(term_grad_norms(terms, {"G": [m.generator], "E_U": [m.encoder_u],
                                                  "E_R": [m.backbone, m.encoder_r]}))

@@ -11,7 +11,7 @@ from typing import Callable, Dict, List, Tuple
 import torch
 from torch import Tensor, nn
 
-from . import distributed
+from .. import comm
 from .scalars import ScalarQueue
 
 __all__ = ["StageOptimizer", "adam", "sgd", "build_stage_optimizers", "NonfiniteLog", "Update"]
@@ -131,7 +131,7 @@ class NonfiniteLog:
                                                       ("total", total)))
         if not skipped:
             return []
-        reports = distributed.all_gather_object(mine)
+        reports = comm.all_gather_object(mine)
         found = []
         for i, where in enumerate(skipped):
             rank, (name, value) = next((r, report[i]) for r, report in enumerate(reports) if report[i] is not None)
@@ -160,7 +160,7 @@ class Update:
         optimizer.zero_grad(set_to_none=True)
         total = sum(terms.values())
         local_bad = ~torch.isfinite(total.detach())
-        skipped = distributed.any_rank(local_bad)
+        skipped = comm.any_rank(local_bad)
         self.log.record({k: v.detach() for k, v in terms.items()}, total.detach(), local_bad, skipped)
         if scaler.is_enabled():
             # a NaN factor makes every gradient non-finite where the loss was (1.0 elsewhere: exact)

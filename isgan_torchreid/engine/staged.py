@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 from torch import Tensor
 
-from .. import compat, deploy
+from .. import comm, compat, deploy
 from ..data.build import train_augmentations
 from ..errors import ISGANError
 from . import checkpoint as ckpt
@@ -60,7 +60,7 @@ class ISGANEngine(Engine):
         """Append hooks; they are called in registration order. Under torchrun, the other ranks leave out the
         hooks that rank 0 alone runs (``main_process_only``)."""
         for hook in hooks:
-            if hook.main_process_only and not distributed.is_main_process():
+            if hook.main_process_only and not comm.is_main_process():
                 continue
             hook.engine = self
             self.hooks.append(hook)
@@ -106,7 +106,7 @@ class ISGANEngine(Engine):
                                         for name, opt in self.optimizers.items()})
         self.updates = {name: Update(opt, self.nonfinite) for name, opt in self.optimizers.items()}
         if self.train_loader is not None:  # its samples take the stage's transform (data.sampler.SampleKeys)
-            if distributed.is_main_process():  # torchreid's transform banner is the data manager's, once
+            if comm.is_main_process():  # torchreid's transform banner is the data manager's, once
                 augmentations = [a.replace("_", " ") for a in train_augmentations(self.cfg, stage)]
                 print(f"=> stage {stage} trains with {' and '.join(augmentations) or 'no augmentation'}")
                 if stage > 1:
@@ -125,7 +125,7 @@ class ISGANEngine(Engine):
         device: the step does not wait for the device, :mod:`.scalars`)."""
         imgs = data["img"].to(self.device, non_blocking=True, memory_format=self.precision.memory_format)
         pids = data["pid"].to(self.device, non_blocking=True)
-        self.batch_size = imgs.size(0) * distributed.get_world_size()
+        self.batch_size = imgs.size(0) * comm.get_world_size()
         self.nonfinite.where = (self.stage, self.epoch, self.batch_idx)
         return self.objective.step(imgs, pids, self.stage, self.updates)
 
@@ -148,7 +148,7 @@ class ISGANEngine(Engine):
 
     def seed_epoch(self) -> None:
         """Seed this epoch's batches (the same on every rank) and random streams (this rank's) from SEED."""
-        seed = distributed.epoch_seed(self.cfg.SEED, self.stage, self.epoch, distributed.get_rank())
+        seed = comm.epoch_seed(self.cfg.SEED, self.stage, self.epoch, comm.get_rank())
         compat.torchreid_base().utils.set_random_seed(seed)  # python, numpy, torch (CUDA too)
         self.train_loader.sampler.set_epoch(self.epoch, self.stage)
 
@@ -192,9 +192,9 @@ class ISGANEngine(Engine):
                   f"with the current DATA.TARGETS and TEST settings")
             self.epoch, self.batch_idx = self.max_epoch, 0
             self.evaluate_targets()
-            if distributed.is_main_process():
+            if comm.is_main_process():
                 ckpt.save_training_state(self, self.max_epoch)
-            distributed.barrier()
+            comm.barrier()
             return
         first = start_epoch + 1
         span = f"epoch {first}" if first == self.max_epoch else f"epochs {first}-{self.max_epoch}"
@@ -208,7 +208,7 @@ class ISGANEngine(Engine):
         self.epoch, self.batch_idx = self.max_epoch, 0
         self.evaluate_targets()
         self._call("after_stage")
-        distributed.barrier()  # the next stage starts from the checkpoint rank 0 has just written
+        comm.barrier()  # the next stage starts from the checkpoint rank 0 has just written
 
     # ------------------------------------------------------------------ evaluation
 
@@ -251,7 +251,7 @@ class ISGANEngine(Engine):
         save_dir = save_dir or ckpt.stage_dir(self.cfg.OUTPUT_DIR, key)
         t = self.cfg.TEST
         self._evaluating = {}
-        if distributed.is_main_process():
+        if comm.is_main_process():
             writer, self.writer = self.writer, None  # test metrics are logged by the TensorBoard hook
             try:
                 self.test(dist_metric=t.METRIC, normalize_feature=t.NORMALIZE, visrank=t.VISRANK,
@@ -259,5 +259,5 @@ class ISGANEngine(Engine):
                           ranks=list(t.RANKS), rerank=t.RERANK)
             finally:
                 self.writer = writer
-        self.results[key] = distributed.broadcast_object(self._evaluating)
+        self.results[key] = comm.broadcast_object(self._evaluating)
         return self.results[key]
