@@ -12,7 +12,7 @@ import threading
 import torch
 from tabulate import tabulate
 
-from . import comm, compat
+from . import comm, compat, storage
 from .allocator import keep_freed_memory
 from .console import console_log, line_buffered
 from .config import dump_config, get_default_config, list_configs, load_config
@@ -123,7 +123,7 @@ def prepare_output_dir(path):
     except OSError as e:
         raise ISGANError(f"output directory {path} is not writable ({e.strerror}); set OUTPUT_DIR to a writable "
                          f"folder") from None
-    for stale in ckpt.remove_stale_temp_files(path):
+    for stale in storage.remove_stale_temp_files(path):
         print(f"=> removed {stale}, left by a writer that was killed")
 
 
@@ -359,7 +359,7 @@ def evaluate_weights(cfg, weights, state=None):
     cfg.OUTPUT_DIR = os.path.join(cfg.OUTPUT_DIR, "test")  # keep the training run's config.yaml
     cfg.MODEL.PRETRAINED = False
     cfg.freeze()
-    state = ckpt.load_checkpoint(weights) if state is None else state
+    state = storage.load_checkpoint(weights) if state is None else state
     print(f"=> evaluating {weights}" + (f" (stage {state['stage']}, epoch {state['epoch']})" if "stage" in state
                                         else ""))
     # the classifiers do not enter the descriptor: a checkpoint without num_classes (torchreid's) gets 1
@@ -370,9 +370,9 @@ def evaluate_weights(cfg, weights, state=None):
     engine.evaluate_targets(key="test", save_dir=cfg.OUTPUT_DIR)
     print(results_table(engine.results, cfg.TEST.RANKS))
     path = os.path.join(cfg.OUTPUT_DIR, "results.json")
-    stored = ckpt.read_json(path) if os.path.isfile(path) else {}
+    stored = storage.read_json(path) if os.path.isfile(path) else {}
     stored[os.path.abspath(weights)] = engine.results["test"]
-    ckpt.write_json(path, stored)
+    storage.write_json(path, stored)
     print(f"=> results in {path}")
     return engine.results
 

@@ -28,9 +28,8 @@ import statistics
 import torch
 from tabulate import tabulate
 
-from . import cli, comm, compat
+from . import cli, comm, compat, storage
 from .config import load_config, resolve_config_file
-from .engine import checkpoint as ckpt
 from .engine.hooks import EpochTimer, default_hooks
 from .engine.lock import output_dir_lock
 from .errors import ISGANError
@@ -337,7 +336,7 @@ def plot_comparison(rows, path, title=""):
     ax.grid(axis="y", alpha=0.3)
     ax.set_axisbelow(True)
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0))  # beside the axes, off the bars
-    with ckpt.output_file(path) as tmp:
+    with storage.output_file(path) as tmp:
         fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight")  # the temp name has no .png to go by
     return fig
 
@@ -346,11 +345,11 @@ def write_comparison(rows, output_dir, config_file, runs, seeds):
     """OUTPUT_DIR/comparison.csv (the rows), comparison.json (the rows, the seeds and each method's overrides) and
     comparison.png (:func:`plot_comparison`), each written atomically."""
     path = os.path.join(output_dir, "comparison.csv")
-    with ckpt.output_file(path) as tmp, open(tmp, "w", newline="") as f:
+    with storage.output_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
         writer.writeheader()
         writer.writerows(rows)
-    ckpt.write_json(os.path.join(output_dir, "comparison.json"),
+    storage.write_json(os.path.join(output_dir, "comparison.json"),
                     {"config_file": os.path.abspath(config_file), "seeds": seeds,
                      **({"std": STD_NOTE} if len(seeds) > 1 else {}), "overrides": runs, "rows": rows})
     name = os.path.splitext(os.path.basename(config_file))[0]

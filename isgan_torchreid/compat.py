@@ -60,6 +60,7 @@ import torch
 warnings.filterwarnings("ignore", message="Cython evaluation", category=UserWarning)
 import torchreid  # noqa: E402
 
+from . import storage  # noqa: E402
 from .errors import BadImageError  # noqa: E402
 
 
@@ -167,24 +168,14 @@ def _patch_eval_cuhk03():
     _patch(_submodule("metrics.rank"), "eval_cuhk03", make)
 
 
-def numpy_safe_globals():
-    """The numpy objects that torchreid's checkpoints legitimately contain."""
-    core = getattr(np, "_core", None) or np.core
-    types_ = [core.multiarray.scalar, np.dtype]
-    types_ += [type(np.dtype(t)) for t in ("float16", "float32", "float64", "int32", "int64", "bool")]
-    return types_
-
-
 def _patch_load_checkpoint():
     def make(original):
         def load_checkpoint(fpath):
-            from .engine import checkpoint  # imported here: it imports this module
-
-            if fpath is not None and os.path.isfile(fpath) and checkpoint.is_safetensors(fpath):
-                return checkpoint.load_checkpoint(fpath)  # {'state_dict': tensors, 'metadata': {...}}
+            if fpath is not None and os.path.isfile(fpath) and storage.is_safetensors(fpath):
+                return storage.load_checkpoint(fpath)  # {'state_dict': tensors, 'metadata': {...}}
             if not hasattr(torch.serialization, "safe_globals"):  # torch < 2.4 loads pickles unrestricted
                 return original(fpath)
-            with torch.serialization.safe_globals(numpy_safe_globals()):
+            with torch.serialization.safe_globals(storage.numpy_safe_globals()):
                 return original(fpath)
         return load_checkpoint
 

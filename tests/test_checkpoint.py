@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from isgan_torchreid.cli import setup
+from isgan_torchreid import storage
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
@@ -30,9 +31,9 @@ def assert_same_state(a, b):
 def test_save_load_roundtrip_is_weights_only(tmp_path):
     path = str(tmp_path / "stage1" / "latest.pth.tar")  # the folder is created
     state = small_state(3)
-    ckpt.save_checkpoint(state, path)
+    storage.save_checkpoint(state, path)
     loaded = torch.load(path, map_location="cpu", weights_only=True)  # no pickled objects inside
-    assert loaded["format"] == ckpt.FORMAT and loaded["epoch"] == 3
+    assert loaded["format"] == storage.FORMAT and loaded["epoch"] == 3
     assert_same_state(loaded["state_dict"], state["state_dict"])
     assert os.listdir(tmp_path / "stage1") == ["latest.pth.tar"]  # no temp file left
 
@@ -40,12 +41,12 @@ def test_save_load_roundtrip_is_weights_only(tmp_path):
 @pytest.mark.parametrize("keep", [0.5, 0.0])
 def test_truncated_checkpoint_raises_clear_error(tmp_path, keep):
     path = str(tmp_path / "latest.pth.tar")
-    ckpt.save_checkpoint(small_state(0), path)
+    storage.save_checkpoint(small_state(0), path)
     size = os.path.getsize(path)
     with open(path, "r+b") as f:
         f.truncate(int(size * keep))
     with pytest.raises(ISGANError) as info:
-        ckpt.load_checkpoint(path)
+        storage.load_checkpoint(path)
     message = str(info.value)
     assert path in message and "corrupt" in message and "model.pth.tar-<epoch>" in message
     assert "\n" not in message  # one line, printable by the CLI
@@ -53,11 +54,11 @@ def test_truncated_checkpoint_raises_clear_error(tmp_path, keep):
 
 def test_missing_and_foreign_checkpoints(tmp_path):
     with pytest.raises(ISGANError, match="checkpoint not found"):
-        ckpt.load_checkpoint(str(tmp_path / "nope.pth.tar"))
+        storage.load_checkpoint(str(tmp_path / "nope.pth.tar"))
     path = str(tmp_path / "list.pth.tar")
     torch.save([torch.zeros(1)], path)
     with pytest.raises(ISGANError, match="holds a list"):
-        ckpt.load_checkpoint(path)
+        storage.load_checkpoint(path)
     with pytest.raises(ISGANError, match="no model weights"):
         ckpt.model_state({"epoch": 3, "stage": 1})
 
@@ -66,7 +67,7 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
     folder = tmp_path / "stage2"
     path = str(folder / "latest.pth.tar")
     previous = small_state(1)
-    ckpt.save_checkpoint(previous, path)
+    storage.save_checkpoint(previous, path)
     real_save = torch.save
 
     def dies_midway(obj, f, *args, **kwargs):
@@ -76,10 +77,10 @@ def test_interrupted_save_keeps_previous_checkpoint(tmp_path, monkeypatch):
 
     monkeypatch.setattr(torch, "save", dies_midway)
     with pytest.raises(ISGANError, match="No space left"):  # one line: tests/test_faults.py checks its content
-        ckpt.save_checkpoint(small_state(2), path)
+        storage.save_checkpoint(small_state(2), path)
     monkeypatch.undo()
     assert os.listdir(folder) == ["latest.pth.tar"]  # the temp file is gone
-    state = ckpt.load_checkpoint(path)
+    state = storage.load_checkpoint(path)
     assert state["epoch"] == 1
     assert_same_state(state["state_dict"], previous["state_dict"])
 
@@ -95,34 +96,34 @@ def distinct_bytes(folder):
 
 def test_link_checkpoint_is_a_second_name_that_is_replaced_never_written_into(tmp_path):
     latest, kept = str(tmp_path / "latest.pth.tar"), str(tmp_path / "model.pth.tar-1")
-    ckpt.save_checkpoint(small_state(1), latest)
-    ckpt.link_checkpoint(latest, kept)
+    storage.save_checkpoint(small_state(1), latest)
+    storage.link_checkpoint(latest, kept)
     assert os.path.samefile(latest, kept) and distinct_bytes(tmp_path) == os.path.getsize(latest)
-    ckpt.save_checkpoint(small_state(2), latest)  # latest is replaced: the other name keeps the old file
-    assert ckpt.load_checkpoint(kept)["epoch"] == 1 and ckpt.load_checkpoint(latest)["epoch"] == 2
-    ckpt.link_checkpoint(latest, kept)  # and replaced in turn: the old file is gone
-    assert os.path.samefile(latest, kept) and ckpt.load_checkpoint(kept)["epoch"] == 2
+    storage.save_checkpoint(small_state(2), latest)  # latest is replaced: the other name keeps the old file
+    assert storage.load_checkpoint(kept)["epoch"] == 1 and storage.load_checkpoint(latest)["epoch"] == 2
+    storage.link_checkpoint(latest, kept)  # and replaced in turn: the old file is gone
+    assert os.path.samefile(latest, kept) and storage.load_checkpoint(kept)["epoch"] == 2
     assert sorted(os.listdir(tmp_path)) == ["latest.pth.tar", "model.pth.tar-1"]  # no temp file
     assert os.stat(latest).st_nlink == 2
 
 
 def test_link_checkpoint_copies_where_there_are_no_hard_links(tmp_path, monkeypatch):
     latest, kept = str(tmp_path / "latest.pth.tar"), str(tmp_path / "model.pth.tar-1")
-    ckpt.save_checkpoint(small_state(1), latest)
+    storage.save_checkpoint(small_state(1), latest)
 
     def no_links(src, dst, *args, **kwargs):
         raise OSError(errno.EPERM, os.strerror(errno.EPERM))  # e.g. a FAT or some FUSE file systems
 
     monkeypatch.setattr(os, "link", no_links)
-    ckpt.link_checkpoint(latest, kept)
+    storage.link_checkpoint(latest, kept)
     assert not os.path.samefile(latest, kept) and open(kept, "rb").read() == open(latest, "rb").read()
     assert sorted(os.listdir(tmp_path)) == ["latest.pth.tar", "model.pth.tar-1"]
 
 
 def test_a_failed_link_keeps_the_previous_file_and_leaves_no_temp_file(tmp_path, monkeypatch):
     latest, kept = str(tmp_path / "latest.pth.tar"), str(tmp_path / "model.pth.tar-1")
-    ckpt.save_checkpoint(small_state(1), kept)
-    ckpt.save_checkpoint(small_state(2), latest)
+    storage.save_checkpoint(small_state(1), kept)
+    storage.save_checkpoint(small_state(2), latest)
 
     def no_links(src, dst, *args, **kwargs):
         raise OSError(errno.EMLINK, os.strerror(errno.EMLINK))
@@ -133,14 +134,14 @@ def test_a_failed_link_keeps_the_previous_file_and_leaves_no_temp_file(tmp_path,
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
     monkeypatch.setattr(os, "link", no_links)
-    monkeypatch.setattr(ckpt.shutil, "copyfile", copy_on_a_full_disk)
+    monkeypatch.setattr(storage.shutil, "copyfile", copy_on_a_full_disk)
     with pytest.raises(ISGANError) as info:
-        ckpt.link_checkpoint(latest, kept)
+        storage.link_checkpoint(latest, kept)
     message = str(info.value)
     assert message.startswith(f"cannot write checkpoint {kept}: No space left on device") and "\n" not in message
     assert "KiB of free space" in message  # the size of the file it copies
     assert sorted(os.listdir(tmp_path)) == ["latest.pth.tar", "model.pth.tar-1"]
-    assert ckpt.load_checkpoint(kept)["epoch"] == 1 and ckpt.load_checkpoint(latest)["epoch"] == 2
+    assert storage.load_checkpoint(kept)["epoch"] == 1 and storage.load_checkpoint(latest)["epoch"] == 2
 
 
 def test_load_weights_skips_classifiers_of_another_num_classes(tmp_path, capsys):
@@ -150,14 +151,14 @@ def test_load_weights_skips_classifiers_of_another_num_classes(tmp_path, capsys)
     torch.manual_seed(1)
     target = ISGAN(5, **kwargs)
     path = str(tmp_path / "model.pth.tar-1")
-    ckpt.save_checkpoint({"state_dict": source.state_dict(), "num_classes": 8}, path)
+    storage.save_checkpoint({"state_dict": source.state_dict(), "num_classes": 8}, path)
     src, before = source.state_dict(), {k: v.clone() for k, v in target.state_dict().items()}
     differing = {k for k in src if src[k].shape != before[k].shape}
     # the identity classifiers, D_C's last layer and G's one-hot input columns depend on num_classes
     assert {k for k in differing if k.startswith("encoder_r.classifiers.")} == {
         f"encoder_r.classifiers.{i}.{p}" for i in range(source.encoder_r.num_features) for p in ("weight", "bias")}
 
-    skipped = ckpt.load_weights(target, ckpt.model_state(ckpt.load_checkpoint(path)))
+    skipped = ckpt.load_weights(target, ckpt.model_state(storage.load_checkpoint(path)))
 
     assert set(skipped) == differing
     out = capsys.readouterr().out
@@ -179,7 +180,7 @@ def test_load_weights_reads_torchreid_checkpoints(tmp_path):
     weights = {f"module.{k}": v for k, v in source.state_dict().items()}  # DataParallel names
     path = str(tmp_path / "model.pth.tar-60")
     torch.save({"state_dict": weights, "epoch": 60}, path)
-    assert ckpt.load_weights(target, ckpt.model_state(ckpt.load_checkpoint(path)), verbose=False) == []
+    assert ckpt.load_weights(target, ckpt.model_state(storage.load_checkpoint(path)), verbose=False) == []
     assert_same_state(target.state_dict(), source.state_dict())
 
 
@@ -207,9 +208,9 @@ def test_a_finished_stage_stores_its_weights_once(tiny_cfg, stage1_checkpoint):
     latest, kept = ckpt.latest_path(out, 1), ckpt.kept_path(out, 1, 1)
     assert sorted(os.listdir(ckpt.stage_dir(out, 1))) == ["latest.pth.tar", "model.pth.tar-1"]
     assert os.path.samefile(latest, kept)
-    assert distinct_bytes(ckpt.stage_dir(out, 1)) == os.path.getsize(latest) > ckpt._nbytes(saved)
+    assert distinct_bytes(ckpt.stage_dir(out, 1)) == os.path.getsize(latest) > storage._nbytes(saved)
     for path in (latest, kept):
-        state = ckpt.load_checkpoint(path)
+        state = storage.load_checkpoint(path)
         assert state["epoch"] == 1 and "optimizers" not in state
         assert_same_state(state["state_dict"], saved)
 
@@ -247,7 +248,7 @@ def test_a_changed_config_is_listed_key_by_key(tiny_cfg, stage1_checkpoint):
         v for key in ("LAMBDA_R", "LAMBDA_S", "LAMBDA_PS", "LAMBDA_D", "LAMBDA_C", "D_LAMBDA_D")
         for v in (f"LOSS.{key}", "0.5")]
     with pytest.raises(ISGANError) as info:
-        ckpt.check_resumable(tiny_cfg("MODEL.PARTS", "[2]", *changed), 1, ckpt.load_checkpoint(path), path)
+        ckpt.check_resumable(tiny_cfg("MODEL.PARTS", "[2]", *changed), 1, storage.load_checkpoint(path), path)
     message = str(info.value)
     assert "\n" not in message and message.count(" -> ") == 8 and "LOSS.D_LAMBDA_D: 1.0 -> 0.5; " in message
     assert "TRAIN.AMSGRAD: True -> False; and 2 more); set these keys back" in message  # sorted: 8, then a count
@@ -258,7 +259,7 @@ def test_keys_of_a_later_version_resume_at_their_defaults(tiny_cfg, stage1_check
     """A checkpoint of a version without MODEL.G_STRIPES resumes (and loads for testing through its run's
     config.yaml) while the key is at its default, the behaviour of that version; at another value it is refused."""
     path = ckpt.latest_path(tiny_cfg().OUTPUT_DIR, 1)
-    earlier = ckpt.load_checkpoint(path)
+    earlier = storage.load_checkpoint(path)
     del earlier["config"]["MODEL"]["G_STRIPES"]
     earlier["config_hash"] = "0123456789abcdef"  # what that version's hash would be
     cfg = tiny_cfg("MODEL.PARTS", "[2]", "MODEL.G_STRIPES", value)
@@ -267,7 +268,7 @@ def test_keys_of_a_later_version_resume_at_their_defaults(tiny_cfg, stage1_check
             ckpt.check_resumable(cfg, 1, earlier, path)
     else:
         ckpt.check_resumable(cfg, 1, earlier, path)
-        ckpt.save_checkpoint(earlier, path)
+        storage.save_checkpoint(earlier, path)
         loaded_cfg, _ = ckpt.checkpoint_config(path)
         assert loaded_cfg.MODEL.G_STRIPES == "none"
 
@@ -281,7 +282,7 @@ def test_a_finished_stage_trained_longer_follows_its_lr_schedule(tiny_cfg):
     engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
     engine.enter_stage(1)
     ckpt.save_training_state(engine, 1)
-    assert "optimizers" not in ckpt.load_checkpoint(ckpt.latest_path(cfg.OUTPUT_DIR, 1))
+    assert "optimizers" not in storage.load_checkpoint(ckpt.latest_path(cfg.OUTPUT_DIR, 1))
     kept = ckpt.kept_path(cfg.OUTPUT_DIR, 1, 1)
     assert os.path.samefile(ckpt.latest_path(cfg.OUTPUT_DIR, 1), kept)
     cfg = tiny_cfg(*opts, "TRAIN.STAGE1.EPOCHS", "3")
@@ -293,6 +294,6 @@ def test_a_finished_stage_trained_longer_follows_its_lr_schedule(tiny_cfg):
     # epoch 2 of 3 (unfinished): latest with the optimisers is a file of its own; model.pth.tar-1, now a mid-stage
     # snapshot, keeps the file it shared
     ckpt.save_training_state(longer, 2)
-    assert "optimizers" in ckpt.load_checkpoint(ckpt.latest_path(cfg.OUTPUT_DIR, 1))
+    assert "optimizers" in storage.load_checkpoint(ckpt.latest_path(cfg.OUTPUT_DIR, 1))
     assert not os.path.samefile(ckpt.latest_path(cfg.OUTPUT_DIR, 1), kept) and os.stat(kept).st_nlink == 1
-    assert ckpt.load_checkpoint(kept)["epoch"] == 1 and not os.path.exists(ckpt.kept_path(cfg.OUTPUT_DIR, 1, 2))
+    assert storage.load_checkpoint(kept)["epoch"] == 1 and not os.path.exists(ckpt.kept_path(cfg.OUTPUT_DIR, 1, 2))

@@ -8,7 +8,7 @@ from types import SimpleNamespace
 import pytest
 
 from isgan_torchreid import cli
-from isgan_torchreid.engine import checkpoint as ckpt
+from isgan_torchreid import storage
 from isgan_torchreid.errors import ISGANError
 
 from conftest import CONFIGS, REPO, make_run
@@ -146,7 +146,7 @@ def test_test_without_config_file_takes_the_runs_and_writes_beside_it(run, tmp_p
     (tmp_path / "cwd").mkdir()
     monkeypatch.chdir(tmp_path / "cwd")
     results = cli.test_main(["--weights", moved])
-    assert ckpt.read_json(str(tmp_path / "moved" / "test" / "results.json")) == {moved: results["test"]}
+    assert storage.read_json(str(tmp_path / "moved" / "test" / "results.json")) == {moved: results["test"]}
     assert os.listdir(tmp_path / "cwd") == []  # not the current folder,
     assert not os.path.exists(os.path.join(os.path.dirname(os.path.dirname(run)), "test"))  # nor the config's
     explicit = cli.test_main(["--config-file", str(tmp_path / "moved" / "config.yaml"), "--weights", moved,

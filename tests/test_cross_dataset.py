@@ -5,7 +5,7 @@ import os
 import pytest
 
 from isgan_torchreid import cli
-from isgan_torchreid.engine import checkpoint as ckpt
+from isgan_torchreid import storage
 
 from conftest import CONFIGS, TINY
 
@@ -35,7 +35,7 @@ def test_training_evaluates_every_target(trained):
         assert 0.0 <= metrics["rank1"] <= 1.0 and 0.0 <= metrics["mAP"] <= 1.0
     with open(out / "results.json") as f:
         assert sorted(json.load(f)["stage1"]) == TARGETS
-    assert ckpt.load_checkpoint(str(out / "stage1" / "latest.pth.tar"))["results"] == results[1]
+    assert storage.load_checkpoint(str(out / "stage1" / "latest.pth.tar"))["results"] == results[1]
 
 
 def test_test_main_evaluates_a_checkpoint_on_another_dataset(trained, data_root, tmp_path, capsys):

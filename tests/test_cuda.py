@@ -13,7 +13,7 @@ import torch
 from isgan_torchreid import cli
 from isgan_torchreid.benchmarks.common import NoData
 from isgan_torchreid.config import load_config
-from isgan_torchreid.engine import checkpoint as ckpt
+from isgan_torchreid import storage
 from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.models import build_model
 
@@ -97,12 +97,12 @@ def test_gpu_run_resumes_and_its_checkpoint_loads_on_cpu(data_root, tmp_path):
     with interrupted_at(stage=2, epoch=1, step=2), pytest.raises(KeyboardInterrupt):
         cli.train_main(args(tmp_path / "resumed"))
     latest = tmp_path / "resumed" / "stage2" / "latest.pth.tar"
-    assert ckpt.load_checkpoint(str(latest))["epoch"] == 1
+    assert storage.load_checkpoint(str(latest))["epoch"] == 1
     resumed = cli.train_main(args(tmp_path / "resumed"))
     assert sorted(resumed) == [1, 2]
     # GPU kernels (cuDNN, atomics) are not bitwise reproducible: the resumed run follows the same path closely
-    a = ckpt.load_checkpoint(str(latest))["state_dict"]
-    b = ckpt.load_checkpoint(str(tmp_path / "full" / "stage2" / "latest.pth.tar"))["state_dict"]
+    a = storage.load_checkpoint(str(latest))["state_dict"]
+    b = storage.load_checkpoint(str(tmp_path / "full" / "stage2" / "latest.pth.tar"))["state_dict"]
     for name, value in b.items():
         if value.is_floating_point():
             torch.testing.assert_close(a[name], value, rtol=1e-2, atol=1e-3, msg=lambda m, n=name: f"{n}: {m}")

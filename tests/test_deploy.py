@@ -22,7 +22,7 @@ import torch
 import torchreid
 from PIL import Image
 
-from isgan_torchreid import cli
+from isgan_torchreid import cli, storage
 from isgan_torchreid.config import load_config
 from isgan_torchreid.deploy import (Encoder, embed, encoder_spec, encoder_state, list_images, load_encoder,
                                     market_labels, read_encoder_file, save_encoder)
@@ -174,7 +174,7 @@ def test_resnet50_encoder_file_size_and_torchreid_load(tmp_path):
     assert os.listdir(tmp_path) == ["encoder.safetensors"]  # no temp file left
 
     latest = str(tmp_path / "latest.pth.tar")
-    ckpt.save_checkpoint({"state_dict": model.state_dict(), "epoch": 1}, latest)
+    storage.save_checkpoint({"state_dict": model.state_dict(), "epoch": 1}, latest)
     target = torchreid.models.build_model("mgn_r50", num_classes=1, pretrained=False)
     torchreid.utils.load_pretrained_weights(target, latest)
     after = target.state_dict()
@@ -194,7 +194,7 @@ def test_torchreid_format_checkpoint_loads_into_our_models(runs, tmp_path):
     torch.testing.assert_close(embed(encoder, paths), embed(reference, paths), rtol=0, atol=0)
     # the project's full models load it too (tools/test.py and TRAIN.INIT_WEIGHTS use this path)
     fresh = ISGAN(dm.num_train_pids, backbone="resnet18", pretrained=False, height=128, width=64)
-    assert ckpt.load_weights(fresh, ckpt.model_state(ckpt.load_checkpoint(path)), verbose=False) == []
+    assert ckpt.load_weights(fresh, ckpt.model_state(storage.load_checkpoint(path)), verbose=False) == []
 
 
 # ---------------------------------------------------------------- encoder file, load_encoder
@@ -222,16 +222,16 @@ def test_load_encoder_every_kind_gives_the_same_encoder(runs, tmp_path, capsys):
     # weights away from their OUTPUT_DIR (no config.yaml): spec inferred from the tensors + factory defaults
     weights = encoder_state(model.state_dict())
     alone = str(tmp_path / "copied.pth.tar")
-    ckpt.save_checkpoint({"state_dict": weights}, alone)
+    storage.save_checkpoint({"state_dict": weights}, alone)
     inferred = load_encoder(alone, "cpu")
     assert "holds no encoder spec" in capsys.readouterr().out
     assert inferred.spec["backbone"] == "resnet18" and (inferred.spec["height"], inferred.spec["width"]) == (384, 128)
     # with the encoder_spec entry (what the engine can store), no config.yaml is needed
     with_spec = str(tmp_path / "with_spec.pth.tar")
-    ckpt.save_checkpoint({"state_dict": weights, "encoder_spec": encoder_spec(cfg)}, with_spec)
+    storage.save_checkpoint({"state_dict": weights, "encoder_spec": encoder_spec(cfg)}, with_spec)
     # old checkpoints keep the weights under 'model'
     old = str(tmp_path / "old.pth.tar")
-    ckpt.save_checkpoint({"model": weights, "encoder_spec": encoder_spec(cfg)}, old)
+    storage.save_checkpoint({"model": weights, "encoder_spec": encoder_spec(cfg)}, old)
     for path in (checkpoint_path(out, "latest"), with_spec, old):
         encoder = load_encoder(path, "auto")
         assert isinstance(encoder, Encoder) and not encoder.training
@@ -467,7 +467,7 @@ def test_export_tool(runs, tmp_path, capsys):
 
 WRITER = """
 import sys, time, torch
-from isgan_torchreid.engine import checkpoint as ckpt
+from isgan_torchreid import storage
 
 def slow_save(obj, f, *args, **kwargs):  # half the payload, then stall: the kill comes mid-write
     f.write(b"PK" + bytes(1 << 20))
@@ -476,14 +476,14 @@ def slow_save(obj, f, *args, **kwargs):  # half the payload, then stall: the kil
     time.sleep(120)
 
 torch.save = slow_save
-ckpt.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 2}, sys.argv[1])
+storage.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "epoch": 2}, sys.argv[1])
 """
 
 
 def test_killed_writer_leaves_previous_checkpoint_and_its_temp_file_is_removed(tmp_path):
     folder = tmp_path / "stage1"
     latest = str(folder / "latest.pth.tar")
-    ckpt.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 1}, latest)
+    storage.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "epoch": 1}, latest)
     env = dict(os.environ, PYTHONPATH=REPO)
     writer = subprocess.Popen([sys.executable, "-c", WRITER, latest], stdout=subprocess.PIPE, text=True, env=env)
     try:
@@ -495,12 +495,12 @@ def test_killed_writer_leaves_previous_checkpoint_and_its_temp_file_is_removed(t
     finally:
         writer.kill()
         writer.stdout.close()
-    state = ckpt.load_checkpoint(latest)
+    state = storage.load_checkpoint(latest)
     assert state["epoch"] == 1 and torch.equal(state["state_dict"]["w"], torch.zeros(3))
     assert temp.exists()  # the dead writer's debris, until the next start
     live = folder / f"results.json.tmp.{os.getpid()}"  # a live writer's temp file stays
     live.write_text("{}")
-    assert ckpt.remove_stale_temp_files(str(tmp_path)) == [str(temp)]
+    assert storage.remove_stale_temp_files(str(tmp_path)) == [str(temp)]
     assert sorted(os.listdir(folder)) == ["latest.pth.tar", live.name]
 
 

@@ -25,7 +25,7 @@ from torch import nn
 from isgan_torchreid.benchmarks.common import NoData
 from isgan_torchreid.config import load_config
 from isgan_torchreid.data.sampler import DistributedIdentitySampler, IdentityOnceSampler, RandomIdentitySampler
-from isgan_torchreid.engine import checkpoint as ckpt
+from isgan_torchreid import storage
 from isgan_torchreid import comm
 from isgan_torchreid.engine import distributed
 from isgan_torchreid.engine.staged import ISGANEngine
@@ -312,7 +312,7 @@ def test_torchrun_run_writes_one_set_and_evaluates_as_one_process(torchrun_run, 
         "stage3/encoder.safetensors", "stage3/latest.pth.tar", "stage3/model.pth.tar-1", "stage3/samples/epoch001.png",
         "train.log"]
     assert sorted(f.split("/")[0] for f in events) == ["stage1", "stage2", "stage3"]  # one writer per stage
-    state = ckpt.load_checkpoint(str(out / "stage3" / "latest.pth.tar"))
+    state = storage.load_checkpoint(str(out / "stage3" / "latest.pth.tar"))
     assert not [k for k in state["state_dict"] if k.startswith("module.")]
     with open(out / "results.json") as f:
         results = json.load(f)
@@ -336,15 +336,15 @@ def test_killed_torchrun_run_resumes_exactly(torchrun_run, train_args, tmp_path)
         time.sleep(0.2)
     proc.send_signal(signal.SIGTERM)  # a job killed in stage 2's second epoch: torchrun stops its processes
     proc.communicate(timeout=120)
-    assert ckpt.load_checkpoint(str(latest))["epoch"] == 1
+    assert storage.load_checkpoint(str(latest))["epoch"] == 1
 
     code, stdout, stderr = finish(torchrun(train_args(out)))  # the same command again
 
     assert code == 0, stderr[-3000:]
     assert f"=> resumed stage 2 from {latest} (epoch 1)" in stdout
     for stage in (2, 3):
-        resumed = ckpt.load_checkpoint(str(out / f"stage{stage}" / "latest.pth.tar"))["state_dict"]
-        reference = ckpt.load_checkpoint(str(full / f"stage{stage}" / "latest.pth.tar"))["state_dict"]
+        resumed = storage.load_checkpoint(str(out / f"stage{stage}" / "latest.pth.tar"))["state_dict"]
+        reference = storage.load_checkpoint(str(full / f"stage{stage}" / "latest.pth.tar"))["state_dict"]
         assert [k for k, v in reference.items() if not torch.equal(v, resumed[k])] == [], stage
 
 
@@ -360,13 +360,13 @@ def test_resume_with_another_number_of_processes(torchrun_run, train_args, tmp_p
     with interrupted_at(stage=2, epoch=1, step=1), pytest.raises(KeyboardInterrupt):
         train_main(args)
     latest = out / "stage2" / "latest.pth.tar"
-    assert ckpt.load_checkpoint(str(latest))["epoch"] == 1
+    assert storage.load_checkpoint(str(latest))["epoch"] == 1
 
     code, stdout, stderr = finish(torchrun(train_args(out)))
 
     assert code == 0, stderr[-3000:]
     assert f"=> resumed stage 2 from {latest} (epoch 1)" in stdout
-    assert ckpt.load_checkpoint(str(out / "stage3" / "latest.pth.tar"))["epoch"] == 1
+    assert storage.load_checkpoint(str(out / "stage3" / "latest.pth.tar"))["epoch"] == 1
 
 
 @pytest.mark.parametrize("overrides, message", [

@@ -31,6 +31,7 @@ from isgan_torchreid.cli import build_engine, setup, train_main
 from isgan_torchreid.config import _RANGES, get_default_config, in_interval, load_config
 from isgan_torchreid.data import images, loaders
 from isgan_torchreid.data.build import build_datamanager, check_datasets
+from isgan_torchreid import storage
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.errors import BadImageError, ISGANError
 
@@ -299,14 +300,14 @@ def test_damaged_latest_spares_earlier_kept_checkpoints_and_the_advice_works(tin
     folder = ckpt.stage_dir(cfg.OUTPUT_DIR, 1)
     latest = ckpt.latest_path(cfg.OUTPUT_DIR, 1)
     kept = [os.path.join(folder, f"model.pth.tar-{epoch}") for epoch in (1, 2)]
-    final = ckpt.load_checkpoint(latest)["state_dict"]
+    final = storage.load_checkpoint(latest)["state_dict"]
     assert os.path.samefile(latest, kept[1]) and not os.path.samefile(latest, kept[0])
     truncate(latest, keep=0.5)  # damage in place: to the stage's one copy of its last weights (model.pth.tar-2)
 
-    state = ckpt.load_checkpoint(kept[0])  # a mid-stage snapshot is a file of its own
+    state = storage.load_checkpoint(kept[0])  # a mid-stage snapshot is a file of its own
     assert state["epoch"] == 1 and set(state["state_dict"]) == set(final)
     with pytest.raises(ISGANError, match="corrupt"):
-        ckpt.load_checkpoint(kept[1])
+        storage.load_checkpoint(kept[1])
 
     capsys.readouterr()
     with pytest.raises(SystemExit):
@@ -319,8 +320,8 @@ def test_damaged_latest_spares_earlier_kept_checkpoints_and_the_advice_works(tin
     out = capsys.readouterr().out
     assert f"resumed stage 1 from the weights in {latest} (epoch 1)" in out and "=> Stage 1: epoch 2 of 2" in out
     assert 0 <= results[1]["synthperson"]["mAP"] <= 1
-    assert ckpt.load_checkpoint(latest)["epoch"] == 2  # finished again, model.pth.tar-2 with it
-    assert os.path.samefile(latest, kept[1]) and ckpt.load_checkpoint(kept[0])["epoch"] == 1
+    assert storage.load_checkpoint(latest)["epoch"] == 2  # finished again, model.pth.tar-2 with it
+    assert os.path.samefile(latest, kept[1]) and storage.load_checkpoint(kept[0])["epoch"] == 1
 
     truncate(latest, keep=0.5)
     os.remove(latest)  # the error's other advice: "delete it to start the stage again"
@@ -357,7 +358,7 @@ def test_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_last_one(
                 return FullDisk(path, "wb")
         return open(path, mode, *args, **kwargs)
 
-    monkeypatch.setattr(ckpt, "open", open_on_a_filling_disk, raising=False)
+    monkeypatch.setattr(storage, "open", open_on_a_filling_disk, raising=False)
     with pytest.raises(SystemExit) as exit_info:
         train_main(["--config-file", config])
     err = capsys.readouterr().err
@@ -366,7 +367,7 @@ def test_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_last_one(
     assert f"the last good checkpoint, {latest}, is intact" in err
     needed = float(re.search(r"needs about ([\d,]+) MiB", err).group(1).replace(",", ""))
     assert needed == pytest.approx(os.path.getsize(latest) / 2 ** 20, rel=0.05)  # the state's size
-    assert ckpt.load_checkpoint(latest)["epoch"] == 1  # the previous checkpoint, intact
+    assert storage.load_checkpoint(latest)["epoch"] == 1  # the previous checkpoint, intact
     assert not glob.glob(latest + ".tmp.*")
 
 
@@ -380,7 +381,7 @@ def test_any_os_error_while_writing_is_one_line(tmp_path, monkeypatch, fails):
 
     monkeypatch.setattr({"torch": torch, "os": os}[module], name, broken)
     with pytest.raises(ISGANError) as info:
-        ckpt.save_checkpoint({"state_dict": {"w": torch.zeros(1024)}}, path)
+        storage.save_checkpoint({"state_dict": {"w": torch.zeros(1024)}}, path)
     message = one_line(str(info.value))
     assert message.startswith(f"cannot write checkpoint {path}: Input/output error (errno 5)")
     assert "needs about 4 KiB" in message and "no earlier checkpoint is in" in message
@@ -618,7 +619,7 @@ def test_evaluation_refuses_weights_whose_descriptor_did_not_load(data_root, tmp
     else:  # a fourth branch's reduction the config's model does not have
         state["encoder_r.reductions.8.0.weight"] = state["encoder_r.reductions.0.0.weight"]
     bad = str(tmp_path / "bad.pth.tar")
-    ckpt.save_checkpoint({"state_dict": state, "num_classes": 8}, bad)
+    storage.save_checkpoint({"state_dict": state, "num_classes": 8}, bad)
     out = tmp_path / "eval"
     argv = ["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--weights", bad, *TINY,
             "DATA.ROOT", data_root, "OUTPUT_DIR", str(out)]
@@ -636,7 +637,7 @@ def test_evaluation_skips_classifiers_of_another_class_count_with_a_note(data_ro
     weights = _evaluation_run(data_root, tmp_path)
     state = torch.load(weights, weights_only=True)["state_dict"]
     torchreid_style = str(tmp_path / "torchreid.pth.tar")
-    ckpt.save_checkpoint({"state_dict": state}, torchreid_style)  # no num_classes: built with 1 class
+    storage.save_checkpoint({"state_dict": state}, torchreid_style)  # no num_classes: built with 1 class
     results = test_main(["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--weights",
                          torchreid_style, *TINY, "DATA.ROOT", data_root, "OUTPUT_DIR", str(tmp_path / "eval")])
     assert "encoder_r.classifiers.0.weight" in capsys.readouterr().out  # listed as skipped
@@ -780,7 +781,7 @@ def test_every_test_option_may_change_on_a_finished_run(finished_run, tmp_path, 
     run = str(tmp_path / "run")
     shutil.copytree(out, run)
     opts = [run if v == out else v for v in opts]
-    before = ckpt.load_checkpoint(ckpt.latest_path(run, 1))
+    before = storage.load_checkpoint(ckpt.latest_path(run, 1))
     argv = ["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), *opts, key, value]
     capsys.readouterr()
     results = train_main(argv)
@@ -789,12 +790,12 @@ def test_every_test_option_may_change_on_a_finished_run(finished_run, tmp_path, 
         assert "=> Stage 1: finished (1 epoch), skipped" in printed and results[1] == before["results"]
         return
     assert "=> Stage 1: finished (1 epoch), evaluating: no results yet with the current" in printed  # not trained
-    after = ckpt.load_checkpoint(ckpt.latest_path(run, 1))
+    after = storage.load_checkpoint(ckpt.latest_path(run, 1))
     assert os.path.samefile(ckpt.latest_path(run, 1), ckpt.kept_path(run, 1, 1))  # (copytree had made two files)
     assert torch.equal(after["state_dict"]["backbone.0.weight"], before["state_dict"]["backbone.0.weight"])
     same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (NaN ranks)
     assert same(after["results"], results[1])  # kept with the weights: the next rerun has nothing to do
-    assert same(ckpt.read_json(os.path.join(run, "results.json"))["stage1"], ckpt._json_safe(results[1]))
+    assert same(storage.read_json(os.path.join(run, "results.json"))["stage1"], storage._json_safe(results[1]))
     # (cosine ranks L2-normalised descriptors as euclidean does: TEST.METRIC alone leaves the numbers)
     if key in ("TEST.FLIP", "TEST.NORMALIZE", "TEST.RERANK", "TEST.CUHK03_METRIC"):
         keys = ("rank1", "rank5", "mAP")
@@ -832,17 +833,17 @@ def test_embed_follows_the_encoder_spec_and_files_get_the_usual_mode(tmp_path):
 
 def test_weights_that_are_a_folder_or_not_a_checkpoint_get_advice_that_fits(tmp_path):
     with pytest.raises(ISGANError, match=f"{tmp_path} is a folder, not a checkpoint; pass a file in it, e.g. "):
-        ckpt.load_checkpoint(str(tmp_path))
+        storage.load_checkpoint(str(tmp_path))
     onnx = tmp_path / "encoder.onnx"
     onnx.write_bytes(b"\x08\x07\x12\x07pytorch" + bytes(64))
     with pytest.raises(ISGANError) as info:
-        ckpt.load_checkpoint(str(onnx))
+        storage.load_checkpoint(str(onnx))
     assert "pass a checkpoint written by this project or torchreid" in str(info.value)
     assert "resume" not in str(info.value)  # only a run's latest.pth.tar gets the resume advice
     latest = tmp_path / "latest.pth.tar"
     latest.write_bytes(bytes(64))
     with pytest.raises(ISGANError, match="delete it and copy a model.pth.tar-<epoch> of the same folder in its place"):
-        ckpt.load_checkpoint(str(latest))
+        storage.load_checkpoint(str(latest))
 
 
 def test_export_size_limit_is_the_one_stated(tmp_path):
@@ -876,7 +877,7 @@ def test_sigterm_is_one_line_exit_143_and_leaves_no_temp_file(tmp_path):
     code = textwrap.dedent("""
         import sys, time
         from isgan_torchreid.cli import reports_errors
-        from isgan_torchreid.engine.checkpoint import atomic_path
+        from isgan_torchreid.storage import atomic_path
 
         @reports_errors
         def main(argv):
@@ -982,7 +983,7 @@ def test_every_tool_output_error_is_one_line_and_leaves_nothing(tmp_path, monkey
     out.mkdir()
     writers = {
         "png": lambda: save_png(Image.new("RGB", (8, 8)), str(out / "p.png")),
-        "json": lambda: ckpt.write_json(str(out / "r.json"), {"a": 1}),
+        "json": lambda: storage.write_json(str(out / "r.json"), {"a": 1}),
         "torchscript": lambda: export(Encoder(dict(DEFAULT_SPEC, backbone="resnet18", height=64, width=32)).eval(),
                                       str(out / "e.pt"), "torchscript"),
         "csv": lambda: write_comparison([], str(out), "c.yaml", {}, [0]),

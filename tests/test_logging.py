@@ -17,6 +17,7 @@ from tqdm import tqdm
 from isgan_torchreid import cli, console
 from isgan_torchreid.data.images import check_images
 from isgan_torchreid.config import load_config
+from isgan_torchreid import storage
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.engine import hooks
 from isgan_torchreid.engine.evaluation import extract_features
@@ -372,15 +373,15 @@ def test_no_resume_refuses_and_keeps_checkpoints(interrupted_run, capsys):
 def test_eval_only_and_test_results_json(interrupted_run):
     argv, out = interrupted_run
     results = cli.train_main(["--eval-only"] + argv)
-    stored = ckpt.read_json(os.path.join(out, "test", "results.json"))
+    stored = storage.read_json(os.path.join(out, "test", "results.json"))
     latest = os.path.abspath(ckpt.latest_path(out, 3))
     assert stored == {latest: results["test"]}
-    trained = ckpt.read_json(os.path.join(out, "results.json"))["stage3"]
+    trained = storage.read_json(os.path.join(out, "results.json"))["stage3"]
     assert {k: v for k, v in results["test"]["synthperson"].items() if k != "test_images_per_s"} == \
         {k: v for k, v in trained["synthperson"].items() if k != "test_images_per_s"}  # the last stage's weights
     stage1 = ckpt.latest_path(out, 1)
     cli.test_main(["--config-file", CONFIG, "--weights", stage1] + argv[3:])
-    assert set(ckpt.read_json(os.path.join(out, "test", "results.json"))) == {latest, os.path.abspath(stage1)}
+    assert set(storage.read_json(os.path.join(out, "test", "results.json"))) == {latest, os.path.abspath(stage1)}
 
 
 def test_flags_after_the_overrides_are_refused(tmp_path, capsys):

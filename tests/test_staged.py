@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 import isgan_torchreid.losses.isgan as loss_module
 from isgan_torchreid.cli import setup, train_main
 from isgan_torchreid.config import load_config
+from isgan_torchreid import storage
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.engine.hooks import Checkpointer, GANWarmup, ResultsWriter
 from isgan_torchreid.engine.objective import Precision
@@ -600,18 +601,18 @@ def test_end_to_end_outputs(full_run):
         folder = out / f"stage{stage}"
         assert (folder / "latest.pth.tar").is_file() and (folder / f"model.pth.tar-{epochs}").is_file()
         assert glob.glob(str(folder / "events.out.tfevents.*")), stage
-        state = ckpt.load_checkpoint(str(folder / "latest.pth.tar"))
+        state = storage.load_checkpoint(str(folder / "latest.pth.tar"))
         assert (state["stage"], state["epoch"], state["num_classes"]) == (stage, epochs, 8)
         assert state["results"] == results[stage]
         assert state["encoder_spec"]["parts"] == [2] and "optimizers" not in state  # finished: never trains again
-        kept = ckpt.load_checkpoint(str(folder / f"model.pth.tar-{epochs}"))  # weights only
+        kept = storage.load_checkpoint(str(folder / f"model.pth.tar-{epochs}"))  # weights only
         assert "optimizers" not in kept and "rng" not in kept and kept["results"] == results[stage]
         assert all(torch.equal(kept["state_dict"][k], v) for k, v in state["state_dict"].items())
         # ... and the same file as latest: the folder stores the stage's weights once
         assert os.path.samefile(folder / "latest.pth.tar", folder / f"model.pth.tar-{epochs}")
         checkpoints = {(s.st_dev, s.st_ino): s.st_size for s in map(os.stat, glob.glob(str(folder / "*.pth.tar*")))}
         assert list(checkpoints.values()) == [os.path.getsize(folder / "latest.pth.tar")]
-        encoder = ckpt.load_checkpoint(str(folder / "encoder.safetensors"))["state_dict"]  # the descriptor's tensors
+        encoder = storage.load_checkpoint(str(folder / "encoder.safetensors"))["state_dict"]  # the descriptor's tensors
         assert set(encoder) == {k for k in state["state_dict"] if k.startswith(
             ("backbone.", "encoder_r.branches.", "encoder_r.reductions."))}
         samples = sorted(os.listdir(folder / "samples")) if stage > 1 else []
@@ -635,14 +636,14 @@ def test_interrupted_run_resumes_exactly(full_run, run_args, tmp_path):
     # change (not below the epochs it has trained), and enters neither its checkpoint nor its steps
     with interrupted_at(stage=2, epoch=1, step=2), pytest.raises(KeyboardInterrupt):
         train_main(args + ["TRAIN.STAGE2.EPOCHS", "3"])
-    interrupted = ckpt.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))
+    interrupted = storage.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))
     assert interrupted["epoch"] == 1 and set(interrupted["optimizers"]) == {"model", "discriminator"}
 
     results = train_main(args)
 
     assert metrics(results) == {s: metrics(full_results)[s] for s in (1, 2)}
-    resumed = ckpt.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))
-    reference = ckpt.load_checkpoint(str(full_out / "stage2" / "latest.pth.tar"))
+    resumed = storage.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))
+    reference = storage.load_checkpoint(str(full_out / "stage2" / "latest.pth.tar"))
     assert resumed["epoch"] == reference["epoch"] == 2
     assert resumed["state_dict"].keys() == reference["state_dict"].keys()
     different = [k for k, v in resumed["state_dict"].items() if not torch.equal(v, reference["state_dict"][k])]
@@ -659,7 +660,7 @@ def test_finished_run_does_no_work(full_run, run_args, monkeypatch):
 
     monkeypatch.setattr(ISGANEngine, "forward_backward", forbidden)
     monkeypatch.setattr(ISGANEngine, "_evaluate", forbidden)
-    monkeypatch.setattr(ckpt, "save_checkpoint", forbidden)
+    monkeypatch.setattr(storage, "save_checkpoint", forbidden)
     assert train_main(run_args(out)) == results  # from the checkpoints
     assert {p: os.stat(p).st_mtime_ns for p in mtimes} == mtimes
 
@@ -684,9 +685,9 @@ def test_raising_the_last_stages_epochs_trains_the_extra_ones(full_run, run_args
     assert f"=> resumed stage 3 from the weights in {latest} (epoch 1)" in printed
     assert "=> Stage 3: epoch 2 of 2," in printed
     assert {s: metrics(results)[s] for s in (1, 2)} == {s: metrics(full_results)[s] for s in (1, 2)}
-    state = ckpt.load_checkpoint(str(latest))
+    state = storage.load_checkpoint(str(latest))
     assert state["epoch"] == 2 and "optimizers" not in state and state["results"] == results[3]
-    before = ckpt.load_checkpoint(str(full_out / "stage3" / "latest.pth.tar"))["state_dict"]
+    before = storage.load_checkpoint(str(full_out / "stage3" / "latest.pth.tar"))["state_dict"]
     assert any(not torch.equal(v, before[k]) for k, v in state["state_dict"].items())
     assert os.path.samefile(out / "stage3" / "model.pth.tar-2", latest)  # the stage's weights once
     # model.pth.tar-1, the end of the first run and now a mid-stage snapshot, is the file it was (a hard link of
@@ -760,7 +761,7 @@ def test_checkpoints_are_written_off_the_training_thread_from_a_snapshot(make_en
     release.set()
     hook.writer.wait()
     assert writers == ["checkpoint-writer"]
-    state = ckpt.load_checkpoint(ckpt.latest_path(engine.cfg.OUTPUT_DIR, 1))
+    state = storage.load_checkpoint(ckpt.latest_path(engine.cfg.OUTPUT_DIR, 1))
     assert state["epoch"] == 1 and "optimizers" in state
     assert all(torch.equal(state["state_dict"][k], v) for k, v in expected.items())  # the epoch's end, not later
 
@@ -804,7 +805,7 @@ def test_later_stages_need_stage1_weights(full_run, data_root, tmp_path, capsys)
     results = train_main(["--config-file", config, "--debug", "--stages", "2", "3"])
     assert sorted(results) == [2, 3]
     assert not (out / "stage1").exists()
-    assert ckpt.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))["epoch"] == 1
+    assert storage.load_checkpoint(str(out / "stage2" / "latest.pth.tar"))["epoch"] == 1
     # E_R comes from the stage-1 checkpoint and stays frozen in stage 2 (stage 3 has 0 epochs here)
     assert metrics(results)[2] == metrics(results)[3] == metrics(full_results)[1]
 

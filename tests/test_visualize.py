@@ -21,6 +21,7 @@ from isgan_torchreid.visualize import canvas
 from isgan_torchreid.visualize.canvas import (PAD, Tile, denormalize, font, market_label, parse_market_name,
                                               part_mask_bar, save_png, sheet)
 from isgan_torchreid.deploy.gan import load_gan
+from isgan_torchreid import storage
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.visualize.disentangle import (decode_with_classes, interpolated_codes, parse_slots, region_cells,
                                                    region_slots, slot_names, swapped_codes)
@@ -300,7 +301,7 @@ def test_rank_refuses_an_incomplete_descriptor(runs, tmp_path):
     state = torch.load(runs["mgn"], weights_only=True)
     del state["state_dict"]["encoder_r.reductions.0.0.weight"]
     bad = str(tmp_path / "bad.pth.tar")
-    ckpt.save_checkpoint(state, bad)
+    storage.save_checkpoint(state, bad)
     config = os.path.join(os.path.dirname(os.path.dirname(runs["mgn"])), "config.yaml")
     out = tmp_path / "rank.png"
     with pytest.raises(ISGANError, match=f"{bad} does not hold the whole descriptor of this MGN: 1 of its"):

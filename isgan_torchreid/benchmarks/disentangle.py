@@ -38,6 +38,7 @@ import torch.nn.functional as F
 from tabulate import tabulate
 from torch import Tensor, nn
 
+from .. import storage
 from ..console import progress
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD, build_datamanager
 from ..data.synthetic import FACTORS_FILE
@@ -212,7 +213,7 @@ def nuisance_factors(paths) -> Dict[str, List]:
         root = os.path.dirname(os.path.dirname(os.path.abspath(path)))
         if root not in files:
             name = os.path.join(root, FACTORS_FILE)
-            files[root] = ckpt.read_json(name) if os.path.isfile(name) else {}
+            files[root] = storage.read_json(name) if os.path.isfile(name) else {}
         rel = os.path.relpath(os.path.abspath(path), root).replace(os.sep, "/")
         values.append(files[root].get(rel, {}))
     names = sorted({k for v in values for k in v if k != "camera"})
@@ -382,6 +383,6 @@ def run_disentangle(run, opts, settings: Settings, out=None):
           f"(a, b) of different identities and cameras, {result['train_images']} training images for the means")
     print(disentangle_table(result))
     out = out or os.path.join(run if os.path.isdir(run) else os.path.dirname(weights), "disentangle.json")
-    ckpt.write_json(out, result)
+    storage.write_json(out, result)
     print(f"=> wrote {out}")
     return result

@@ -24,7 +24,7 @@ import PIL
 from PIL import Image, ImageOps
 
 from ..console import progress
-from ..engine.checkpoint import write_json
+from ..storage import write_json
 from ..errors import BadImageError, ISGANError
 
 READ_ATTEMPTS = 3  # tries of a read that fails with an I/O error (a network file system's hiccup)

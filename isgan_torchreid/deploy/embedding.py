@@ -26,9 +26,8 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import compat, console
+from .. import compat, console, storage
 from ..data import images
-from ..engine import checkpoint as ckpt
 from ..engine.evaluation import descriptor
 from ..errors import ISGANError
 
@@ -193,13 +192,13 @@ def extract(encoder, paths, out, batch_size=64, workers=0, flip=True, normalize=
     try:
         return _extract(encoder, paths, out, batch_size, workers, flip, normalize, progress)
     except OSError as e:  # a read-only or full file system, a missing permission: the temp files are gone
-        raise ISGANError(ckpt.write_failure(out, e)) from None
+        raise ISGANError(storage.write_failure(out, e)) from None
 
 
 def _extract(encoder, paths, out, batch_size, workers, flip, normalize, progress):
     folder = os.path.dirname(os.path.abspath(out))
     os.makedirs(folder, exist_ok=True)
-    ckpt.remove_stale_temp_files(folder)
+    storage.remove_stale_temp_files(folder)
     device = next(encoder.parameters()).device
     encoder.eval()
     spec = dict(encoder.spec, flip=flip, normalize=normalize)
@@ -222,7 +221,7 @@ def _extract(encoder, paths, out, batch_size, workers, flip, normalize, progress
                 if bad:
                     bar.set_postfix(skipped=len(bad))
         labels = market_labels(good) if good else None
-        with ckpt.atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as archive:
+        with storage.atomic_path(out) as tmp, zipfile.ZipFile(tmp, "w", allowZip64=True) as archive:
             _write_strings(archive, "paths", good)
             _write_npy_member(archive, "features", "<f4", (len(good), encoder.descriptor_dim), _file_chunks(raw_path))
             if labels is not None:

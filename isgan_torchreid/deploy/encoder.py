@@ -25,6 +25,7 @@ import torch
 from torch import nn
 from yacs.config import CfgNode
 
+from .. import storage
 from ..config import load_config, trained_by
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..engine import checkpoint as ckpt
@@ -157,14 +158,14 @@ def save_encoder(model, spec, path):
     spec = _check_spec(encoder_spec(spec) if isinstance(spec, CfgNode) else spec, "save_encoder")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in encoder_state(model.state_dict()).items()}
     metadata = {"format": FORMAT, **{k: json.dumps(spec[k]) for k in SPEC_KEYS}}
-    with ckpt.atomic_path(path) as tmp:
+    with storage.atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
     return path
 
 
 def read_encoder_file(path):
     """(tensors, spec) of an encoder file written by :func:`save_encoder`."""
-    state = ckpt.load_checkpoint(path)
+    state = storage.load_checkpoint(path)
     return state["state_dict"], _file_spec(path, state.get("metadata", {}))
 
 
@@ -229,7 +230,7 @@ def load_encoder(path, device="auto", spec=None):
     Raises ISGANError when a descriptor tensor is missing or has another shape (no silent skip).
     """
     path = os.fspath(path)
-    state = ckpt.load_checkpoint(path)
+    state = storage.load_checkpoint(path)
     weights = encoder_state(ckpt.model_state(state))
     if not weights:
         raise ISGANError(f"{path} holds no IS-GAN/MGN identity encoder (no backbone.* / encoder_r.* tensors); "

@@ -14,7 +14,7 @@ import warnings
 
 import torch
 
-from ..engine import checkpoint as ckpt
+from .. import storage
 from ..errors import ISGANError
 from .encoder import Descriptor
 
@@ -47,7 +47,7 @@ def export_onnx(encoder, path, height=None, width=None, raw=False, dynamo=False,
     height, width = height or encoder.spec["height"], width or encoder.spec["width"]
     module = exported_module(encoder, raw)
     example = torch.zeros(2, 3, height, width)
-    with ckpt.output_file(path) as tmp:
+    with storage.output_file(path) as tmp:
         with warnings.catch_warnings(), torch.no_grad():
             warnings.simplefilter("ignore", DeprecationWarning)  # the TorchScript-based exporter's notice
             if dynamo:
@@ -76,7 +76,7 @@ def export_torchscript(encoder, path, height=None, width=None, raw=False):
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore", FutureWarning)  # torch >= 2.9 marks torch.jit as deprecated
         traced = torch.jit.trace(module, torch.zeros(2, 3, height, width), check_trace=False)
-        with ckpt.output_file(path) as tmp:
+        with storage.output_file(path) as tmp:
             torch.jit.save(traced, tmp, _extra_files={"spec.json": json.dumps(_spec_of(encoder, height, width, raw))})
     return path
 

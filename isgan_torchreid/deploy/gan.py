@@ -20,6 +20,7 @@ import os
 import torch
 from torch import Tensor
 
+from .. import storage
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..engine import checkpoint as ckpt
 from ..engine.objective import image_to_unit, nuisance_map
@@ -138,7 +139,7 @@ def gan_from_checkpoint(weights, config_file=None, opts=(), device=None):
 
     ``device``: a torch.device, or None for the config's DEVICE."""
     weights = os.fspath(weights)
-    if os.path.isfile(weights) and ckpt.is_safetensors(weights):
+    if os.path.isfile(weights) and storage.is_safetensors(weights):
         raise ISGANError(f"{weights} is an encoder file (E_R only, no E_U or G); load_gan needs a stage-2 or "
                          f"stage-3 checkpoint of an IS-GAN run (OUTPUT_DIR/stage2/ or stage3/latest.pth.tar)")
     cfg, state = ckpt.checkpoint_config(weights, config_file, opts)

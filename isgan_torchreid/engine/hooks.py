@@ -16,7 +16,7 @@ import time
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from .. import compat, deploy
+from .. import compat, deploy, storage
 from ..losses.isgan import reconstruction_loss
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..visualize.canvas import (Tile, denormalize, display_scale, font_size_for, market_label, parse_market_name,
@@ -238,13 +238,13 @@ class ResultsWriter(HookBase):
     def after_train(self):
         e = self.engine
         path = os.path.join(e.cfg.OUTPUT_DIR, "results.json")
-        results = ckpt.read_json(path) if os.path.isfile(path) else {}
+        results = storage.read_json(path) if os.path.isfile(path) else {}
         results.update({f"stage{s}": r for s, r in e.results.items()})
         results.pop("skipped_images", None)  # an earlier invocation's, perhaps fixed since
         skipped = getattr(e.datamanager, "skipped_images", {})  # set by data.build.build_datamanager
         if skipped:
             results["skipped_images"] = {"count": sum(map(len, skipped.values())), "images": skipped}
-        ckpt.write_json(path, dict(sorted(results.items())))
+        storage.write_json(path, dict(sorted(results.items())))
 
 
 class TensorBoardWriter(HookBase):
@@ -403,7 +403,7 @@ class EpochTimer(HookBase):
 
     def __init__(self, path: str):
         self.path = path
-        self.speed = ckpt.read_json(path) if os.path.isfile(path) else {}
+        self.speed = storage.read_json(path) if os.path.isfile(path) else {}
 
     def before_stage(self):
         e = self.engine
@@ -424,7 +424,7 @@ class EpochTimer(HookBase):
         entry = self.speed.setdefault(str(e.stage), {"images": 0, "seconds": 0.0})
         entry["images"] += self.images
         entry["seconds"] += time.perf_counter() - self.start
-        ckpt.write_json(self.path, self.speed)
+        storage.write_json(self.path, self.speed)
 
 
 class GANWarmup(HookBase):

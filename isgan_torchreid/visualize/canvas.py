@@ -15,7 +15,7 @@ import torch
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from ..engine import checkpoint as ckpt
+from .. import storage
 
 __all__ = ["denormalize", "to_pil", "Tile", "sheet", "part_mask_bar", "save_png", "market_label", "parse_market_name",
            "font", "display_scale", "font_size_for", "to_array", "PAD", "MASK_COLOUR"]
@@ -217,7 +217,7 @@ def save_png(picture: Image.Image, path: str, colors: int = 0) -> None:
         if not 2 <= colors <= 256:
             raise ValueError(f"save_png: colors must be 2-256 (or 0: full RGB), got {colors}")
         picture = picture.convert("RGB").quantize(colors=colors, method=Image.Quantize.MEDIANCUT)
-    with ckpt.output_file(path) as tmp:
+    with storage.output_file(path) as tmp:
         picture.save(tmp, format="PNG", optimize=True)
 
 
