@@ -70,7 +70,9 @@ _C.MODEL.NOISE_DIM = 128
 _C.MODEL.EU_POOL = "avg"  # the authors' code pools E_U with avg; the paper says max
 _C.MODEL.EU_BRANCHES = "parts"  # parts: one ResNet branch per part, as E_R (paper) | shared: one branch pooled for all
 _C.MODEL.EU_GRID = []  # [] (paper) | [rows, cols]: E_U also encodes a rows x cols grid of cells (layout); G draws them in place
-_C.MODEL.EU_INPUT = "rgb"  # rgb: E_U reads the image (paper) | gray: its luminance, so colour must come from E_R
+# rgb: E_U reads the image (paper) | gray: its luminance, so colour must come from E_R | contrast: the luminance's
+# local contrast, without the brightness of regions
+_C.MODEL.EU_INPUT = "rgb"
 _C.MODEL.G_INIT = "fan_in"  # fan_in: each layer's std from the inputs it sums | reference: the authors' (G saturates)
 _C.MODEL.G_CLASS_INPUT = True  # G reads the one-hot label (paper); False: the identity code alone names the person
 _C.MODEL.G_STRIPES = "none"  # none (paper) | identity | both: G draws those codes' stripe features into their rows
@@ -164,7 +166,7 @@ _CHOICES = {
     "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50"),
     "MODEL.EU_POOL": ("avg", "max"),
     "MODEL.EU_BRANCHES": ("parts", "shared"),
-    "MODEL.EU_INPUT": ("rgb", "gray"),
+    "MODEL.EU_INPUT": ("rgb", "gray", "contrast"),
     "MODEL.G_STRIPES": ("none", "identity", "both"),
     "MODEL.G_INIT": ("fan_in", "reference"),
     "LOSS.ID_REDUCTION": ("mean", "sum"),

@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 from isgan_torchreid.data.build import IMAGENET_MEAN, IMAGENET_STD
-from isgan_torchreid.engine.objective import luminance, nuisance_map
+from isgan_torchreid.engine.objective import local_contrast, luminance, nuisance_map
 from isgan_torchreid.models import isgan as isgan_module
 from isgan_torchreid.models.isgan import ISGAN, isgan_r18, isgan_r34, isgan_r50
 
@@ -114,12 +114,38 @@ def test_luminance_keeps_grey_images_and_weights_channels_by_bt601():
     torch.testing.assert_close(luminance((red - mean) / std) * std + mean, torch.full((1, 3, 8, 4), 0.299))
 
 
+def test_local_contrast_takes_out_the_brightness_of_regions():
+    """MODEL.EU_INPUT contrast: a brighter light (gain) or a flat region made brighter (a shirt) changes E_U's
+    image only where the region meets its surroundings; texture stays."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    gen = torch.Generator().manual_seed(0)
+    scene = 0.3 + 0.4 * torch.rand(1, 1, 64, 32, generator=gen).expand(1, 3, 64, 32)  # textured grey, [0.3, 0.7]
+    dark, bright = scene.clone(), scene.clone()
+    dark[..., 24:, :], bright[..., 24:, :] = 0.25, 0.75  # the lower part, flat: dark or bright
+
+    def seen(unit):
+        return local_contrast((unit - mean) / std)
+
+    def far(x):  # 16 rows (4 sigma) away from the border
+        return x[..., 40:56, :], x[..., :8, :]
+
+    out = seen(dark)
+    assert out.shape == (1, 3, 64, 32) and torch.equal(out[:, 0], out[:, 1])
+    assert 0.5 < seen(scene).std() < 2  # about as spread as a normalised image
+    torch.testing.assert_close(seen(dark * 1.3), out, atol=0.05 * out.abs().max().item(), rtol=0)  # the light's gain
+    for a, b in zip(far(out), far(seen(bright))):  # the region's brightness: seen only at its border
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=0)
+    assert (out - seen(bright)).abs().max() > 1  # ... where it is
+    assert (seen(scene) - luminance((scene - mean) / std)).abs().max() > 0.5  # not the luminance
+
+
 def test_gray_eu_input_sees_no_colour():
     """MODEL.EU_INPUT gray: two images of equal luminance give E_U the same map (the trunk, in eval mode, of the
     luminance image); rgb gives it the trunk map itself. The trunk's training mode and statistics are kept."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 64, 32)
-    for eu_input in ("rgb", "gray"):
+    for eu_input, image in (("rgb", None), ("gray", luminance), ("contrast", local_contrast)):
         m = isgan_r18(10, pretrained=False, use_gpu=False, height=64, width=32, eu_input=eu_input).train()
         trunk = m.backbone(x)
         if eu_input == "rgb":
@@ -130,7 +156,7 @@ def test_gray_eu_input_sees_no_colour():
         assert m.backbone.training and not seen.requires_grad
         assert all(torch.equal(a, b) for a, b in zip(stats, m.backbone.buffers()))
         torch.testing.assert_close(seen, nuisance_map(m, luminance(x), trunk))  # same luminance, same map
-        torch.testing.assert_close(seen, m.backbone.eval()(luminance(x)))
+        torch.testing.assert_close(seen, m.backbone.eval()(image(x)))
 
 
 def test_one_resnet_copied_everywhere():

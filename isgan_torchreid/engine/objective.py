@@ -30,10 +30,12 @@ there: a DDP wrapper would all-reduce nothing but still expect D's gradients.
 """
 import dataclasses
 import functools
+import math
 import warnings
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
+import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
 
 from .. import comm, compat
@@ -44,7 +46,7 @@ from ..visualize import denormalize
 from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
 
 __all__ = ["LossSettings", "Precision", "Generation", "image_target", "image_to_unit", "IdentityObjective",
-           "ISGANObjective", "build_objective", "luminance", "nuisance_map"]
+           "ISGANObjective", "build_objective", "luminance", "local_contrast", "nuisance_map"]
 
 # attributes of ISGAN that each stage trains
 ISGAN_STAGE_MODULES = {
@@ -159,24 +161,50 @@ def image_to_unit(fake: Tensor, space: str) -> Tensor:
     return ((fake + 1) / 2).clamp(0, 1)
 
 
+CONTRAST_FLOOR = 0.02  # added to the local spread of luminance (in [0, 1]) before dividing: flat regions stay ~0
+
+
+def _gray(imgs: Tensor) -> Tensor:
+    """Normalised RGB (B, 3, H, W) -> its luminance (ITU-R BT.601), (B, 1, H, W) in [0, 1]."""
+    mean, std, weights = _channel_constants(imgs.device, imgs.dtype)
+    return ((imgs * std + mean) * weights).sum(1, keepdim=True)
+
+
 def luminance(imgs: Tensor) -> Tensor:
     """Normalised RGB (B, 3, H, W) -> its luminance (ITU-R BT.601) in all three channels, normalised alike."""
-    mean, std, weights = _channel_constants(imgs.device, imgs.dtype)
-    gray = ((imgs * std + mean) * weights).sum(1, keepdim=True)  # (B, 1, H, W) in [0, 1]
-    return (gray - mean) / std  # (B, 3, H, W)
+    mean, std, _ = _channel_constants(imgs.device, imgs.dtype)
+    return (_gray(imgs) - mean) / std  # (B, 3, H, W)
+
+
+def local_contrast(imgs: Tensor) -> Tensor:
+    """Normalised RGB (B, 3, H, W) -> its luminance with each neighbourhood's mean and spread taken out (local
+    contrast normalisation, a Gaussian window of sigma min(H, W) / 8), in all three channels, about zero-mean and
+    unit-variance as a normalised image is: edges, shapes and texture stay; the brightness of a region (a shirt's,
+    the light's) goes."""
+    gray = _gray(imgs)  # (B, 1, H, W)
+    sigma = min(imgs.shape[-2:]) / 8
+    size = 2 * math.ceil(2 * sigma) + 1
+    blur = functools.partial(TF.gaussian_blur, kernel_size=[size, size], sigma=[sigma, sigma])
+    centred = gray - blur(gray)
+    spread = blur(centred * centred).sqrt()
+    return (centred / (spread + CONTRAST_FLOOR)).expand(-1, 3, -1, -1)  # (B, 3, H, W)
+
+
+NUISANCE_INPUTS = {"gray": luminance, "contrast": local_contrast}  # MODEL.EU_INPUT other than rgb -> E_U's image
 
 
 def nuisance_map(model: nn.Module, imgs: Tensor, trunk: Tensor) -> Tensor:
     """The map E_U reads (MODEL.EU_INPUT): ``trunk``, the images' trunk map (rgb), or the trunk map of their
-    luminance (gray), (B, C4, H/16, W/16). The luminance pass runs without gradient and with the trunk's running
-    BatchNorm statistics, so in stage 3 the trunk that E_R's test descriptor depends on learns from real images only."""
+    luminance (gray) or its local contrast (contrast), (B, C4, H/16, W/16). That pass runs without gradient and
+    with the trunk's running BatchNorm statistics, so in stage 3 the trunk that E_R's test descriptor depends on
+    learns from real images only."""
     if model.eu_input == "rgb":
         return trunk
     backbone = model.backbone
     was_training = backbone.training
     try:
         with torch.no_grad():
-            return backbone.eval()(luminance(imgs))
+            return backbone.eval()(NUISANCE_INPUTS[model.eu_input](imgs))
     finally:
         backbone.train(was_training)
 

@@ -7,7 +7,8 @@ One ImageNet ResNet is loaded and deep-copied into the trunk and all part branch
 ``eu_input`` (MODEL.EU_INPUT): ``rgb``, E_U reads the trunk map of the image (paper); ``gray``, of the image's
 luminance (:func:`isgan_torchreid.engine.objective.nuisance_map`), as DG-Net's structure encoder reads a grey
 image: E_U can still carry pose, view, background layout and light, but colour, the largest share of what tells
-persons apart, only the identity code can give G.
+persons apart, only the identity code can give G; ``contrast``, of its local contrast (the luminance with each
+neighbourhood's mean and spread taken out): shapes and edges without the brightness of a shirt.
 """
 from .branches import load_resnet, validate_parts
 from .discriminator import Discriminator
@@ -17,7 +18,7 @@ from .mgn import MGN, check_loss
 
 __all__ = ["EU_INPUTS", "ISGAN", "isgan_r50", "isgan_r34", "isgan_r18"]
 
-EU_INPUTS = ("rgb", "gray")
+EU_INPUTS = ("rgb", "gray", "contrast")
 G_STRIPES = {"none": (), "identity": ("identity",), "both": ("identity", "nuisance")}  # MODEL.G_STRIPES -> codes
 
 
