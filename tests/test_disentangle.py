@@ -10,7 +10,7 @@ import os
 import pytest
 import torch
 
-from isgan_torchreid.benchmarks import benchmark_main
+from isgan_torchreid.benchmarks import benchmark_main, disentangle
 from isgan_torchreid.benchmarks.disentangle import (MeasuredSplit, Settings, _augment, choose_subset, measure,
                                                     nuisance_factors)
 from isgan_torchreid.config import load_config
@@ -107,6 +107,28 @@ def test_trivial_predictors_are_the_mean_images(run, subset):
     expected = (real - real[0]).abs().mean().item()  # the only training image is every camera's mean
     assert r["mean_image_l1"] == pytest.approx(expected, rel=1e-5)
     assert r["camera_mean_l1"] == pytest.approx(expected, rel=1e-5)
+
+
+def test_the_probe_learns_identities_from_the_gallery_and_nuisance_from_the_training_images_too(run, subset,
+                                                                                                monkeypatch):
+    chosen, settings = subset
+    seen = {}
+
+    def capture(images, labels, heads, steps, seed, device):
+        seen.update(images=images, labels=labels, heads=heads, steps=steps)
+        return real_train_probe(images, labels, heads, steps, seed, device)
+
+    real_train_probe = disentangle.train_probe
+    monkeypatch.setattr(disentangle, "train_probe", capture)
+    measure(CopyingGAN(load_gan(run["weights"], device="cpu"), "identity"), chosen, settings)
+    n_gallery, n_train = len(chosen.gallery), len(chosen.train)
+    assert seen["images"].shape[0] == n_gallery + n_train and seen["steps"] == settings.probe_steps
+    identity = seen["labels"]["identity"]
+    assert (identity[:n_gallery] >= 0).all() and (identity[n_gallery:] == -1).all()  # test identities only
+    gallery_cams = {item[2] for item in chosen.gallery}
+    train_cams = torch.unique(seen["labels"]["camera"][n_gallery:])
+    assert (train_cams >= 0).all() and len(train_cams) >= 2 and len(gallery_cams) >= 2
+    assert (seen["labels"]["view"][n_gallery:] >= 0).any()  # the training images' factors.json entries
 
 
 def test_nuisance_factors_come_from_the_datasets_factors_file(run, tmp_path):

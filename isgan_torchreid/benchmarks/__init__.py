@@ -67,8 +67,8 @@ def _parser():
     only.add_argument("--ids", type=int, default=50, help="--disentangle: test identities measured")
     only.add_argument("--pairs", type=int, default=200, help="--disentangle: swap pairs (a, b)")
     only.add_argument("--train-images", type=int, default=2000, help="--disentangle: training images averaged "
-                      "into the mean images")
-    only.add_argument("--probe-steps", type=int, default=300, help="--disentangle: training steps of the probe")
+                      "into the mean images, on which the probe's camera and factor heads also train")
+    only.add_argument("--probe-steps", type=int, default=1000, help="--disentangle: training steps of the probe")
     only.add_argument("--seed", type=int, default=0, help="--disentangle: choice of identities and pairs, probe")
     only.add_argument("--out", metavar="FILE.json", help="--disentangle: where the JSON goes (default "
                       "RUN/disentangle.json)")

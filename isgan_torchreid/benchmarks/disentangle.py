@@ -13,11 +13,12 @@ predicts):
   |G(id_a, nu_b) - G(id_a, nu_a)| (only the nuisance code): a G that ignores one code gives it ~0.
 * **identity retention** of the swap G(id_a, nu_b): E_R's descriptor of it (flip + L2, as evaluated) is
   nearer to a gallery image of a than to any of b (chance 0.5), and E_R's rank-1 over the chosen gallery is a
-  (chance 1 / ids); the same for an independent *probe*, a small CNN trained from scratch on the chosen gallery
-  images (real images only), identity head: logit of a above logit of b (chance 0.5). Both verdicts are also
-  given on G's reconstruction G(id_a, nu_a): what G's rendering keeps of a without any swap, the ceiling of
-  the swap's retention that G itself sets.
-* **nuisance transfer** of the swap: for each nuisance factor, the probe's head for it (trained on the same real
+  (chance 1 / ids); the same for an independent *probe*, a small CNN trained from scratch on real images only,
+  identity head (trained on the chosen gallery images): logit of a above logit of b (chance 0.5). Both
+  verdicts are also given on G's reconstruction G(id_a, nu_a): what G's rendering keeps of a without any swap,
+  the ceiling of the swap's retention that G itself sets.
+* **nuisance transfer** of the swap: for each nuisance factor, the probe's head for it (trained on the gallery
+  and the chosen training images: a factor such as occlusion is rare, and the probe reads it better from more
   images) puts b's value above a's, over the pairs whose values differ (chance 0.5). The camera is the factor
   every Market-layout dataset labels (a and b always differ in it); a dataset with a ``factors.json`` beside
   its split folders (``{relative path: {factor: value}}``, as synthperson writes view and occlusion) adds its
@@ -48,7 +49,8 @@ from ..engine.evaluation import descriptor
 from ..errors import ISGANError
 from ..visualize.canvas import denormalize
 
-__all__ = ["Settings", "find_checkpoint", "MeasuredSplit", "choose_subset", "Probe", "train_probe",
+__all__ = ["Settings", "find_checkpoint", "MeasuredSplit", "choose_subset", "read_training_images", "Probe",
+           "train_probe",
            "nuisance_factors", "measure", "disentangle_table", "run_disentangle"]
 
 BATCH = 64
@@ -59,8 +61,8 @@ PROBE_SIZE = (64, 32)  # the probe's input: the model's images resized down to a
 class Settings:
     ids: int = 50  # test identities measured
     pairs: int = 200  # swap pairs (a, b)
-    train_images: int = 2000  # training images averaged into the mean images
-    probe_steps: int = 300
+    train_images: int = 2000  # training images: the mean images, and the probe's camera and factor heads learn them
+    probe_steps: int = 1000
     seed: int = 0
 
 
@@ -82,7 +84,7 @@ class MeasuredSplit:
 
     query: List[tuple]
     gallery: List[tuple]
-    train: List[tuple]  # training images for the mean images
+    train: List[tuple]  # training images: the mean images, and more to train the probe's nuisance heads on
     pairs: List[tuple]  # (i, j) query indices: a = query[i], b = query[j]
 
 
@@ -119,18 +121,20 @@ def _normalise(unit: Tensor) -> Tensor:
     return (unit - mean) / std
 
 
-def camera_means(gan: GAN, train) -> Dict[int, Tensor]:
-    """camid -> mean [0, 1] training image (3, H, W) of that camera; key -1: the mean over all of them."""
-    sums, counts = {}, {}
+def read_training_images(gan: GAN, train) -> Tuple[Dict[int, Tensor], Tensor]:
+    """The training images, read once: camid -> mean [0, 1] training image (3, H, W) of that camera (key -1: the
+    mean over all of them), and the images as the probe's input (:meth:`Probe.prepare`), (N, 3, h, w)."""
+    sums, counts, prepared = {}, {}, []
     paths = [item[0] for item in train]
     cams = [item[2] for item in train]
-    for s in progress(range(0, len(paths), BATCH), desc="mean training images", unit="batch"):
+    for s in progress(range(0, len(paths), BATCH), desc="training images", unit="batch"):
         imgs = _unit_images(gan, paths[s:s + BATCH])
+        prepared.append(Probe.prepare(imgs))
         for img, cam in zip(imgs, cams[s:s + BATCH]):
             for key in (cam, -1):
                 sums[key] = sums.get(key, 0) + img
                 counts[key] = counts.get(key, 0) + 1
-    return {key: sums[key] / counts[key] for key in sums}
+    return {key: sums[key] / counts[key] for key in sums}, torch.cat(prepared)
 
 
 # ------------------------------------------------------------------ the probe
@@ -249,7 +253,7 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
     real = _unit_images(gan, [item[0] for item in test], "test images")  # (N, 3, H, W)
     identity, nuisance = gan.encode(_normalise(real))
     recon = gan.decode(identity, nuisance).cpu()
-    means = camera_means(gan, subset.train)
+    means, train_probe_input = read_training_images(gan, subset.train)
     by_camera = torch.stack([means.get(item[2], means[-1]) for item in test])
     result = {
         "test_ids": len({item[1] for item in test}), "query_images": len(subset.query),
@@ -292,15 +296,17 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
     result["er_real_rank1"] = (g_pids[dist_real.argmin(1)] == q_pids).float().mean().item()
     result["er_rank1_chance"] = 1 / ids
 
-    # the probe: trained on the chosen gallery's real images, tested on the real query images and on the swaps
+    # the probe: trained on real images (identity: the chosen gallery's; camera and factors: also the training
+    # images'), tested on the real query images and on the swaps
     nq = len(subset.query)
-    labels = {"identity": [item[1] for item in test], "camera": [item[2] for item in test],
-              **nuisance_factors([item[0] for item in test])}
+    images = test + subset.train
+    labels = {"identity": [item[1] for item in test] + [None] * len(subset.train),
+              "camera": [item[2] for item in images], **nuisance_factors([item[0] for item in images])}
     encoded = {name: _labels(values) for name, values in labels.items()}
     heads = {name: classes for name, (_, classes) in encoded.items() if classes >= 2}
-    targets = {name: encoded[name][0] for name in heads}  # (N,) each: query first, then gallery
-    probe = train_probe(Probe.prepare(real[nq:]), {n: t[nq:] for n, t in targets.items()}, heads,
-                        settings.probe_steps, settings.seed, device)
+    targets = {name: encoded[name][0] for name in heads}  # (N,) each: query, gallery, then training images
+    probe = train_probe(torch.cat([Probe.prepare(real[nq:]), train_probe_input]),
+                        {n: t[nq:] for n, t in targets.items()}, heads, settings.probe_steps, settings.seed, device)
     on_real = _probe_logits(probe, real[:nq], device)
     on_fake = _probe_logits(probe, nu_swap, device)
     on_auto = _probe_logits(probe, auto, device)
