@@ -34,7 +34,7 @@ covered by a test that fails without it):
 * ``utils.FeatureExtractor`` defaults to ``device='cuda'`` and fails on CPU-only machines;
   the default becomes ``'cuda'`` when available, else ``'cpu'``.
 * ``utils.read_image`` retries forever when an image cannot be read (one corrupt JPEG hangs training);
-  it becomes :func:`isgan_torchreid.data.images.read_image` (bounded retries, then ``BadImageError``),
+  it becomes :func:`isgan_torchreid.image_files.read_image` (bounded retries, then ``BadImageError``),
   in every module that imported it by name.
 * ``ImageDataset.__init__`` passes its split lists through the check that :func:`checking_image_datasets`
   installs (unreadable images left out before torchreid counts identities; empty splits named by folder
@@ -60,7 +60,7 @@ import torch
 warnings.filterwarnings("ignore", message="Cython evaluation", category=UserWarning)
 import torchreid  # noqa: E402
 
-from . import storage  # noqa: E402
+from . import image_files, storage  # noqa: E402
 from .errors import BadImageError  # noqa: E402
 
 
@@ -196,10 +196,8 @@ def _patch_feature_extractor():
 
 
 def _patch_read_image():
-    from .data import images  # here: data imports the engine, which imports this module
-
     for module in (_submodule("utils.tools"), _submodule("utils"), _submodule("data.datasets.dataset")):
-        _patch(module, "read_image", lambda original: lambda path: images.read_image(path))
+        _patch(module, "read_image", lambda original: lambda path: image_files.read_image(path))
 
 
 _dataset_check = None  # set by checking_image_datasets

@@ -26,12 +26,11 @@ import pytest
 import torch
 from PIL import Image
 
-from isgan_torchreid import compat
+from isgan_torchreid import compat, image_files, storage
 from isgan_torchreid.cli import build_engine, setup, train_main
 from isgan_torchreid.config import _RANGES, get_default_config, in_interval, load_config
-from isgan_torchreid.data import images, loaders
+from isgan_torchreid.data import loaders
 from isgan_torchreid.data.build import build_datamanager, check_datasets
-from isgan_torchreid import storage
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.errors import BadImageError, ISGANError
 
@@ -155,8 +154,8 @@ def test_an_identity_left_without_images_is_dropped_and_labels_stay_contiguous(m
 def test_image_checks_are_cached_per_folder(market, monkeypatch):
     build_datamanager(market.cfg())
     checked = []
-    decode = images.unreadable
-    monkeypatch.setattr(images, "unreadable", lambda path: checked.append(path) or decode(path))
+    decode = image_files.unreadable
+    monkeypatch.setattr(image_files, "unreadable", lambda path: checked.append(path) or decode(path))
     build_datamanager(market.cfg())
     assert checked == []  # nothing decoded again
     train = market.images("bounding_box_train")
@@ -235,18 +234,18 @@ def test_read_image_retries_io_errors_a_bounded_number_of_times(monkeypatch, tmp
         attempts.append(path)
         raise OSError(errno.EIO, "Input/output error")
 
-    monkeypatch.setattr(images, "decode", flaky)
-    monkeypatch.setattr(images, "READ_PAUSE", 0)
+    monkeypatch.setattr(image_files, "decode", flaky)
+    monkeypatch.setattr(image_files, "READ_PAUSE", 0)
     with pytest.raises(BadImageError, match="Input/output error"):
-        images.read_image("x.jpg")
-    assert len(attempts) == images.READ_ATTEMPTS
+        image_files.read_image("x.jpg")
+    assert len(attempts) == image_files.READ_ATTEMPTS
     monkeypatch.undo()
     path = str(tmp_path / "noise.jpg")
     corrupt(path)
     started = time.perf_counter()
     with pytest.raises(BadImageError):
-        images.read_image(path)  # a file that cannot be decoded: at once
-    assert time.perf_counter() - started < images.READ_PAUSE
+        image_files.read_image(path)  # a file that cannot be decoded: at once
+    assert time.perf_counter() - started < image_files.READ_PAUSE
 
 
 # ---------------------------------------------------------------- 2. checks before training
@@ -936,7 +935,7 @@ def test_extract_output_errors_are_one_line_and_leave_nothing(tmp_path, monkeypa
 # ---------------------------------------------------------------- odd image modes
 
 def test_odd_image_modes_decode_as_they_are_meant_to_be_seen(tmp_path, recwarn):
-    from isgan_torchreid.data.images import decode, read_image
+    from isgan_torchreid.image_files import decode, read_image
 
     grey16 = tmp_path / "0001_c1s1_000001_00.jpg"  # a 16-bit PNG under a .jpg name
     Image.fromarray(np.full((64, 32), 32768, dtype=np.uint16)).save(grey16, format="PNG")
@@ -963,7 +962,7 @@ def test_odd_image_modes_decode_as_they_are_meant_to_be_seen(tmp_path, recwarn):
     assert not [w for w in recwarn if "PIL mode" in str(w.message)]  # usual modes: no warning
 
     floating = Image.fromarray(np.full((64, 32), 0.5, dtype=np.float32))  # mode F: warned once
-    from isgan_torchreid.data.images import to_rgb
+    from isgan_torchreid.image_files import to_rgb
     with pytest.warns(UserWarning, match="mode F"):
         to_rgb(floating)
     with warnings.catch_warnings():

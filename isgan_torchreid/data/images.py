@@ -9,96 +9,30 @@ training. Two guards replace it:
   second run checks only new or changed files). Each unreadable image is reported once by path; with
   ``DATA.ON_BAD_IMAGE skip`` it is left out of its split (and counted), with ``error`` the run stops before
   training. A split left empty is reported by folder.
-* **At load time**, :func:`read_image` (torchreid's ``read_image`` is replaced by it, see :mod:`..compat`)
-  retries an I/O error twice, then raises :class:`~isgan_torchreid.errors.BadImageError` instead of looping.
+* **At load time**, :func:`isgan_torchreid.image_files.read_image` (torchreid's ``read_image`` is replaced by it,
+  see :mod:`..compat`) retries an I/O error twice, then raises :class:`~isgan_torchreid.errors.BadImageError`
+  instead of looping.
 """
 import hashlib
 import json
 import os
-import time
-import warnings
 from concurrent.futures import ThreadPoolExecutor
 
-import numpy as np
 import PIL
-from PIL import Image, ImageOps
 
+from .. import image_files
 from ..console import progress
+from ..errors import ISGANError
 from ..storage import write_json
-from ..errors import BadImageError, ISGANError
 
-READ_ATTEMPTS = 3  # tries of a read that fails with an I/O error (a network file system's hiccup)
-READ_PAUSE = 0.5  # seconds between them
 _SPLITS = ("train", "query", "gallery")
-
-
-_WARNED_MODES = set()  # unusual modes already warned about, once per process
-_USUAL_MODES = {"RGB", "L", "P", "RGBA", "LA", "PA", "CMYK", "YCbCr", "1", "RGBX", "La", "RGBa"}
-
-
-def to_rgb(img):
-    """Any PIL image -> RGB as it is meant to be seen: EXIF orientation applied, 16- and 32-bit integer greyscale
-    scaled to 8 bits (``convert`` would clip it: a 16-bit mid-grey turns white), palette, alpha and CMYK through
-    PIL's conversions. Float images and other rare modes are converted by PIL with one warning per mode."""
-    img = ImageOps.exif_transpose(img)
-    if img.mode in ("I", "I;16", "I;16L", "I;16B", "I;16N"):
-        values = np.asarray(img, dtype=np.float64)
-        top = 65535.0 if img.mode != "I" or values.max() > 255 else 255.0  # PNG's 16-bit grey opens as I or I;16
-        grey = np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8)
-        return Image.fromarray(grey, "L").convert("RGB")
-    if img.mode not in _USUAL_MODES and img.mode not in _WARNED_MODES:
-        _WARNED_MODES.add(img.mode)
-        warnings.warn(f"images of PIL mode {img.mode} (e.g. {getattr(img, 'filename', '') or 'an image'}) are "
-                      f"converted to RGB by PIL's rules; check that they look right", stacklevel=2)
-    return img.convert("RGB")
-
-
-def decode(path):
-    """The image at ``path`` as an RGB PIL image, fully decoded (what torchreid's ``read_image`` returns), by
-    :func:`to_rgb`."""
-    with Image.open(path) as img:
-        return to_rgb(img)
-
-
-def _reason(error, path):
-    """``error`` in a few words: its type and first line, without the path (PIL repeats it)."""
-    text = str(error).strip().splitlines()[0] if str(error).strip() else ""
-    text = text.replace(repr(path), "").replace(path, "").strip(" :")
-    return f"{type(error).__name__}: {text}" if text else type(error).__name__
-
-
-def read_image(path):
-    """:func:`decode`, retrying an I/O error (``OSError`` with an errno) ``READ_ATTEMPTS`` times in all; a file
-    that cannot be decoded raises :class:`BadImageError` at once."""
-    for attempt in range(READ_ATTEMPTS):
-        try:
-            return decode(path)
-        except OSError as e:
-            if e.errno is None or attempt + 1 == READ_ATTEMPTS:
-                reason = _reason(e, path)
-                break
-            time.sleep(READ_PAUSE)
-        except Exception as e:  # PIL raises SyntaxError, ValueError, DecompressionBombError... on broken files
-            reason = _reason(e, path)
-            break
-    raise BadImageError(f"image {path} cannot be read ({reason}); replace or delete it and run again (the run "
-                        f"resumes from its latest checkpoint; DATA.ON_BAD_IMAGE skip leaves such images out)")
-
-
-def unreadable(path):
-    """Why ``path`` cannot be decoded, or None when it can."""
-    try:
-        decode(path)
-    except Exception as e:  # any failure to decode makes the image unusable
-        return _reason(e, path)
-    return None
 
 
 # ---------------------------------------------------------------------------- the check before training
 
 
 class CheckCache:
-    """Results of :func:`unreadable` per folder, in ``folder_cache/<hash of the folder path>.json``.
+    """Results of :func:`~isgan_torchreid.image_files.unreadable` per folder, in ``folder_cache/<hash of the folder path>.json``.
 
     An entry is reused while the file's size and mtime are unchanged (and for the same Pillow version). A
     folder that cannot be written (read-only DATA.ROOT) only costs a re-check next time.
@@ -147,7 +81,7 @@ def check_images(paths, cache=None, threads=None, desc="checking images"):
             try:
                 st = os.stat(path)
             except OSError as e:
-                bad[path] = _reason(e, path)
+                bad[path] = image_files.failure_reason(e, path)
                 continue
             entry = records[folder].get(os.path.basename(path))
             if entry and entry[:2] == [st.st_size, st.st_mtime_ns]:
@@ -158,7 +92,7 @@ def check_images(paths, cache=None, threads=None, desc="checking images"):
     if todo:
         workers = threads or min(32, 2 * (os.cpu_count() or 1))
         with ThreadPoolExecutor(workers) as pool:
-            decoded = pool.map(unreadable, [path for path, _ in todo], chunksize=16)  # in order, as they finish
+            decoded = pool.map(image_files.unreadable, [path for path, _ in todo], chunksize=16)  # in order, as they finish
             reasons = list(progress(decoded, total=len(todo), desc=desc, unit="img"))
         for (path, st), reason in zip(todo, reasons):
             records[os.path.dirname(path)][os.path.basename(path)] = [st.st_size, st.st_mtime_ns, reason]

@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from .. import compat, console, storage
-from ..data import images
+from .. import compat, console, image_files, storage
 from ..engine.evaluation import descriptor
 from ..errors import ISGANError
 
@@ -47,8 +46,8 @@ def test_transform(spec):
 
 def read_image(path):
     """An RGB PIL image, decoded now as training and evaluation decode it (EXIF orientation, 16-bit grey: see
-    :func:`~isgan_torchreid.data.images.to_rgb`); raises OSError/ValueError for unreadable files (no retry)."""
-    return images.decode(path)
+    :func:`~isgan_torchreid.image_files.to_rgb`); raises OSError/ValueError for unreadable files (no retry)."""
+    return image_files.decode(path)
 
 
 def image_tensor(image, transform):
@@ -63,7 +62,7 @@ def image_tensor(image, transform):
     elif isinstance(image, np.ndarray):
         image = Image.fromarray(image)  # (H, W, 3) uint8 RGB
     elif isinstance(image, Image.Image):
-        image = images.to_rgb(image)
+        image = image_files.to_rgb(image)
     else:
         raise TypeError(f"embed: expected image paths, PIL images or (H, W, 3) uint8 arrays, "
                         f"got {type(image).__name__}")
