@@ -16,7 +16,7 @@ from importlib import resources
 import yaml
 from yacs.config import CfgNode as CN
 
-from .data import synthetic
+from .data.synth_spec import INT_RANGES as SYNTH_RANGES
 from .errors import ISGANError
 
 # the YAML configs shipped inside the package (package data in pyproject.toml); a real folder, because pip installs
@@ -187,7 +187,7 @@ _RANGES = {
     "DATA.WIDTH": "[1, inf)",
     "DATA.WORKERS": "[0, inf)",
     "DATA.LOADER_TIMEOUT": "[0, inf)",
-    **{f"DATA.SYNTH.{field.upper()}": f"[{lo}, {hi}]" for field, (lo, hi) in synthetic.INT_RANGES.items()
+    **{f"DATA.SYNTH.{field.upper()}": f"[{lo}, {hi}]" for field, (lo, hi) in SYNTH_RANGES.items()
        if field.upper() in _C.DATA.SYNTH},
     "SAMPLER.P": "[1, inf)",
     "SAMPLER.K": "[1, inf)",

@@ -15,8 +15,9 @@ import torchreid
 from PIL import Image
 
 from isgan_torchreid.data import synthetic
+from isgan_torchreid.data.synth_spec import STYLES, SynthSpec
 from isgan_torchreid.data.synthetic import (
-    DATASETS, SynthPerson, SynthPersonB, SynthSpec, default_spec, ensure, generate, set_default_spec
+    DATASETS, SynthPerson, SynthPersonB, default_spec, ensure, generate, set_default_spec
 )
 from isgan_torchreid.errors import ISGANError
 
@@ -212,7 +213,7 @@ def test_registered_defaults_and_styles_differ():
     a, b = default_spec('synthperson'), default_spec('synthperson_b')
     assert (a.style, b.style) == ('a', 'b') and a.seed != b.seed
     assert (a.height, a.width) == (128, 64)
-    assert synthetic._STYLES['a'] != synthetic._STYLES['b']
+    assert STYLES['a'] != STYLES['b']
     with pytest.raises(ISGANError, match='set_default_spec'):
         default_spec('no_such_dataset')
     with pytest.raises(TypeError, match='SynthSpec'):

@@ -32,7 +32,8 @@ _SPLITS = ("train", "query", "gallery")
 
 
 class CheckCache:
-    """Results of :func:`~isgan_torchreid.image_files.unreadable` per folder, in ``folder_cache/<hash of the folder path>.json``.
+    """Results of :func:`~isgan_torchreid.image_files.unreadable` per folder, in
+    ``folder_cache/<hash of the folder path>.json``.
 
     An entry is reused while the file's size and mtime are unchanged (and for the same Pillow version). A
     folder that cannot be written (read-only DATA.ROOT) only costs a re-check next time.
@@ -92,7 +93,8 @@ def check_images(paths, cache=None, threads=None, desc="checking images"):
     if todo:
         workers = threads or min(32, 2 * (os.cpu_count() or 1))
         with ThreadPoolExecutor(workers) as pool:
-            decoded = pool.map(image_files.unreadable, [path for path, _ in todo], chunksize=16)  # in order, as they finish
+            # in order, as they finish
+            decoded = pool.map(image_files.unreadable, [path for path, _ in todo], chunksize=16)
             reasons = list(progress(decoded, total=len(todo), desc=desc, unit="img"))
         for (path, st), reason in zip(todo, reasons):
             records[os.path.dirname(path)][os.path.basename(path)] = [st.st_size, st.st_mtime_ns, reason]
