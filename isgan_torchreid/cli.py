@@ -127,15 +127,6 @@ def prepare_output_dir(path):
         print(f"=> removed {stale}, left by a writer that was killed")
 
 
-def select_device(cfg):
-    """DEVICE 'auto' -> cuda when present, else cpu; under torchrun, CUDA means the LOCAL_RANK GPU."""
-    if cfg.DEVICE == "auto":
-        return distributed.local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
-    if cfg.DEVICE.startswith("cuda") and not torch.cuda.is_available():
-        raise ISGANError(f"DEVICE = {cfg.DEVICE} but no CUDA device is available; set DEVICE auto or cpu")
-    return distributed.local_device(torch.device(cfg.DEVICE))
-
-
 STAGE2_NOTE = ("stage 2 trains E_U, G and D only: E_R and the trunk (the test descriptor) stay as stage 1 left "
                "them, so stage 2's metrics equal stage 1's by construction.")
 
@@ -177,7 +168,7 @@ def setup(cfg):
         dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
     compat.torchreid_base().utils.set_random_seed(cfg.SEED)
     configure_cpu(cfg)
-    device = select_device(cfg)
+    device = distributed.select_device(cfg)
     configure_device(cfg, device)
     with comm.main_process_first():
         dm = build_datamanager(cfg, use_gpu=device.type == "cuda")
@@ -334,7 +325,7 @@ def train_main(argv):
     log = console_log(os.path.join(cfg.OUTPUT_DIR, "train.log"), command) if main else contextlib.nullcontext()
     with output_dir_lock(cfg.OUTPUT_DIR, enabled=main), log:
         print(f"=> {'resuming from' if found else 'starting with no'} checkpoints in {cfg.OUTPUT_DIR}")
-        device = select_device(cfg)
+        device = distributed.select_device(cfg)
         with distributed.process_group(device, cfg.TRAIN.DIST_TIMEOUT):
             distributed.check_config(cfg, device)
             device, dm = setup(cfg)

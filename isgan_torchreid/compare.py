@@ -30,6 +30,7 @@ from tabulate import tabulate
 
 from . import cli, comm, compat, storage
 from .config import load_config, resolve_config_file
+from .engine import distributed
 from .engine.hooks import EpochTimer, default_hooks
 from .engine.lock import output_dir_lock
 from .errors import ISGANError
@@ -124,7 +125,7 @@ def resnet50_trunk(cfg):
 def cpu_default(cfgs):
     """The default methods' configs {method: cfg} -> those to run: on the CPU (DEVICE as training resolves it),
     those without a ResNet-50 trunk, with one printed line naming the others; every one on a GPU."""
-    if cli.select_device(next(iter(cfgs.values()))).type != "cpu":
+    if distributed.select_device(next(iter(cfgs.values()))).type != "cpu":
         return list(cfgs)
     left_out = [m for m, cfg in cfgs.items() if resnet50_trunk(cfg)]
     kept = [m for m in cfgs if m not in left_out]

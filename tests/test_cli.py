@@ -6,9 +6,10 @@ import sys
 from types import SimpleNamespace
 
 import pytest
+import torch
 
-from isgan_torchreid import cli
-from isgan_torchreid import storage
+from isgan_torchreid import cli, storage
+from isgan_torchreid.engine import distributed
 from isgan_torchreid.errors import ISGANError
 
 from conftest import CONFIGS, REPO, make_run
@@ -87,11 +88,11 @@ def test_training_sets_denormals_and_the_allocator_from_the_config(tmp_path, dat
 
 def test_device_selection(monkeypatch):
     from isgan_torchreid.config import load_config
-    assert cli.select_device(load_config(None, ["DEVICE", "cpu"])).type == "cpu"
-    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
-    assert cli.select_device(load_config(None)).type == "cpu"
+    assert distributed.select_device(load_config(None, ["DEVICE", "cpu"])).type == "cpu"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert distributed.select_device(load_config(None)).type == "cpu"
     with pytest.raises(ISGANError, match="no CUDA device"):
-        cli.select_device(load_config(None, ["DEVICE", "cuda"]))
+        distributed.select_device(load_config(None, ["DEVICE", "cuda"]))
 
 
 def test_results_table_lists_every_stage_and_target():

@@ -180,7 +180,8 @@ def _disentangle_table(args):
 
 def benchmark_main(argv=None):
     """tools/benchmark.py: the tables the flags ask for (see ``--help``)."""
-    from ..cli import is_name, parse_args, pop_list_flag, reports_errors, select_device
+    from ..cli import is_name, parse_args, pop_list_flag, reports_errors
+    from ..engine import distributed
     from ..config import load_config
     from .. import comm
 
@@ -204,7 +205,7 @@ def benchmark_main(argv=None):
             return _inference_tables(cfg, args)
         if args.gallery is not None:
             return _gallery_table(args)
-        device = select_device(cfg)
+        device = distributed.select_device(cfg)
         if args.dc:
             return _dc_table(cfg, args, device)
         return _training_tables(cfg, args, device)

@@ -23,6 +23,7 @@ from torch import Tensor
 from .. import storage
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..engine import checkpoint as ckpt
+from ..engine import distributed
 from ..engine.objective import image_to_unit, nuisance_map
 from ..errors import ISGANError
 from ..models import build_model
@@ -153,8 +154,7 @@ def gan_from_checkpoint(weights, config_file=None, opts=(), device=None):
         raise ISGANError(f"{weights} holds no E_U or G tensors; load_gan needs a stage-2 or stage-3 checkpoint of "
                          f"an IS-GAN run (OUTPUT_DIR/stage2/ or stage3/latest.pth.tar)")
     if device is None:
-        from ..cli import select_device
-        device = select_device(cfg)
+        device = distributed.select_device(cfg)
     model = load_model(cfg, state, strict=True, device=device)
     return GAN(model, cfg.LOSS.TARGET_SPACE, cfg.DATA.HEIGHT, cfg.DATA.WIDTH), cfg, state
 

@@ -31,7 +31,7 @@ from torch import nn
 from ..comm import env_world_size, get_world_size, group_initialized, is_main_process
 from ..errors import ISGANError
 
-__all__ = ["local_device", "process_group", "check_config", "data_parallel", "ParallelView", "sync_batchnorm",
+__all__ = ["local_device", "select_device", "process_group", "check_config", "data_parallel", "ParallelView", "sync_batchnorm",
            "wait_for_main_to_report"]
 
 # how long a rank other than 0 waits, after a user error, for rank 0 to print the same error and bring the
@@ -55,6 +55,15 @@ def local_device(device: torch.device) -> torch.device:
                          f"{torch.cuda.device_count()} GPU(s); use --nproc_per_node {torch.cuda.device_count()}, "
                          f"or DEVICE cpu")
     return torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def select_device(cfg):
+    """DEVICE 'auto' -> cuda when present, else cpu; under torchrun, CUDA means the LOCAL_RANK GPU."""
+    if cfg.DEVICE == "auto":
+        return local_device(torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    if cfg.DEVICE.startswith("cuda") and not torch.cuda.is_available():
+        raise ISGANError(f"DEVICE = {cfg.DEVICE} but no CUDA device is available; set DEVICE auto or cpu")
+    return local_device(torch.device(cfg.DEVICE))
 
 
 @contextlib.contextmanager

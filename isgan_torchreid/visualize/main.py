@@ -15,11 +15,12 @@ import os
 import numpy as np
 
 from .. import compat
-from ..cli import is_value, parse_args, pop_list_flag, reports_errors, select_device
+from ..cli import is_value, parse_args, pop_list_flag, reports_errors
 from ..config import load_config
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD, build_datamanager
 from ..deploy.gan import describe, gan_from_checkpoint, load_model
 from ..engine import checkpoint as ckpt
+from ..engine import distributed
 from ..errors import ISGANError
 from .canvas import denormalize, display_scale, font_size_for, parse_market_name, save_png
 from .disentangle import interpolation_figure, pairs_figure, parse_slots, swap_figure
@@ -128,7 +129,7 @@ def run_rank(args, opts):
     models = []
     for weights in args.weights:
         cfg, state = ckpt.checkpoint_config(weights, args.config_file, opts)
-        device = select_device(cfg)
+        device = distributed.select_device(cfg)
         model = load_model(cfg, state, strict=False, device=device, origin=weights)
         stage = f" stage {state['stage']}" if "stage" in state else ""
         stage += " = E_R baseline" if cfg.MODEL.NAME == "isgan" and state.get("stage") == 1 else ""
