@@ -1,4 +1,5 @@
 """The optimisers of a stage (isgan_torchreid.engine.optim)."""
+import pytest
 import torch
 
 from isgan_torchreid.engine import optim
@@ -66,3 +67,26 @@ def test_sgd_skips_on_the_device_and_then_makes_torchs_steps():
         plain.step()
     for p, r in zip(params, reference):
         torch.testing.assert_close(p, r, rtol=1e-6, atol=1e-7)
+
+
+def test_a_spec_builds_its_optimiser_schedule_and_slow_group():
+    fast, slow = torch.nn.Linear(3, 2), torch.nn.Linear(2, 2)
+    spec = optim.OptimizerSpec((fast, slow), "adam", lr=1e-3, weight_decay=5e-4, milestones=(2,), gamma=0.5,
+                               betas=(0.5, 0.9), amsgrad=True, slow=(slow,), slow_mult=0.1)
+    built = optim.build_optimizer(spec, lambda: torch.amp.GradScaler("cpu", enabled=False))
+    fast_group, slow_group = built.optimizer.param_groups
+    assert isinstance(built.optimizer, torch.optim.Adam) and fast_group["betas"] == (0.5, 0.9) and fast_group["amsgrad"]
+    assert {id(p) for p in fast_group["params"]} == {id(p) for p in fast.parameters()} and fast_group["lr"] == 1e-3
+    assert {id(p) for p in slow_group["params"]} == {id(p) for p in slow.parameters()}
+    assert slow_group["lr"] == pytest.approx(1e-4)
+    for _ in range(2):
+        built.optimizer.step()
+        built.scheduler.step()
+    assert fast_group["lr"] == pytest.approx(5e-4)  # the milestone halved it
+    sgd = optim.build_optimizer(optim.OptimizerSpec((fast,), "sgd", lr=0.1, weight_decay=0.0, momentum=0.9),
+                                lambda: torch.amp.GradScaler("cpu", enabled=False))
+    assert isinstance(sgd.optimizer, torch.optim.SGD) and len(sgd.optimizer.param_groups) == 1
+    assert sgd.optimizer.param_groups[0]["momentum"] == 0.9
+    with pytest.raises(ValueError, match="unknown optimiser kind 'rmsprop'"):
+        optim.build_optimizer(optim.OptimizerSpec((fast,), "rmsprop", lr=0.1, weight_decay=0.0),
+                              lambda: torch.amp.GradScaler("cpu", enabled=False))

@@ -31,8 +31,8 @@ from torch import nn
 from ..comm import env_world_size, get_world_size, group_initialized, is_main_process
 from ..errors import ISGANError
 
-__all__ = ["local_device", "select_device", "process_group", "check_config", "data_parallel", "ParallelView", "sync_batchnorm",
-           "wait_for_main_to_report"]
+__all__ = ["local_device", "select_device", "process_group", "check_config", "data_parallel", "ParallelView",
+           "sync_batchnorm", "wait_for_main_to_report"]
 
 # how long a rank other than 0 waits, after a user error, for rank 0 to print the same error and bring the
 # job down (torchrun stops every rank as soon as one exits); after that it prints the error itself

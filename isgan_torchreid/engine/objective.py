@@ -44,9 +44,10 @@ from ..losses import isgan as L
 from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners, sample_strangers
 from ..visualize import denormalize
 from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
+from .optim import OptimizerSpec
 
-__all__ = ["LossSettings", "Precision", "Generation", "image_target", "image_to_unit", "IdentityObjective",
-           "ISGANObjective", "build_objective", "luminance", "local_contrast", "nuisance_map"]
+__all__ = ["LossSettings", "OptimizerSettings", "Precision", "Generation", "image_target", "image_to_unit",
+           "IdentityObjective", "ISGANObjective", "build_objective", "luminance", "local_contrast", "nuisance_map"]
 
 # attributes of ISGAN that each stage trains
 ISGAN_STAGE_MODULES = {
@@ -88,6 +89,48 @@ class LossSettings:
         values = {f.name: cfg.LOSS[f.name.upper()] for f in dataclasses.fields(cls)}
         values["lambda_u"] = tuple(values["lambda_u"])
         return cls(**values)
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """The optimiser keys of TRAIN, resolved once (docs/configuration.md)."""
+
+    lr: Dict[int, float]  # stage -> learning rate
+    milestones: Dict[int, Tuple[int, ...]]  # stage -> MultiStepLR milestones
+    gamma: float
+    adam_betas: Tuple[float, float]
+    weight_decay: float
+    amsgrad: bool
+    d_optimizer: str  # sgd | adam
+    d_momentum: float
+    d_adam_betas: Tuple[float, float]
+    d_lr_mult: float
+    d_weight_decay: float
+    lr_mult_gu: float  # stage 3: G and E_U at this x the rate
+
+    @classmethod
+    def from_config(cls, cfg):
+        t = cfg.TRAIN
+        return cls({n: t[f"STAGE{n}"].LR for n in (1, 2, 3)},
+                   {n: tuple(t[f"STAGE{n}"].MILESTONES) for n in (1, 2, 3)}, t.GAMMA, tuple(t.ADAM_BETAS),
+                   t.WEIGHT_DECAY, t.AMSGRAD, t.D_OPTIMIZER, t.D_MOMENTUM, tuple(t.D_ADAM_BETAS), t.D_LR_MULT,
+                   t.D_WEIGHT_DECAY, t.LR_MULT_GU)
+
+    def adam(self, stage: int, modules, slow=()) -> OptimizerSpec:
+        """Adam with the authors' settings (betas, coupled weight decay, amsgrad) at the stage's rate; ``slow``
+        modules at LR_MULT_GU x it in stage 3."""
+        return OptimizerSpec(tuple(modules), "adam", self.lr[stage], self.weight_decay, self.milestones[stage],
+                             self.gamma, betas=self.adam_betas, amsgrad=self.amsgrad,
+                             slow=tuple(slow) if stage == 3 else (), slow_mult=self.lr_mult_gu)
+
+    def discriminator(self, stage: int, modules) -> OptimizerSpec:
+        """D's optimiser: SGD with momentum (paper) or Adam with D_ADAM_BETAS, at D_LR_MULT x the stage's rate."""
+        lr = self.lr[stage] * self.d_lr_mult
+        if self.d_optimizer == "adam":
+            return OptimizerSpec(tuple(modules), "adam", lr, self.d_weight_decay, self.milestones[stage],
+                                 self.gamma, betas=self.d_adam_betas)
+        return OptimizerSpec(tuple(modules), "sgd", lr, self.d_weight_decay, self.milestones[stage], self.gamma,
+                             momentum=self.d_momentum)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -222,20 +265,21 @@ class IdentityObjective:
 
     stages = (1, 3)
 
-    def __init__(self, model: nn.Module, losses: LossSettings, precision: Precision):
+    def __init__(self, model: nn.Module, losses: LossSettings, precision: Precision, optim: OptimizerSettings):
         self.model = model
         self.net = model  # what the steps call: the model, or a view of DDP wrappers of its modules
         self.losses = losses
         self.precision = precision
+        self.optim = optim
         self.triplet = compat.torchreid_base().losses.TripletLoss(margin=losses.triplet_margin)
 
     def trainable_modules(self, stage: int) -> List[nn.Module]:
         """The modules that ``stage`` updates (all of them: stage 3 only lowers the learning rate)."""
         return [self.model]
 
-    def optimized_groups(self, stage: int) -> Dict[str, List[nn.Module]]:
-        """Optimiser name -> the modules it updates in ``stage``."""
-        return {"model": self.trainable_modules(stage)}
+    def optimizers(self, stage: int) -> Dict[str, OptimizerSpec]:
+        """Optimiser name -> what it updates in ``stage`` and how: the whole model, Adam."""
+        return {"model": self.optim.adam(stage, self.trainable_modules(stage))}
 
     def parallel_modules(self, stage: int) -> List[str]:
         """What the steps of ``stage`` call whose parameters train: "model" (the whole), or attribute names of
@@ -272,9 +316,9 @@ class ISGANObjective(IdentityObjective):
 
     stages = (1, 2, 3)
 
-    def __init__(self, model: nn.Module, losses: LossSettings, precision: Precision, joint_g_batch: bool = True,
-                 grad_norm_freq: int = 0):
-        super().__init__(model, losses, precision)
+    def __init__(self, model: nn.Module, losses: LossSettings, precision: Precision, optim: OptimizerSettings,
+                 joint_g_batch: bool = True, grad_norm_freq: int = 0):
+        super().__init__(model, losses, precision, optim)
         if losses.lambda_s <= 0 and losses.lambda_ps <= 0:
             raise ValueError("ISGANObjective: LAMBDA_S and LAMBDA_PS are both 0; stages 2-3 need one of them")
         self.joint_g_batch = joint_g_batch
@@ -289,14 +333,15 @@ class ISGANObjective(IdentityObjective):
         """Stage 1 calls the model (its forward runs the trunk and E_R); stages 2-3 call each trained module."""
         return ["model"] if stage == 1 else list(ISGAN_STAGE_MODULES[stage])
 
-    def optimized_groups(self, stage: int) -> Dict[str, List[nn.Module]]:
-        """Encoders + G under one optimiser, D under its own (stages 2-3)."""
-        disc = self.model.discriminator
-        modules = self.trainable_modules(stage)
-        groups = {"model": [m for m in modules if m is not disc]}
+    def optimizers(self, stage: int) -> Dict[str, OptimizerSpec]:
+        """Encoders + G under one Adam (E_U and G at LR_MULT_GU x the rate in stage 3), D under its own
+        (stages 2-3)."""
+        m = self.model
+        encoders_and_g = [x for x in self.trainable_modules(stage) if x is not m.discriminator]
+        specs = {"model": self.optim.adam(stage, encoders_and_g, slow=[m.encoder_u, m.generator])}
         if stage > 1:
-            groups["discriminator"] = [disc]
-        return groups
+            specs["discriminator"] = self.optim.discriminator(stage, [m.discriminator])
+        return specs
 
     # ------------------------------------------------------------------ images
 
@@ -450,8 +495,7 @@ def warn_singletons(dataset, objective) -> None:
 
 def build_objective(cfg, model: nn.Module, device: torch.device) -> IdentityObjective:
     """IS-GAN's objective for a model with E_U, G and D; the identity objective for any other."""
-    losses = LossSettings.from_config(cfg)
-    precision = Precision.from_config(cfg, device)
+    settings = LossSettings.from_config(cfg), Precision.from_config(cfg, device), OptimizerSettings.from_config(cfg)
     if all(hasattr(model, name) for name in GAN_MODULES):
-        return ISGANObjective(model, losses, precision, cfg.MODEL.G_JOINT_BATCH, cfg.TRAIN.GRAD_NORM_FREQ)
-    return IdentityObjective(model, losses, precision)
+        return ISGANObjective(model, *settings, cfg.MODEL.G_JOINT_BATCH, cfg.TRAIN.GRAD_NORM_FREQ)
+    return IdentityObjective(model, *settings)

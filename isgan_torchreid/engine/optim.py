@@ -1,9 +1,10 @@
 """Optimisers of a stage and one optimiser's update (backward, loss scaling, non-finite policy, step).
 
-Adam (β, coupled weight decay, amsgrad: the authors' setting) updates the encoders and G; SGD with
-momentum updates D (paper Sec. 4.1), or Adam with DCGAN's betas (TRAIN.D_OPTIMIZER adam). Each stage
-builds fresh optimisers over the modules it trains, with its own learning rate and MultiStepLR milestones.
+A method (its objective, :mod:`.objective`) asks for each stage's optimisers as :class:`OptimizerSpec`\ s: the
+modules, Adam or SGD and their settings, a MultiStepLR schedule; :func:`build_optimizer` builds them fresh
+when the stage starts. Nothing here knows which method asks.
 """
+import dataclasses
 import math
 import warnings
 from typing import Callable, Dict, List, Tuple
@@ -14,7 +15,7 @@ from torch import Tensor, nn
 from .. import comm
 from .scalars import ScalarQueue
 
-__all__ = ["StageOptimizer", "adam", "sgd", "build_stage_optimizers", "NonfiniteLog", "Update"]
+__all__ = ["StageOptimizer", "adam", "sgd", "OptimizerSpec", "build_optimizer", "NonfiniteLog", "Update"]
 
 
 class StageOptimizer:
@@ -71,35 +72,39 @@ def sgd(params, momentum: float, **settings) -> torch.optim.SGD:
     return opt
 
 
-def build_stage_optimizers(cfg, stage: int, groups: Dict[str, List[nn.Module]], slow: List[nn.Module],
-                           make_scaler: Callable[[], torch.amp.GradScaler]) -> Dict[str, StageOptimizer]:
-    """One :class:`StageOptimizer` per entry of ``groups`` (name -> modules it updates).
+@dataclasses.dataclass(frozen=True)
+class OptimizerSpec:
+    """One optimiser of a stage as a method asks for it (its settings resolved from the config): what it updates,
+    the update rule, the learning-rate schedule."""
 
-    "discriminator" gets TRAIN.D_OPTIMIZER (SGD or Adam, coupled weight decay D_WEIGHT_DECAY) at D_LR_MULT x the
-    stage's learning rate, every other group Adam. In stage 3 the parameters of ``slow`` modules (G and
-    E_U) run at TRAIN.LR_MULT_GU x the stage's learning rate.
-    """
-    train, node = cfg.TRAIN, cfg.TRAIN[f"STAGE{stage}"]
-    built = {}
-    for name, modules in groups.items():
-        params = [p for m in modules for p in m.parameters()]
-        d_lr = node.LR * train.D_LR_MULT
-        if name == "discriminator" and train.D_OPTIMIZER == "adam":
-            opt = adam(params, lr=d_lr, betas=tuple(train.D_ADAM_BETAS), weight_decay=train.D_WEIGHT_DECAY)
-        elif name == "discriminator":
-            opt = sgd(params, lr=d_lr, momentum=train.D_MOMENTUM, weight_decay=train.D_WEIGHT_DECAY)
-        else:
-            slowed = stage == 3 and train.LR_MULT_GU != 1.0
-            slow_ids = {id(p) for m in slow for p in m.parameters()} if slowed else set()
-            param_groups = [{"params": [p for p in params if id(p) not in slow_ids], "lr": node.LR}]
-            if slow_ids:
-                param_groups.append({"params": [p for p in params if id(p) in slow_ids],
-                                     "lr": node.LR * train.LR_MULT_GU})
-            opt = adam(param_groups, lr=node.LR, betas=tuple(train.ADAM_BETAS), weight_decay=train.WEIGHT_DECAY,
-                       amsgrad=train.AMSGRAD)
-        sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(node.MILESTONES), gamma=train.GAMMA)
-        built[name] = StageOptimizer(opt, sched, make_scaler())
-    return built
+    modules: Tuple[nn.Module, ...]
+    kind: str  # "adam" | "sgd"
+    lr: float
+    weight_decay: float  # coupled (L2 in the gradient), as the authors' code
+    milestones: Tuple[int, ...] = ()  # epochs at which MultiStepLR multiplies the rate by gamma
+    gamma: float = 0.1
+    betas: Tuple[float, float] = (0.9, 0.999)  # adam
+    amsgrad: bool = False  # adam
+    momentum: float = 0.0  # sgd
+    slow: Tuple[nn.Module, ...] = ()  # modules among ``modules`` updated at lr x slow_mult
+    slow_mult: float = 1.0
+
+
+def build_optimizer(spec: OptimizerSpec, make_scaler: Callable[[], torch.amp.GradScaler]) -> StageOptimizer:
+    """The optimiser, scheduler and scaler that ``spec`` asks for."""
+    params = [p for m in spec.modules for p in m.parameters()]
+    slow_ids = {id(p) for m in spec.slow for p in m.parameters()} if spec.slow_mult != 1.0 else set()
+    groups = [{"params": [p for p in params if id(p) not in slow_ids], "lr": spec.lr}]
+    if slow_ids:
+        groups.append({"params": [p for p in params if id(p) in slow_ids], "lr": spec.lr * spec.slow_mult})
+    if spec.kind == "adam":
+        opt = adam(groups, lr=spec.lr, betas=tuple(spec.betas), weight_decay=spec.weight_decay, amsgrad=spec.amsgrad)
+    elif spec.kind == "sgd":
+        opt = sgd(groups, lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    else:
+        raise ValueError(f"unknown optimiser kind {spec.kind!r}; use adam or sgd")
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(spec.milestones), gamma=spec.gamma)
+    return StageOptimizer(opt, sched, make_scaler())
 
 
 class NonfiniteLog:

@@ -25,7 +25,7 @@ from . import distributed
 from .evaluation import compute_distance_matrix, evaluate, extract_features
 from .hooks import HookBase, default_hooks
 from .objective import ISGANObjective, build_objective, warn_singletons
-from .optim import NonfiniteLog, Update, build_stage_optimizers
+from .optim import NonfiniteLog, Update, build_optimizer
 
 Engine = compat.torchreid_base().engine.Engine
 
@@ -98,9 +98,8 @@ class ISGANEngine(Engine):
             raise ISGANError(f"{type(self.model).__name__} has no stage {stage} (it has no E_U/G/D): train it with "
                              f"TRAIN.STAGES {list(self.objective.stages)} or a subset")
         self.stage = stage
-        slow = [getattr(self.model, n) for n in ("encoder_u", "generator") if self.is_gan]
-        self.optimizers = build_stage_optimizers(self.cfg, stage, self.objective.optimized_groups(stage), slow,
-                                                 self.precision.grad_scaler)
+        self.optimizers = {name: build_optimizer(spec, self.precision.grad_scaler)
+                           for name, spec in self.objective.optimizers(stage).items()}
         modules = {"model": self.model, "discriminator": getattr(self.model, "discriminator", None)}
         compat.set_engine_models(self, {name: (modules[name], opt.optimizer, opt.scheduler)
                                         for name, opt in self.optimizers.items()})
