@@ -1,8 +1,8 @@
 """Process-group helpers: who this process is, and the collectives the package uses (no-ops in one process).
 
-The bottom layer (with :mod:`isgan_torchreid.io`): it imports nothing of the package but its errors. The group
-itself is joined by :func:`isgan_torchreid.engine.distributed.process_group`; a plain ``python`` run has world
-size 1, where every helper here does nothing or returns its input.
+Part of the bottom layer (with :mod:`.storage` and :mod:`.image_files`): it imports nothing of the package but
+its errors. The group itself is joined by :func:`isgan_torchreid.engine.distributed.process_group`; a plain
+``python`` run has world size 1, where every helper here does nothing or returns its input.
 """
 import contextlib
 import os

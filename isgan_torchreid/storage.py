@@ -1,6 +1,7 @@
 """Files on disk, written atomically and read safely: JSON, checkpoints and their temp files.
 
-The bottom layer (with :mod:`isgan_torchreid.comm`): it imports nothing of the package but its errors.
+Part of the bottom layer (with :mod:`.comm` and :mod:`.image_files`): it imports nothing of the package but its
+errors.
 
 Every file is written (or linked) to ``{path}.tmp.{pid}`` and renamed (:func:`atomic_path`), so a reader never
 sees half a file and a failed write leaves the previous one; :func:`remove_stale_temp_files` deletes the temp
@@ -24,7 +25,7 @@ __all__ = ["FORMAT", "read_json", "write_json", "write_failure", "output_file", 
            "link_checkpoint", "last_good_checkpoint", "remove_stale_temp_files", "numpy_safe_globals",
            "is_safetensors", "load_checkpoint"]
 
-FORMAT = "isgan-torchreid/1"
+FORMAT = "isgan-torchreid/1"  # the tag save_checkpoint writes into every checkpoint
 _TEMP_NAME = re.compile(r".+\.tmp\.(\d+)$")  # {path}.tmp.{pid}: the temp file of an atomic write
 
 
