@@ -50,8 +50,12 @@ class Recorder:
         return update
 
 
+def _config(options):
+    return load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), TINY + SMALL + PLAIN_TARGETS + options)
+
+
 def _engine(options, stage):
-    cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), TINY + SMALL + PLAIN_TARGETS + options)
+    cfg = _config(options)
     torch.manual_seed(0)
     model = build_model(cfg, P).double()
     engine = ISGANEngine(cfg, NoData(P), model, torch.device("cpu"), hooks=[])
@@ -220,7 +224,7 @@ def test_one_step_is_the_papers_objective(stage, options, monkeypatch):
 
 def test_a_step_that_counts_other_fakes_is_caught(monkeypatch):
     """The comparison can fail: a step whose L_C leaves out the auto-encoded fakes (the reference counts them)."""
-    losses = _engine([], 2).objective.losses
+    losses = LossSettings.from_config(_config([]))
     assert losses.class_on_auto
     step_losses = dataclasses.replace(losses, class_on_auto=False)
     recorder, terms, grads, _ = _step_and_reference([], 2, monkeypatch, step_losses)

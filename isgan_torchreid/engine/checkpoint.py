@@ -179,8 +179,8 @@ def training_state(engine, epoch):
 
 def write_training_state(out, state):
     """Write ``state`` (:func:`training_state`) to its stage's ``latest.pth.tar``; a finished stage's (it holds no
-    optimisers) also becomes ``model.pth.tar-{epoch}``, a hard link of it (:func:`link_checkpoint`): a finished
-    stage stores its weights once."""
+    optimisers) also becomes ``model.pth.tar-{epoch}``, a hard link of it
+    (:func:`~isgan_torchreid.storage.link_checkpoint`): a finished stage stores its weights once."""
     latest = latest_path(out, state["stage"])
     storage.save_checkpoint(state, latest)
     if "optimizers" not in state:
@@ -207,8 +207,9 @@ def host_copy(obj):
 class BackgroundWriter:
     """Writes checkpoints on one background thread, one at a time, while training goes on (issue 26: an fsync'd
     GB-sized write per epoch stalls a GPU that trains an epoch in seconds). Each write is still atomic
-    (:func:`save_checkpoint`). :meth:`submit` and :meth:`wait` first wait for the write in flight and raise its
-    error (an ISGANError naming the file), so a failed write stops the run at the next checkpoint at the latest.
+    (:func:`~isgan_torchreid.storage.save_checkpoint`). :meth:`submit` and :meth:`wait` first wait for the write
+    in flight and raise its error (an ISGANError naming the file), so a failed write stops the run at the next
+    checkpoint at the latest.
     The thread is not a daemon: a run that ends (or fails) meanwhile still finishes the write in flight."""
 
     def __init__(self):
