@@ -102,6 +102,9 @@ _C.LOSS.CLASS_ON_AUTO = True  # L_C also on auto-encoded fakes (authors' code); 
 # > 0: a further fake set G(id_b, nu_a), b of another identity in the batch, without pixel target: judged by D_D
 # (in L_D) and by D_C as b, G's class term on it weighted by LAMBDA_X (L_X). 0: the paper (fakes keep their identity)
 _C.LOSS.LAMBDA_X = 0.0
+# > 0: E_R (frozen, BN in eval) reads each cross-identity fake G(id_b, nu_a) and its K part features should point
+# as id_b's do: L_code = LAMBDA_CODE x mean(1 - cos), a term of G's side. 0: the paper (no such term)
+_C.LOSS.LAMBDA_CODE = 0.0
 _C.LOSS.TARGET_SPACE = "rgb"  # rgb: [-1, 1] RGB | tanh: tanh(normalised image), the authors' target
 _C.LOSS.TRIPLET_MARGIN = 1.2  # batch-hard triplet loss on E_R's global features: MGN's, and IS-GAN's with ISGAN_TRIPLET
 _C.LOSS.LAMBDA_TRIPLET = 1.0
@@ -199,8 +202,8 @@ _RANGES = {
     "MODEL.G_WIDTH": "[8, inf)",
     "MODEL.D_WIDTH": "[8, inf)",
     **{f"LOSS.{name}": "[0, inf)" for name in ("LAMBDA_R", "LAMBDA_U", "LAMBDA_S", "LAMBDA_PS", "LAMBDA_D", "LAMBDA_C",
-                                               "LAMBDA_X", "D_LAMBDA_D", "D_LAMBDA_C", "LAMBDA_TRIPLET",
-                                               "TRIPLET_MARGIN", "KL_FREE_BITS")},
+                                               "LAMBDA_X", "LAMBDA_CODE", "D_LAMBDA_D", "D_LAMBDA_C",
+                                               "LAMBDA_TRIPLET", "TRIPLET_MARGIN", "KL_FREE_BITS")},
     "LOSS.LABEL_SMOOTH": "[0, 1)",
     "LOSS.GAN_WARMUP": "[0, inf)",
     "TRAIN.STAGES": "[1, 3]",

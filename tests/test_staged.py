@@ -23,6 +23,7 @@ from torch.overrides import TorchFunctionMode
 import isgan_torchreid.losses.isgan as loss_module
 from isgan_torchreid.cli import setup, train_main
 from isgan_torchreid.config import load_config
+from isgan_torchreid.data.build import IMAGENET_MEAN, IMAGENET_STD
 from isgan_torchreid import storage
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.engine.hooks import Checkpointer, GANWarmup, ResultsWriter
@@ -334,6 +335,50 @@ def test_cross_identity_set_is_judged_but_not_reconstructed(make_engine, batches
     assert len(g_x) == B and (g_x != pids).all()  # every row drew another identity (the batch has several)
     gen = engine.objective.generate(batches[0]["img"], pids, 2)
     assert gen.sets[-1] == "crossed" and torch.equal(gen.labels[:B], pids)
+
+
+@pytest.mark.parametrize("stage", [2, 3])
+def test_code_term_reads_cross_identity_fakes_with_a_frozen_e_r(make_engine, batches, stage):
+    """LOSS.LAMBDA_CODE alone: the cross-identity fakes exist (no L_X), E_R reads them with frozen parameters and
+    running statistics, and L_code = λ mean(1 - cos) of its part features against the drawn identity codes: it
+    trains G and E_U; E_R's reading passes no gradient to the trunk or E_R, whose BatchNorm statistics see the
+    real images only."""
+    engine = make_engine("LOSS.LAMBDA_CODE", "2.0")
+    prepare(engine, stage)
+    model, pids = engine.model, batches[0]["pid"]
+    gen = engine.objective.generate(batches[0]["img"], pids, stage)
+    assert gen.sets[-1] == "crossed" and (pids[gen.stranger] != pids).all()
+    crossed = gen.fakes.chunk(len(gen.sets))[-1]
+    term = 2.0 * engine.objective.code_loss(crossed, gen.id_feat[gen.stranger])
+    K = model.encoder_r.branches.num_features
+    model.backbone.eval(), model.encoder_r.eval()
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    with torch.no_grad():
+        read, _ = model.encoder_r(model.backbone((engine.objective.image_to_unit(crossed) - mean) / std))
+    prepare(engine, stage)
+    cos = F.cosine_similarity(read.view(len(pids), K, -1), gen.id_feat[gen.stranger].view(len(pids), K, -1), dim=2)
+    assert term.item() == pytest.approx(2.0 * (1 - cos).mean().item(), rel=1e-5)
+    model.zero_grad(set_to_none=True)
+    term.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder_u.parameters())
+    model.zero_grad(set_to_none=True)  # E_R's reading itself passes no gradient to E_R or the trunk
+    image = crossed.detach().requires_grad_()
+    engine.objective.code_loss(image, gen.id_feat[gen.stranger]).backward()
+    assert image.grad.abs().sum() > 0
+    assert all(p.grad is None for m in (model.backbone, model.encoder_r) for p in m.parameters())
+    assert all(p.requires_grad == (stage == 3) for p in model.backbone.parameters())  # restored
+    assert model.backbone.training == (stage == 3)
+
+    engine = make_engine("LOSS.LAMBDA_CODE", "2.0")
+    prepare(engine, stage)
+    reference = make_engine()
+    prepare(reference, stage)
+    summary = floats(engine.forward_backward(batches[0]))
+    floats(reference.forward_backward(batches[0]))
+    assert "L_code" in summary and "L_X" not in summary and summary["L_code"] > 0
+    running = [[b for name, b in e.model.backbone.named_buffers() if "running" in name] for e in (engine, reference)]
+    assert all(torch.equal(a, b) for a, b in zip(*running))  # the same seed: only the real pass moved them
 
 
 @pytest.mark.parametrize("stage", [2, 3])

@@ -30,7 +30,7 @@ __all__ = ["HookBase", "Checkpointer", "SampleGrids", "EncoderWriter", "ResultsW
 
 # the loss terms of a step, grouped for the progress line and TensorBoard: E_R's identity terms, the
 # encoder/G terms of Eq. 8 and D's terms [Eq. 6, 7]
-LOSS_GROUPS = {"id": ("L_R", "L_tri"), "gen": ("L_S", "L_PS", "L_U", "L_D", "L_C", "L_X"),
+LOSS_GROUPS = {"id": ("L_R", "L_tri"), "gen": ("L_S", "L_PS", "L_U", "L_D", "L_C", "L_X", "L_code"),
                "disc": ("D_dom", "D_cls")}
 # seconds per step of IS-GAN's stages relative to stage 1, for the ETA of stages not yet run: an earlier run of
 # tools/benchmark.py (ResNet-50, 384x128, CPU: 3630 / 8332 / 13274 ms per step); docs/performance.md's same-run table

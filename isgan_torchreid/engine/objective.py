@@ -76,7 +76,8 @@ class LossSettings:
     label_smooth: float
     d_label_smooth: bool
     class_on_auto: bool
-    lambda_x: float  # generator side of L_X, D_C on cross-identity fakes (0: no such fakes)
+    lambda_x: float  # generator side of L_X, D_C on cross-identity fakes
+    lambda_code: float  # L_code, E_R's reading of cross-identity fakes (cross-identity fakes when either is > 0)
     part_shuffle: str
     target_space: str
     triplet_margin: float
@@ -177,6 +178,7 @@ class Generation(NamedTuple):
     logits: List[Tensor]  # K x (B, C), E_R's classifiers
     partner: Tensor  # (B,) index of each row's positive partner
     part_mask: Optional[Tensor]  # (B, K) slots taken from the partner, None without part shuffling
+    stranger: Optional[Tensor] = None  # (B,) whose identity code each cross-identity fake drew, None without them
 
 
 @functools.lru_cache(maxsize=None)
@@ -378,7 +380,8 @@ class ISGANObjective(IdentityObjective):
             mask = self.part_mask(id_feat.size(0), id_feat.device)
             ids.append(id_feat if mask is None else part_shuffle(id_feat, id_partner, mask))
             labels.append(pids)
-        if s.lambda_x > 0:  # another identity in this image's nuisance (LOSS.LAMBDA_X)
+        stranger = None
+        if s.lambda_x > 0 or s.lambda_code > 0:  # another identity in this image's nuisance (LOSS.LAMBDA_X, _CODE)
             stranger = sample_strangers(pids)  # (B,)
             sets.append("crossed")
             ids.append(id_feat[stranger])
@@ -388,7 +391,29 @@ class ISGANObjective(IdentityObjective):
             fakes = net.generator(torch.cat(ids), nid.repeat(n, 1), torch.cat(labels))  # (n*B, 3, H, W)
         else:  # each set normalised on its own (DDP allows the n calls before one backward)
             fakes = torch.cat([net.generator(i, nid, c) for i, c in zip(ids, labels)])
-        return Generation(fakes, sets, torch.cat(labels), mu, logvar, id_feat, logits, partner, mask)
+        return Generation(fakes, sets, torch.cat(labels), mu, logvar, id_feat, logits, partner, mask, stranger)
+
+    def code_loss(self, fakes: Tensor, id_feat: Tensor) -> Tensor:
+        """L_code (LOSS.LAMBDA_CODE): E_R reads the fakes (B, 3, H, W) and its K part features should point as the
+        identity codes (B, K * p_R) they were drawn with. The pass uses the plain modules with their parameters
+        frozen and BatchNorm's running statistics: its gradient reaches the fakes only (G, E_U and, in stage 3,
+        E_R through the identity code G drew with), and E_R's statistics see real images alone. The codes are
+        targets (detached)."""
+        model = self.model
+        mean, std, _ = _channel_constants(fakes.device, fakes.dtype)
+        imgs = (self.image_to_unit(fakes) - mean) / std  # G's output -> E_R's normalised input
+        modules = (model.backbone, model.encoder_r)
+        states = [(m.training, [p.requires_grad for p in m.parameters()]) for m in modules]
+        try:
+            for m in modules:
+                m.eval().requires_grad_(False)
+            read, _ = model.encoder_r(model.backbone(imgs))  # (B, K*p_R)
+        finally:
+            for m, (training, flags) in zip(modules, states):
+                m.train(training)
+                for p, flag in zip(m.parameters(), flags):
+                    p.requires_grad_(flag)
+        return L.code_loss(read, id_feat.detach(), model.encoder_r.branches.num_features)
 
     def part_mask(self, batch_size: int, device) -> Optional[Tensor]:
         """(B, K) slots S swaps, per LOSS.PART_SHUFFLE; None for 'none' (the authors' code, bug B1)."""
@@ -457,8 +482,10 @@ class ISGANObjective(IdentityObjective):
                     sets_c = (last - first) // B
                     terms["L_C"] = self.gan_weight * s.lambda_c * sets_c * L.class_loss(cls[first:last],
                                                                                          labels[first:last])
-                if last < n * B:
+                if last < n * B and s.lambda_x > 0:
                     terms["L_X"] = self.gan_weight * s.lambda_x * L.class_loss(cls[last:], labels[last:])
+            if s.lambda_code > 0:
+                terms["L_code"] = s.lambda_code * self.code_loss(gen.fakes[last:], gen.id_feat[gen.stranger])
             if stage == 3:  # L_R [Eq. 1] (+ MGN's triplet on the global features with ISGAN_TRIPLET)
                 features = self.model.global_features(gen.id_feat) if s.isgan_triplet else None
                 terms.update(self.identity_terms(gen.logits, features, pids, s.lambda_r))

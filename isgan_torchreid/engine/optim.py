@@ -1,6 +1,6 @@
 """Optimisers of a stage and one optimiser's update (backward, loss scaling, non-finite policy, step).
 
-A method (its objective, :mod:`.objective`) asks for each stage's optimisers as :class:`OptimizerSpec`\ s: the
+A method (its objective, :mod:`.objective`) asks for each stage's optimisers as :class:`OptimizerSpec` objects: the
 modules, Adam or SGD and their settings, a MultiStepLR schedule; :func:`build_optimizer` builds them fresh
 when the stage starts. Nothing here knows which method asks.
 """

@@ -20,6 +20,7 @@ __all__ = [
     "discriminator_domain_loss",
     "generator_domain_loss",
     "class_loss",
+    "code_loss",
 ]
 
 
@@ -119,3 +120,14 @@ def generator_domain_loss(fake_logits: Tensor) -> Tensor:
 def class_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Class loss L_C [Eq. 7]: cross-entropy of the class discriminator's logits (mean)."""
     return F.cross_entropy(widen(logits), labels)
+
+
+def code_loss(features: Tensor, target: Tensor, parts: int) -> Tensor:
+    """Code consistency (LOSS.LAMBDA_CODE; not in the paper): 1 - cosine similarity of each of the ``parts``
+    part features of ``features`` (B, parts * p) with the same part of ``target`` (B, parts * p), averaged over
+    the parts and the batch; 0 when every part points the same way, 2 at most."""
+    if features.shape != target.shape:
+        raise ValueError(f"code loss: features {tuple(features.shape)} and targets {tuple(target.shape)} differ")
+    B = features.shape[0]
+    cos = F.cosine_similarity(widen(features).reshape(B, parts, -1), widen(target).reshape(B, parts, -1), dim=2)
+    return (1 - cos).mean()
