@@ -21,8 +21,8 @@ from isgan_torchreid import storage
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.engine import hooks
 from isgan_torchreid.engine.evaluation import extract_features
-from isgan_torchreid.engine.hooks import (LOSS_GROUPS, STAGE_COST, ProgressPrinter, SampleGrids, TensorBoardWriter,
-                                          grouped)
+from isgan_torchreid.engine.hooks import ProgressPrinter, SampleGrids, TensorBoardWriter, grouped
+from isgan_torchreid.engine.objective import IdentityObjective, ISGANObjective
 from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
@@ -43,11 +43,12 @@ class Clock:
         return self.now
 
 
-def fake_engine(cfg, stage, num_batches, is_gan=True):
+def fake_engine(cfg, stage, num_batches, objective=ISGANObjective):
+    """An engine as the hooks read it; ``objective``'s class declares its stages, loss groups and step costs."""
     lr = SimpleNamespace(optimizer=SimpleNamespace(param_groups=[{"lr": 2e-4}]))
     engine = SimpleNamespace(cfg=cfg, stage=stage, epoch=0, max_epoch=cfg.TRAIN[f"STAGE{stage}"].EPOCHS,
-                             batch_idx=-1, num_batches=num_batches, is_gan=is_gan, optimizers={"model": lr},
-                             summary={}, objective=SimpleNamespace(stages=(1, 2, 3) if is_gan else (1, 3)))
+                             batch_idx=-1, num_batches=num_batches, optimizers={"model": lr}, summary={},
+                             objective=objective)
     engine.at_logging_point = lambda: ISGANEngine.at_logging_point(engine)
     return engine
 
@@ -77,7 +78,8 @@ def test_progress_line_groups_fits_and_estimates_the_run(monkeypatch, capsys):
     assert "| id 3 acc 0.75 | lr 2.0e-04" in second  # averaged over the steps since the last line
     stage_left, run_left, estimated = printer.seconds_left()
     assert stage_left == pytest.approx(3.0 * (300 * nb - 4))
-    later = 3.0 * nb * (200 * STAGE_COST[2] + 100 * STAGE_COST[3])  # stages 2 and 3 scaled from stage 1's speed
+    cost = ISGANObjective.stage_cost
+    later = 3.0 * nb * (200 * cost[2] + 100 * cost[3])  # stages 2 and 3 scaled from stage 1's speed
     assert run_left == pytest.approx(stage_left + later) and estimated
     assert f"run ~{hooks._clock(run_left)}" in second
 
@@ -105,8 +107,11 @@ def test_progress_line_groups_fits_and_estimates_the_run(monkeypatch, capsys):
 
 def test_loss_groups_cover_every_logged_term():
     terms = {"L_S", "L_PS", "L_U", "L_D", "L_C", "L_X", "L_code", "D_dom", "D_cls", "L_R", "L_tri"}
-    assert {t for group in LOSS_GROUPS.values() for t in group} == terms
-    assert grouped({"L_R": 1, "D_dom": 2, "acc": 3}) == {"id": {"L_R": 1}, "disc": {"D_dom": 2}, "other": {"acc": 3}}
+    assert {t for group in ISGANObjective.loss_groups.values() for t in group} == terms
+    assert grouped({"L_R": 1, "D_dom": 2, "acc": 3}, ISGANObjective.loss_groups) == {
+        "id": {"L_R": 1}, "disc": {"D_dom": 2}, "other": {"acc": 3}}
+    assert grouped({"L_R": 1, "D_dom": 2}, IdentityObjective.loss_groups) == {"id": {"L_R": 1},
+                                                                             "other": {"D_dom": 2}}
 
 
 def test_global_step_spans_the_objectives_stages():
@@ -117,7 +122,7 @@ def test_global_step_spans_the_objectives_stages():
     assert writer.step() == (5 + 1) * 10 + 4  # stage 1's steps come first, even when this run skips stage 1
     writer.engine.stage = 3
     assert writer.step() == (5 + 3 + 1) * 10 + 4
-    baseline = fake_engine(cfg, 3, 10, is_gan=False)  # stages (1, 3): no stage-2 steps
+    baseline = fake_engine(cfg, 3, 10, IdentityObjective)  # stages (1, 3): no stage-2 steps
     baseline.batch_idx = 0
     writer.engine = baseline
     assert writer.step() == 5 * 10
@@ -134,6 +139,9 @@ def test_sample_grid_rows_partner_mask_and_tensorboard(tiny_cfg, tmp_path):
     engine.enter_stage(2)
     engine.num_batches = 4
     board.before_stage()
+    engine.batch_idx, engine.summary = 3, {"L_S": torch.tensor(1.0), "D_dom": torch.tensor(2.0)}
+    board.after_step()  # the epoch's last step: written, each optimiser's rate under the objective's tag
+    engine.batch_idx = 0
     rows, sets = grids.tiles()
     assert len(rows) == 6 and sets == ["auto", "shuffled", "part_shuffled"]
     for b, row in enumerate(rows):
@@ -152,7 +160,9 @@ def test_sample_grid_rows_partner_mask_and_tensorboard(tiny_cfg, tmp_path):
     assert events.Tags()["images"] == ["samples"]
     (image,) = events.Images("samples")
     assert image.step == cfg.TRAIN.STAGE1.EPOCHS * 4 and image.height > 6 * 256
-    assert sorted(events.Tags()["scalars"]) == ["eval_L1/auto", "eval_L1/part_shuffled", "eval_L1/shuffled"]
+    assert sorted(events.Tags()["scalars"]) == ["eval_L1/auto", "eval_L1/part_shuffled", "eval_L1/shuffled",
+                                                "loss_disc/D_dom", "loss_disc/total", "loss_gen/L_S",
+                                                "loss_gen/total", "train/lr", "train/lr_D"]
     for name, value in grids.eval_l1.items():
         (logged,) = events.Scalars(f"eval_L1/{name}")
         assert logged.step == image.step and logged.value == pytest.approx(value) and 0 < value < 2

@@ -26,7 +26,7 @@ from isgan_torchreid.config import load_config
 from isgan_torchreid.data.build import IMAGENET_MEAN, IMAGENET_STD
 from isgan_torchreid import storage
 from isgan_torchreid.engine import checkpoint as ckpt
-from isgan_torchreid.engine.hooks import Checkpointer, GANWarmup, ResultsWriter
+from isgan_torchreid.engine.hooks import Checkpointer, ResultsWriter
 from isgan_torchreid.engine.objective import Precision
 from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
@@ -231,7 +231,7 @@ def test_non_gan_model_trains_in_stage1_only(make_cfg, dm, batches):
     cfg = make_cfg("MODEL.NAME", "mgn", "TRAIN.STAGES", "[1]")
     torch.manual_seed(0)
     engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
-    assert not engine.is_gan
+    assert engine.objective.stages == (1, 3)
     prepare(engine, 1)
     before = snapshot(engine.model)
     summary = floats(engine.forward_backward(batches[0]))
@@ -427,11 +427,9 @@ def test_kl_free_bits_reach_l_u(make_engine, batches):
 
 def test_gan_warmup_ramps_g_side_adversarial_and_class_terms(make_engine, batches):
     engine = make_engine("LOSS.GAN_WARMUP", "4")
-    warmup = next(h for h in engine.hooks if isinstance(h, GANWarmup))
     weights = []
     for stage, epoch in [(2, 0), (2, 1), (2, 3), (2, 4), (2, 7), (3, 0)]:
-        engine.stage, engine.epoch = stage, epoch
-        warmup.before_epoch()
+        engine.objective.before_epoch(stage, epoch)
         weights.append(engine.objective.gan_weight)
     assert weights == [0.0, 0.25, 0.75, 1.0, 1.0, 1.0]
 

@@ -22,29 +22,21 @@ from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..visualize.canvas import (Tile, denormalize, display_scale, font_size_for, market_label, parse_market_name,
                                 part_mask_bar, save_png, sheet, to_array, to_pil)
 from . import checkpoint as ckpt
-from .objective import ISGANObjective
 from .scalars import ScalarQueue
 
 __all__ = ["HookBase", "Checkpointer", "SampleGrids", "EncoderWriter", "ResultsWriter", "TensorBoardWriter",
-           "ProgressPrinter", "EpochTimer", "GANWarmup", "default_hooks", "LOSS_GROUPS", "STAGE_COST", "grouped"]
+           "ProgressPrinter", "EpochTimer", "default_hooks", "grouped"]
 
-# the loss terms of a step, grouped for the progress line and TensorBoard: E_R's identity terms, the
-# encoder/G terms of Eq. 8 and D's terms [Eq. 6, 7]
-LOSS_GROUPS = {"id": ("L_R", "L_tri"), "gen": ("L_S", "L_PS", "L_U", "L_D", "L_C", "L_X", "L_code"),
-               "disc": ("D_dom", "D_cls")}
-# seconds per step of IS-GAN's stages relative to stage 1, for the ETA of stages not yet run: an earlier run of
-# tools/benchmark.py (ResNet-50, 384x128, CPU: 3630 / 8332 / 13274 ms per step); docs/performance.md's same-run table
-# ("Performance", our column: 7126 / 14132 / 23182 ms) gives 1 : 2.0 : 3.3, so the estimates are rough
-STAGE_COST = {1: 1.0, 2: 2.3, 3: 3.7}
 GRID_TITLES = {"auto": "G: auto", "shuffled": "G: id-shuffled", "part_shuffled": "G: part-shuffled",
                "crossed": "G: id-crossed"}
 
 
-def grouped(summary):
-    """A step's {term: value} -> {group: {term: value}}; terms outside LOSS_GROUPS fall in "other"."""
+def grouped(summary, loss_groups):
+    """A step's {term: value} -> {group: {term: value}} by ``loss_groups`` (the objective's); terms outside them
+    fall in "other"."""
     groups = {}
     for name, value in summary.items():
-        group = next((g for g, terms in LOSS_GROUPS.items() if name in terms), "other")
+        group = next((g for g, terms in loss_groups.items() if name in terms), "other")
         groups.setdefault(group, {})[name] = value
     return groups
 
@@ -132,7 +124,7 @@ class SampleGrids(HookBase):
     def after_epoch(self):
         e = self.engine
         epoch = e.epoch + 1
-        if e.stage == 1 or not isinstance(e.objective, ISGANObjective):
+        if e.stage not in e.objective.sample_stages:
             return
         if epoch == e.max_epoch or (self.freq and epoch % self.freq == 0):
             picture = self.draw()
@@ -255,7 +247,7 @@ class TensorBoardWriter(HookBase):
     this invocation runs them (``--stages 2 3`` after stage 1 continues its curve). A resumed stage opens its
     writer with ``purge_step`` at the first step it repeats, so TensorBoard drops the steps the interrupted
     session logged after its last checkpoint: every step appears once. Tags: ``loss_<group>/<term>`` and
-    ``loss_<group>/total`` for the groups of :data:`LOSS_GROUPS`; the diagnostics of :mod:`.diagnostics` under
+    ``loss_<group>/total`` for the objective's loss groups; the diagnostics of :mod:`.diagnostics` under
     their own names (``gan/D_real``, ``eu/kl``, ``grad_G/L_S``...); ``train/<term>`` for the others (accuracy,
     the unweighted L1 of each fake set); ``train/lr``, ``train/lr_D``, ``test/<target>/<metric>``; at each
     sample grid, ``eval_L1/<set>`` (:class:`SampleGrids`).
@@ -274,7 +266,7 @@ class TensorBoardWriter(HookBase):
 
     def after_step(self):
         e = self.engine
-        lrs = {"train/lr" if name == "model" else "train/lr_D": opt.optimizer.param_groups[0]["lr"]
+        lrs = {f"train/{e.objective.lr_tags[name]}": opt.optimizer.param_groups[0]["lr"]
                for name, opt in e.optimizers.items()}
         self.queue.add((self.step(), lrs), e.summary)
         if e.at_logging_point():
@@ -282,12 +274,13 @@ class TensorBoardWriter(HookBase):
 
     def flush(self):
         """Write the steps queued since the last logging point."""
+        loss_groups = self.engine.objective.loss_groups
         for (step, lrs), summary in self.queue.drain():
-            for group, terms in grouped(summary).items():
-                prefix = f"loss_{group}" if group in LOSS_GROUPS else "train"
+            for group, terms in grouped(summary, loss_groups).items():
+                prefix = f"loss_{group}" if group in loss_groups else "train"
                 for name, value in terms.items():
                     self.writer.add_scalar(name if "/" in name else f"{prefix}/{name}", value, step)
-                if group in LOSS_GROUPS:
+                if group in loss_groups:
                     self.writer.add_scalar(f"{prefix}/total", sum(terms.values()), step)
             for tag, lr in lrs.items():
                 self.writer.add_scalar(tag, lr, step)
@@ -316,7 +309,7 @@ class ProgressPrinter(HookBase):
 
     stage, epoch and step; seconds per step of this stage so far (data loading and checkpoints included);
     time left in the stage, and in the run: this stage plus the later stages of TRAIN.STAGES, training steps
-    only ('~': includes stages not run yet, see :meth:`estimate`); the loss groups of :data:`LOSS_GROUPS`
+    only ('~': includes stages not run yet, see :meth:`estimate`); the objective's loss groups
     (each the sum of its terms), the accuracy of identity steps, and in stages 2-3 D's mean probability of
     "real" on real images / on fakes (D) and E_U's KL per image (:mod:`.diagnostics`), averaged over the steps
     since the last line. At each stage's end: its steps and training time.
@@ -330,7 +323,8 @@ class ProgressPrinter(HookBase):
     def before_stage(self):
         self.start = time.perf_counter()
         self.steps = 0
-        self.window = {name: (0.0, 0) for name in (*LOSS_GROUPS, *self.SHOWN.values())}  # the order of the line
+        self.loss_groups = self.engine.objective.loss_groups
+        self.window = {name: (0.0, 0) for name in (*self.loss_groups, *self.SHOWN.values())}  # the line's order
         self.queue = ScalarQueue()  # the steps since the last line
 
     def after_step(self):
@@ -340,7 +334,8 @@ class ProgressPrinter(HookBase):
         if not e.at_logging_point():
             return
         for _, summary in self.queue.drain():  # waits for the device: the time per step is then measured
-            shown = {g: sum(terms.values()) for g, terms in grouped(summary).items() if g in LOSS_GROUPS}
+            shown = {g: sum(terms.values()) for g, terms in grouped(summary, self.loss_groups).items()
+                     if g in self.loss_groups}
             shown.update({label: summary[key] for key, label in self.SHOWN.items() if key in summary})
             for name, value in shown.items():
                 total, n = self.window[name]
@@ -351,12 +346,14 @@ class ProgressPrinter(HookBase):
         self.window = {name: (0.0, 0) for name in self.window}
 
     def estimate(self, stage):
-        """Seconds per step of a stage not run yet: stage 3 trains what stages 1 and 2 train, so the sum of
-        theirs when both were measured; else the current stage's, scaled by :data:`STAGE_COST` (IS-GAN)."""
+        """Seconds per step of a stage not run yet: the sum of the measured steps of the stages its step is made
+        of (the objective's ``summed_stages``: IS-GAN's stage 3 trains what stages 1 and 2 train); else the
+        current stage's, scaled by the objective's ``stage_cost``."""
         e = self.engine
-        if stage == 3 and e.is_gan and {1, 2} <= set(self.per_step):
-            return self.per_step[1] + self.per_step[2]
-        cost = STAGE_COST if e.is_gan else {}
+        parts = e.objective.summed_stages.get(stage, ())
+        if parts and set(parts) <= set(self.per_step):
+            return sum(self.per_step[s] for s in parts)
+        cost = e.objective.stage_cost
         return self.per_step[e.stage] * cost.get(stage, 1.0) / cost.get(e.stage, 1.0)
 
     def seconds_left(self):
@@ -373,7 +370,7 @@ class ProgressPrinter(HookBase):
         per_step = self.per_step[e.stage]
         stage_left, run_left, estimated = self.seconds_left()
         mean = {g: t / n for g, (t, n) in self.window.items() if n}
-        shown = [f"{g} {mean.pop(g):.4g}" for g in (*LOSS_GROUPS, "acc") if g in mean]
+        shown = [f"{g} {mean.pop(g):.4g}" for g in (*self.loss_groups, "acc") if g in mean]
         if "Dr" in mean and "Df" in mean:
             shown.append(f"D {mean['Dr']:.2f}/{mean['Df']:.2f}")
         if "KL" in mean:
@@ -427,25 +424,8 @@ class EpochTimer(HookBase):
         storage.write_json(self.path, self.speed)
 
 
-class GANWarmup(HookBase):
-    """G's adversarial and class terms (L_D, L_C) weighted by min(1, e / ``epochs``) in epoch e (0-based) of
-    stage 2, full in stage 3. D trains on both terms from the first step, so D_D and D_C have learned something
-    before they drive G, and G's reconstruction is not held back meanwhile. Every process sets its own."""
-
-    main_process_only = False
-
-    def __init__(self, epochs: int):
-        self.epochs = epochs
-
-    def before_epoch(self):
-        engine = self.engine
-        if isinstance(engine.objective, ISGANObjective):
-            ramp = engine.stage == 2 and self.epochs > 0
-            engine.objective.gan_weight = min(1.0, engine.epoch / self.epochs) if ramp else 1.0
-
-
 def default_hooks(cfg):
     """The hooks of a training run: checkpoints, encoder files, sample grids, progress, TensorBoard, results.json."""
     t = cfg.TRAIN
     return [Checkpointer(t.RESUME_FREQ, t.CHECKPOINT_FREQ), EncoderWriter(), SampleGrids(t.SAMPLE_FREQ),
-            ProgressPrinter(), TensorBoardWriter(), ResultsWriter(), GANWarmup(cfg.LOSS.GAN_WARMUP)]
+            ProgressPrinter(), TensorBoardWriter(), ResultsWriter()]

@@ -55,7 +55,6 @@ ISGAN_STAGE_MODULES = {
     2: ("encoder_u", "generator", "discriminator"),
     3: ("backbone", "encoder_r", "encoder_u", "generator", "discriminator"),
 }
-GAN_MODULES = ("encoder_u", "generator", "discriminator")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -83,6 +82,7 @@ class LossSettings:
     triplet_margin: float
     lambda_triplet: float
     isgan_triplet: bool
+    gan_warmup: int  # stage-2 epochs over which G's L_D and L_C rise from 0
 
     @classmethod
     def from_config(cls, cfg):
@@ -263,9 +263,24 @@ def _logged(terms: Dict[str, Tensor]) -> Dict[str, Tensor]:
 
 
 class IdentityObjective:
-    """Identity training of any re-ID model: CE on each logit tensor [Eq. 1] (+ batch-hard triplet)."""
+    """Identity training of any re-ID model: CE on each logit tensor [Eq. 1] (+ batch-hard triplet).
+
+    What an objective declares for the loop and the hooks, besides :meth:`step`: its ``stages``, the modules
+    each trains (:meth:`trainable_modules`) and calls through DDP (:meth:`parallel_modules`), its optimisers
+    (:meth:`optimizers`) and their learning-rate tags, its loss groups, the relative cost of its stages' steps,
+    the stages whose sample grids are drawn, and what it changes at each epoch (:meth:`before_epoch`)."""
 
     stages = (1, 3)
+    loss_groups = {"id": ("L_R", "L_tri")}  # the step's terms, grouped for the progress line and TensorBoard
+    lr_tags = {"model": "lr"}  # optimiser name -> TensorBoard tag of its learning rate (train/<tag>)
+    stage_cost: Dict[int, float] = {}  # stage -> seconds per step relative to stage 1 (the ETA of stages not run)
+    summed_stages: Dict[int, Tuple[int, ...]] = {}  # stage -> the stages whose steps together make one of its own
+    sample_stages: Tuple[int, ...] = ()  # stages after whose epochs hooks.SampleGrids draws
+
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module, device: torch.device) -> "IdentityObjective":
+        return cls(model, LossSettings.from_config(cfg), Precision.from_config(cfg, device),
+                   OptimizerSettings.from_config(cfg))
 
     def __init__(self, model: nn.Module, losses: LossSettings, precision: Precision, optim: OptimizerSettings):
         self.model = model
@@ -278,6 +293,13 @@ class IdentityObjective:
     def trainable_modules(self, stage: int) -> List[nn.Module]:
         """The modules that ``stage`` updates (all of them: stage 3 only lowers the learning rate)."""
         return [self.model]
+
+    def before_epoch(self, stage: int, epoch: int) -> None:
+        """Set what the objective changes per epoch (0-based ``epoch`` of ``stage``); nothing here."""
+
+    def check_training_data(self, items, stage: int) -> None:
+        """Warn about what in the training items (torchreid's (path, pid, camid, ...) tuples) ``stage`` cannot
+        use as meant; nothing here."""
 
     def optimizers(self, stage: int) -> Dict[str, OptimizerSpec]:
         """Optimiser name -> what it updates in ``stage`` and how: the whole model, Adam."""
@@ -317,19 +339,52 @@ class ISGANObjective(IdentityObjective):
     """IS-GAN's three stages [Eq. 1-8]; stage 1 is the identity objective on E_R."""
 
     stages = (1, 2, 3)
+    # E_R's identity terms, the encoder/G terms of Eq. 8 and D's terms [Eq. 6, 7]
+    loss_groups = {"id": ("L_R", "L_tri"), "gen": ("L_S", "L_PS", "L_U", "L_D", "L_C", "L_X", "L_code"),
+                   "disc": ("D_dom", "D_cls")}
+    lr_tags = {"model": "lr", "discriminator": "lr_D"}
+    # an earlier run of tools/benchmark.py (ResNet-50, 384x128, CPU: 3630 / 8332 / 13274 ms per step);
+    # docs/performance.md's same-run table ("Performance", our column: 7126 / 14132 / 23182 ms) gives
+    # 1 : 2.0 : 3.3, so the estimates are rough
+    stage_cost = {1: 1.0, 2: 2.3, 3: 3.7}
+    summed_stages = {3: (1, 2)}  # stage 3 trains what stages 1 and 2 train
+    sample_stages = (2, 3)
+
+    @classmethod
+    def from_config(cls, cfg, model: nn.Module, device: torch.device) -> "ISGANObjective":
+        return cls(model, LossSettings.from_config(cfg), Precision.from_config(cfg, device),
+                   OptimizerSettings.from_config(cfg), cfg.MODEL.G_JOINT_BATCH, cfg.TRAIN.GRAD_NORM_FREQ)
 
     def __init__(self, model: nn.Module, losses: LossSettings, precision: Precision, optim: OptimizerSettings,
                  joint_g_batch: bool = True, grad_norm_freq: int = 0):
         super().__init__(model, losses, precision, optim)
+        missing = [name for name in ISGAN_STAGE_MODULES[3] if not isinstance(getattr(model, name, None), nn.Module)]
+        if missing:
+            raise ValueError(f"ISGANObjective: {type(model).__name__} has no {', '.join(missing)}; IS-GAN's "
+                             f"objective trains an ISGAN model (MODEL.NAME isgan)")
         if losses.lambda_s <= 0 and losses.lambda_ps <= 0:
             raise ValueError("ISGANObjective: LAMBDA_S and LAMBDA_PS are both 0; stages 2-3 need one of them")
         self.joint_g_batch = joint_g_batch
         self.grad_norm_freq = grad_norm_freq  # every n-th stage-2/3 step of this process logs term_grad_norms
         self.gan_steps = 0
-        self.gan_weight = 1.0  # factor on G's L_D and L_C, set per epoch by hooks.GANWarmup (LOSS.GAN_WARMUP)
+        self.gan_weight = 1.0  # factor on G's L_D and L_C, set per epoch by before_epoch (LOSS.GAN_WARMUP)
 
     def trainable_modules(self, stage: int) -> List[nn.Module]:
         return [getattr(self.model, name) for name in ISGAN_STAGE_MODULES[stage]]
+
+    def before_epoch(self, stage: int, epoch: int) -> None:
+        """G's adversarial and class terms (L_D, L_C, L_X) weighted by min(1, epoch / GAN_WARMUP) in stage 2, full
+        in stage 3. D trains on both terms from the first step, so D_D and D_C have learned something before
+        they drive G, and G's reconstruction is not held back meanwhile."""
+        ramp = stage == 2 and self.losses.gan_warmup > 0
+        self.gan_weight = min(1.0, epoch / self.losses.gan_warmup) if ramp else 1.0
+
+    def check_training_data(self, items, stage: int) -> None:
+        """Warn once when identity/part shuffling (stages 2-3) will pair some images with themselves."""
+        n = singleton_identities(items) if stage > 1 else 0
+        if n:
+            warnings.warn(f"{n} training identities have a single image: their identity and part shuffling "
+                          f"degenerate to auto-encoding (the positive partner is the same image)", stacklevel=2)
 
     def parallel_modules(self, stage: int) -> List[str]:
         """Stage 1 calls the model (its forward runs the trunk and E_R); stages 2-3 call each trained module."""
@@ -510,19 +565,15 @@ def singleton_identities(dataset) -> int:
     return sum(1 for c in counts.values() if c == 1)
 
 
-def warn_singletons(dataset, objective) -> None:
-    """Warn once when identity/part shuffling will pair some images with themselves."""
-    if not isinstance(objective, ISGANObjective):
-        return
-    n = singleton_identities(dataset)
-    if n:
-        warnings.warn(f"{n} training identities have a single image: their identity and part shuffling "
-                      f"degenerate to auto-encoding (the positive partner is the same image)", stacklevel=2)
+METHODS = {"isgan": ISGANObjective, "identity": IdentityObjective}  # method name -> its objective
+
+
+def method_name(cfg) -> str:
+    """The method that trains MODEL.NAME: IS-GAN's for ``isgan``, identity training for any other model (the E_R
+    baseline, MGN, torchreid's models)."""
+    return "isgan" if cfg.MODEL.NAME == "isgan" else "identity"
 
 
 def build_objective(cfg, model: nn.Module, device: torch.device) -> IdentityObjective:
-    """IS-GAN's objective for a model with E_U, G and D; the identity objective for any other."""
-    settings = LossSettings.from_config(cfg), Precision.from_config(cfg, device), OptimizerSettings.from_config(cfg)
-    if all(hasattr(model, name) for name in GAN_MODULES):
-        return ISGANObjective(model, *settings, cfg.MODEL.G_JOINT_BATCH, cfg.TRAIN.GRAD_NORM_FREQ)
-    return IdentityObjective(model, *settings)
+    """The objective of the config's method (:data:`METHODS`, :func:`method_name`) for ``model``."""
+    return METHODS[method_name(cfg)].from_config(cfg, model, device)

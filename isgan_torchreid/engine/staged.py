@@ -24,7 +24,7 @@ from . import checkpoint as ckpt
 from . import distributed
 from .evaluation import compute_distance_matrix, evaluate, extract_features
 from .hooks import HookBase, default_hooks
-from .objective import ISGANObjective, build_objective, warn_singletons
+from .objective import build_objective
 from .optim import NonfiniteLog, Update, build_optimizer
 
 Engine = compat.torchreid_base().engine.Engine
@@ -42,7 +42,6 @@ class ISGANEngine(Engine):
         self.objective = build_objective(cfg, model, device)
         self.precision = self.objective.precision
         self.model = model.to(device, memory_format=self.precision.memory_format)
-        self.is_gan = isinstance(self.objective, ISGANObjective)
         # what load_encoder needs to rebuild the descriptor (None for torchreid's own models)
         self.encoder_spec = deploy.encoder_spec(cfg) if deploy.has_identity_encoder(model) else None
         self.stage = None
@@ -98,18 +97,18 @@ class ISGANEngine(Engine):
             raise ISGANError(f"{type(self.model).__name__} has no stage {stage} (it has no E_U/G/D): train it with "
                              f"TRAIN.STAGES {list(self.objective.stages)} or a subset")
         self.stage = stage
-        self.optimizers = {name: build_optimizer(spec, self.precision.grad_scaler)
-                           for name, spec in self.objective.optimizers(stage).items()}
-        modules = {"model": self.model, "discriminator": getattr(self.model, "discriminator", None)}
-        compat.set_engine_models(self, {name: (modules[name], opt.optimizer, opt.scheduler)
-                                        for name, opt in self.optimizers.items()})
+        specs = self.objective.optimizers(stage)
+        self.optimizers = {name: build_optimizer(spec, self.precision.grad_scaler) for name, spec in specs.items()}
+        # torchreid's registry keeps a module beside each optimiser: the one it updates, else the whole model
+        compat.set_engine_models(self, {
+            name: (specs[name].modules[0] if len(specs[name].modules) == 1 else self.model, opt.optimizer,
+                   opt.scheduler) for name, opt in self.optimizers.items()})
         self.updates = {name: Update(opt, self.nonfinite) for name, opt in self.optimizers.items()}
         if self.train_loader is not None:  # its samples take the stage's transform (data.sampler.SampleKeys)
             if comm.is_main_process():  # torchreid's transform banner is the data manager's, once
                 augmentations = [a.replace("_", " ") for a in train_augmentations(self.cfg, stage)]
                 print(f"=> stage {stage} trains with {' and '.join(augmentations) or 'no augmentation'}")
-                if stage > 1:
-                    warn_singletons(self.train_loader.dataset.train, self.objective)
+                self.objective.check_training_data(self.train_loader.dataset.train, stage)
         self.epoch = self.batch_idx = 0
         self.max_epoch = self.cfg.TRAIN[f"STAGE{stage}"].EPOCHS
         self.apply_stage_policy()
@@ -154,6 +153,7 @@ class ISGANEngine(Engine):
     def train_epoch(self) -> None:
         """One epoch of the current stage: a step per batch (hooks after each), then the schedulers."""
         self.seed_epoch()
+        self.objective.before_epoch(self.stage, self.epoch)
         self.set_model_mode("train")
         self.num_batches = len(self.train_loader)
         for self.batch_idx, data in enumerate(self.train_loader):
