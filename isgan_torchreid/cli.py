@@ -17,13 +17,15 @@ from .allocator import keep_freed_memory
 from .console import console_log, line_buffered
 from .config import dump_config, get_default_config, list_configs, load_config
 from .data.build import build_datamanager
-from .deploy.encoder import load_for_evaluation
+from .deploy.encoder import EncoderWriter, encoder_spec, has_identity_encoder, load_for_evaluation
 from .engine import checkpoint as ckpt
 from .engine import distributed
+from .engine.hooks import default_hooks
 from .engine.lock import output_dir_lock
 from .engine.staged import ISGANEngine
 from .errors import ISGANError
 from .models import build_model
+from .visualize.samples import SampleGrids
 
 
 class ListConfigs(argparse.Action):
@@ -175,8 +177,19 @@ def setup(cfg):
     return device, dm
 
 
-def build_engine(cfg, dm, device, hooks=None):
-    """The model of MODEL.NAME in an :class:`ISGANEngine` (``hooks``: the training hooks by default).
+def training_hooks(cfg, spec=None):
+    """A training run's hooks: the engine's (:func:`~.engine.hooks.default_hooks`), then each stage's encoder file
+    (when the model has an identity encoder of encoder spec ``spec``) and the sample grids of the stages that
+    draw them."""
+    hooks = default_hooks(cfg)
+    if spec is not None:
+        hooks.append(EncoderWriter(spec))
+    return hooks + [SampleGrids(cfg.TRAIN.SAMPLE_FREQ)]
+
+
+def build_engine(cfg, dm, device, hooks=None, extra_hooks=()):
+    """The model of MODEL.NAME in an :class:`ISGANEngine` with ``hooks`` (default: :func:`training_hooks`) and
+    ``extra_hooks``; its checkpoints hold the encoder spec of a model with an identity encoder.
 
     The RNGs are seeded again after the model is built, so that the data order and augmentations of a run
     do not depend on how many random numbers its model's construction drew: IS-GAN's stage 1 and the E_R
@@ -184,7 +197,10 @@ def build_engine(cfg, dm, device, hooks=None):
     """
     model = build_model(cfg, dm.num_train_pids)
     compat.torchreid_base().utils.set_random_seed(cfg.SEED)
-    return ISGANEngine(cfg, dm, model, device, hooks)
+    spec = encoder_spec(cfg) if has_identity_encoder(model) else None  # torchreid's own models have none
+    hooks = training_hooks(cfg, spec) if hooks is None else list(hooks)
+    return ISGANEngine(cfg, dm, model, device, hooks + list(extra_hooks),
+                       extra_state={"encoder_spec": spec} if spec is not None else None)
 
 
 def pop_list_flag(argv, flag, accept, example):

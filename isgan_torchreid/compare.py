@@ -31,7 +31,7 @@ from tabulate import tabulate
 from . import cli, comm, compat, storage
 from .config import load_config, resolve_config_file
 from .engine import distributed
-from .engine.hooks import EpochTimer, default_hooks
+from .engine.hooks import EpochTimer
 from .engine.lock import output_dir_lock
 from .errors import ISGANError
 
@@ -178,7 +178,7 @@ def train_run(cfg):
         print(f"=> {cfg.MODEL.NAME}: stages {list(cfg.TRAIN.STAGES)} in {cfg.OUTPUT_DIR}")
         device, dm = cli.setup(cfg)
         timer = EpochTimer(os.path.join(cfg.OUTPUT_DIR, "train_speed.json"))
-        engine = cli.build_engine(cfg, dm, device, hooks=default_hooks(cfg) + [timer])
+        engine = cli.build_engine(cfg, dm, device, extra_hooks=[timer])
         results = engine.run_stages()
         print(cli.results_table(results, cfg.TEST.RANKS))
     size = model_size(engine.model, cfg.DATA.HEIGHT, cfg.DATA.WIDTH, device)

@@ -21,12 +21,13 @@ from isgan_torchreid import storage
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.engine import hooks
 from isgan_torchreid.engine.evaluation import extract_features
-from isgan_torchreid.engine.hooks import ProgressPrinter, SampleGrids, TensorBoardWriter, grouped
+from isgan_torchreid.engine.hooks import ProgressPrinter, TensorBoardWriter, grouped
 from isgan_torchreid.engine.objective import IdentityObjective, ISGANObjective
 from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
 from isgan_torchreid.visualize.canvas import Tile, sheet, to_pil
+from isgan_torchreid.visualize.samples import SampleGrids
 
 from conftest import CONFIGS, REPO, TINY, interrupted_at
 

@@ -30,12 +30,14 @@ from ..config import load_config, trained_by
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..engine import checkpoint as ckpt
 from ..engine.evaluation import descriptor
+from ..engine.hooks import HookBase
 from ..errors import ISGANError
 from ..models.branches import RESNETS, build_trunk, load_resnet, validate_parts
 from ..models.encoders import IdentityEncoder
 
 __all__ = ["FORMAT", "SPEC_KEYS", "encoder_spec", "Encoder", "Descriptor", "has_identity_encoder",
-           "encoder_state", "save_encoder", "read_encoder_file", "load_encoder", "load_for_evaluation"]
+           "encoder_state", "save_encoder", "EncoderWriter", "read_encoder_file", "load_encoder",
+           "load_for_evaluation"]
 
 FORMAT = "isgan-torchreid-encoder/1"
 SPEC_KEYS = ("backbone", "parts", "id_dim", "height", "width", "mean", "std", "flip", "normalize")
@@ -161,6 +163,19 @@ def save_encoder(model, spec, path):
     with storage.atomic_path(path) as tmp:
         save_file(tensors, tmp, metadata=metadata)
     return path
+
+
+class EncoderWriter(HookBase):
+    """At the end of each stage, the identity encoder alone (trunk + E_R, what the test descriptor needs) as
+    ``stage{n}/encoder.safetensors``, with its spec in the file's metadata (:mod:`isgan_torchreid.deploy`)."""
+
+    def __init__(self, spec):
+        self.spec = spec  # :func:`encoder_spec` of the run's config
+
+    def after_stage(self):
+        e = self.engine
+        save_encoder(e.model, self.spec,
+                     os.path.join(ckpt.stage_dir(e.cfg.OUTPUT_DIR, e.stage), "encoder.safetensors"))
 
 
 def read_encoder_file(path):

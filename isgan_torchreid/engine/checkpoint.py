@@ -156,8 +156,7 @@ def weights_state(engine, epoch):
     }
     if finished:
         state["evaluated_with"] = evaluation_settings(engine.cfg)
-    if engine.encoder_spec is not None:
-        state["encoder_spec"] = engine.encoder_spec
+    state.update(engine.extra_state)
     return state
 
 

@@ -16,19 +16,12 @@ import time
 import torch
 from torch.utils.tensorboard import SummaryWriter
 
-from .. import compat, deploy, storage
-from ..losses.isgan import reconstruction_loss
-from ..data.build import IMAGENET_MEAN, IMAGENET_STD
-from ..visualize.canvas import (Tile, denormalize, display_scale, font_size_for, market_label, parse_market_name,
-                                part_mask_bar, save_png, sheet, to_array, to_pil)
+from .. import storage
 from . import checkpoint as ckpt
 from .scalars import ScalarQueue
 
-__all__ = ["HookBase", "Checkpointer", "SampleGrids", "EncoderWriter", "ResultsWriter", "TensorBoardWriter",
-           "ProgressPrinter", "EpochTimer", "default_hooks", "grouped"]
-
-GRID_TITLES = {"auto": "G: auto", "shuffled": "G: id-shuffled", "part_shuffled": "G: part-shuffled",
-               "crossed": "G: id-crossed"}
+__all__ = ["HookBase", "Checkpointer", "ResultsWriter", "TensorBoardWriter", "ProgressPrinter", "EpochTimer",
+           "default_hooks", "grouped"]
 
 
 def grouped(summary, loss_groups):
@@ -103,126 +96,6 @@ class Checkpointer(HookBase):
             print(f"=> the checkpoint write in flight failed too: {error}")
 
 
-CROSSED_CAPTION = "id-crossed = another identity of the batch + own nuisance (LOSS.LAMBDA_X). "
-
-
-class SampleGrids(HookBase):
-    """In stages 2-3, a labelled grid every ``freq`` epochs (0: only at the end) in
-    ``stage{n}/samples/epoch{e}.png`` and in TensorBoard (tag ``samples``); RNG-neutral, so resume stays exact.
-
-    One row per training sample (two of each of the first ``num_ids`` identities with two or more images):
-    the image with its pid and camera, the partner it was paired with for identity shuffling, G's auto-encoded,
-    identity-shuffled and part-shuffled outputs [Eq. 3, 4], and the part mask (which features S swapped).
-    With each grid, the eval-mode L1 of each fake set on these images (``eval_L1/<set>``, in G's target space as
-    the training L1 terms) goes to TensorBoard.
-    """
-
-    def __init__(self, freq: int, num_ids: int = 4):
-        self.freq = freq
-        self.num_ids = num_ids
-
-    def after_epoch(self):
-        e = self.engine
-        epoch = e.epoch + 1
-        if e.stage not in e.objective.sample_stages:
-            return
-        if epoch == e.max_epoch or (self.freq and epoch % self.freq == 0):
-            picture = self.draw()
-            if picture is None:
-                return
-            save_png(picture, os.path.join(ckpt.stage_dir(e.cfg.OUTPUT_DIR, e.stage), "samples",
-                                           f"epoch{epoch:03d}.png"))
-            for hook in e.hooks:
-                if isinstance(hook, TensorBoardWriter):
-                    hook.add_image("samples", picture)
-                    for name, value in self.eval_l1.items():
-                        hook.add_scalar(f"eval_L1/{name}", value)
-
-    def _batch(self):
-        """Two images of each of the first ``num_ids`` identities with two or more: normalised (n, 3, H, W),
-        training pids (n,), labels ('pid P, cam C' from Market-style names)."""
-        e = self.engine
-        train = e.train_loader.dataset.train
-        by_pid = {}
-        for index, item in enumerate(train):
-            by_pid.setdefault(item[1], []).append(index)
-        picks = [i for idx in [v for v in by_pid.values() if len(v) > 1][:self.num_ids] for i in idx[:2]]
-        if not picks:
-            return None, None, None
-        read = compat.torchreid_base().utils.read_image
-        imgs = torch.stack([e.datamanager.transform_te(read(train[i][0])) for i in picks])
-        labels = [market_label(train[i][0]) if parse_market_name(train[i][0])
-                  else f"pid {train[i][1]}, cam {train[i][2] + 1}" for i in picks]
-        return imgs, torch.tensor([train[i][1] for i in picks]), labels
-
-    def draw(self):
-        """The grid as a picture (None when no identity has two training images)."""
-        tiles = self.tiles()
-        if tiles is None:
-            return None
-        rows, sets = tiles
-        e = self.engine
-        titles = ["real", "partner"] + [GRID_TITLES[name] for name in sets]
-        titles += ["parts taken"] if len(rows[0]) > len(titles) else []
-        parts = list(e.model.encoder_r.branches.parts)
-        caption = ("partner: the same-identity image whose identity features are shuffled in. G's outputs: "
-                   "auto = own identity + own nuisance features; id-shuffled = partner's identity + own nuisance "
-                   "[Eq. 3]; part-shuffled = own identity with the orange features taken from the partner, own "
-                   f"nuisance [Eq. 4]. {CROSSED_CAPTION if 'crossed' in sets else ''}Bars: one per part branch of "
-                   f"MODEL.PARTS {parts} (a frame: its global feature; inside: its stripes, top to bottom). Eval "
-                   "mode (E_U's mean), the config's seed.")
-        return sheet(rows, title=f"stage {e.stage}, epoch {e.epoch + 1}/{e.max_epoch}: training samples",
-                     column_titles=titles, row_labels=[f"row {b + 1}" for b in range(len(rows))], caption=caption,
-                     font_size=font_size_for(rows[0][0].image.height))
-
-    @torch.no_grad()
-    def tiles(self):
-        """(tiles of the grid, one list per sample; the names of the fake sets shown), or None when no identity
-        has two training images."""
-        e = self.engine
-        imgs, pids, labels = self._batch()
-        if imgs is None:
-            return None
-        imgs, pids = imgs.to(e.device), pids.to(e.device)
-        model = e.model
-        was_training = model.training
-        model.eval()
-        with torch.random.fork_rng(devices=[e.device] if e.device.type == "cuda" else []):
-            torch.manual_seed(e.cfg.SEED)
-            gen = e.objective.generate(imgs, pids, e.stage, net=e.model)  # the plain model: rank 0 alone runs this
-        model.train(was_training)
-        if was_training:
-            e.apply_stage_policy()
-        generated = dict(zip(gen.sets, gen.fakes.chunk(len(gen.sets))))  # set -> (n, 3, H, W) in G's space
-        target = e.objective.image_target(imgs)
-        self.eval_l1 = {name: reconstruction_loss(f, target).item() for name, f in generated.items()
-                        if name != "crossed"}  # no image to match
-        scale = display_scale(imgs.size(-2))
-        real = denormalize(imgs, IMAGENET_MEAN, IMAGENET_STD)
-        fakes = {name: e.objective.image_to_unit(f) for name, f in generated.items()}
-        parts = e.model.encoder_r.branches.parts
-        bar_height, cell = real.size(-2) * scale, max(8, 5 * scale)
-        rows = []
-        for b, p in enumerate(gen.partner.tolist()):
-            row = [Tile(to_pil(real[b], scale), labels[b]), Tile(to_pil(real[p], scale), f"row {p + 1}")]
-            row += [Tile(to_pil(fakes[name][b], scale)) for name in gen.sets]
-            if gen.part_mask is not None:
-                row.append(Tile(part_mask_bar(parts, gen.part_mask[b].tolist(), bar_height, cell)))
-            rows.append(row)
-        return rows, gen.sets
-
-
-class EncoderWriter(HookBase):
-    """At the end of each stage, the identity encoder alone (trunk + E_R, what the test descriptor needs) as
-    ``stage{n}/encoder.safetensors``, with its spec in the file's metadata (:mod:`isgan_torchreid.deploy`)."""
-
-    def after_stage(self):
-        e = self.engine
-        if e.encoder_spec is not None:
-            path = os.path.join(ckpt.stage_dir(e.cfg.OUTPUT_DIR, e.stage), "encoder.safetensors")
-            deploy.save_encoder(e.model, e.encoder_spec, path)
-
-
 class ResultsWriter(HookBase):
     """``OUTPUT_DIR/results.json``: {"stage<n>": {target: metrics}}, keeping stages of earlier invocations; with
     "skipped_images": {"count": n, "images": {"<dataset>/<split>": [paths]}} when this run left images out."""
@@ -250,7 +123,7 @@ class TensorBoardWriter(HookBase):
     ``loss_<group>/total`` for the objective's loss groups; the diagnostics of :mod:`.diagnostics` under
     their own names (``gan/D_real``, ``eu/kl``, ``grad_G/L_S``...); ``train/<term>`` for the others (accuracy,
     the unweighted L1 of each fake set); ``train/lr``, ``train/lr_D``, ``test/<target>/<metric>``; at each
-    sample grid, ``eval_L1/<set>`` (:class:`SampleGrids`).
+    sample grid, ``eval_L1/<set>`` (:class:`~isgan_torchreid.visualize.samples.SampleGrids`).
     """
 
     def before_stage(self):
@@ -289,9 +162,9 @@ class TensorBoardWriter(HookBase):
         """A scalar at the current step."""
         self.writer.add_scalar(tag, value, self.step())
 
-    def add_image(self, tag, picture):
-        """A picture (PIL) at the current step."""
-        self.writer.add_image(tag, to_array(picture), self.step(), dataformats="HWC")
+    def add_image(self, tag, pixels):
+        """A picture, (H, W, 3) uint8 pixels, at the current step."""
+        self.writer.add_image(tag, pixels, self.step(), dataformats="HWC")
 
     def after_stage(self):
         e = self.engine
@@ -425,7 +298,7 @@ class EpochTimer(HookBase):
 
 
 def default_hooks(cfg):
-    """The hooks of a training run: checkpoints, encoder files, sample grids, progress, TensorBoard, results.json."""
+    """The engine's hooks of a training run: checkpoints, progress, TensorBoard, results.json (the tool layer adds
+    its own, e.g. encoder files and sample grids: :func:`isgan_torchreid.cli.training_hooks`)."""
     t = cfg.TRAIN
-    return [Checkpointer(t.RESUME_FREQ, t.CHECKPOINT_FREQ), EncoderWriter(), SampleGrids(t.SAMPLE_FREQ),
-            ProgressPrinter(), TensorBoardWriter(), ResultsWriter()]
+    return [Checkpointer(t.RESUME_FREQ, t.CHECKPOINT_FREQ), ProgressPrinter(), TensorBoardWriter(), ResultsWriter()]

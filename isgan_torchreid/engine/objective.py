@@ -42,7 +42,6 @@ from .. import comm, compat
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..losses import isgan as L
 from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners, sample_strangers
-from ..visualize import denormalize
 from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
 from .optim import OptimizerSpec
 
@@ -202,7 +201,8 @@ def image_target(imgs: Tensor, space: str) -> Tensor:
 def image_to_unit(fake: Tensor, space: str) -> Tensor:
     """Inverse of :func:`image_target`: G's output -> [0, 1] RGB."""
     if space == "tanh":
-        return denormalize(torch.atanh(fake.clamp(-0.999, 0.999)), IMAGENET_MEAN, IMAGENET_STD)
+        mean, std, _ = _channel_constants(fake.device, fake.dtype)
+        return (torch.atanh(fake.clamp(-0.999, 0.999)) * std + mean).clamp(0, 1)
     return ((fake + 1) / 2).clamp(0, 1)
 
 
@@ -275,7 +275,7 @@ class IdentityObjective:
     lr_tags = {"model": "lr"}  # optimiser name -> TensorBoard tag of its learning rate (train/<tag>)
     stage_cost: Dict[int, float] = {}  # stage -> seconds per step relative to stage 1 (the ETA of stages not run)
     summed_stages: Dict[int, Tuple[int, ...]] = {}  # stage -> the stages whose steps together make one of its own
-    sample_stages: Tuple[int, ...] = ()  # stages after whose epochs hooks.SampleGrids draws
+    sample_stages: Tuple[int, ...] = ()  # stages after whose epochs visualize.samples.SampleGrids draws
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module, device: torch.device) -> "IdentityObjective":

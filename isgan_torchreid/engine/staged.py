@@ -17,7 +17,7 @@ from typing import Dict, List, Optional, Sequence
 
 from torch import Tensor
 
-from .. import comm, compat, deploy
+from .. import comm, compat
 from ..data.build import train_augmentations
 from ..errors import ISGANError
 from . import checkpoint as ckpt
@@ -31,9 +31,13 @@ Engine = compat.torchreid_base().engine.Engine
 
 
 class ISGANEngine(Engine):
-    """Trains the stages of ``cfg.TRAIN.STAGES`` (resuming where a previous run stopped), then evaluates each."""
+    """Trains the stages of ``cfg.TRAIN.STAGES`` (resuming where a previous run stopped), then evaluates each.
 
-    def __init__(self, cfg, datamanager, model, device, hooks: Optional[Sequence[HookBase]] = None):
+    ``hooks``: :func:`~.hooks.default_hooks` when None. ``extra_state``: entries every checkpoint also holds (the
+    tool layer's ``encoder_spec``, so that an encoder loads from a checkpoint without its run folder)."""
+
+    def __init__(self, cfg, datamanager, model, device, hooks: Optional[Sequence[HookBase]] = None,
+                 extra_state: Optional[dict] = None):
         super().__init__(datamanager, use_gpu=device.type == "cuda")
         self.cfg = cfg
         self.device = device
@@ -42,8 +46,7 @@ class ISGANEngine(Engine):
         self.objective = build_objective(cfg, model, device)
         self.precision = self.objective.precision
         self.model = model.to(device, memory_format=self.precision.memory_format)
-        # what load_encoder needs to rebuild the descriptor (None for torchreid's own models)
-        self.encoder_spec = deploy.encoder_spec(cfg) if deploy.has_identity_encoder(model) else None
+        self.extra_state = dict(extra_state or {})
         self.stage = None
         self.optimizers = {}
         self.results = {}  # stage (or "test") -> target -> metrics
