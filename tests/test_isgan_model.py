@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 from isgan_torchreid.data.build import IMAGENET_MEAN, IMAGENET_STD
-from isgan_torchreid.engine.objective import local_contrast, luminance, nuisance_map
+from isgan_torchreid.models.images import local_contrast, luminance
 from isgan_torchreid.models import isgan as isgan_module
 from isgan_torchreid.models.isgan import ISGAN, isgan_r18, isgan_r34, isgan_r50
 
@@ -149,14 +149,34 @@ def test_gray_eu_input_sees_no_colour():
         m = isgan_r18(10, pretrained=False, use_gpu=False, height=64, width=32, eu_input=eu_input).train()
         trunk = m.backbone(x)
         if eu_input == "rgb":
-            assert nuisance_map(m, x, trunk) is trunk
+            assert m.nuisance_input(x, trunk) is trunk
             continue
         stats = [b.clone() for b in m.backbone.buffers()]
-        seen = nuisance_map(m, x, trunk)
+        seen = m.nuisance_input(x, trunk)
         assert m.backbone.training and not seen.requires_grad
         assert all(torch.equal(a, b) for a, b in zip(stats, m.backbone.buffers()))
-        torch.testing.assert_close(seen, nuisance_map(m, luminance(x), trunk))  # same luminance, same map
+        torch.testing.assert_close(seen, m.nuisance_input(luminance(x), trunk))  # same luminance, same map
         torch.testing.assert_close(seen, m.backbone.eval()(image(x)))
+
+
+def test_encode_decode_and_identity_class_are_the_modules_path():
+    """ISGAN.encode: E_R's features and E_U's code of what E_U reads (its mean in eval mode); decode: G;
+    identity_class: the argmax of the mean of E_R's classifiers' logits on the code's parts."""
+    torch.manual_seed(0)
+    m = isgan_r18(10, pretrained=False, use_gpu=False, height=64, width=32, eu_input="gray", eu_grid=(2, 1)).eval()
+    x = torch.randn(3, 3, 64, 32)
+    with torch.no_grad():
+        identity, nuisance = m.encode(x)
+        trunk = m.backbone(x)
+        torch.testing.assert_close(identity, m.encoder_r(trunk)[0])
+        _, mu, _ = m.encoder_u(m.nuisance_input(x, trunk))
+        torch.testing.assert_close(nuisance, mu.flatten(1))  # eval: the mean, K parts then the cells
+        noise = torch.randn(3, m.generator.noise_dim)
+        labels = torch.tensor([0, 4, 9])
+        torch.testing.assert_close(m.decode(identity, nuisance, labels, noise), m.generator(identity, nuisance, labels,
+                                                                                           noise=noise))
+        logits = m.encoder_r(trunk)[1]
+        assert torch.equal(m.identity_class(identity), torch.stack(logits).mean(0).argmax(1))
 
 
 def test_one_resnet_copied_everywhere():

@@ -24,9 +24,9 @@ from .. import storage
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..engine import checkpoint as ckpt
 from ..engine import distributed
-from ..engine.objective import image_to_unit, nuisance_map
 from ..errors import ISGANError
 from ..models import build_model
+from ..models.images import image_to_unit
 from .embedding import image_tensor, test_transform
 from .encoder import _device, load_for_evaluation
 
@@ -95,10 +95,9 @@ class GAN:
         """images -> identity (N, K*p_R) E_R features, nuisance (N, K*p_U) E_U means; on the device."""
         identity, nuisance = [], []
         for start in range(0, len(images), batch_size):
-            imgs = self.images(images[start:start + batch_size])
-            trunk = self.model.backbone(imgs)  # (B, C4, H/16, W/16)
-            identity.append(self.model.encoder_r(trunk)[0])
-            nuisance.append(self.model.encoder_u(nuisance_map(self.model, imgs, trunk))[0])  # eval: E_U's mean
+            ids, nid = self.model.encode(self.images(images[start:start + batch_size]))  # eval: E_U's mean
+            identity.append(ids)
+            nuisance.append(nid)
         if not identity:
             raise ValueError("GAN.encode: no images given")
         return torch.cat(identity), torch.cat(nuisance)
@@ -106,9 +105,7 @@ class GAN:
     @torch.no_grad()
     def predicted_class(self, identity: Tensor) -> Tensor:
         """(N,) class of identity features (N, K*p_R): argmax of the mean of E_R's K classifiers' logits."""
-        parts = identity.view(identity.size(0), self.num_features, -1)  # (N, K, p_R)
-        logits = [classify(parts[:, k]) for k, classify in enumerate(self.model.encoder_r.classifiers)]
-        return torch.stack(logits).mean(0).argmax(1)
+        return self.model.identity_class(identity)
 
     @torch.no_grad()
     def decode(self, identity: Tensor, nuisance: Tensor, classes=None, batch_size: int = 64) -> Tensor:
@@ -125,7 +122,7 @@ class GAN:
             nid = nuisance[start:start + batch_size].to(self.device)
             cls = self.predicted_class(ids) if classes is None else classes[start:start + batch_size].to(self.device)
             noise = ids.new_zeros(ids.size(0), self.model.generator.noise_dim)
-            out.append(image_to_unit(self.model.generator(ids, nid, cls, noise=noise), self.target_space))
+            out.append(image_to_unit(self.model.decode(ids, nid, cls, noise), self.target_space))
         return torch.cat(out)
 
 

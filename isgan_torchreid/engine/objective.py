@@ -29,24 +29,21 @@ each stage from :meth:`~IdentityObjective.parallel_modules`). The G step calls t
 there: a DDP wrapper would all-reduce nothing but still expect D's gradients.
 """
 import dataclasses
-import functools
-import math
 import warnings
 from typing import Dict, List, NamedTuple, Optional, Tuple
 
 import torch
-import torchvision.transforms.v2.functional as TF
 from torch import Tensor, nn
 
 from .. import comm, compat
-from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 from ..losses import isgan as L
 from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners, sample_strangers
+from ..models.images import channel_constants, image_target, image_to_unit
 from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
 from .optim import OptimizerSpec
 
-__all__ = ["LossSettings", "OptimizerSettings", "Precision", "Generation", "image_target", "image_to_unit",
-           "IdentityObjective", "ISGANObjective", "build_objective", "luminance", "local_contrast", "nuisance_map"]
+__all__ = ["LossSettings", "OptimizerSettings", "Precision", "Generation", "IdentityObjective", "ISGANObjective",
+           "METHODS", "method_name", "build_objective"]
 
 # attributes of ISGAN that each stage trains
 ISGAN_STAGE_MODULES = {
@@ -178,80 +175,6 @@ class Generation(NamedTuple):
     partner: Tensor  # (B,) index of each row's positive partner
     part_mask: Optional[Tensor]  # (B, K) slots taken from the partner, None without part shuffling
     stranger: Optional[Tensor] = None  # (B,) whose identity code each cross-identity fake drew, None without them
-
-
-@functools.lru_cache(maxsize=None)
-def _channel_constants(device: torch.device, dtype: torch.dtype) -> Tuple[Tensor, Tensor, Tensor]:
-    """ImageNet's mean and std and BT.601's luminance weights, each (1, 3, 1, 1), made once per device and dtype
-    (not copied from the host at every step); plain tensors even when first asked for under inference_mode."""
-    with torch.inference_mode(False):
-        return tuple(torch.tensor(v, device=device, dtype=dtype).view(1, 3, 1, 1)
-                     for v in (IMAGENET_MEAN, IMAGENET_STD, [0.299, 0.587, 0.114]))
-
-
-def image_target(imgs: Tensor, space: str) -> Tensor:
-    """Normalised input -> the space of G's tanh output and D's inputs (LOSS.TARGET_SPACE): ``rgb`` is [-1, 1]
-    RGB, ``tanh`` (the authors' code) is tanh of the normalised input."""
-    if space == "tanh":
-        return torch.tanh(imgs)
-    mean, std, _ = _channel_constants(imgs.device, imgs.dtype)
-    return (imgs * std + mean) * 2 - 1  # [-1, 1] RGB
-
-
-def image_to_unit(fake: Tensor, space: str) -> Tensor:
-    """Inverse of :func:`image_target`: G's output -> [0, 1] RGB."""
-    if space == "tanh":
-        mean, std, _ = _channel_constants(fake.device, fake.dtype)
-        return (torch.atanh(fake.clamp(-0.999, 0.999)) * std + mean).clamp(0, 1)
-    return ((fake + 1) / 2).clamp(0, 1)
-
-
-CONTRAST_FLOOR = 0.02  # added to the local spread of luminance (in [0, 1]) before dividing: flat regions stay ~0
-
-
-def _gray(imgs: Tensor) -> Tensor:
-    """Normalised RGB (B, 3, H, W) -> its luminance (ITU-R BT.601), (B, 1, H, W) in [0, 1]."""
-    mean, std, weights = _channel_constants(imgs.device, imgs.dtype)
-    return ((imgs * std + mean) * weights).sum(1, keepdim=True)
-
-
-def luminance(imgs: Tensor) -> Tensor:
-    """Normalised RGB (B, 3, H, W) -> its luminance (ITU-R BT.601) in all three channels, normalised alike."""
-    mean, std, _ = _channel_constants(imgs.device, imgs.dtype)
-    return (_gray(imgs) - mean) / std  # (B, 3, H, W)
-
-
-def local_contrast(imgs: Tensor) -> Tensor:
-    """Normalised RGB (B, 3, H, W) -> its luminance with each neighbourhood's mean and spread taken out (local
-    contrast normalisation, a Gaussian window of sigma min(H, W) / 8), in all three channels, about zero-mean and
-    unit-variance as a normalised image is: edges, shapes and texture stay; the brightness of a region (a shirt's,
-    the light's) goes."""
-    gray = _gray(imgs)  # (B, 1, H, W)
-    sigma = min(imgs.shape[-2:]) / 8
-    size = 2 * math.ceil(2 * sigma) + 1
-    blur = functools.partial(TF.gaussian_blur, kernel_size=[size, size], sigma=[sigma, sigma])
-    centred = gray - blur(gray)
-    spread = blur(centred * centred).sqrt()
-    return (centred / (spread + CONTRAST_FLOOR)).expand(-1, 3, -1, -1)  # (B, 3, H, W)
-
-
-NUISANCE_INPUTS = {"gray": luminance, "contrast": local_contrast}  # MODEL.EU_INPUT other than rgb -> E_U's image
-
-
-def nuisance_map(model: nn.Module, imgs: Tensor, trunk: Tensor) -> Tensor:
-    """The map E_U reads (MODEL.EU_INPUT): ``trunk``, the images' trunk map (rgb), or the trunk map of their
-    luminance (gray) or its local contrast (contrast), (B, C4, H/16, W/16). That pass runs without gradient and
-    with the trunk's running BatchNorm statistics, so in stage 3 the trunk that E_R's test descriptor depends on
-    learns from real images only."""
-    if model.eu_input == "rgb":
-        return trunk
-    backbone = model.backbone
-    was_training = backbone.training
-    try:
-        with torch.no_grad():
-            return backbone.eval()(NUISANCE_INPUTS[model.eu_input](imgs))
-    finally:
-        backbone.train(was_training)
 
 
 def _logged(terms: Dict[str, Tensor]) -> Dict[str, Tensor]:
@@ -422,7 +345,7 @@ class ISGANObjective(IdentityObjective):
             id_feat, logits = net.encoder_r(trunk)  # (B, K*p_R), K x (B, C)
         if stage == 2:
             trunk = trunk.detach()
-        nid, mu, logvar = net.encoder_u(nuisance_map(self.model, imgs, trunk))  # (B, K*p_U), (B, K, p_U) x2
+        nid, mu, logvar = net.encoder_u(self.model.nuisance_input(imgs, trunk))  # (B, K*p_U), (B, K, p_U) x2
         partner = sample_partners(pids)  # (B,)
         id_partner = id_feat[partner]
         sets, ids, mask = [], [], None
@@ -455,7 +378,7 @@ class ISGANObjective(IdentityObjective):
         E_R through the identity code G drew with), and E_R's statistics see real images alone. The codes are
         targets (detached)."""
         model = self.model
-        mean, std, _ = _channel_constants(fakes.device, fakes.dtype)
+        mean, std, _ = channel_constants(fakes.device, fakes.dtype)
         imgs = (self.image_to_unit(fakes) - mean) / std  # G's output -> E_R's normalised input
         modules = (model.backbone, model.encoder_r)
         states = [(m.training, [p.requires_grad for p in m.parameters()]) for m in modules]

@@ -1,19 +1,26 @@
 """IS-GAN (paper Sec. 3.3, Fig. 2): the MGN-like baseline plus E_U, G, D_D and D_C.
 
 ``forward`` is the baseline's (E_R only), so torchreid can train stage 1 and evaluate the model
-unchanged; the staged engine calls ``encoder_u``, ``generator`` and ``discriminator`` directly.
+unchanged; :meth:`ISGAN.encode` and :meth:`ISGAN.decode` give a trained model's codes and images; IS-GAN's
+training steps (:mod:`isgan_torchreid.engine.objective`) call the modules one by one, each wrapped for DDP.
 One ImageNet ResNet is loaded and deep-copied into the trunk and all part branches of E_R and E_U.
 
 ``eu_input`` (MODEL.EU_INPUT): ``rgb``, E_U reads the trunk map of the image (paper); ``gray``, of the image's
-luminance (:func:`isgan_torchreid.engine.objective.nuisance_map`), as DG-Net's structure encoder reads a grey
+luminance (:meth:`ISGAN.nuisance_input`), as DG-Net's structure encoder reads a grey
 image: E_U can still carry pose, view, background layout and light, but colour, the largest share of what tells
 persons apart, only the identity code can give G; ``contrast``, of its local contrast (the luminance with each
 neighbourhood's mean and spread taken out): shapes and edges without the brightness of a shirt.
 """
+from typing import Optional, Tuple
+
+import torch
+from torch import Tensor
+
 from .branches import load_resnet, validate_parts
 from .discriminator import Discriminator
 from .encoders import NuisanceEncoder
 from .generator import Generator, check_image_size
+from .images import NUISANCE_INPUTS
 from .mgn import MGN, check_loss
 
 __all__ = ["EU_INPUTS", "ISGAN", "isgan_r50", "isgan_r34", "isgan_r18"]
@@ -59,13 +66,47 @@ class ISGAN(MGN):
         resnet = load_resnet(backbone, pretrained)
         super().__init__(num_classes, backbone, pretrained, parts, id_dim, loss, resnet=resnet)
         self.encoder_u = NuisanceEncoder(resnet, parts, nid_dim, pool=eu_pool, shared=eu_shared, grid=eu_grid)
-        self.eu_input = eu_input  # what E_U reads: the trunk map of the image or of its luminance (nuisance_map)
+        self.eu_input = eu_input  # what E_U reads: the trunk map of the image or of its luminance (nuisance_input)
         k = self.encoder_r.num_features
         self.generator = Generator(num_classes, id_dim * k, nid_dim * (k + self.encoder_u.num_cells), noise_dim,
                                    height, width, dropout=g_dropout, init=g_init, class_input=g_class_input,
                                    base_channels=g_width, parts=parts, stripe_codes=G_STRIPES[g_stripes],
                                    grid=self.encoder_u.grid)
         self.discriminator = Discriminator(num_classes, base_channels=d_width)
+
+    def nuisance_input(self, imgs: Tensor, trunk: Tensor) -> Tensor:
+        """The map E_U reads (MODEL.EU_INPUT): ``trunk``, the images' trunk map (rgb), or the trunk map of their
+        luminance (gray) or its local contrast (contrast), (B, C4, H/16, W/16). That pass runs without gradient
+        and with the trunk's running BatchNorm statistics, so in stage 3 the trunk that E_R's test descriptor
+        depends on learns from real images only."""
+        if self.eu_input == "rgb":
+            return trunk
+        was_training = self.backbone.training
+        try:
+            with torch.no_grad():
+                return self.backbone.eval()(NUISANCE_INPUTS[self.eu_input](imgs))
+        finally:
+            self.backbone.train(was_training)
+
+    def encode(self, imgs: Tensor) -> Tuple[Tensor, Tensor]:
+        """Normalised images (B, 3, H, W) -> identity code (B, K*p_R), E_R's features, and nuisance code
+        (B, F*p_U), E_U's (its mean in eval mode, a sample in train mode; F = K parts + the grid's cells)."""
+        trunk = self.backbone(imgs)  # (B, C4, H/16, W/16)
+        identity, _ = self.encoder_r(trunk)
+        nuisance, _, _ = self.encoder_u(self.nuisance_input(imgs, trunk))
+        return identity, nuisance
+
+    def identity_class(self, identity: Tensor) -> Tensor:
+        """(B,) training class of identity codes (B, K*p_R): argmax of the mean of E_R's K classifiers' logits."""
+        parts = identity.view(identity.size(0), self.encoder_r.num_features, -1)  # (B, K, p_R)
+        logits = [classify(parts[:, k]) for k, classify in enumerate(self.encoder_r.classifiers)]
+        return torch.stack(logits).mean(0).argmax(1)
+
+    def decode(self, identity: Tensor, nuisance: Tensor, labels: Tensor,
+               noise: Optional[Tensor] = None) -> Tensor:
+        """G(identity (B, K*p_R), nuisance (B, F*p_U), labels (B,) [, noise (B, noise_dim)]) -> (B, 3, H, W) in
+        G's output space (:func:`~.images.image_to_unit` turns it into RGB); noise drawn when None."""
+        return self.generator(identity, nuisance, labels, noise=noise)
 
 
 def isgan_r50(num_classes, loss="softmax", pretrained=True, use_gpu=True, **kwargs):
