@@ -61,6 +61,9 @@ _C.MODEL = CN()
 # isgan | baseline (E_R alone, L_R only: IS-GAN's stage-1 network) | mgn | any torchreid model name
 # (pcb_p6, resnet50, osnet_x1_0, ...); the factory names isgan_r50/r34/r18, mgn_r50/r18 mean NAME + BACKBONE
 _C.MODEL.NAME = "isgan"
+# the method that trains the model (engine.objective.METHODS): auto = isgan for MODEL.NAME isgan, identity (CE,
+# + MGN's triplet) for any other; or the name a method was registered under (engine.objective.register_method)
+_C.MODEL.METHOD = "auto"
 _C.MODEL.BACKBONE = "resnet50"  # resnet50 | resnet34 | resnet18 (isgan, mgn)
 _C.MODEL.PRETRAINED = True  # ImageNet weights through torchvision
 _C.MODEL.PARTS = [1, 2, 3]  # stripes per branch: part-1, part-2, part-3 (Table 3 variants)

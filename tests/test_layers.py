@@ -1,5 +1,5 @@
-"""The package's layers (docs/design.md, "Layers"): every module belongs to one; a module imports only from its
-own layer or lower ones, module-level and function-level imports alike, and no import cycle exists."""
+"""The package's layers (docs/architecture.md, "Layers"): every module belongs to one; a module imports only
+from its own layer or lower ones, module-level and function-level imports alike, and no import cycle exists."""
 import ast
 import fnmatch
 import os

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import comm, compat
+from ..errors import ISGANError
 from ..losses import isgan as L
 from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners, sample_strangers
 from ..models.images import channel_constants, image_target, image_to_unit
@@ -43,7 +44,7 @@ from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
 from .optim import OptimizerSpec
 
 __all__ = ["LossSettings", "OptimizerSettings", "Precision", "Generation", "IdentityObjective", "ISGANObjective",
-           "METHODS", "method_name", "build_objective"]
+           "METHODS", "register_method", "method_name", "build_objective", "logged"]
 
 # attributes of ISGAN that each stage trains
 ISGAN_STAGE_MODULES = {
@@ -177,7 +178,7 @@ class Generation(NamedTuple):
     stranger: Optional[Tensor] = None  # (B,) whose identity code each cross-identity fake drew, None without them
 
 
-def _logged(terms: Dict[str, Tensor]) -> Dict[str, Tensor]:
+def logged(terms: Dict[str, Tensor]) -> Dict[str, Tensor]:
     """Loss tensors -> detached 0-d float tensors for logging (means over the processes), on the device."""
     if not terms:
         return {}
@@ -246,7 +247,7 @@ class IdentityObjective:
 
     def step(self, imgs: Tensor, pids: Tensor, stage: int, updates) -> Dict[str, Tensor]:
         """One identity step; stage 3 weights the objective by λ_R (Eq. 8). Returns the terms and accuracy
-        (:func:`_logged`)."""
+        (:func:`logged`)."""
         with self.precision.autocast():
             outputs = self.net(imgs)
             logits, features = outputs if isinstance(outputs, tuple) else (outputs, None)
@@ -255,7 +256,7 @@ class IdentityObjective:
         updates["model"](terms)
         first = logits[0] if isinstance(logits, (list, tuple)) else logits
         terms["acc"] = (first.argmax(1) == pids).float().mean()
-        return _logged(terms)
+        return logged(terms)
 
 
 class ISGANObjective(IdentityObjective):
@@ -283,8 +284,8 @@ class ISGANObjective(IdentityObjective):
         super().__init__(model, losses, precision, optim)
         missing = [name for name in ISGAN_STAGE_MODULES[3] if not isinstance(getattr(model, name, None), nn.Module)]
         if missing:
-            raise ValueError(f"ISGANObjective: {type(model).__name__} has no {', '.join(missing)}; IS-GAN's "
-                             f"objective trains an ISGAN model (MODEL.NAME isgan)")
+            raise ISGANError(f"IS-GAN's method trains E_U, G and D, which {type(model).__name__} lacks "
+                             f"({', '.join(missing)}): set MODEL.NAME isgan, or MODEL.METHOD auto or identity")
         if losses.lambda_s <= 0 and losses.lambda_ps <= 0:
             raise ValueError("ISGANObjective: LAMBDA_S and LAMBDA_PS are both 0; stages 2-3 need one of them")
         self.joint_g_batch = joint_g_batch
@@ -477,7 +478,7 @@ class ISGANObjective(IdentityObjective):
         self.gan_steps += 1
         updates["model"](terms)
         disc.requires_grad_(True)
-        return _logged({**terms, **d_terms, **{f"L1_{k}": v for k, v in recon.items()}, **stats})
+        return logged({**terms, **d_terms, **{f"L1_{k}": v for k, v in recon.items()}, **stats})
 
 
 def singleton_identities(dataset) -> int:
@@ -488,15 +489,30 @@ def singleton_identities(dataset) -> int:
     return sum(1 for c in counts.values() if c == 1)
 
 
-METHODS = {"isgan": ISGANObjective, "identity": IdentityObjective}  # method name -> its objective
+METHODS = {"isgan": ISGANObjective, "identity": IdentityObjective}  # method name -> its objective class
+
+
+def register_method(name: str):
+    """Class decorator: make an objective class (the contract of :class:`IdentityObjective`) the method ``name``,
+    which MODEL.METHOD then selects."""
+    def register(cls):
+        METHODS[name] = cls
+        return cls
+    return register
 
 
 def method_name(cfg) -> str:
-    """The method that trains MODEL.NAME: IS-GAN's for ``isgan``, identity training for any other model (the E_R
-    baseline, MGN, torchreid's models)."""
+    """MODEL.METHOD; for ``auto``, IS-GAN's for MODEL.NAME ``isgan`` and identity training for any other model
+    (the E_R baseline, MGN, torchreid's models)."""
+    if cfg.MODEL.METHOD != "auto":
+        return cfg.MODEL.METHOD
     return "isgan" if cfg.MODEL.NAME == "isgan" else "identity"
 
 
 def build_objective(cfg, model: nn.Module, device: torch.device) -> IdentityObjective:
     """The objective of the config's method (:data:`METHODS`, :func:`method_name`) for ``model``."""
-    return METHODS[method_name(cfg)].from_config(cfg, model, device)
+    name = method_name(cfg)
+    if name not in METHODS:
+        raise ISGANError(f"MODEL.METHOD {name!r} is not a registered method; use auto or one of "
+                         f"{', '.join(sorted(METHODS))} (engine.objective.register_method adds one)")
+    return METHODS[name].from_config(cfg, model, device)
