@@ -22,7 +22,6 @@ class HeadTuning(IdentityObjective):
 
     stages = (1, 3)
     loss_groups = {"id": ("L_R",), "toy": ("L_size",)}
-    lr_tags = {"model": "lr"}
 
     def trainable_modules(self, stage):
         return [self.model] if stage == 1 else [self.model.encoder_r]

@@ -139,7 +139,7 @@ class TensorBoardWriter(HookBase):
 
     def after_step(self):
         e = self.engine
-        lrs = {f"train/{e.objective.lr_tags[name]}": opt.optimizer.param_groups[0]["lr"]
+        lrs = {f"train/{e.objective.lr_tags.get(name, f'lr_{name}')}": opt.optimizer.param_groups[0]["lr"]
                for name, opt in e.optimizers.items()}
         self.queue.add((self.step(), lrs), e.summary)
         if e.at_logging_point():

@@ -196,10 +196,10 @@ class IdentityObjective:
 
     stages = (1, 3)
     loss_groups = {"id": ("L_R", "L_tri")}  # the step's terms, grouped for the progress line and TensorBoard
-    lr_tags = {"model": "lr"}  # optimiser name -> TensorBoard tag of its learning rate (train/<tag>)
+    lr_tags = {"model": "lr"}  # optimiser name -> TensorBoard tag of its learning rate (train/<tag>; lr_<name>)
     stage_cost: Dict[int, float] = {}  # stage -> seconds per step relative to stage 1 (the ETA of stages not run)
     summed_stages: Dict[int, Tuple[int, ...]] = {}  # stage -> the stages whose steps together make one of its own
-    sample_stages: Tuple[int, ...] = ()  # stages after whose epochs visualize.samples.SampleGrids draws
+    sample_stages: Tuple[int, ...] = ()  # stages whose epochs end with a sample grid (visualize.samples: generate)
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module, device: torch.device) -> "IdentityObjective":
