@@ -12,6 +12,7 @@ import math
 import os
 import textwrap
 from importlib import resources
+from typing import Callable, Dict
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -61,8 +62,8 @@ _C.MODEL = CN()
 # isgan | baseline (E_R alone, L_R only: IS-GAN's stage-1 network) | mgn | any torchreid model name
 # (pcb_p6, resnet50, osnet_x1_0, ...); the factory names isgan_r50/r34/r18, mgn_r50/r18 mean NAME + BACKBONE
 _C.MODEL.NAME = "isgan"
-# the method that trains the model (engine.objective.METHODS): auto = isgan for MODEL.NAME isgan, identity (CE,
-# + MGN's triplet) for any other; or the name a method was registered under (engine.objective.register_method)
+# the method that trains the model (METHODS below): auto = isgan for MODEL.NAME isgan, identity (CE, + MGN's
+# triplet) for any other; or the name a method was registered under (engine.objective.register_method)
 _C.MODEL.METHOD = "auto"
 _C.MODEL.BACKBONE = "resnet50"  # resnet50 | resnet34 | resnet18 (isgan, mgn)
 _C.MODEL.PRETRAINED = True  # ImageNet weights through torchvision
@@ -509,6 +510,22 @@ def check_ranges(cfg):
                                  f"within it")
 
 
+# Filled at import by the layers above (the package imports them all): a model's own config rules by MODEL.NAME
+# (models: a function of the config that raises ISGANError), and the training methods by name (engine.objective:
+# classes with ``stages``, ``models``, the MODEL.NAMEs the method trains under MODEL.METHOD auto, and
+# ``check_config(cfg, stages)``).
+MODEL_RULES: Dict[str, Callable] = {}
+METHODS: Dict[str, type] = {}
+
+
+def method_name(cfg) -> str:
+    """MODEL.METHOD; for ``auto``, the registered method that lists MODEL.NAME among its models, else
+    ``identity`` (identity training: the E_R baseline, MGN, torchreid's models)."""
+    if cfg.MODEL.METHOD != "auto":
+        return cfg.MODEL.METHOD
+    return next((name for name, method in METHODS.items() if cfg.MODEL.NAME in method.models), "identity")
+
+
 def validate(cfg):
     """Check values a type check cannot catch; raise ISGANError naming the key and the fix."""
     check_ranges(cfg)
@@ -518,9 +535,6 @@ def validate(cfg):
     stages = list(cfg.TRAIN.STAGES)
     if not stages or sorted(set(stages)) != stages or not set(stages) <= {1, 2, 3}:
         raise ISGANError(f"TRAIN.STAGES = {stages}: use an increasing subset of [1, 2, 3], e.g. [1, 2, 3] or [2, 3]")
-    if cfg.MODEL.NAME != "isgan" and 2 in stages:
-        raise ISGANError(f"MODEL.NAME {cfg.MODEL.NAME} has no stage 2 (E_U, G and D exist only for isgan): set "
-                         f"TRAIN.STAGES [1], or [1, 3] for IS-GAN's E_R schedule")
     if not cfg.DATA.SOURCES:
         raise ISGANError("DATA.SOURCES is empty: name at least one dataset, e.g. market1501")
     for key, example in (("ADAM_BETAS", "[0.9, 0.999]"), ("D_ADAM_BETAS", "[0.5, 0.999]")):
@@ -528,39 +542,19 @@ def validate(cfg):
             raise ISGANError(f"TRAIN.{key} = {cfg.TRAIN[key]}: give two values, e.g. {example}")
     if len(set(cfg.MODEL.PARTS)) != len(cfg.MODEL.PARTS) or not cfg.MODEL.PARTS:
         raise ISGANError(f"MODEL.PARTS = {cfg.MODEL.PARTS}: distinct positive stripe counts, e.g. [1, 2, 3]")
-    if cfg.MODEL.NAME == "isgan":
-        for key in ("HEIGHT", "WIDTH"):
-            if cfg.DATA[key] % 16:
-                raise ISGANError(f"DATA.{key} = {cfg.DATA[key]} must be divisible by 16 for the generator "
-                                 f"(at least four x2 upsamplings); e.g. 384x128, 256x128, 128x64 or 64x32")
-        grid = list(cfg.MODEL.EU_GRID)
-        if grid and (len(grid) != 2 or not all(isinstance(n, int) and n >= 1 for n in grid)):
-            raise ISGANError(f"MODEL.EU_GRID = {grid}: give [] (off) or [rows, cols] of positive integers, "
-                             f"e.g. [4, 2]")
-        if grid and (grid[0] > cfg.DATA.HEIGHT // 16 or grid[1] > cfg.DATA.WIDTH // 16):
-            raise ISGANError(f"MODEL.EU_GRID = {grid} has more cells than E_U's map of a {cfg.DATA.HEIGHT}x"
-                             f"{cfg.DATA.WIDTH} image ({cfg.DATA.HEIGHT // 16}x{cfg.DATA.WIDTH // 16}); use at "
-                             f"most [{cfg.DATA.HEIGHT // 16}, {cfg.DATA.WIDTH // 16}]")
-        if cfg.MODEL.G_STRIPES != "none" and max(cfg.MODEL.PARTS) < 2:
-            raise ISGANError(f"MODEL.G_STRIPES {cfg.MODEL.G_STRIPES} draws stripe features, but MODEL.PARTS "
-                             f"{cfg.MODEL.PARTS} has no branch with stripes: set MODEL.PARTS e.g. [1, 2, 3], or "
-                             f"MODEL.G_STRIPES none")
-    if cfg.MODEL.NAME == "isgan" and (2 in stages or 3 in stages):
-        if cfg.SAMPLER.K < 2:
-            raise ISGANError("SAMPLER.K must be >= 2 for stages 2-3: identity shuffling needs a positive "
-                             "partner of the same identity in the batch")
-        stripes = sum(p for p in cfg.MODEL.PARTS if p > 1)
-        slots = stripes if cfg.LOSS.PART_SHUFFLE == "local" else len(cfg.MODEL.PARTS) + stripes
-        if cfg.LOSS.LAMBDA_PS > 0 and cfg.LOSS.PART_SHUFFLE != "none" and slots < 2:
-            raise ISGANError(f"LOSS.PART_SHUFFLE {cfg.LOSS.PART_SHUFFLE} swaps among {slots} feature(s) of "
-                             f"MODEL.PARTS {cfg.MODEL.PARTS}, but a part-level shuffle needs at least 2: add "
-                             f"stripes (e.g. MODEL.PARTS [1, 2, 3]) or set LOSS.LAMBDA_PS 0")
-        if cfg.LOSS.LAMBDA_S <= 0 and cfg.LOSS.LAMBDA_PS <= 0:
-            raise ISGANError("LOSS.LAMBDA_S and LOSS.LAMBDA_PS are both 0: stages 2-3 need at least one of the "
-                             "identity-shuffling losses (Eq. 3, 4)")
-        if len(cfg.LOSS.LAMBDA_U) != 2:
-            raise ISGANError(f"LOSS.LAMBDA_U = {cfg.LOSS.LAMBDA_U}: give two values, for stage 2 and stage 3")
-
+    rules = MODEL_RULES.get(cfg.MODEL.NAME)
+    if rules is not None:
+        rules(cfg)
+    name = method_name(cfg)
+    if name not in METHODS:
+        raise ISGANError(f"MODEL.METHOD {name!r} is not a registered method; use auto or one of "
+                         f"{', '.join(sorted(METHODS))} (engine.objective.register_method adds one)")
+    method = METHODS[name]
+    missing = [stage for stage in stages if stage not in method.stages]
+    if missing:
+        raise ISGANError(f"MODEL.NAME {cfg.MODEL.NAME} has no stage {missing[0]} (its method, {name}, trains stages "
+                         f"{list(method.stages)}): set TRAIN.STAGES to a subset of {list(method.stages)}")
+    method.check_config(cfg, stages)
 
 def hashed_config(cfg):
     """The keys that change what is trained (paths, logging, test options and epochs excluded) as nested plain

@@ -10,7 +10,8 @@ from torch.nn import functional as F
 from isgan_torchreid import storage
 from isgan_torchreid.cli import train_main
 from isgan_torchreid.engine import checkpoint as ckpt
-from isgan_torchreid.engine.objective import METHODS, IdentityObjective, logged, register_method
+from isgan_torchreid.config import METHODS
+from isgan_torchreid.engine.objective import IdentityObjective, logged, register_method
 
 from conftest import CONFIGS, TINY
 

@@ -36,6 +36,7 @@ import torch
 from torch import Tensor, nn
 
 from .. import comm, compat
+from ..config import METHODS, method_name
 from ..errors import ISGANError
 from ..losses import isgan as L
 from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners, sample_strangers
@@ -44,7 +45,7 @@ from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
 from .optim import OptimizerSpec
 
 __all__ = ["LossSettings", "OptimizerSettings", "Precision", "Generation", "IdentityObjective", "ISGANObjective",
-           "METHODS", "register_method", "method_name", "build_objective", "logged"]
+           "register_method", "build_objective", "logged"]
 
 # attributes of ISGAN that each stage trains
 ISGAN_STAGE_MODULES = {
@@ -195,11 +196,16 @@ class IdentityObjective:
     the stages whose sample grids are drawn, and what it changes at each epoch (:meth:`before_epoch`)."""
 
     stages = (1, 3)
+    models: Tuple[str, ...] = ()  # the MODEL.NAMEs this method trains under MODEL.METHOD auto (else: identity)
     loss_groups = {"id": ("L_R", "L_tri")}  # the step's terms, grouped for the progress line and TensorBoard
     lr_tags = {"model": "lr"}  # optimiser name -> TensorBoard tag of its learning rate (train/<tag>; lr_<name>)
     stage_cost: Dict[int, float] = {}  # stage -> seconds per step relative to stage 1 (the ETA of stages not run)
     summed_stages: Dict[int, Tuple[int, ...]] = {}  # stage -> the stages whose steps together make one of its own
     sample_stages: Tuple[int, ...] = ()  # stages whose epochs end with a sample grid (visualize.samples: generate)
+
+    @classmethod
+    def check_config(cls, cfg, stages) -> None:
+        """The config rules of this method for ``stages`` (ISGANError naming the key and the fix); none here."""
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module, device: torch.device) -> "IdentityObjective":
@@ -263,6 +269,7 @@ class ISGANObjective(IdentityObjective):
     """IS-GAN's three stages [Eq. 1-8]; stage 1 is the identity objective on E_R."""
 
     stages = (1, 2, 3)
+    models = ("isgan",)
     # E_R's identity terms, the encoder/G terms of Eq. 8 and D's terms [Eq. 6, 7]
     loss_groups = {"id": ("L_R", "L_tri"), "gen": ("L_S", "L_PS", "L_U", "L_D", "L_C", "L_X", "L_code"),
                    "disc": ("D_dom", "D_cls")}
@@ -278,6 +285,27 @@ class ISGANObjective(IdentityObjective):
     def from_config(cls, cfg, model: nn.Module, device: torch.device) -> "ISGANObjective":
         return cls(model, LossSettings.from_config(cfg), Precision.from_config(cfg, device),
                    OptimizerSettings.from_config(cfg), cfg.MODEL.G_JOINT_BATCH, cfg.TRAIN.GRAD_NORM_FREQ)
+
+    @classmethod
+    def check_config(cls, cfg, stages) -> None:
+        """The config rules of IS-GAN's stages 2-3 among ``stages`` (the shuffling's partners and slots, the
+        reconstruction terms, λ_U per stage); ISGANError naming the key and the fix."""
+        if not (2 in stages or 3 in stages):
+            return
+        if cfg.SAMPLER.K < 2:
+            raise ISGANError("SAMPLER.K must be >= 2 for stages 2-3: identity shuffling needs a positive "
+                             "partner of the same identity in the batch")
+        stripes = sum(p for p in cfg.MODEL.PARTS if p > 1)
+        slots = stripes if cfg.LOSS.PART_SHUFFLE == "local" else len(cfg.MODEL.PARTS) + stripes
+        if cfg.LOSS.LAMBDA_PS > 0 and cfg.LOSS.PART_SHUFFLE != "none" and slots < 2:
+            raise ISGANError(f"LOSS.PART_SHUFFLE {cfg.LOSS.PART_SHUFFLE} swaps among {slots} feature(s) of "
+                             f"MODEL.PARTS {cfg.MODEL.PARTS}, but a part-level shuffle needs at least 2: add "
+                             f"stripes (e.g. MODEL.PARTS [1, 2, 3]) or set LOSS.LAMBDA_PS 0")
+        if cfg.LOSS.LAMBDA_S <= 0 and cfg.LOSS.LAMBDA_PS <= 0:
+            raise ISGANError("LOSS.LAMBDA_S and LOSS.LAMBDA_PS are both 0: stages 2-3 need at least one of the "
+                             "identity-shuffling losses (Eq. 3, 4)")
+        if len(cfg.LOSS.LAMBDA_U) != 2:
+            raise ISGANError(f"LOSS.LAMBDA_U = {cfg.LOSS.LAMBDA_U}: give two values, for stage 2 and stage 3")
 
     def __init__(self, model: nn.Module, losses: LossSettings, precision: Precision, optim: OptimizerSettings,
                  joint_g_batch: bool = True, grad_norm_freq: int = 0):
@@ -489,30 +517,21 @@ def singleton_identities(dataset) -> int:
     return sum(1 for c in counts.values() if c == 1)
 
 
-METHODS = {"isgan": ISGANObjective, "identity": IdentityObjective}  # method name -> its objective class
-
-
 def register_method(name: str):
-    """Class decorator: make an objective class (the contract of :class:`IdentityObjective`) the method ``name``,
-    which MODEL.METHOD then selects."""
+    """Class decorator: make an objective class (the contract of :class:`IdentityObjective`) the method ``name``
+    of the config's registry (:data:`isgan_torchreid.config.METHODS`), which MODEL.METHOD selects and whose
+    stages and rules the config's validation checks."""
     def register(cls):
         METHODS[name] = cls
         return cls
     return register
 
 
-def method_name(cfg) -> str:
-    """MODEL.METHOD; for ``auto``, IS-GAN's for MODEL.NAME ``isgan`` and identity training for any other model
-    (the E_R baseline, MGN, torchreid's models)."""
-    if cfg.MODEL.METHOD != "auto":
-        return cfg.MODEL.METHOD
-    return "isgan" if cfg.MODEL.NAME == "isgan" else "identity"
+register_method("identity")(IdentityObjective)
+register_method("isgan")(ISGANObjective)
 
 
 def build_objective(cfg, model: nn.Module, device: torch.device) -> IdentityObjective:
-    """The objective of the config's method (:data:`METHODS`, :func:`method_name`) for ``model``."""
-    name = method_name(cfg)
-    if name not in METHODS:
-        raise ISGANError(f"MODEL.METHOD {name!r} is not a registered method; use auto or one of "
-                         f"{', '.join(sorted(METHODS))} (engine.objective.register_method adds one)")
-    return METHODS[name].from_config(cfg, model, device)
+    """The objective of the config's method (:func:`isgan_torchreid.config.method_name`; validated with the
+    config) for ``model``."""
+    return METHODS[method_name(cfg)].from_config(cfg, model, device)

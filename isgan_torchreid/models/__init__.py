@@ -1,7 +1,8 @@
 """The project's models: IS-GAN and the MGN baseline, registered into torchreid by name."""
 from .. import compat
+from ..config import MODEL_RULES
 from ..errors import ISGANError
-from .isgan import ISGAN, isgan_r18, isgan_r34, isgan_r50
+from .isgan import ISGAN, check_config, isgan_r18, isgan_r34, isgan_r50
 from .mgn import MGN, mgn_r18, mgn_r50
 
 # names for torchreid.models.build_model(name, num_classes, loss, pretrained, use_gpu)
@@ -12,6 +13,9 @@ MODELS = {
     "mgn_r50": mgn_r50,
     "mgn_r18": mgn_r18,
 }
+
+
+MODEL_RULES["isgan"] = check_config  # G's image size, E_U's grid, G's stripes: checked as the config loads
 
 
 def build_model(cfg, num_classes):

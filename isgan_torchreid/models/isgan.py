@@ -16,6 +16,7 @@ from typing import Optional, Tuple
 import torch
 from torch import Tensor
 
+from ..errors import ISGANError
 from .branches import load_resnet, validate_parts
 from .discriminator import Discriminator
 from .encoders import NuisanceEncoder
@@ -23,7 +24,7 @@ from .generator import Generator, check_image_size
 from .images import NUISANCE_INPUTS
 from .mgn import MGN, check_loss
 
-__all__ = ["EU_INPUTS", "ISGAN", "isgan_r50", "isgan_r34", "isgan_r18"]
+__all__ = ["EU_INPUTS", "ISGAN", "check_config", "isgan_r50", "isgan_r34", "isgan_r18"]
 
 EU_INPUTS = ("rgb", "gray", "contrast")
 G_STRIPES = {"none": (), "identity": ("identity",), "both": ("identity", "nuisance")}  # MODEL.G_STRIPES -> codes
@@ -107,6 +108,27 @@ class ISGAN(MGN):
         """G(identity (B, K*p_R), nuisance (B, F*p_U), labels (B,) [, noise (B, noise_dim)]) -> (B, 3, H, W) in
         G's output space (:func:`~.images.image_to_unit` turns it into RGB); noise drawn when None."""
         return self.generator(identity, nuisance, labels, noise=noise)
+
+
+def check_config(cfg) -> None:
+    """The config rules of an ISGAN model (MODEL.NAME isgan), whichever stages run: G's image size, E_U's grid,
+    G's stripe conditioning; ISGANError naming the key and the fix."""
+    for key in ("HEIGHT", "WIDTH"):
+        if cfg.DATA[key] % 16:
+            raise ISGANError(f"DATA.{key} = {cfg.DATA[key]} must be divisible by 16 for the generator "
+                             f"(at least four x2 upsamplings); e.g. 384x128, 256x128, 128x64 or 64x32")
+    grid = list(cfg.MODEL.EU_GRID)
+    if grid and (len(grid) != 2 or not all(isinstance(n, int) and n >= 1 for n in grid)):
+        raise ISGANError(f"MODEL.EU_GRID = {grid}: give [] (off) or [rows, cols] of positive integers, "
+                         f"e.g. [4, 2]")
+    if grid and (grid[0] > cfg.DATA.HEIGHT // 16 or grid[1] > cfg.DATA.WIDTH // 16):
+        raise ISGANError(f"MODEL.EU_GRID = {grid} has more cells than E_U's map of a {cfg.DATA.HEIGHT}x"
+                         f"{cfg.DATA.WIDTH} image ({cfg.DATA.HEIGHT // 16}x{cfg.DATA.WIDTH // 16}); use at "
+                         f"most [{cfg.DATA.HEIGHT // 16}, {cfg.DATA.WIDTH // 16}]")
+    if cfg.MODEL.G_STRIPES != "none" and max(cfg.MODEL.PARTS) < 2:
+        raise ISGANError(f"MODEL.G_STRIPES {cfg.MODEL.G_STRIPES} draws stripe features, but MODEL.PARTS "
+                         f"{cfg.MODEL.PARTS} has no branch with stripes: set MODEL.PARTS e.g. [1, 2, 3], or "
+                         f"MODEL.G_STRIPES none")
 
 
 def isgan_r50(num_classes, loss="softmax", pretrained=True, use_gpu=True, **kwargs):
