@@ -73,7 +73,8 @@ _C.MODEL.NID_DIM = 64  # p of E_U
 _C.MODEL.NOISE_DIM = 128
 _C.MODEL.EU_POOL = "avg"  # the authors' code pools E_U with avg; the paper says max
 _C.MODEL.EU_BRANCHES = "parts"  # parts: one ResNet branch per part, as E_R (paper) | shared: one branch pooled for all
-_C.MODEL.EU_GRID = []  # [] (paper) | [rows, cols]: E_U also encodes a rows x cols grid of cells (layout); G draws them in place
+# [] (paper) | [rows, cols]: E_U also encodes a rows x cols grid of cells (layout), which G draws in place
+_C.MODEL.EU_GRID = []
 # rgb: E_U reads the image (paper) | gray: its luminance, so colour must come from E_R | contrast: the luminance's
 # local contrast, without the brightness of regions
 _C.MODEL.EU_INPUT = "rgb"
