@@ -56,6 +56,25 @@ def _sampler(base, world_size, rank, epoch, stage, p, k, seed):
     return sampler
 
 
+@pytest.mark.parametrize("overrides, refused", [
+    (["MODEL.NAME", "mgn", "TRAIN.STAGES", "[1]"], True),  # MGN mines triplets: one identity per process is not enough
+    (["MODEL.NAME", "mgn", "TRAIN.STAGES", "[1]", "LOSS.LAMBDA_TRIPLET", "0"], False),
+    (["MODEL.NAME", "baseline", "TRAIN.STAGES", "[1]"], False),  # cross-entropy alone
+    (["LOSS.ISGAN_TRIPLET", "True"], True),  # IS-GAN with MGN's triplet term in stages 1 and 3
+    ([], False),
+])
+def test_world_size_checks_follow_the_method(monkeypatch, overrides, refused):
+    """A method refuses the world sizes it cannot train: the triplet term needs two identities per process."""
+    cfg = load_config(None, ["SAMPLER.P", "4"] + overrides)
+    monkeypatch.setattr(distributed, "get_world_size", lambda: 4)
+    if refused:
+        with pytest.raises(ISGANError, match=r"mines within each process's batch, which holds SAMPLER.P / "
+                                             r"processes = 1 identity: set SAMPLER.P >= 8"):
+            distributed.check_config(cfg, torch.device("cpu"))
+    else:
+        distributed.check_config(cfg, torch.device("cpu"))
+
+
 @pytest.mark.parametrize("base_cls", [IdentityOnceSampler, RandomIdentitySampler])
 def test_ranks_share_out_the_one_process_batches(base_cls):
     source = toy_source([6, 5, 4, 9, 2, 7, 4, 3, 8, 5, 6, 4])  # 12 ids; ids 4 and 7 have fewer than K=4 images

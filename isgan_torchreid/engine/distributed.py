@@ -29,6 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..comm import env_world_size, get_world_size, group_initialized, is_main_process
+from ..config import METHODS, method_name
 from ..errors import ISGANError
 
 __all__ = ["local_device", "select_device", "process_group", "check_config", "data_parallel", "ParallelView",
@@ -110,9 +111,7 @@ def check_config(cfg, device: torch.device) -> None:
     if cfg.TRAIN.SYNC_BN and device.type != "cuda":
         raise ISGANError("TRAIN.SYNC_BN needs CUDA: torch's SyncBatchNorm does not run on CPU; set TRAIN.SYNC_BN "
                          "False")
-    if cfg.MODEL.NAME == "mgn" and cfg.LOSS.LAMBDA_TRIPLET > 0 and p // world < 2:
-        raise ISGANError(f"MGN's batch-hard triplet loss mines within each process's batch, which holds "
-                         f"SAMPLER.P / processes = {p // world} identity: set SAMPLER.P >= {2 * world}")
+    METHODS[method_name(cfg)].check_world_size(cfg, world)
 
 
 # ------------------------------------------------------------------ DDP wrappers of one stage
