@@ -61,10 +61,11 @@ def _sampler(base, world_size, rank, epoch, stage, p, k, seed):
     (["MODEL.NAME", "mgn", "TRAIN.STAGES", "[1]", "LOSS.LAMBDA_TRIPLET", "0"], False),
     (["MODEL.NAME", "baseline", "TRAIN.STAGES", "[1]"], False),  # cross-entropy alone
     (["LOSS.ISGAN_TRIPLET", "True"], True),  # IS-GAN with MGN's triplet term in stages 1 and 3
+    (["LOSS.ISGAN_TRIPLET", "True", "MODEL.METHOD", "identity", "TRAIN.STAGES", "[1]"], True),  # whatever the method
     ([], False),
 ])
-def test_world_size_checks_follow_the_method(monkeypatch, overrides, refused):
-    """A method refuses the world sizes it cannot train: the triplet term needs two identities per process."""
+def test_world_size_checks_follow_the_triplet_term(monkeypatch, overrides, refused):
+    """A model trained with the batch-hard triplet term needs two identities in each process's batch."""
     cfg = load_config(None, ["SAMPLER.P", "4"] + overrides)
     monkeypatch.setattr(distributed, "get_world_size", lambda: 4)
     if refused:

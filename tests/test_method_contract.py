@@ -1,5 +1,6 @@
 """docs/architecture.md's worked example: a method registered from this file, with its own stage table, loss
 group and optimiser, trains stages 1 and 3 through tools/train.py's entry point with no edit to the engine."""
+import dataclasses
 import os
 
 import pytest
@@ -31,7 +32,7 @@ class HeadTuning(IdentityObjective):
         if stage == 1:
             return {"model": self.optim.adam(stage, self.trainable_modules(stage))}
         adam = self.optim.adam(stage, self.trainable_modules(stage))  # its rate and schedule, another rule
-        return {"model": type(adam)(adam.modules, "sgd", adam.lr, 0.0, adam.milestones, adam.gamma, momentum=0.9)}
+        return {"model": dataclasses.replace(adam, kind="sgd", weight_decay=0.0, momentum=0.9)}
 
     def step(self, imgs, pids, stage, updates):
         with self.precision.autocast():

@@ -29,7 +29,7 @@ import torch.distributed as dist
 from torch import nn
 
 from ..comm import env_world_size, get_world_size, group_initialized, is_main_process
-from ..config import METHODS, method_name
+from ..models import trains_triplet
 from ..errors import ISGANError
 
 __all__ = ["local_device", "select_device", "process_group", "check_config", "data_parallel", "ParallelView",
@@ -111,7 +111,9 @@ def check_config(cfg, device: torch.device) -> None:
     if cfg.TRAIN.SYNC_BN and device.type != "cuda":
         raise ISGANError("TRAIN.SYNC_BN needs CUDA: torch's SyncBatchNorm does not run on CPU; set TRAIN.SYNC_BN "
                          "False")
-    METHODS[method_name(cfg)].check_world_size(cfg, world)
+    if trains_triplet(cfg) and cfg.LOSS.LAMBDA_TRIPLET > 0 and p // world < 2:
+        raise ISGANError(f"the batch-hard triplet loss mines within each process's batch, which holds "
+                         f"SAMPLER.P / processes = {p // world} identity: set SAMPLER.P >= {2 * world}")
 
 
 # ------------------------------------------------------------------ DDP wrappers of one stage

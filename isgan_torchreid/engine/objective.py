@@ -207,19 +207,6 @@ class IdentityObjective:
     def check_config(cls, cfg, stages) -> None:
         """The config rules of this method for ``stages`` (ISGANError naming the key and the fix); none here."""
 
-    @classmethod
-    def mines_triplets(cls, cfg) -> bool:
-        """Whether the config's model returns features for the batch-hard triplet term: MGN's."""
-        return cfg.MODEL.NAME == "mgn"
-
-    @classmethod
-    def check_world_size(cls, cfg, world: int) -> None:
-        """ISGANError unless ``world`` processes can train the config: the batch-hard triplet term mines within
-        each process's batch, which must hold two identities."""
-        share = cfg.SAMPLER.P // world
-        if cls.mines_triplets(cfg) and cfg.LOSS.LAMBDA_TRIPLET > 0 and share < 2:
-            raise ISGANError(f"the batch-hard triplet loss mines within each process's batch, which holds "
-                             f"SAMPLER.P / processes = {share} identity: set SAMPLER.P >= {2 * world}")
 
     @classmethod
     def from_config(cls, cfg, model: nn.Module, device: torch.device) -> "IdentityObjective":
@@ -299,11 +286,6 @@ class ISGANObjective(IdentityObjective):
     def from_config(cls, cfg, model: nn.Module, device: torch.device) -> "ISGANObjective":
         return cls(model, LossSettings.from_config(cfg), Precision.from_config(cfg, device),
                    OptimizerSettings.from_config(cfg), cfg.MODEL.G_JOINT_BATCH, cfg.TRAIN.GRAD_NORM_FREQ)
-
-    @classmethod
-    def mines_triplets(cls, cfg) -> bool:
-        """With LOSS.ISGAN_TRIPLET, E_R's stage-1/3 objective adds MGN's triplet term."""
-        return cfg.LOSS.ISGAN_TRIPLET
 
     @classmethod
     def check_config(cls, cfg, stages) -> None:

@@ -18,6 +18,12 @@ MODELS = {
 MODEL_RULES["isgan"] = check_config  # G's image size, E_U's grid, G's stripes: checked as the config loads
 
 
+def trains_triplet(cfg) -> bool:
+    """Whether the config's model returns features for the batch-hard triplet term in training: MGN, and IS-GAN
+    with LOSS.ISGAN_TRIPLET (the E_R baseline and torchreid's models train on cross-entropy alone)."""
+    return cfg.MODEL.NAME == "mgn" or (cfg.MODEL.NAME == "isgan" and cfg.LOSS.ISGAN_TRIPLET)
+
+
 def build_model(cfg, num_classes):
     """MODEL.NAME isgan | baseline | mgn (built from MODEL.*) or any torchreid model name (e.g. pcb_p6).
 
@@ -32,10 +38,10 @@ def build_model(cfg, num_classes):
                      g_class_input=m.G_CLASS_INPUT, g_width=m.G_WIDTH, d_width=m.D_WIDTH,
                      g_stripes=m.G_STRIPES, eu_grid=tuple(m.EU_GRID) or None,
                      eu_shared=m.EU_BRANCHES == "shared", eu_input=m.EU_INPUT,
-                     loss="triplet" if cfg.LOSS.ISGAN_TRIPLET else "softmax")  # triplet: train forward adds features
+                     loss="triplet" if trains_triplet(cfg) else "softmax")  # triplet: train forward adds features
     if m.NAME in ("mgn", "baseline"):  # MGN: CE on all K logits + batch-hard triplet on the globals; baseline: CE
         return MGN(num_classes, backbone=m.BACKBONE, pretrained=m.PRETRAINED, parts=tuple(m.PARTS),
-                   feat_dim=m.ID_DIM, loss="triplet" if m.NAME == "mgn" else "softmax")
+                   feat_dim=m.ID_DIM, loss="triplet" if trains_triplet(cfg) else "softmax")
     factory = compat.model_factory()
     if m.NAME not in factory:
         raise ISGANError(f"MODEL.NAME {m.NAME!r} is unknown; use isgan, baseline, mgn or a torchreid model "
