@@ -19,6 +19,7 @@ from .config import dump_config, get_default_config, list_configs, load_config
 from .data.build import build_datamanager
 from .deploy.encoder import EncoderWriter, encoder_spec, has_identity_encoder, load_for_evaluation
 from .engine import checkpoint as ckpt
+from .engine.plan import RunLayout, RunPlan
 from .engine import distributed
 from .engine.hooks import default_hooks
 from .engine.lock import output_dir_lock
@@ -165,9 +166,10 @@ def setup(cfg):
     checks (or generates) the datasets before the others read them.
     """
     prepare_output_dir(cfg.OUTPUT_DIR)
-    ckpt.check_resume(cfg)
+    plan = RunPlan.from_config(cfg)
+    ckpt.check_resume(plan)
     if comm.is_main_process():
-        dump_config(cfg, os.path.join(cfg.OUTPUT_DIR, "config.yaml"))
+        dump_config(cfg, plan.layout.config)
     compat.torchreid_base().utils.set_random_seed(cfg.SEED)
     configure_cpu(cfg)
     device = distributed.select_device(cfg)
@@ -298,7 +300,7 @@ def checkpoints_in(output_dir):
 def last_checkpoint(cfg):
     """``latest.pth.tar`` of the last stage of TRAIN.STAGES that has one in OUTPUT_DIR."""
     for stage in reversed(list(cfg.TRAIN.STAGES)):
-        path = ckpt.latest_path(cfg.OUTPUT_DIR, stage)
+        path = RunLayout(cfg.OUTPUT_DIR).latest(stage)
         if os.path.isfile(path):
             return path
     raise ISGANError(f"--eval-only: {cfg.OUTPUT_DIR} holds no checkpoint of stages {list(cfg.TRAIN.STAGES)}; "
@@ -338,7 +340,7 @@ def train_main(argv):
                          f"never deleted; set a new OUTPUT_DIR, or move {os.path.join(cfg.OUTPUT_DIR, 'stage*')} aside")
     prepare_output_dir(cfg.OUTPUT_DIR)
     main = comm.env_rank() == 0
-    log = console_log(os.path.join(cfg.OUTPUT_DIR, "train.log"), command) if main else contextlib.nullcontext()
+    log = console_log(RunLayout(cfg.OUTPUT_DIR).train_log, command) if main else contextlib.nullcontext()
     with output_dir_lock(cfg.OUTPUT_DIR, enabled=main), log:
         print(f"=> {'resuming from' if found else 'starting with no'} checkpoints in {cfg.OUTPUT_DIR}")
         device = distributed.select_device(cfg)
@@ -376,7 +378,7 @@ def evaluate_weights(cfg, weights, state=None):
     engine = ISGANEngine(cfg, dm, model, device, hooks=[])
     engine.evaluate_targets(key="test", save_dir=cfg.OUTPUT_DIR)
     print(results_table(engine.results, cfg.TEST.RANKS))
-    path = os.path.join(cfg.OUTPUT_DIR, "results.json")
+    path = RunLayout(cfg.OUTPUT_DIR).results
     stored = storage.read_json(path) if os.path.isfile(path) else {}
     stored[os.path.abspath(weights)] = engine.results["test"]
     storage.write_json(path, stored)

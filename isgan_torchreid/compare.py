@@ -33,6 +33,7 @@ from .config import load_config, resolve_config_file
 from .engine import distributed
 from .engine.hooks import EpochTimer
 from .engine.lock import output_dir_lock
+from .engine.plan import RunLayout
 from .errors import ISGANError
 
 DEFAULT_METHODS = ("isgan", "isgan_tri", "baseline", "mgn", "pcb_p6")
@@ -174,7 +175,7 @@ def train_run(cfg):
     """
     cli.prepare_output_dir(cfg.OUTPUT_DIR)
     with output_dir_lock(cfg.OUTPUT_DIR), \
-            cli.console_log(os.path.join(cfg.OUTPUT_DIR, "train.log"), f"tools/compare.py: run {cfg.MODEL.NAME}"):
+            cli.console_log(RunLayout(cfg.OUTPUT_DIR).train_log, f"tools/compare.py: run {cfg.MODEL.NAME}"):
         print(f"=> {cfg.MODEL.NAME}: stages {list(cfg.TRAIN.STAGES)} in {cfg.OUTPUT_DIR}")
         device, dm = cli.setup(cfg)
         timer = EpochTimer(os.path.join(cfg.OUTPUT_DIR, "train_speed.json"))

@@ -589,11 +589,12 @@ def changed_keys(old, new):
     return _changes(_flatten(old), _flatten(new))
 
 
-def config_changes(recorded, cfg):
-    """:func:`changed_keys` from ``recorded`` (a checkpoint's :func:`hashed_config` dict) to ``cfg``, less the keys
-    ``recorded`` lacks that ``cfg`` holds at their default: keys added by a later version, whose defaults keep
-    the behaviour of the version that wrote ``recorded``. Empty: ``cfg`` trains what ``recorded`` did."""
-    now, defaults = _flatten(hashed_config(cfg)), _flatten(hashed_config(get_default_config()))
+def config_changes(recorded, current):
+    """:func:`changed_keys` from ``recorded`` (a checkpoint's :func:`hashed_config` dict) to ``current`` (a config's),
+    less the keys ``recorded`` lacks that ``current`` holds at their default: keys added by a later version, whose
+    defaults keep the behaviour of the version that wrote ``recorded``. Empty: ``current`` trains what ``recorded``
+    did."""
+    now, defaults = _flatten(current), _flatten(hashed_config(get_default_config()))
     before = _flatten(recorded)
     for key, value in now.items():
         if key not in before and key in defaults and value == defaults[key]:
@@ -613,7 +614,7 @@ def trained_by(state, cfg):
     config that differs only by keys of a later version at their defaults (:func:`config_changes`)."""
     if state.get("config_hash") == config_hash(cfg):
         return True
-    return isinstance(state.get("config"), dict) and not config_changes(state["config"], cfg)
+    return isinstance(state.get("config"), dict) and not config_changes(state["config"], hashed_config(cfg))
 
 
 def _flatten(data, prefix=""):

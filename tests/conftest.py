@@ -10,9 +10,9 @@ import torch
 import isgan_torchreid  # noqa: F401  (registers models and datasets into torchreid)
 from isgan_torchreid.config import CONFIG_DIR, config_hash, dump_config, load_config
 from isgan_torchreid import storage
-from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.models import build_model
+from isgan_torchreid.engine.plan import RunLayout
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 CONFIGS = CONFIG_DIR  # the packaged configs, by path (tests/test_entry_points.py loads them by name)
@@ -58,7 +58,7 @@ def make_run(root, data_root, name, stage, *overrides):
     dump_config(cfg, os.path.join(out, "config.yaml"))
     torch.manual_seed(0)
     model = build_model(cfg, 8)
-    path = ckpt.kept_path(out, stage, 1)
+    path = RunLayout(out).kept(stage, 1)
     storage.save_checkpoint({"stage": stage, "epoch": 1, "state_dict": model.state_dict(), "num_classes": 8,
                           "config_hash": config_hash(cfg), "results": {}}, path)
     return path

@@ -14,6 +14,7 @@ from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
 from isgan_torchreid.models.isgan import ISGAN
+from isgan_torchreid.engine.plan import RunLayout, RunPlan
 
 
 def small_state(seed):
@@ -193,11 +194,11 @@ def stage1_checkpoint(tiny_cfg):
     torch.manual_seed(0)
     engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
     engine.enter_stage(1)
-    path = ckpt.latest_path(cfg.OUTPUT_DIR, 1)
+    path = RunLayout(cfg.OUTPUT_DIR).latest(1)
     ckpt.save_training_state(engine, 1)
     yield dm, {k: v.clone() for k, v in engine.model.state_dict().items()}
     os.remove(path)  # ~150 MB, with the next
-    os.remove(ckpt.kept_path(cfg.OUTPUT_DIR, 1, 1))
+    os.remove(RunLayout(cfg.OUTPUT_DIR).kept(1, 1))
 
 
 def test_a_finished_stage_stores_its_weights_once(tiny_cfg, stage1_checkpoint):
@@ -205,10 +206,10 @@ def test_a_finished_stage_stores_its_weights_once(tiny_cfg, stage1_checkpoint):
     tests/test_deploy.py)."""
     _, saved = stage1_checkpoint
     out = tiny_cfg().OUTPUT_DIR
-    latest, kept = ckpt.latest_path(out, 1), ckpt.kept_path(out, 1, 1)
-    assert sorted(os.listdir(ckpt.stage_dir(out, 1))) == ["latest.pth.tar", "model.pth.tar-1"]
+    latest, kept = RunLayout(out).latest(1), RunLayout(out).kept(1, 1)
+    assert sorted(os.listdir(RunLayout(out).stage_dir(1))) == ["latest.pth.tar", "model.pth.tar-1"]
     assert os.path.samefile(latest, kept)
-    assert distinct_bytes(ckpt.stage_dir(out, 1)) == os.path.getsize(latest) > storage._nbytes(saved)
+    assert distinct_bytes(RunLayout(out).stage_dir(1)) == os.path.getsize(latest) > storage._nbytes(saved)
     for path in (latest, kept):
         state = storage.load_checkpoint(path)
         assert state["epoch"] == 1 and "optimizers" not in state
@@ -232,7 +233,7 @@ def test_resume_checks_training_config_hash(tiny_cfg, stage1_checkpoint, overrid
     engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
     engine.enter_stage(1)
     if refused:
-        path = ckpt.latest_path(cfg.OUTPUT_DIR, 1)
+        path = RunLayout(cfg.OUTPUT_DIR).latest(1)
         with pytest.raises(ISGANError) as info:
             ckpt.resume_or_initialize(engine, 1)
         message = str(info.value)
@@ -243,12 +244,13 @@ def test_resume_checks_training_config_hash(tiny_cfg, stage1_checkpoint, overrid
 
 
 def test_a_changed_config_is_listed_key_by_key(tiny_cfg, stage1_checkpoint):
-    path = ckpt.latest_path(tiny_cfg().OUTPUT_DIR, 1)
+    path = RunLayout(tiny_cfg().OUTPUT_DIR).latest(1)
     changed = ["SEED", "7", "TRAIN.GAMMA", "0.5", "TRAIN.WEIGHT_DECAY", "0.0", "TRAIN.AMSGRAD", "False"] + [
         v for key in ("LAMBDA_R", "LAMBDA_S", "LAMBDA_PS", "LAMBDA_D", "LAMBDA_C", "D_LAMBDA_D")
         for v in (f"LOSS.{key}", "0.5")]
     with pytest.raises(ISGANError) as info:
-        ckpt.check_resumable(tiny_cfg("MODEL.PARTS", "[2]", *changed), 1, storage.load_checkpoint(path), path)
+        plan = RunPlan.from_config(tiny_cfg("MODEL.PARTS", "[2]", *changed))
+        ckpt.check_resumable(plan, 1, storage.load_checkpoint(path), path)
     message = str(info.value)
     assert "\n" not in message and message.count(" -> ") == 8 and "LOSS.D_LAMBDA_D: 1.0 -> 0.5; " in message
     assert "TRAIN.AMSGRAD: True -> False; and 2 more); set these keys back" in message  # sorted: 8, then a count
@@ -258,16 +260,16 @@ def test_a_changed_config_is_listed_key_by_key(tiny_cfg, stage1_checkpoint):
 def test_keys_of_a_later_version_resume_at_their_defaults(tiny_cfg, stage1_checkpoint, value, refused):
     """A checkpoint of a version without MODEL.G_STRIPES resumes (and loads for testing through its run's
     config.yaml) while the key is at its default, the behaviour of that version; at another value it is refused."""
-    path = ckpt.latest_path(tiny_cfg().OUTPUT_DIR, 1)
+    path = RunLayout(tiny_cfg().OUTPUT_DIR).latest(1)
     earlier = storage.load_checkpoint(path)
     del earlier["config"]["MODEL"]["G_STRIPES"]
     earlier["config_hash"] = "0123456789abcdef"  # what that version's hash would be
     cfg = tiny_cfg("MODEL.PARTS", "[2]", "MODEL.G_STRIPES", value)
     if refused:
         with pytest.raises(ISGANError, match=r"\(MODEL.G_STRIPES: \(absent\) -> 'identity'\); set these keys back"):
-            ckpt.check_resumable(cfg, 1, earlier, path)
+            ckpt.check_resumable(RunPlan.from_config(cfg), 1, earlier, path)
     else:
-        ckpt.check_resumable(cfg, 1, earlier, path)
+        ckpt.check_resumable(RunPlan.from_config(cfg), 1, earlier, path)
         storage.save_checkpoint(earlier, path)
         loaded_cfg, _ = ckpt.checkpoint_config(path)
         assert loaded_cfg.MODEL.G_STRIPES == "none"
@@ -282,9 +284,9 @@ def test_a_finished_stage_trained_longer_follows_its_lr_schedule(tiny_cfg):
     engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
     engine.enter_stage(1)
     ckpt.save_training_state(engine, 1)
-    assert "optimizers" not in storage.load_checkpoint(ckpt.latest_path(cfg.OUTPUT_DIR, 1))
-    kept = ckpt.kept_path(cfg.OUTPUT_DIR, 1, 1)
-    assert os.path.samefile(ckpt.latest_path(cfg.OUTPUT_DIR, 1), kept)
+    assert "optimizers" not in storage.load_checkpoint(RunLayout(cfg.OUTPUT_DIR).latest(1))
+    kept = RunLayout(cfg.OUTPUT_DIR).kept(1, 1)
+    assert os.path.samefile(RunLayout(cfg.OUTPUT_DIR).latest(1), kept)
     cfg = tiny_cfg(*opts, "TRAIN.STAGE1.EPOCHS", "3")
     longer = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
     longer.enter_stage(1)
@@ -294,6 +296,6 @@ def test_a_finished_stage_trained_longer_follows_its_lr_schedule(tiny_cfg):
     # epoch 2 of 3 (unfinished): latest with the optimisers is a file of its own; model.pth.tar-1, now a mid-stage
     # snapshot, keeps the file it shared
     ckpt.save_training_state(longer, 2)
-    assert "optimizers" in storage.load_checkpoint(ckpt.latest_path(cfg.OUTPUT_DIR, 1))
-    assert not os.path.samefile(ckpt.latest_path(cfg.OUTPUT_DIR, 1), kept) and os.stat(kept).st_nlink == 1
-    assert storage.load_checkpoint(kept)["epoch"] == 1 and not os.path.exists(ckpt.kept_path(cfg.OUTPUT_DIR, 1, 2))
+    assert "optimizers" in storage.load_checkpoint(RunLayout(cfg.OUTPUT_DIR).latest(1))
+    assert not os.path.samefile(RunLayout(cfg.OUTPUT_DIR).latest(1), kept) and os.stat(kept).st_nlink == 1
+    assert storage.load_checkpoint(kept)["epoch"] == 1 and not os.path.exists(RunLayout(cfg.OUTPUT_DIR).kept(1, 2))

@@ -57,7 +57,7 @@ def test_stages_flag_and_resolved_config_written(tmp_path, data_root, monkeypatc
     seen = {}
 
     def fake_run(engine):
-        seen["stages"] = list(engine.cfg.TRAIN.STAGES)
+        seen["stages"] = list(engine.plan.stages)
         return {}
 
     monkeypatch.setattr(cli.ISGANEngine, "run_stages", fake_run)

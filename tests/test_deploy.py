@@ -29,6 +29,7 @@ from isgan_torchreid.deploy import (Encoder, embed, encoder_spec, encoder_state,
 from isgan_torchreid.deploy import embedding as embed_module
 from isgan_torchreid.deploy.export import export_onnx, export_torchscript
 from isgan_torchreid.engine import checkpoint as ckpt
+from isgan_torchreid.engine.plan import RunLayout
 from isgan_torchreid.engine.evaluation import extract_features
 from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
@@ -82,7 +83,7 @@ def runs(data_root, module_dir):
             engine.enter_stage(1)
             ckpt.save_training_state(engine, 1)  # the stage's last epoch: model.pth.tar-1 is a hard link of latest
             assert os.path.samefile(checkpoint_path(out, "latest"), checkpoint_path(out, "kept"))
-            save_encoder(model, cfg, os.path.join(ckpt.stage_dir(out, 1), "encoder.safetensors"))
+            save_encoder(model, cfg, os.path.join(RunLayout(out).stage_dir(1), "encoder.safetensors"))
             made[name] = cfg, dm, model.eval(), out
         return made[name]
     return make
@@ -98,7 +99,7 @@ def gallery_paths(dm, n=None):
 
 
 def checkpoint_path(out, kind):
-    folder = ckpt.stage_dir(out, 1)
+    folder = RunLayout(out).stage_dir(1)
     return os.path.join(folder, {"latest": "latest.pth.tar", "kept": "model.pth.tar-1",
                                  "encoder": "encoder.safetensors"}[kind])
 

@@ -16,9 +16,9 @@ from isgan_torchreid.benchmarks.disentangle import (MeasuredSplit, Settings, _au
 from isgan_torchreid.config import load_config
 from isgan_torchreid.data.build import IMAGENET_MEAN, IMAGENET_STD, build_datamanager
 from isgan_torchreid.deploy import load_gan
-from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.visualize import denormalize
+from isgan_torchreid.engine.plan import RunLayout
 
 from conftest import CONFIGS, TINY, make_run
 
@@ -27,7 +27,7 @@ from conftest import CONFIGS, TINY, make_run
 def run(data_root, module_dir):
     """A run folder with a stage-2 checkpoint of random weights, and the test split of its data."""
     weights = make_run(str(module_dir), data_root, "isgan", 2)
-    os.link(weights, ckpt.latest_path(os.path.dirname(os.path.dirname(weights)), 2))
+    os.link(weights, RunLayout(os.path.dirname(os.path.dirname(weights))).latest(2))
     cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), TINY + ["DATA.ROOT", data_root])
     dm = build_datamanager(cfg)
     query, gallery = dm.fetch_test_loaders("synthperson")

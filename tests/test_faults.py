@@ -33,6 +33,7 @@ from isgan_torchreid.data import loaders
 from isgan_torchreid.data.build import build_datamanager, check_datasets
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.errors import BadImageError, ISGANError
+from isgan_torchreid.engine.plan import RunLayout
 
 from conftest import CONFIGS, REPO, TINY
 
@@ -284,7 +285,7 @@ def test_a_stage_that_cannot_start_fails_before_any_training(tiny_cfg, tmp_path,
         train_main(["--config-file", config, "--stages", "1", "3"])
     err = capsys.readouterr().err
     assert exit_info.value.code == 2 and err.count("\n") == 1 and "run stage 2 first" in err
-    assert not os.path.exists(ckpt.latest_path(cfg.OUTPUT_DIR, 1))  # stage 1 was not trained first
+    assert not os.path.exists(RunLayout(cfg.OUTPUT_DIR).latest(1))  # stage 1 was not trained first
 
 
 # ---------------------------------------------------------------- 3. checkpoints
@@ -296,8 +297,8 @@ def test_damaged_latest_spares_earlier_kept_checkpoints_and_the_advice_works(tin
         "DATA.ROOT", cfg.DATA.ROOT, "OUTPUT_DIR", cfg.OUTPUT_DIR, "TRAIN.STAGE1.EPOCHS", "2",
         "TRAIN.RESUME_FREQ", "2", "TRAIN.CHECKPOINT_FREQ", "1"])
     train_main(["--config-file", config])
-    folder = ckpt.stage_dir(cfg.OUTPUT_DIR, 1)
-    latest = ckpt.latest_path(cfg.OUTPUT_DIR, 1)
+    folder = RunLayout(cfg.OUTPUT_DIR).stage_dir(1)
+    latest = RunLayout(cfg.OUTPUT_DIR).latest(1)
     kept = [os.path.join(folder, f"model.pth.tar-{epoch}") for epoch in (1, 2)]
     final = storage.load_checkpoint(latest)["state_dict"]
     assert os.path.samefile(latest, kept[1]) and not os.path.samefile(latest, kept[0])
@@ -347,7 +348,7 @@ def test_full_disk_during_a_checkpoint_write_is_one_line_and_keeps_the_last_one(
     cfg = tiny_cfg(*BASELINE)
     config = write_config(tmp_path / "c.yaml", TINY + BASELINE + [
         "DATA.ROOT", cfg.DATA.ROOT, "OUTPUT_DIR", cfg.OUTPUT_DIR, "TRAIN.STAGE1.EPOCHS", "3"])
-    latest = ckpt.latest_path(cfg.OUTPUT_DIR, 1)
+    latest = RunLayout(cfg.OUTPUT_DIR).latest(1)
     writes = []  # epochs 1 and 2 hold optimiser state (a finished stage's latest does not)
 
     def open_on_a_filling_disk(path, mode="r", *args, **kwargs):
@@ -726,7 +727,7 @@ def test_a_latest_that_does_not_fit_is_one_line_and_the_advice_works(tiny_cfg, t
     engine = build_engine(cfg, dm, device, hooks=[])
     engine.enter_stage(1)
     ckpt.save_training_state(engine, 1)  # unfinished: weights and optimisers
-    latest = ckpt.latest_path(cfg.OUTPUT_DIR, 1)
+    latest = RunLayout(cfg.OUTPUT_DIR).latest(1)
     state = torch.load(latest, weights_only=True)
     first = next(iter(state["state_dict"]))
     if damage == "missing":
@@ -780,7 +781,7 @@ def test_every_test_option_may_change_on_a_finished_run(finished_run, tmp_path, 
     run = str(tmp_path / "run")
     shutil.copytree(out, run)
     opts = [run if v == out else v for v in opts]
-    before = storage.load_checkpoint(ckpt.latest_path(run, 1))
+    before = storage.load_checkpoint(RunLayout(run).latest(1))
     argv = ["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), *opts, key, value]
     capsys.readouterr()
     results = train_main(argv)
@@ -789,8 +790,8 @@ def test_every_test_option_may_change_on_a_finished_run(finished_run, tmp_path, 
         assert "=> Stage 1: finished (1 epoch), skipped" in printed and results[1] == before["results"]
         return
     assert "=> Stage 1: finished (1 epoch), evaluating: no results yet with the current" in printed  # not trained
-    after = storage.load_checkpoint(ckpt.latest_path(run, 1))
-    assert os.path.samefile(ckpt.latest_path(run, 1), ckpt.kept_path(run, 1, 1))  # (copytree had made two files)
+    after = storage.load_checkpoint(RunLayout(run).latest(1))
+    assert os.path.samefile(RunLayout(run).latest(1), RunLayout(run).kept(1, 1))  # (copytree had made two files)
     assert torch.equal(after["state_dict"]["backbone.0.weight"], before["state_dict"]["backbone.0.weight"])
     same = lambda a, b: json.dumps(a, sort_keys=True) == json.dumps(b, sort_keys=True)  # noqa: E731 (NaN ranks)
     assert same(after["results"], results[1])  # kept with the weights: the next rerun has nothing to do

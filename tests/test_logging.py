@@ -18,11 +18,11 @@ from isgan_torchreid import cli, console
 from isgan_torchreid.data.images import check_images
 from isgan_torchreid.config import load_config
 from isgan_torchreid import storage
-from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.engine import hooks
 from isgan_torchreid.engine.evaluation import extract_features
 from isgan_torchreid.engine.hooks import ProgressPrinter, TensorBoardWriter, grouped
 from isgan_torchreid.engine.objective import IdentityObjective, ISGANObjective
+from isgan_torchreid.engine.plan import RunLayout, RunPlan
 from isgan_torchreid.engine.staged import ISGANEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
@@ -47,7 +47,8 @@ class Clock:
 def fake_engine(cfg, stage, num_batches, objective=ISGANObjective):
     """An engine as the hooks read it; ``objective``'s class declares its stages, loss groups and step costs."""
     lr = SimpleNamespace(optimizer=SimpleNamespace(param_groups=[{"lr": 2e-4}]))
-    engine = SimpleNamespace(cfg=cfg, stage=stage, epoch=0, max_epoch=cfg.TRAIN[f"STAGE{stage}"].EPOCHS,
+    plan = RunPlan.from_config(cfg)
+    engine = SimpleNamespace(plan=plan, stage=stage, epoch=0, max_epoch=plan.epochs[stage],
                              batch_idx=-1, num_batches=num_batches, optimizers={"model": lr}, summary={},
                              objective=objective)
     engine.at_logging_point = lambda: ISGANEngine.at_logging_point(engine)
@@ -385,12 +386,12 @@ def test_eval_only_and_test_results_json(interrupted_run):
     argv, out = interrupted_run
     results = cli.train_main(["--eval-only"] + argv)
     stored = storage.read_json(os.path.join(out, "test", "results.json"))
-    latest = os.path.abspath(ckpt.latest_path(out, 3))
+    latest = os.path.abspath(RunLayout(out).latest(3))
     assert stored == {latest: results["test"]}
     trained = storage.read_json(os.path.join(out, "results.json"))["stage3"]
     assert {k: v for k, v in results["test"]["synthperson"].items() if k != "test_images_per_s"} == \
         {k: v for k, v in trained["synthperson"].items() if k != "test_images_per_s"}  # the last stage's weights
-    stage1 = ckpt.latest_path(out, 1)
+    stage1 = RunLayout(out).latest(1)
     cli.test_main(["--config-file", CONFIG, "--weights", stage1] + argv[3:])
     assert set(storage.read_json(os.path.join(out, "test", "results.json"))) == {latest, os.path.abspath(stage1)}
 

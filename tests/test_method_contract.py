@@ -10,9 +10,9 @@ from torch.nn import functional as F
 
 from isgan_torchreid import storage
 from isgan_torchreid.cli import train_main
-from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.config import METHODS
 from isgan_torchreid.engine.objective import IdentityObjective, logged, register_method
+from isgan_torchreid.engine.plan import RunLayout
 
 from conftest import CONFIGS, TINY
 
@@ -56,8 +56,8 @@ def test_a_registered_method_trains_its_stages_with_no_edit_to_the_engine(toy_ru
     out, results = toy_run
     assert METHODS["toy_head_tuning"] is HeadTuning
     assert sorted(results) == [1, 3] and all(0 <= r["synthperson"]["mAP"] <= 1 for r in results.values())
-    first = storage.load_checkpoint(ckpt.latest_path(str(out), 1))
-    third = storage.load_checkpoint(ckpt.latest_path(str(out), 3))
+    first = storage.load_checkpoint(RunLayout(str(out)).latest(1))
+    third = storage.load_checkpoint(RunLayout(str(out)).latest(3))
     weights = {s: state["state_dict"] for s, state in ((1, first), (3, third))}
     trunk = [k for k in weights[1] if k.startswith("backbone.")]
     assert trunk and all(torch.equal(weights[1][k], weights[3][k]) for k in trunk)  # frozen, statistics too

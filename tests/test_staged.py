@@ -194,10 +194,10 @@ def test_stage_policy_one_step(make_engine, batches, stage):
 
 
 @pytest.mark.parametrize("stage", [2, 3])
-def test_optimizers_cover_the_trained_modules(make_engine, stage):
+def test_optimizers_cover_the_trained_modules(make_cfg, make_engine, stage):
     engine = make_engine("TRAIN.LR_MULT_GU", "0.01")
     engine.enter_stage(stage)
-    lr = engine.cfg.TRAIN[f"STAGE{stage}"].LR
+    lr = make_cfg().TRAIN[f"STAGE{stage}"].LR
 
     def ids(*names):
         return {id(p) for n in names for p in getattr(engine.model, n).parameters()}
@@ -214,17 +214,18 @@ def test_optimizers_cover_the_trained_modules(make_engine, stage):
 
 
 @pytest.mark.parametrize("choice", ["sgd", "adam"])
-def test_discriminator_optimizer_is_the_configured_one(make_engine, choice):
+def test_discriminator_optimizer_is_the_configured_one(make_cfg, make_engine, choice):
+    cfg = make_cfg()
     engine = make_engine("TRAIN.D_OPTIMIZER", choice, "TRAIN.D_ADAM_BETAS", "[0.4, 0.99]", "TRAIN.D_LR_MULT", "4")
     engine.enter_stage(2)
     opt = engine.optimizers["discriminator"].optimizer
     group = opt.param_groups[0]
-    assert group["lr"] == pytest.approx(4 * engine.cfg.TRAIN.STAGE2.LR)
-    assert group["weight_decay"] == engine.cfg.TRAIN.D_WEIGHT_DECAY
+    assert group["lr"] == pytest.approx(4 * cfg.TRAIN.STAGE2.LR)
+    assert group["weight_decay"] == cfg.TRAIN.D_WEIGHT_DECAY
     if choice == "adam":
         assert type(opt) is torch.optim.Adam and group["betas"] == (0.4, 0.99)
     else:
-        assert type(opt) is torch.optim.SGD and group["momentum"] == engine.cfg.TRAIN.D_MOMENTUM
+        assert type(opt) is torch.optim.SGD and group["momentum"] == cfg.TRAIN.D_MOMENTUM
 
 
 def test_non_gan_model_trains_in_stage1_only(make_cfg, dm, batches):
@@ -266,7 +267,7 @@ def test_isgan_with_triplet_is_mgn_in_stage1_and_adds_the_triplet_to_l_r_in_stag
     summary = floats(engine.forward_backward(batches[0]))
     assert {"L_R", "L_tri", "L_S", "L_PS", "L_D", "L_C", "L_U"} <= set(summary)
     branches = engine.model.encoder_r.branches
-    assert calls == [(batches[0]["img"].size(0), engine.cfg.MODEL.ID_DIM)] * len(branches.global_indices)
+    assert calls == [(batches[0]["img"].size(0), make_cfg().MODEL.ID_DIM)] * len(branches.global_indices)
 
 
 # ---------------------------------------------------------------- 2. call graph of one iteration
@@ -804,7 +805,7 @@ def test_checkpoints_are_written_off_the_training_thread_from_a_snapshot(make_en
     release.set()
     hook.writer.wait()
     assert writers == ["checkpoint-writer"]
-    state = storage.load_checkpoint(ckpt.latest_path(engine.cfg.OUTPUT_DIR, 1))
+    state = storage.load_checkpoint(engine.plan.layout.latest(1))
     assert state["epoch"] == 1 and "optimizers" in state
     assert all(torch.equal(state["state_dict"][k], v) for k, v in expected.items())  # the epoch's end, not later
 
@@ -825,7 +826,7 @@ def test_results_json_keeps_earlier_invocations(make_engine, tmp_path):
     hook.after_train()
     engine.results = {2: {"synthperson": {"mAP": 0.6}}}  # e.g. a later --stages 2 run
     hook.after_train()
-    with open(os.path.join(engine.cfg.OUTPUT_DIR, "results.json")) as f:
+    with open(engine.plan.layout.results) as f:
         assert json.load(f) == {"stage1": {"synthperson": {"mAP": 0.5}}, "stage2": {"synthperson": {"mAP": 0.6}}}
 
 

@@ -44,8 +44,8 @@ from ..console import progress
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD, build_datamanager
 from ..data.synthetic import FACTORS_FILE
 from ..deploy.gan import GAN, describe, gan_from_checkpoint
-from ..engine import checkpoint as ckpt
 from ..engine.evaluation import descriptor
+from ..engine.plan import RunLayout
 from ..errors import ISGANError
 from ..visualize.canvas import denormalize
 
@@ -71,7 +71,7 @@ def find_checkpoint(run):
     if os.path.isfile(run):
         return run
     for stage in (3, 2):
-        path = ckpt.latest_path(run, stage)
+        path = RunLayout(run).latest(stage)
         if os.path.isfile(path):
             return path
     raise ISGANError(f"--disentangle {run}: no stage3/ or stage2/ latest.pth.tar there; pass an IS-GAN run's "

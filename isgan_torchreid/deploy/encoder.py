@@ -174,8 +174,7 @@ class EncoderWriter(HookBase):
 
     def after_stage(self):
         e = self.engine
-        save_encoder(e.model, self.spec,
-                     os.path.join(ckpt.stage_dir(e.cfg.OUTPUT_DIR, e.stage), "encoder.safetensors"))
+        save_encoder(e.model, self.spec, os.path.join(e.plan.layout.stage_dir(e.stage), "encoder.safetensors"))
 
 
 def read_encoder_file(path):

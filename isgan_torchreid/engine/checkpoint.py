@@ -1,7 +1,7 @@
 """Checkpoints: atomic save, safe (``weights_only``) load, partial weight loading, resume, the config of a run's
 checkpoint.
 
-Layout under ``OUTPUT_DIR``::
+Each stage writes, in its folder of the run (:class:`~.plan.RunLayout`)::
 
     stage{n}/latest.pth.tar          every TRAIN.RESUME_FREQ epochs and at the end of the stage (atomic):
                                      everything needed to resume exactly; at the end, weights and results only
@@ -36,18 +36,9 @@ import threading
 import torch
 
 from .. import storage
-from ..config import config_changes, config_hash, hashed_config, load_config, trained_by
+from ..config import config_changes, config_hash, load_config, trained_by
 from ..errors import ISGANError
-
-
-def stage_dir(output_dir, stage):
-    """Folder of one stage's checkpoints."""
-    return os.path.join(output_dir, f"stage{stage}")
-
-
-def latest_path(output_dir, stage):
-    """Path of the checkpoint written after every epoch of ``stage``."""
-    return os.path.join(stage_dir(output_dir, stage), "latest.pth.tar")
+from .plan import RunLayout
 
 
 def model_state(state):
@@ -119,76 +110,58 @@ def checkpoint_config(weights, config_file=None, opts=()):
 # ------------------------------------------------------------------ the engine's state
 
 
-def stage_finished(cfg, stage, epoch):
-    """True when ``epoch`` completed epochs finish ``stage`` of ``cfg``."""
-    return epoch >= cfg.TRAIN[f"STAGE{stage}"].EPOCHS
-
-
 def epoch_count(n):
     """'1 epoch', '3 epochs'."""
     return f"{n} epoch{'' if n == 1 else 's'}"
 
 
-def kept_path(output_dir, stage, epoch):
-    """Path of the weights-only checkpoint kept at ``epoch`` of ``stage`` (at its last epoch, a hard link of its
-    ``latest``)."""
-    return os.path.join(stage_dir(output_dir, stage), f"model.pth.tar-{epoch}")
-
-
-def evaluation_settings(cfg):
-    """What a stage's results depend on beside its weights: DATA.TARGETS and every TEST key but BATCH_SIZE
-    (none of them is in the config hash, so they may change on a finished run, which is then re-evaluated)."""
-    test = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in cfg.TEST.items() if k != "BATCH_SIZE"}
-    return {"TARGETS": list(cfg.DATA.TARGETS), "TEST": test}
-
-
 def weights_state(engine, epoch):
-    stage = engine.stage
-    finished = stage_finished(engine.cfg, stage, epoch)
+    stage, plan = engine.stage, engine.plan
+    finished = plan.finished(stage, epoch)
     state = {
         "stage": stage,
         "epoch": epoch,
         "state_dict": engine.model.state_dict(),
-        "config_hash": config_hash(engine.cfg),
-        "config": hashed_config(engine.cfg),
+        "config_hash": plan.config_hash,
+        "config": plan.config,
         "num_classes": engine.num_classes,
         "results": engine.results.get(stage, {}) if finished else {},
     }
     if finished:
-        state["evaluated_with"] = evaluation_settings(engine.cfg)
+        state["evaluated_with"] = plan.evaluation.record
     state.update(engine.extra_state)
     return state
 
 
-def write_weights(out, state):
+def write_weights(layout: RunLayout, state):
     """Write a weights-only ``state`` (:func:`weights_state`) as ``model.pth.tar-{epoch}`` of its stage, a file of
     its own: the snapshots every TRAIN.CHECKPOINT_FREQ epochs. A finished stage's is kept by
     :func:`write_training_state`."""
-    storage.save_checkpoint(state, kept_path(out, state["stage"], state["epoch"]))
+    storage.save_checkpoint(state, layout.kept(state["stage"], state["epoch"]))
 
 
 def training_state(engine, epoch):
     """Everything needed to resume the engine's stage after ``epoch``: the weights, and the optimisers' state
     while the stage has epochs left (the live tensors: :func:`host_copy` before another thread writes it)."""
     state = weights_state(engine, epoch)
-    if not stage_finished(engine.cfg, engine.stage, epoch):
+    if not engine.plan.finished(engine.stage, epoch):
         state["optimizers"] = {name: opt.state_dict() for name, opt in engine.optimizers.items()}
     return state
 
 
-def write_training_state(out, state):
+def write_training_state(layout: RunLayout, state):
     """Write ``state`` (:func:`training_state`) to its stage's ``latest.pth.tar``; a finished stage's (it holds no
     optimisers) also becomes ``model.pth.tar-{epoch}``, a hard link of it
     (:func:`~isgan_torchreid.storage.link_checkpoint`): a finished stage stores its weights once."""
-    latest = latest_path(out, state["stage"])
+    latest = layout.latest(state["stage"])
     storage.save_checkpoint(state, latest)
     if "optimizers" not in state:
-        storage.link_checkpoint(latest, kept_path(out, state["stage"], state["epoch"]))
+        storage.link_checkpoint(latest, layout.kept(state["stage"], state["epoch"]))
 
 
 def save_training_state(engine, epoch):
     """:func:`training_state` written now, on this thread."""
-    write_training_state(engine.cfg.OUTPUT_DIR, training_state(engine, epoch))
+    write_training_state(engine.plan.layout, training_state(engine, epoch))
 
 
 def host_copy(obj):
@@ -250,15 +223,14 @@ def resume_or_initialize(engine, stage):
     IS-GAN's stage 3, 1 for a baseline's) when finished, or, when OUTPUT_DIR has none, from
     TRAIN.INIT_WEIGHTS.
     """
-    cfg = engine.cfg
-    out = cfg.OUTPUT_DIR
-    path = latest_path(out, stage)
+    plan = engine.plan
+    path = plan.layout.latest(stage)
     if os.path.isfile(path):
         state = storage.load_checkpoint(path)
-        check_resumable(cfg, stage, state, path)
+        check_resumable(plan, stage, state, path)
         _apply_resume_state(engine, state, path, stage)
         epoch = state["epoch"]
-        finished = stage_finished(cfg, stage, epoch)
+        finished = plan.finished(stage, epoch)
         if "optimizers" in state:
             print(f"=> resumed stage {stage} from {path} (epoch {epoch})")
         elif finished:
@@ -269,31 +241,31 @@ def resume_or_initialize(engine, stage):
             print(f"=> resumed stage {stage} from the weights in {path} (epoch {epoch}); it holds no optimiser "
                   f"state (a finished stage keeps none), so the optimisers start afresh, at the learning rate of "
                   f"epoch {epoch + 1} of the schedule")
-        if finished and state.get("results") and state.get("evaluated_with") == evaluation_settings(cfg):
+        if finished and state.get("results") and state.get("evaluated_with") == plan.evaluation.record:
             engine.results[stage] = state["results"]  # else a finished stage is evaluated again
         return epoch
     before = _previous_stage(engine.objective.stages, stage)
     if before is None:
         return 0
-    source = _start_source(cfg, stage, before)
+    source = _start_source(plan, stage, before)
     state = storage.load_checkpoint(source)
-    _check_finished(cfg, state, source, before)
+    _check_finished(plan, state, source, before)
     load_weights(engine.model, model_state(state))
     print(f"=> stage {stage} initialised from {source}")
     return 0
 
 
-def check_resume(cfg):
+def check_resume(plan):
     """Before a training run writes anything (its config.yaml first): :func:`check_resumable` for the
-    ``latest.pth.tar`` of each stage of TRAIN.STAGES in OUTPUT_DIR."""
-    for stage in cfg.TRAIN.STAGES:
-        path = latest_path(cfg.OUTPUT_DIR, stage)
+    ``latest.pth.tar`` of each stage the run trains (a :class:`~.plan.RunPlan`) in its folder."""
+    for stage in plan.stages:
+        path = plan.layout.latest(stage)
         if os.path.isfile(path):
-            check_resumable(cfg, stage, storage.load_checkpoint(path), path)
+            check_resumable(plan, stage, storage.load_checkpoint(path), path)
 
 
-def check_resumable(cfg, stage, state, path):
-    """One ISGANError unless ``state`` (``stage``'s ``latest`` at ``path``) may go on under ``cfg``.
+def check_resumable(plan, stage, state, path):
+    """One ISGANError unless ``state`` (``stage``'s ``latest`` at ``path``) may go on under ``plan``.
 
     Every key of the config hash must be the checkpoint's (keys it lacks, from a later version, at their
     defaults: :func:`~isgan_torchreid.config.config_changes`); the error lists those that differ. The stage's
@@ -302,14 +274,14 @@ def check_resumable(cfg, stage, state, path):
     they are. Its learning-rate schedule (MultiStepLR milestones) does not depend on the epoch count, so a stage
     trained longer follows the schedule of a run configured so from the start.
     """
-    if state.get("config_hash") != config_hash(cfg):
+    if state.get("config_hash") != plan.config_hash:
         restart = f"train in a new OUTPUT_DIR (or delete {os.path.dirname(path)} to restart stage {stage})"
         recorded = state.get("config")
         if not isinstance(recorded, dict):
             raise ISGANError(f"{path} was trained with another config (config hash {state.get('config_hash')} vs "
-                             f"{config_hash(cfg)}), by an earlier version of isgan-torchreid that does not record "
+                             f"{plan.config_hash}), by an earlier version of isgan-torchreid that does not record "
                              f"its keys; resume it with that version, or {restart}")
-        changes = config_changes(recorded, cfg)
+        changes = config_changes(recorded, plan.config)
         if changes:  # none: only keys a later version added, at their defaults
             shown = "; ".join(changes[:8]) + (f"; and {len(changes) - 8} more" if len(changes) > 8 else "")
             raise ISGANError(f"{path} was trained with another config ({shown}); set these keys back to resume, "
@@ -317,11 +289,11 @@ def check_resumable(cfg, stage, state, path):
     trained = state.get("epoch")
     if not isinstance(trained, int):  # reported as it is loaded (_apply_resume_state)
         return
-    key, epochs = f"TRAIN.STAGE{stage}.EPOCHS", cfg.TRAIN[f"STAGE{stage}"].EPOCHS
+    key, epochs = f"TRAIN.STAGE{stage}.EPOCHS", plan.epochs[stage]
     if epochs < trained:
         raise ISGANError(f"{key} {epochs}: stage {stage} has already trained {epoch_count(trained)} ({path}); set "
                          f"{key} {trained} or more, or train in a new OUTPUT_DIR")
-    later = [p for p in (latest_path(cfg.OUTPUT_DIR, s) for s in (1, 2, 3) if s > stage) if os.path.isfile(p)]
+    later = [p for p in (plan.layout.latest(s) for s in (1, 2, 3) if s > stage) if os.path.isfile(p)]
     if epochs > trained and later:
         raise ISGANError(f"{key} {epochs}: stage {stage} finished after {epoch_count(trained)} and a later stage "
                          f"has started from it ({later[0]}); set {key} {trained}, or train stage {stage} longer in "
@@ -365,11 +337,11 @@ def _previous_stage(stages, stage):
     return earlier[-1] if earlier else None
 
 
-def _start_source(cfg, stage, before):
+def _start_source(plan, stage, before):
     """The checkpoint ``stage`` starts from without a checkpoint of its own: ``before``'s latest, else
     TRAIN.INIT_WEIGHTS."""
-    prev = latest_path(cfg.OUTPUT_DIR, before)
-    source = prev if os.path.isfile(prev) else cfg.TRAIN.INIT_WEIGHTS
+    prev = plan.layout.latest(before)
+    source = prev if os.path.isfile(prev) else plan.init_weights
     if not source:
         raise ISGANError(f"stage {stage} starts from stage {before}'s weights, but {prev} does not exist; "
                          f"run stage {before} first (TRAIN.STAGES) or set TRAIN.INIT_WEIGHTS to a checkpoint")
@@ -379,8 +351,8 @@ def _start_source(cfg, stage, before):
     return source
 
 
-def _check_finished(cfg, state, source, before):
-    if source == latest_path(cfg.OUTPUT_DIR, before) and not stage_finished(cfg, before, state["epoch"]):
+def _check_finished(plan, state, source, before):
+    if source == plan.layout.latest(before) and not plan.finished(before, state["epoch"]):
         raise ISGANError(f"stage {before} is unfinished ({source} is at epoch {state['epoch']}); "
                          f"finish it first: add {before} to TRAIN.STAGES")
 
@@ -389,11 +361,11 @@ def check_stages(engine, stages):
     """Before any training: each of ``stages`` (in order) can start, from its own ``latest``, from the previous
     stage trained earlier in this run or finished in OUTPUT_DIR, or from TRAIN.INIT_WEIGHTS, so that a run does
     not stop with this error after training its first stages."""
-    cfg = engine.cfg
+    plan = engine.plan
     for i, stage in enumerate(stages):
         before = _previous_stage(engine.objective.stages, stage)
-        if os.path.isfile(latest_path(cfg.OUTPUT_DIR, stage)) or before is None or before in stages[:i]:
+        if os.path.isfile(plan.layout.latest(stage)) or before is None or before in stages[:i]:
             continue
-        source = _start_source(cfg, stage, before)
-        if i > 0 and source == latest_path(cfg.OUTPUT_DIR, before):  # the first stage checks it as it starts
-            _check_finished(cfg, storage.load_checkpoint(source), source, before)
+        source = _start_source(plan, stage, before)
+        if i > 0 and source == plan.layout.latest(before):  # the first stage checks it as it starts
+            _check_finished(plan, storage.load_checkpoint(source), source, before)

@@ -3,7 +3,7 @@
 The engine calls, for each stage it trains: ``before_stage``, then per epoch ``before_epoch``,
 ``after_step`` after every step and ``after_epoch``, then evaluates and calls ``after_stage``; at the end
 of the run ``after_train``, and ``close`` however the run ends. A hook reads what it needs from
-``self.engine`` (``cfg``, ``stage``, ``epoch``, ``max_epoch``, ``batch_idx``, ``num_batches``, ``summary``:
+``self.engine`` (``plan``: the run's folder, schedule and settings, :class:`~.plan.RunPlan`; ``stage``, ``epoch``, ``max_epoch``, ``batch_idx``, ``num_batches``, ``summary``:
 the step's values on the device, to be read at ``engine.at_logging_point()``, ``results``).
 
 Under torchrun, a hook runs on rank 0 alone unless it sets ``main_process_only = False``: hooks write files
@@ -79,7 +79,7 @@ class Checkpointer(HookBase):
 
     def after_epoch(self):
         e = self.engine
-        epoch, out = e.epoch + 1, e.cfg.OUTPUT_DIR
+        epoch, out = e.epoch + 1, e.plan.layout
         if epoch % self.resume_freq == 0 or epoch == e.max_epoch:
             self.writer.submit(ckpt.write_training_state, out, ckpt.host_copy(ckpt.training_state(e, epoch)))
         if epoch < e.max_epoch and epoch % self.keep_freq == 0:
@@ -97,12 +97,12 @@ class Checkpointer(HookBase):
 
 
 class ResultsWriter(HookBase):
-    """``OUTPUT_DIR/results.json``: {"stage<n>": {target: metrics}}, keeping stages of earlier invocations; with
+    """``OUTPUT_DIR/results.json`` (the layout's ``results``): {"stage<n>": {target: metrics}}, keeping stages of earlier invocations; with
     "skipped_images": {"count": n, "images": {"<dataset>/<split>": [paths]}} when this run left images out."""
 
     def after_train(self):
         e = self.engine
-        path = os.path.join(e.cfg.OUTPUT_DIR, "results.json")
+        path = e.plan.layout.results
         results = storage.read_json(path) if os.path.isfile(path) else {}
         results.update({f"stage{s}": r for s, r in e.results.items()})
         results.pop("skipped_images", None)  # an earlier invocation's, perhaps fixed since
@@ -128,13 +128,13 @@ class TensorBoardWriter(HookBase):
 
     def before_stage(self):
         e = self.engine
-        self.writer = SummaryWriter(log_dir=ckpt.stage_dir(e.cfg.OUTPUT_DIR, e.stage), purge_step=self.step())
+        self.writer = SummaryWriter(log_dir=e.plan.layout.stage_dir(e.stage), purge_step=self.step())
         self.queue = ScalarQueue()  # the steps since the last logging point
 
     def step(self):
         """The global step of the engine's current iteration."""
         e = self.engine
-        earlier = sum(e.cfg.TRAIN[f"STAGE{s}"].EPOCHS for s in e.objective.stages if s < e.stage)
+        earlier = sum(e.plan.epochs[s] for s in e.objective.stages if s < e.stage)
         return (earlier + e.epoch) * e.num_batches + e.batch_idx
 
     def after_step(self):
@@ -181,7 +181,7 @@ class ProgressPrinter(HookBase):
         [s2 e3/8 20/24] 0.41s/it eta 0:00:12 run ~0:12:31 | gen 12.35 disc 1.234 D 0.62/0.31 KL 65.2 | lr 2.0e-04
 
     stage, epoch and step; seconds per step of this stage so far (data loading and checkpoints included);
-    time left in the stage, and in the run: this stage plus the later stages of TRAIN.STAGES, training steps
+    time left in the stage, and in the run: this stage plus the later stages the run trains, training steps
     only ('~': includes stages not run yet, see :meth:`estimate`); the objective's loss groups
     (each the sum of its terms), the accuracy of identity steps, and in stages 2-3 D's mean probability of
     "real" on real images / on fakes (D) and E_U's KL per image (:mod:`.diagnostics`), averaged over the steps
@@ -233,8 +233,8 @@ class ProgressPrinter(HookBase):
         """(seconds left in the stage, in the run, whether the run's includes estimated stages)."""
         e = self.engine
         stage_left = self.per_step[e.stage] * ((e.max_epoch - e.epoch) * e.num_batches - e.batch_idx - 1)
-        later = [s for s in e.cfg.TRAIN.STAGES if s > e.stage]
-        run_left = stage_left + sum(self.estimate(s) * e.cfg.TRAIN[f"STAGE{s}"].EPOCHS * e.num_batches
+        later = [s for s in e.plan.stages if s > e.stage]
+        run_left = stage_left + sum(self.estimate(s) * e.plan.epochs[s] * e.num_batches
                                     for s in later)
         return stage_left, run_left, bool(later)
 
@@ -277,7 +277,7 @@ class EpochTimer(HookBase):
 
     def before_stage(self):
         e = self.engine
-        if not os.path.isfile(ckpt.latest_path(e.cfg.OUTPUT_DIR, e.stage)):
+        if not os.path.isfile(e.plan.layout.latest(e.stage)):
             self.speed.pop(str(e.stage), None)
 
     def before_epoch(self):

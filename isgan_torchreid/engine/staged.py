@@ -18,7 +18,6 @@ from typing import Dict, List, Optional, Sequence
 from torch import Tensor
 
 from .. import comm, compat
-from ..data.build import train_augmentations
 from ..errors import ISGANError
 from . import checkpoint as ckpt
 from . import distributed
@@ -26,6 +25,7 @@ from .evaluation import compute_distance_matrix, evaluate, extract_features
 from .hooks import HookBase, default_hooks
 from .objective import build_objective
 from .optim import NonfiniteLog, Update, build_optimizer
+from .plan import RunPlan
 
 Engine = compat.torchreid_base().engine.Engine
 
@@ -33,13 +33,15 @@ Engine = compat.torchreid_base().engine.Engine
 class ISGANEngine(Engine):
     """Trains the stages of ``cfg.TRAIN.STAGES`` (resuming where a previous run stopped), then evaluates each.
 
-    ``hooks``: :func:`~.hooks.default_hooks` when None. ``extra_state``: entries every checkpoint also holds (the
+    The config is read here, once: into the objective (:func:`~.objective.build_objective`) and the run's plan
+    (``self.plan``, :class:`~.plan.RunPlan`: the run folder, the stage schedule, the evaluation settings), which the
+    loop and the hooks read. ``hooks``: :func:`~.hooks.default_hooks` when None. ``extra_state``: entries every checkpoint also holds (the
     tool layer's ``encoder_spec``, so that an encoder loads from a checkpoint without its run folder)."""
 
     def __init__(self, cfg, datamanager, model, device, hooks: Optional[Sequence[HookBase]] = None,
                  extra_state: Optional[dict] = None):
         super().__init__(datamanager, use_gpu=device.type == "cuda")
-        self.cfg = cfg
+        self.plan = RunPlan.from_config(cfg)
         self.device = device
         self.num_classes = datamanager.num_train_pids
         model = distributed.sync_batchnorm(model, cfg.TRAIN.SYNC_BN)
@@ -109,11 +111,11 @@ class ISGANEngine(Engine):
         self.updates = {name: Update(opt, self.nonfinite) for name, opt in self.optimizers.items()}
         if self.train_loader is not None:  # its samples take the stage's transform (data.sampler.SampleKeys)
             if comm.is_main_process():  # torchreid's transform banner is the data manager's, once
-                augmentations = [a.replace("_", " ") for a in train_augmentations(self.cfg, stage)]
+                augmentations = [a.replace("_", " ") for a in self.plan.augmentations[stage]]
                 print(f"=> stage {stage} trains with {' and '.join(augmentations) or 'no augmentation'}")
                 self.objective.check_training_data(self.train_loader.dataset.train, stage)
         self.epoch = self.batch_idx = 0
-        self.max_epoch = self.cfg.TRAIN[f"STAGE{stage}"].EPOCHS
+        self.max_epoch = self.plan.epochs[stage]
         self.apply_stage_policy()
         self.objective.net = self.model  # the previous stage's wrappers go (their gradient hooks with them)
         self.objective.net = distributed.data_parallel(self.model, self.objective.parallel_modules(stage),
@@ -134,14 +136,14 @@ class ISGANEngine(Engine):
         """Whether the current step is one at which the step values are read: every TRAIN.PRINT_FREQ steps and
         the epoch's last."""
         step = self.batch_idx + 1
-        return step % self.cfg.TRAIN.PRINT_FREQ == 0 or step == self.num_batches
+        return step % self.plan.print_freq == 0 or step == self.num_batches
 
     def check_nonfinite(self) -> None:
         """The updates skipped since the last check for a non-finite loss (all ranks alike): stop at the first
         (TRAIN.NONFINITE error), or count and report each (skip), naming stage, epoch, iteration and term."""
         for (stage, epoch, batch_idx), term, value in self.nonfinite.collect():
             where = f"stage {stage}, epoch {epoch + 1}, iteration {batch_idx + 1}"
-            if self.cfg.TRAIN.NONFINITE != "skip":
+            if self.plan.nonfinite != "skip":
                 raise ISGANError(f"non-finite loss {term} = {value} at {where}; lower TRAIN.STAGE{stage}.LR, "
                                  f"or set TRAIN.NONFINITE skip to skip such steps")
             self.skipped_steps += 1
@@ -149,7 +151,7 @@ class ISGANEngine(Engine):
 
     def seed_epoch(self) -> None:
         """Seed this epoch's batches (the same on every rank) and random streams (this rank's) from SEED."""
-        seed = comm.epoch_seed(self.cfg.SEED, self.stage, self.epoch, comm.get_rank())
+        seed = comm.epoch_seed(self.plan.seed, self.stage, self.epoch, comm.get_rank())
         compat.torchreid_base().utils.set_random_seed(seed)  # python, numpy, torch (CUDA too)
         self.train_loader.sampler.set_epoch(self.epoch, self.stage)
 
@@ -170,7 +172,7 @@ class ISGANEngine(Engine):
 
     def run_stages(self, stages=None):
         """Run the configured stages (resuming where a previous run stopped); returns all results."""
-        stages = list(stages or self.cfg.TRAIN.STAGES)
+        stages = list(stages or self.plan.stages)
         ckpt.check_stages(self, stages)  # a stage that cannot start fails now, not after the earlier ones trained
         try:
             for stage in stages:
@@ -200,7 +202,7 @@ class ISGANEngine(Engine):
             return
         first = start_epoch + 1
         span = f"epoch {first}" if first == self.max_epoch else f"epochs {first}-{self.max_epoch}"
-        print(f"=> Stage {stage}: {span} of {self.max_epoch}, lr {self.cfg.TRAIN[f'STAGE{stage}'].LR:g}")
+        print(f"=> Stage {stage}: {span} of {self.max_epoch}, lr {self.objective.optim.lr[stage]:g}")
         self.epoch, self.num_batches = start_epoch, len(self.train_loader)
         self._call("before_stage")
         for self.epoch in range(start_epoch, self.max_epoch):
@@ -218,7 +220,7 @@ class ISGANEngine(Engine):
                   normalize_feature=False, visrank=False, visrank_topk=10, save_dir="", use_metric_cuhk03=False,
                   ranks=(1, 5, 10), rerank=False):
         """torchreid's per-target evaluation, with flip-augmented features and the fast exact evaluator."""
-        flip = self.cfg.TEST.FLIP
+        flip = self.plan.evaluation.flip
         t0 = time.time()
         qf, q_pids, q_camids = extract_features(self.model, query_loader, self.device, flip, normalize_feature,
                                                 desc=f"{dataset_name} query features")
@@ -250,15 +252,15 @@ class ISGANEngine(Engine):
         Under torchrun rank 0 evaluates the plain model, as one process would, and sends the results to the
         others, which wait meanwhile (TRAIN.DIST_TIMEOUT bounds the wait)."""
         key = self.stage if key is None else key
-        save_dir = save_dir or ckpt.stage_dir(self.cfg.OUTPUT_DIR, key)
-        t = self.cfg.TEST
+        save_dir = save_dir or self.plan.layout.stage_dir(key)
+        t = self.plan.evaluation
         self._evaluating = {}
         if comm.is_main_process():
             writer, self.writer = self.writer, None  # test metrics are logged by the TensorBoard hook
             try:
-                self.test(dist_metric=t.METRIC, normalize_feature=t.NORMALIZE, visrank=t.VISRANK,
-                          visrank_topk=t.VISRANK_TOPK, save_dir=save_dir, use_metric_cuhk03=t.CUHK03_METRIC,
-                          ranks=list(t.RANKS), rerank=t.RERANK)
+                self.test(dist_metric=t.metric, normalize_feature=t.normalize, visrank=t.visrank,
+                          visrank_topk=t.visrank_topk, save_dir=save_dir, use_metric_cuhk03=t.cuhk03_metric,
+                          ranks=list(t.ranks), rerank=t.rerank)
             finally:
                 self.writer = writer
         self.results[key] = comm.broadcast_object(self._evaluating)

@@ -8,7 +8,6 @@ import torch
 
 from .. import compat
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
-from ..engine import checkpoint as ckpt
 from ..engine.hooks import HookBase, TensorBoardWriter
 from ..losses.isgan import reconstruction_loss
 from .canvas import (Tile, denormalize, display_scale, font_size_for, market_label, parse_market_name, part_mask_bar,
@@ -46,8 +45,7 @@ class SampleGrids(HookBase):
             picture = self.draw()
             if picture is None:
                 return
-            save_png(picture, os.path.join(ckpt.stage_dir(e.cfg.OUTPUT_DIR, e.stage), "samples",
-                                           f"epoch{epoch:03d}.png"))
+            save_png(picture, os.path.join(e.plan.layout.stage_dir(e.stage), "samples", f"epoch{epoch:03d}.png"))
             for hook in e.hooks:
                 if isinstance(hook, TensorBoardWriter):
                     hook.add_image("samples", to_array(picture))
@@ -104,7 +102,7 @@ class SampleGrids(HookBase):
         was_training = model.training
         model.eval()
         with torch.random.fork_rng(devices=[e.device] if e.device.type == "cuda" else []):
-            torch.manual_seed(e.cfg.SEED)
+            torch.manual_seed(e.plan.seed)
             gen = e.objective.generate(imgs, pids, e.stage, net=e.model)  # the plain model: rank 0 alone runs this
         model.train(was_training)
         if was_training:
