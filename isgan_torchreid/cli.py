@@ -16,7 +16,7 @@ from . import comm, compat, storage
 from .allocator import keep_freed_memory
 from .console import console_log, line_buffered
 from .config import dump_config, get_default_config, list_configs, load_config
-from .data.build import build_datamanager
+from .data.build import build_data
 from .deploy.encoder import EncoderWriter, encoder_spec, has_identity_encoder, load_for_evaluation
 from .engine import checkpoint as ckpt
 from .engine.plan import RunLayout, RunPlan
@@ -158,8 +158,8 @@ def configure_device(cfg, device: torch.device) -> None:
 
 
 def setup(cfg):
-    """Output dir, resolved config, seed, denormal flushing and the C allocator, device, data manager (datasets
-    checked before any model).
+    """Output dir, resolved config, seed, denormal flushing and the C allocator; returns the device and the data
+    (:class:`~isgan_torchreid.data.build.Data`: datasets checked before any model).
 
     The checkpoints OUTPUT_DIR holds are checked against the config first, so that a config they cannot resume
     under is refused before it replaces the run's config.yaml. Under torchrun rank 0 writes the config and
@@ -175,8 +175,8 @@ def setup(cfg):
     device = distributed.select_device(cfg)
     configure_device(cfg, device)
     with comm.main_process_first():
-        dm = build_datamanager(cfg, use_gpu=device.type == "cuda")
-    return device, dm
+        data = build_data(cfg, use_gpu=device.type == "cuda")
+    return device, data
 
 
 def training_hooks(cfg, spec=None):
@@ -189,20 +189,21 @@ def training_hooks(cfg, spec=None):
     return hooks + [SampleGrids(cfg.TRAIN.SAMPLE_FREQ)]
 
 
-def build_engine(cfg, dm, device, hooks=None, extra_hooks=()):
-    """The model of MODEL.NAME in an :class:`ISGANEngine` with ``hooks`` (default: :func:`training_hooks`) and
+def build_engine(cfg, data, device, hooks=None, extra_hooks=()):
+    """The model of MODEL.NAME in an :class:`ISGANEngine` on ``data`` (:func:`setup`'s) with ``hooks`` (default: :func:`training_hooks`) and
     ``extra_hooks``; its checkpoints hold the encoder spec of a model with an identity encoder.
 
     The RNGs are seeded again after the model is built, so that the data order and augmentations of a run
     do not depend on how many random numbers its model's construction drew: IS-GAN's stage 1 and the E_R
     baseline see the same batches.
     """
-    model = build_model(cfg, dm.num_train_pids)
+    model = build_model(cfg, data.manager.num_train_pids)
     compat.torchreid_base().utils.set_random_seed(cfg.SEED)
     spec = encoder_spec(cfg) if has_identity_encoder(model) else None  # torchreid's own models have none
     hooks = training_hooks(cfg, spec) if hooks is None else list(hooks)
-    return ISGANEngine(cfg, dm, model, device, hooks + list(extra_hooks),
-                       extra_state={"encoder_spec": spec} if spec is not None else None)
+    return ISGANEngine(cfg, data.manager, model, device, hooks + list(extra_hooks),
+                       extra_state={"encoder_spec": spec} if spec is not None else None,
+                       skipped_images=data.skipped_images)
 
 
 def pop_list_flag(argv, flag, accept, example):
@@ -346,8 +347,8 @@ def train_main(argv):
         device = distributed.select_device(cfg)
         with distributed.process_group(device, cfg.TRAIN.DIST_TIMEOUT):
             distributed.check_config(cfg, device)
-            device, dm = setup(cfg)
-            results = build_engine(cfg, dm, device).run_stages()
+            device, data = setup(cfg)
+            results = build_engine(cfg, data, device).run_stages()
             print(results_table(results, cfg.TEST.RANKS))
     return results
 
@@ -374,8 +375,8 @@ def evaluate_weights(cfg, weights, state=None):
     # the classifiers do not enter the descriptor: a checkpoint without num_classes (torchreid's) gets 1
     model = build_model(cfg, state.get("num_classes") or 1)
     load_for_evaluation(model, ckpt.model_state(state), weights)  # before anything is written
-    device, dm = setup(cfg)
-    engine = ISGANEngine(cfg, dm, model, device, hooks=[])
+    device, data = setup(cfg)
+    engine = ISGANEngine(cfg, data.manager, model, device, hooks=[], skipped_images=data.skipped_images)
     engine.evaluate_targets(key="test", save_dir=cfg.OUTPUT_DIR)
     print(results_table(engine.results, cfg.TEST.RANKS))
     path = RunLayout(cfg.OUTPUT_DIR).results

@@ -177,9 +177,9 @@ def train_run(cfg):
     with output_dir_lock(cfg.OUTPUT_DIR), \
             cli.console_log(RunLayout(cfg.OUTPUT_DIR).train_log, f"tools/compare.py: run {cfg.MODEL.NAME}"):
         print(f"=> {cfg.MODEL.NAME}: stages {list(cfg.TRAIN.STAGES)} in {cfg.OUTPUT_DIR}")
-        device, dm = cli.setup(cfg)
+        device, data = cli.setup(cfg)
         timer = EpochTimer(os.path.join(cfg.OUTPUT_DIR, "train_speed.json"))
-        engine = cli.build_engine(cfg, dm, device, extra_hooks=[timer])
+        engine = cli.build_engine(cfg, data, device, extra_hooks=[timer])
         results = engine.run_stages()
         print(cli.results_table(results, cfg.TEST.RANKS))
     size = model_size(engine.model, cfg.DATA.HEIGHT, cfg.DATA.WIDTH, device)

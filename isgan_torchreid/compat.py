@@ -38,11 +38,10 @@ covered by a test that fails without it):
   in every module that imported it by name.
 * ``ImageDataset.__init__`` passes its split lists through the check that :func:`checking_image_datasets`
   installs (unreadable images left out before torchreid counts identities; empty splits named by folder
-  instead of torchreid's ``IndexError``; each dataset's summary table printed once), and
-  ``ImageDataset.__getitem__`` replaces a training image that fails to load by another image of the same
-  identity in datasets marked by :func:`skip_unreadable_at_load`.
+  instead of torchreid's ``IndexError``; each dataset's summary table printed once).
 """
 import contextlib
+import contextvars
 import functools
 import importlib
 import inspect
@@ -61,7 +60,6 @@ warnings.filterwarnings("ignore", message="Cython evaluation", category=UserWarn
 import torchreid  # noqa: E402
 
 from . import image_files, storage  # noqa: E402
-from .errors import BadImageError  # noqa: E402
 
 
 @functools.lru_cache(maxsize=None)
@@ -200,8 +198,10 @@ def _patch_read_image():
         _patch(module, "read_image", lambda original: lambda path: image_files.read_image(path))
 
 
-_dataset_check = None  # set by checking_image_datasets
-_summaries_shown = None  # the names of the datasets whose summary table checking_image_datasets' block printed
+# (check, names of the datasets whose summary table was printed) of the innermost checking_image_datasets block.
+# torchreid's ImageDataManager builds its datasets itself and passes them no argument of ours, so the block's check
+# reaches ImageDataset.__init__ through this context variable: scoped to the block (and to its thread or task)
+_dataset_checking = contextvars.ContextVar("isgan_dataset_checking", default=None)
 
 
 @contextlib.contextmanager
@@ -212,13 +212,11 @@ def checking_image_datasets(check):
     dataset prints its summary table (``=> Loaded <name>``, the ids/images/cameras of its splits) once,
     where torchreid's ``ImageDataManager`` prints it for the training and again for the test build of a
     dataset that is both a source and a target."""
-    global _dataset_check, _summaries_shown
-    previous = _dataset_check, _summaries_shown
-    _dataset_check, _summaries_shown = check, set()
+    token = _dataset_checking.set((check, set()))
     try:
         yield check
     finally:
-        _dataset_check, _summaries_shown = previous
+        _dataset_checking.reset(token)
 
 
 def dataset_name(dataset):
@@ -230,62 +228,22 @@ def dataset_name(dataset):
 def _patch_image_dataset_init():
     def make(init):
         def __init__(self, train, query, gallery, **kwargs):
-            if _dataset_check is not None:
+            checking = _dataset_checking.get()
+            if checking is not None:
+                check, summaries_shown = checking
                 # torchreid's dataset classes set train_dir, query_dir, gallery_dir before calling this
                 folders = {split: getattr(self, f"{split}_dir", None) for split in ("train", "query", "gallery")}
-                lists = _dataset_check(dataset_name(self), kwargs.get("mode", "train"),
-                                       {"train": train, "query": query, "gallery": gallery}, folders)
+                lists = check(dataset_name(self), kwargs.get("mode", "train"),
+                              {"train": train, "query": query, "gallery": gallery}, folders)
                 train, query, gallery = lists["train"], lists["query"], lists["gallery"]
-            if _summaries_shown is not None and kwargs.get("verbose", True):
-                name = dataset_name(self)
-                kwargs["verbose"] = name not in _summaries_shown  # torchreid's summary table, once
-                _summaries_shown.add(name)
+                if kwargs.get("verbose", True):
+                    name = dataset_name(self)
+                    kwargs["verbose"] = name not in summaries_shown  # torchreid's summary table, once
+                    summaries_shown.add(name)
             init(self, train, query, gallery, **kwargs)
         return __init__
 
     _patch(_submodule("data.datasets.dataset").ImageDataset, "__init__", make)
-
-
-def skip_unreadable_at_load(dataset):
-    """Make ``dataset`` (a torchreid training ImageDataset) replace an image that fails to load by another image
-    of the same identity, reported once per worker, instead of stopping the run."""
-    dataset.isgan_skip_unreadable = True
-
-
-_replaced = set()  # images replaced in this process (each reported once)
-
-
-def _patch_image_getitem():
-    _patch(_submodule("data.datasets.dataset").ImageDataset, "__getitem__", _replacing_unreadable)
-
-
-def _replacing_unreadable(getitem):
-    """ImageDataset.__getitem__ that, for a dataset marked by :func:`skip_unreadable_at_load`, replaces an image
-    that fails to load by another image of the same identity (each reported once per process)."""
-    def __getitem__(self, index):
-        skip = getattr(self, "isgan_skip_unreadable", False) and self.mode == "train"
-        if not (skip and self.data[index][0] in _replaced):
-            try:
-                return getitem(self, index)
-            except BadImageError:
-                if not skip:
-                    raise
-                _replaced.add(self.data[index][0])
-                print(f"=> unreadable image at load time: {self.data[index][0]}; using other images of identity "
-                      f"{self.data[index][1]} instead", flush=True)
-        pid = self.data[index][1]
-        for i in list(range(index + 1, len(self.data))) + list(range(index)):
-            if self.data[i][1] != pid or self.data[i][0] in _replaced:
-                continue
-            try:
-                return getitem(self, i)
-            except BadImageError:
-                _replaced.add(self.data[i][0])
-                print(f"=> unreadable image at load time: {self.data[i][0]}", flush=True)
-        raise BadImageError(f"no image of training identity {pid} can be read any more (e.g. "
-                            f"{self.data[index][0]}); replace them and run again")
-
-    return __getitem__
 
 
 def apply_patches():
@@ -295,4 +253,3 @@ def apply_patches():
     _patch_feature_extractor()
     _patch_read_image()
     _patch_image_dataset_init()
-    _patch_image_getitem()

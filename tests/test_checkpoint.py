@@ -190,7 +190,7 @@ def stage1_checkpoint(tiny_cfg):
     """An engine's stage-1 checkpoint at epoch 1 (TINY: the stage's last) in tiny_cfg's OUTPUT_DIR, its latest and
     its kept model.pth.tar-1 one file; returns (dm, saved model state)."""
     cfg = tiny_cfg("MODEL.PARTS", "[2]")  # small model: the checkpoint is written and read three times
-    device, dm = setup(cfg)
+    device, (dm, _) = setup(cfg)
     torch.manual_seed(0)
     engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
     engine.enter_stage(1)
@@ -280,7 +280,7 @@ def test_a_finished_stage_trained_longer_follows_its_lr_schedule(tiny_cfg):
     epoch the stage reached (MultiStepLR: past milestone 1, the rate is LR x GAMMA)."""
     opts = ["MODEL.PARTS", "[2]", "TRAIN.STAGE1.MILESTONES", "[1]"]  # and TINY's one epoch
     cfg = tiny_cfg(*opts)
-    device, dm = setup(cfg)
+    device, (dm, _) = setup(cfg)
     engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
     engine.enter_stage(1)
     ckpt.save_training_state(engine, 1)

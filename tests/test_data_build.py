@@ -6,8 +6,10 @@ import torch
 import torchvision.transforms as T
 
 from isgan_torchreid.config import load_config
-from isgan_torchreid.data.build import (build_datamanager, check_datasets, datamanager_kwargs, train_transform,
-                                        use_forkserver)
+from isgan_torchreid.data import synthetic
+from isgan_torchreid.data.build import (build_data, check_datasets, datamanager_kwargs, synth_specs,
+                                        train_transform, use_forkserver)
+from isgan_torchreid.data.synth_spec import SynthSpec
 from isgan_torchreid.errors import ISGANError
 
 
@@ -74,22 +76,28 @@ def test_datamanager_kwargs_follow_config():
 
 def test_batches_are_p_identities_times_k_images(tiny_cfg):
     cfg = tiny_cfg("SAMPLER.P", "2", "SAMPLER.K", "3")
-    dm = build_datamanager(cfg)
+    dm = build_data(cfg).manager
     batch = next(iter(dm.train_loader))
     assert batch["img"].shape == (6, 3, cfg.DATA.HEIGHT, cfg.DATA.WIDTH)
     pids = batch["pid"].view(2, 3)  # RandomIdentitySampler: K consecutive images per identity
     assert torch.all(pids == pids[:, :1]) and pids[0, 0] != pids[1, 0]
     assert dm.num_train_pids == cfg.DATA.SYNTH.NUM_TRAIN_IDS
+    # DATA.SYNTH reached torchreid's instantiation of the dataset through a block of build_data: the registered
+    # default spec is untouched, and the block's spec is gone with it
+    assert synthetic.default_spec("synthperson") == SynthSpec()
+    with synthetic.using_specs({"synthperson": synth_specs(cfg)["synthperson"]}):
+        assert synthetic._specs_in_use.get()["synthperson"].num_train_ids == cfg.DATA.SYNTH.NUM_TRAIN_IDS
+    assert synthetic._specs_in_use.get() == {}
 
 
 def test_too_many_identities_per_batch(tiny_cfg):
     with pytest.raises(ISGANError, match="SAMPLER.P"):
-        build_datamanager(tiny_cfg("SAMPLER.P", "50", "TRAIN.STAGES", "[1]"))
+        build_data(tiny_cfg("SAMPLER.P", "50", "TRAIN.STAGES", "[1]"))
 
 
 def test_workers_start_from_a_forkserver_persist_and_take_each_stages_transform(tiny_cfg):
     cfg = tiny_cfg("DATA.WORKERS", "2")
-    dm = build_datamanager(cfg)
+    dm = build_data(cfg).manager
     loaders = [dm.train_loader] + [l for split in dm.test_loader.values() for l in split.values()]
     assert all(l.multiprocessing_context.get_start_method() == "forkserver" for l in loaders)
     assert dm.train_loader.persistent_workers
@@ -103,7 +111,7 @@ def test_workers_start_from_a_forkserver_persist_and_take_each_stages_transform(
 def test_augmentations_depend_on_the_seed_and_place_alone(tiny_cfg):
     """Workers or none, one epoch drawn twice, or resumed at it: the same augmented images."""
     def epoch(workers, first=None):
-        dm = build_datamanager(tiny_cfg("DATA.WORKERS", str(workers)))
+        dm = build_data(tiny_cfg("DATA.WORKERS", str(workers))).manager
         if first is not None:
             dm.train_loader.sampler.set_epoch(first, stage=1)
             list(dm.train_loader)  # an earlier epoch in the same workers
@@ -114,7 +122,7 @@ def test_augmentations_depend_on_the_seed_and_place_alone(tiny_cfg):
     alone, after = epoch(0), epoch(0, first=0)
     assert torch.equal(alone[0], after[0]) and torch.equal(alone[1], after[1]) and torch.equal(alone[1], epoch(2)[1])
     assert torch.equal(alone[0], epoch(2, first=1)[0])
-    dm = build_datamanager(tiny_cfg())
+    dm = build_data(tiny_cfg()).manager
     dm.train_loader.sampler.set_epoch(4, stage=1)
     assert not torch.equal(torch.cat([b["img"] for b in dm.train_loader]), alone[0])  # another epoch: other draws
 

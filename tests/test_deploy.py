@@ -75,7 +75,7 @@ def runs(data_root, module_dir):
             out = str(module_dir / name)
             opts = TINY + ["DATA.ROOT", data_root, "OUTPUT_DIR", out, "MODEL.NAME", name, "TRAIN.STAGES", "[1]"]
             cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), opts)
-            device, dm = cli.setup(cfg)  # writes OUTPUT_DIR/config.yaml, as train.py does
+            device, (dm, _) = cli.setup(cfg)  # writes OUTPUT_DIR/config.yaml, as train.py does
             torch.manual_seed(0)
             model = build_model(cfg, dm.num_train_pids)
             perturb_(model, 1)

@@ -14,7 +14,7 @@ from isgan_torchreid.benchmarks import benchmark_main, disentangle
 from isgan_torchreid.benchmarks.disentangle import (MeasuredSplit, Settings, _augment, choose_subset, measure,
                                                     nuisance_factors)
 from isgan_torchreid.config import load_config
-from isgan_torchreid.data.build import IMAGENET_MEAN, IMAGENET_STD, build_datamanager
+from isgan_torchreid.data.build import IMAGENET_MEAN, IMAGENET_STD, build_data
 from isgan_torchreid.deploy import load_gan
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.visualize import denormalize
@@ -29,7 +29,7 @@ def run(data_root, module_dir):
     weights = make_run(str(module_dir), data_root, "isgan", 2)
     os.link(weights, RunLayout(os.path.dirname(os.path.dirname(weights))).latest(2))
     cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), TINY + ["DATA.ROOT", data_root])
-    dm = build_datamanager(cfg)
+    dm = build_data(cfg).manager
     query, gallery = dm.fetch_test_loaders("synthperson")
     return {"weights": weights, "dir": os.path.dirname(os.path.dirname(weights)), "query": query,
             "gallery": gallery, "train": dm.train_loader.dataset.train}

@@ -30,10 +30,10 @@ from isgan_torchreid import compat, image_files, storage
 from isgan_torchreid.cli import build_engine, setup, train_main
 from isgan_torchreid.config import _RANGES, get_default_config, in_interval, load_config
 from isgan_torchreid.data import loaders
-from isgan_torchreid.data.build import build_datamanager, check_datasets
+from isgan_torchreid.data.build import Data, build_data, check_datasets
 from isgan_torchreid.engine import checkpoint as ckpt
-from isgan_torchreid.errors import BadImageError, ISGANError
 from isgan_torchreid.engine.plan import RunLayout
+from isgan_torchreid.errors import BadImageError, ISGANError
 
 from conftest import CONFIGS, REPO, TINY
 
@@ -125,13 +125,13 @@ def test_bad_images_are_found_before_training_reported_once_and_left_out(market,
     truncate(gallery[5])
     with Image.open(train[13]) as img:  # the truncated JPEG passes a header check...
         img.verify()
-    dm = build_datamanager(market.cfg())  # ...but not the check before training
+    dm, skipped = build_data(market.cfg())  # ...but not the check before training
 
     out = capsys.readouterr().out
     for path in bad_train + [query[0], gallery[5]]:
         assert out.count(path) == 1, out  # reported once, by path
     assert "left out 5 unreadable image(s)" in out
-    assert dm.skipped_images == {"market1501/train": sorted(bad_train), "market1501/query": [query[0]],
+    assert skipped == {"market1501/train": sorted(bad_train), "market1501/query": [query[0]],
                                  "market1501/gallery": [gallery[5]]}
     dataset = dm.train_loader.dataset
     assert len(dataset.train) == len(train) - 3 and not {item[0] for item in dataset.train} & set(bad_train)
@@ -140,37 +140,42 @@ def test_bad_images_are_found_before_training_reported_once_and_left_out(market,
     assert gallery[5] not in {item[0] for item in test_sets["gallery"].data}
     assert sum(len(batch["pid"]) for batch in dm.train_loader) > 0  # an epoch loads; nothing hangs
 
+    # the engine hears of them from the data (cli.build_engine), and says so beside each target's results
+    engine = build_engine(market.cfg("TRAIN.STAGES", "[1]"), Data(dm, skipped), torch.device("cpu"), hooks=[])
+    assert engine.skipped_images == skipped
+    engine.evaluate_targets(key="test")
+    assert "(without 1 query and 1 gallery image(s) that cannot be read)" in capsys.readouterr().out
+
 
 def test_an_identity_left_without_images_is_dropped_and_labels_stay_contiguous(market):
     train = market.images("bounding_box_train")
     lost = [p for p in train if os.path.basename(p).startswith("0003_")]
     for path in lost:
         zero(path)
-    dm = build_datamanager(market.cfg())
+    dm, skipped = build_data(market.cfg())
     labels = sorted({item[1] for item in dm.train_loader.dataset.train})
     assert labels == list(range(7)) and dm.num_train_pids == 7  # 8 identities, one lost
-    assert len(dm.skipped_images["market1501/train"]) == len(lost) == 6
+    assert len(skipped["market1501/train"]) == len(lost) == 6
 
 
 def test_image_checks_are_cached_per_folder(market, monkeypatch):
-    build_datamanager(market.cfg())
+    build_data(market.cfg())
     checked = []
     decode = image_files.unreadable
     monkeypatch.setattr(image_files, "unreadable", lambda path: checked.append(path) or decode(path))
-    build_datamanager(market.cfg())
+    build_data(market.cfg())
     assert checked == []  # nothing decoded again
     train = market.images("bounding_box_train")
     corrupt(train[3])
-    dm = build_datamanager(market.cfg())
+    assert build_data(market.cfg()).skipped_images == {"market1501/train": [train[3]]}
     assert checked == [train[3]]  # only the changed file
-    assert dm.skipped_images == {"market1501/train": [train[3]]}
 
 
 def test_on_bad_image_error_stops_before_training(market, tmp_path, capsys):
     path = market.images("bounding_box_train")[2]
     zero(path)
     with pytest.raises(ISGANError) as info:
-        build_datamanager(market.cfg("DATA.ON_BAD_IMAGE", "error"))
+        build_data(market.cfg("DATA.ON_BAD_IMAGE", "error"))
     message = one_line(str(info.value))
     assert path in message and "DATA.ON_BAD_IMAGE skip" in message and "bounding_box_train" in message
     cfg = market.cfg("DATA.ON_BAD_IMAGE", "error")
@@ -184,8 +189,8 @@ def test_on_bad_image_error_stops_before_training(market, tmp_path, capsys):
 
 
 def test_an_image_that_breaks_during_the_run_is_replaced_or_fatal_never_retried_forever(market, capsys):
-    fatal = build_datamanager(market.cfg("DATA.ON_BAD_IMAGE", "error")).train_loader.dataset
-    skipping = build_datamanager(market.cfg()).train_loader.dataset
+    fatal = build_data(market.cfg("DATA.ON_BAD_IMAGE", "error")).manager.train_loader.dataset
+    skipping = build_data(market.cfg()).manager.train_loader.dataset
     path, pid = skipping.train[0][:2]
     truncate(path)  # after the check: e.g. a disk fault during a long run
     capsys.readouterr()
@@ -223,9 +228,9 @@ def test_torchreid_read_image_retried_forever_and_is_replaced_everywhere(tmp_pat
         with pytest.raises(BadImageError, match="cannot identify image file"):
             module.read_image(path)
     dataset = compat._submodule("data.datasets.dataset").ImageDataset
-    patched = [m.read_image for m in modules] + [dataset.__init__, dataset.__getitem__]
+    patched = [m.read_image for m in modules] + [dataset.__init__]
     compat.apply_patches()  # idempotent: nothing wrapped twice
-    assert [m.read_image for m in modules] + [dataset.__init__, dataset.__getitem__] == patched
+    assert [m.read_image for m in modules] + [dataset.__init__] == patched
 
 
 def test_read_image_retries_io_errors_a_bounded_number_of_times(monkeypatch, tmp_path):
@@ -257,7 +262,7 @@ def test_empty_split_is_named_by_folder(market, split):
     for path in glob.glob(str(market.base / split / "*.jpg")):
         os.remove(path)
     with pytest.raises(ISGANError) as info:  # torchreid: IndexError: list index out of range
-        build_datamanager(market.cfg())
+        build_data(market.cfg())
     assert str(market.base / split) in one_line(str(info.value)) and "holds no images" in str(info.value)
 
 
@@ -265,7 +270,7 @@ def test_split_with_only_unreadable_images(market):
     for path in market.images("bounding_box_train"):
         zero(path)
     with pytest.raises(ISGANError, match=r"all 48 images in .*bounding_box_train are unreadable"):
-        build_datamanager(market.cfg())
+        build_data(market.cfg())
 
 
 def test_queries_without_a_true_match_are_refused_before_training(market):
@@ -273,7 +278,7 @@ def test_queries_without_a_true_match_are_refused_before_training(market):
         name = os.path.basename(path)
         os.rename(path, os.path.join(os.path.dirname(path), "1400" + name[name.index("_"):]))
     with pytest.raises(ISGANError) as info:
-        build_datamanager(market.cfg())
+        build_data(market.cfg())
     assert "nothing to rank" in one_line(str(info.value)) and str(market.base / "query") in str(info.value)
 
 
@@ -326,8 +331,8 @@ def test_damaged_latest_spares_earlier_kept_checkpoints_and_the_advice_works(tin
     truncate(latest, keep=0.5)
     os.remove(latest)  # the error's other advice: "delete it to start the stage again"
     cfg = load_config(config)
-    device, dm = setup(cfg)
-    engine = build_engine(cfg, dm, device, hooks=[])
+    device, data = setup(cfg)
+    engine = build_engine(cfg, data, device, hooks=[])
     engine.enter_stage(1)
     assert ckpt.resume_or_initialize(engine, 1) == 0  # epoch 0: the stage starts again
 
@@ -492,13 +497,13 @@ def test_a_stuck_worker_stops_the_run_with_one_line():
 
 
 def test_loaders_get_the_timeout_and_workers_that_end_with_the_trainer(tiny_cfg):
-    dm = build_datamanager(tiny_cfg("DATA.WORKERS", "2", "DATA.LOADER_TIMEOUT", "42"))
+    dm = build_data(tiny_cfg("DATA.WORKERS", "2", "DATA.LOADER_TIMEOUT", "42")).manager
     all_loaders = [dm.train_loader] + [l for split in dm.test_loader.values() for l in split.values()]
     for loader in all_loaders:
         assert isinstance(loader, loaders.GuardedLoader) and loader.timeout == 42
         assert loader.worker_init_fn is loaders.exit_with_trainer
     assert len(dm.train_loader) == 4 and dm.train_loader.sampler.sampler.base.num_instances == 4  # P x K batches kept
-    dm = build_datamanager(tiny_cfg())  # DATA.WORKERS 0: loading in the trainer, no timeout possible
+    dm = build_data(tiny_cfg()).manager  # DATA.WORKERS 0: loading in the trainer, no timeout possible
     assert dm.train_loader.timeout == 0 and dm.train_loader.worker_init_fn is None
 
 
@@ -723,8 +728,8 @@ def test_a_second_trainer_on_the_same_output_dir_exits_2_and_writes_nothing(data
 ])
 def test_a_latest_that_does_not_fit_is_one_line_and_the_advice_works(tiny_cfg, tmp_path, damage, expected, capsys):
     cfg = tiny_cfg(*BASELINE, "TRAIN.STAGE1.EPOCHS", "2")
-    device, dm = setup(cfg)
-    engine = build_engine(cfg, dm, device, hooks=[])
+    device, data = setup(cfg)
+    engine = build_engine(cfg, data, device, hooks=[])
     engine.enter_stage(1)
     ckpt.save_training_state(engine, 1)  # unfinished: weights and optimisers
     latest = RunLayout(cfg.OUTPUT_DIR).latest(1)
@@ -741,7 +746,7 @@ def test_a_latest_that_does_not_fit_is_one_line_and_the_advice_works(tiny_cfg, t
     else:
         state["optimizers"]["model"]["optimizer"]["param_groups"] = []
     torch.save(state, latest)
-    engine = build_engine(cfg, dm, device, hooks=[])
+    engine = build_engine(cfg, data, device, hooks=[])
     engine.enter_stage(1)
     with pytest.raises(ISGANError) as info:
         ckpt.resume_or_initialize(engine, 1)

@@ -134,7 +134,7 @@ def test_global_step_spans_the_objectives_stages():
 
 def test_sample_grid_rows_partner_mask_and_tensorboard(tiny_cfg, tmp_path):
     cfg = tiny_cfg("MODEL.PARTS", "[2]")
-    device, dm = cli.setup(cfg)
+    device, (dm, _) = cli.setup(cfg)
     torch.manual_seed(0)
     grids, board = SampleGrids(freq=1, num_ids=3), TensorBoardWriter()
     engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device, hooks=[grids, board])

@@ -4,7 +4,7 @@ from collections import Counter
 
 import torch
 
-from isgan_torchreid.data.build import build_datamanager
+from isgan_torchreid.data.build import build_data
 from isgan_torchreid.data.sampler import IdentityOnceSampler, RandomIdentitySampler
 
 
@@ -35,12 +35,12 @@ def test_leftover_identities_are_dropped_not_mixed():
 
 
 def test_datamanager_uses_the_configured_epoch(tiny_cfg):
-    dm = build_datamanager(tiny_cfg())  # default SAMPLER.EPOCH identities
+    dm = build_data(tiny_cfg()).manager  # default SAMPLER.EPOCH identities
     assert isinstance(dm.train_loader.sampler.sampler.base, IdentityOnceSampler)
     assert len(dm.train_loader) == 8 // 2  # 8 identities, P=2 per batch
     batch = next(iter(dm.train_loader))
     assert batch["img"].shape[0] == 8 and torch.all(batch["pid"].view(2, 4) == batch["pid"].view(2, 4)[:, :1])
-    dm = build_datamanager(tiny_cfg("SAMPLER.EPOCH", "images"))
+    dm = build_data(tiny_cfg("SAMPLER.EPOCH", "images")).manager
     assert type(dm.train_loader.sampler.sampler.base) is RandomIdentitySampler
 
 

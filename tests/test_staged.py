@@ -60,7 +60,7 @@ def make_cfg(data_root, module_dir):
 @pytest.fixture(scope="module")
 def dm(make_cfg):
     """One data manager for every single-step test."""
-    return setup(make_cfg())[1]
+    return setup(make_cfg())[1].manager
 
 
 @pytest.fixture(scope="module")
@@ -819,12 +819,16 @@ def test_checkpoints_are_written_off_the_training_thread_from_a_snapshot(make_en
         hook.writer.wait()
 
 
-def test_results_json_keeps_earlier_invocations(make_engine, tmp_path):
+def test_results_json_keeps_earlier_invocations_and_lists_this_ones_skipped_images(make_engine, tmp_path):
     engine = make_engine(seed=0)
+    engine.skipped_images = {"synthperson/train": ["a.jpg", "b.jpg"], "synthperson/query": ["c.jpg"]}
     hook = next(h for h in engine.hooks if isinstance(h, ResultsWriter))
     engine.results = {1: {"synthperson": {"mAP": 0.5}}}
     hook.after_train()
-    engine.results = {2: {"synthperson": {"mAP": 0.6}}}  # e.g. a later --stages 2 run
+    with open(engine.plan.layout.results) as f:
+        assert json.load(f)["skipped_images"] == {"count": 3, "images": engine.skipped_images}
+    engine.skipped_images = {}  # e.g. a later --stages 2 run, the images fixed meanwhile
+    engine.results = {2: {"synthperson": {"mAP": 0.6}}}
     hook.after_train()
     with open(engine.plan.layout.results) as f:
         assert json.load(f) == {"stage1": {"synthperson": {"mAP": 0.5}}, "stage2": {"synthperson": {"mAP": 0.6}}}

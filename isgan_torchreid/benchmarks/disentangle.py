@@ -41,7 +41,7 @@ from torch import Tensor, nn
 
 from .. import storage
 from ..console import progress
-from ..data.build import IMAGENET_MEAN, IMAGENET_STD, build_datamanager
+from ..data.build import IMAGENET_MEAN, IMAGENET_STD, build_data
 from ..data.synthetic import FACTORS_FILE
 from ..deploy.gan import GAN, describe, gan_from_checkpoint
 from ..engine.evaluation import descriptor
@@ -379,7 +379,7 @@ def run_disentangle(run, opts, settings: Settings, out=None):
     data.defrost()
     data.DATA.SOURCES, data.DATA.TARGETS, data.DATA.WORKERS = [target], [target], 0
     data.freeze()
-    dm = build_datamanager(data)
+    dm = build_data(data).manager
     query, gallery = dm.fetch_test_loaders(target)
     subset = choose_subset(query, gallery, dm.train_loader.dataset.train, settings)
     result = {"weights": describe(weights, state), "dataset": target, **dataclasses.asdict(settings),

@@ -1,4 +1,4 @@
-"""cfg -> torchreid ``ImageDataManager``; datasets checked before anything is built.
+"""cfg -> torchreid ``ImageDataManager`` (:func:`build_data`); datasets checked before anything is built.
 
 torchreid tries to download a missing Market-1501/DukeMTMC-reID from dead URLs (it hangs
 or fails obscurely offline), so :func:`check_datasets` looks for every source and target
@@ -13,6 +13,7 @@ import os
 import pickle
 import sys
 import traceback
+from typing import Any, Dict, List, NamedTuple
 
 from .. import comm, compat
 from ..errors import ISGANError
@@ -53,9 +54,10 @@ def check_datasets(cfg):
     """Raise ISGANError for any source/target that is not on disk; generate synthetic ones."""
     registry = compat.image_dataset_registry()
     root = os.path.abspath(os.path.expanduser(cfg.DATA.ROOT))
+    specs = synth_specs(cfg)
     for name in dict.fromkeys(list(cfg.DATA.SOURCES) + list(cfg.DATA.TARGETS)):
-        if name in synthetic.DATASETS:
-            synthetic.ensure(root, name, synth_spec(cfg, name))
+        if name in specs:
+            synthetic.ensure(root, name, specs[name])
         elif name not in registry:
             raise ISGANError(f"unknown dataset {name!r} in DATA.SOURCES/DATA.TARGETS; available: "
                              f"{', '.join(sorted(registry))}")
@@ -76,11 +78,15 @@ def check_datasets(cfg):
 def synth_spec(cfg, name):
     """The synthetic dataset spec of ``name`` with the sizes from DATA.SYNTH."""
     s = cfg.DATA.SYNTH
-    spec = dataclasses.replace(
+    return dataclasses.replace(
         synthetic.default_spec(name), num_train_ids=s.NUM_TRAIN_IDS, num_test_ids=s.NUM_TEST_IDS,
         num_cams=s.NUM_CAMS, images_per_id=s.IMAGES_PER_ID, height=s.HEIGHT, width=s.WIDTH)
-    synthetic.set_default_spec(name, spec)  # what torchreid's instantiation of the class will use
-    return spec
+
+
+def synth_specs(cfg):
+    """{name: spec} of the synthetic datasets among DATA.SOURCES and DATA.TARGETS (:func:`synth_spec`)."""
+    return {name: synth_spec(cfg, name) for name in dict.fromkeys(list(cfg.DATA.SOURCES) + list(cfg.DATA.TARGETS))
+            if name in synthetic.DATASETS}
 
 
 def train_augmentations(cfg, stage):
@@ -124,7 +130,7 @@ def _picklable(obj):
 
 def datamanager_kwargs(cfg, use_gpu=False):
     """``ImageDataManager`` arguments: P x K batches from torchreid's RandomIdentitySampler (P of all processes:
-    :func:`build_datamanager` shares them out)."""
+    :func:`build_data` shares them out)."""
     sources = list(cfg.DATA.SOURCES)
     return dict(
         root=os.path.abspath(os.path.expanduser(cfg.DATA.ROOT)),
@@ -151,15 +157,20 @@ def image_check_cache(cfg):
     return CheckCache(os.path.join(os.path.abspath(os.path.expanduser(cfg.DATA.ROOT)), ".isgan-image-checks"))
 
 
-def build_datamanager(cfg, use_gpu=False):
-    """Check the datasets, then build torchreid's ``ImageDataManager`` with checked images and guarded loaders.
+class Data(NamedTuple):
+    """The data a run trains and evaluates on: torchreid's data manager of the checked datasets, and what the
+    check left out."""
 
-    ``dm.skipped_images`` lists the unreadable images left out, as {"<dataset>/<split>": [paths]}.
-    """
+    manager: Any  # torchreid's ImageDataManager
+    skipped_images: Dict[str, List[str]]  # the unreadable images left out: {"<dataset>/<split>": [paths]}
+
+
+def build_data(cfg, use_gpu=False) -> Data:
+    """Check the datasets, then build torchreid's ``ImageDataManager`` with checked images and guarded loaders."""
     check_datasets(cfg)
     check = ImageCheck(cfg.DATA.ON_BAD_IMAGE, image_check_cache(cfg))
     try:
-        with compat.checking_image_datasets(check):
+        with compat.checking_image_datasets(check), synthetic.using_specs(synth_specs(cfg)):
             dm = compat.torchreid_base().data.ImageDataManager(**datamanager_kwargs(cfg, use_gpu))
     except AssertionError:  # torchreid validates with bare asserts; say which one failed
         frame = traceback.extract_tb(sys.exc_info()[2])[-1]
@@ -168,18 +179,15 @@ def build_datamanager(cfg, use_gpu=False):
                              f"of {cfg.DATA.SOURCES}; lower SAMPLER.P") from None
         raise ISGANError(f"torchreid rejected the data ({frame.filename}:{frame.lineno}: {frame.line}); check the "
                          f"file names of {cfg.DATA.SOURCES} (Market layout: person id 0-1501, camera 1-6)") from None
-    dm.skipped_images = check.skipped
     if check.skipped:
         print(f"=> left out {sum(map(len, check.skipped.values()))} unreadable image(s) (DATA.ON_BAD_IMAGE skip): "
               + ", ".join(f"{split} {len(paths)}" for split, paths in check.skipped.items()))
-    if cfg.DATA.ON_BAD_IMAGE == "skip":
-        compat.skip_unreadable_at_load(dm.train_loader.dataset)
     transforms = {stage: train_transform(cfg, stage) for stage in (1, 2, 3)}
-    dm.train_loader = identity_loader(dm.train_loader, cfg.SAMPLER.EPOCH, cfg.SEED, transforms,
-                                      comm.get_rank(), comm.get_world_size())
+    dm.train_loader = identity_loader(dm.train_loader, cfg.SAMPLER.EPOCH, cfg.SEED, transforms, comm.get_rank(),
+                                      comm.get_world_size(), replace_unreadable=cfg.DATA.ON_BAD_IMAGE == "skip")
     dm.train_loader = guarded(dm.train_loader, cfg.DATA.LOADER_TIMEOUT)
     for split in dm.test_loader.values():
         for name, loader in split.items():
             split[name] = guarded(loader, cfg.DATA.LOADER_TIMEOUT)
     use_forkserver([dm.train_loader] + [loader for split in dm.test_loader.values() for loader in split.values()])
-    return dm
+    return Data(dm, check.skipped)

@@ -11,7 +11,8 @@ training. Two guards replace it:
   training. A split left empty is reported by folder.
 * **At load time**, :func:`isgan_torchreid.image_files.read_image` (torchreid's ``read_image`` is replaced by it,
   see :mod:`..compat`) retries an I/O error twice, then raises :class:`~isgan_torchreid.errors.BadImageError`
-  instead of looping.
+  instead of looping; with ``DATA.ON_BAD_IMAGE skip``, :class:`ReplacingUnreadable` then reads another image of
+  the same identity (an image that broke after the check, e.g. a disk fault during a long run).
 """
 import hashlib
 import json
@@ -19,10 +20,11 @@ import os
 from concurrent.futures import ThreadPoolExecutor
 
 import PIL
+import torch
 
 from .. import image_files
 from ..console import progress
-from ..errors import ISGANError
+from ..errors import BadImageError, ISGANError
 from ..storage import write_json
 
 _SPLITS = ("train", "query", "gallery")
@@ -181,3 +183,44 @@ def _check_true_matches(name, splits, folders):
                          f"gallery image of its identity from another camera in "
                          f"{folders.get('gallery') or 'the gallery split'}, so evaluation has nothing to rank; "
                          f"check the file names (person id and camera) of both")
+
+
+# ---------------------------------------------------------------------------- at load time
+
+
+class ReplacingUnreadable(torch.utils.data.Dataset):
+    """torchreid's training dataset, whose image that fails to load is replaced by the next image of the same
+    identity that loads (each image reported once per process: the trainer, or each loader worker); when none
+    of the identity's images loads any more, one BadImageError. ``transform`` is the dataset's."""
+
+    def __init__(self, dataset):
+        self.dataset = dataset
+        self.train = dataset.train  # the (path, pid, camid, ...) items, as torchreid's dataset has them
+        self.replaced = set()  # the paths that failed to load
+
+    @property
+    def transform(self):
+        return self.dataset.transform
+
+    @transform.setter
+    def transform(self, transform):
+        self.dataset.transform = transform
+
+    def __len__(self):
+        return len(self.dataset)
+
+    def __getitem__(self, index):
+        path, pid = self.train[index][:2]
+        candidates = [index] + [i for i in list(range(index + 1, len(self.train))) + list(range(index))
+                                if self.train[i][1] == pid]
+        for i in candidates:
+            if self.train[i][0] in self.replaced:
+                continue
+            try:
+                return self.dataset[i]
+            except BadImageError:
+                self.replaced.add(self.train[i][0])
+                note = f"; using other images of identity {pid} instead" if i == index else ""
+                print(f"=> unreadable image at load time: {self.train[i][0]}{note}", flush=True)
+        raise BadImageError(f"no image of training identity {pid} can be read any more (e.g. {path}); replace them "
+                            f"and run again")

@@ -22,6 +22,7 @@ import torch
 from .. import compat
 from ..comm import epoch_seed
 from ..errors import ISGANError
+from .images import ReplacingUnreadable
 
 RandomIdentitySampler = compat.torchreid_base().data.sampler.RandomIdentitySampler
 
@@ -149,18 +150,21 @@ class SeededSamples(torch.utils.data.Dataset):
             return self.dataset[index]
 
 
-def identity_loader(loader, epoch: str, seed: int, transforms, rank: int = 0, world_size: int = 1):
+def identity_loader(loader, epoch: str, seed: int, transforms, rank: int = 0, world_size: int = 1,
+                    replace_unreadable: bool = False):
     """A copy of torchreid's train loader (P x K batches of its ``RandomIdentitySampler``) that gives this
     process its P/W x K share of each batch (:class:`DistributedIdentitySampler`), drawn by torchreid's
     sampler for ``epoch`` "images" or by :class:`IdentityOnceSampler` for "identities", each image through its
     stage's transform of ``transforms`` (stage -> transform) with seeded draws (:class:`SeededSamples`), by
-    workers that persist through the run."""
+    workers that persist through the run; with ``replace_unreadable`` (DATA.ON_BAD_IMAGE skip), an image that
+    fails to load is replaced by another of its identity (:class:`~.images.ReplacingUnreadable`)."""
     base = loader.sampler
     if epoch == "identities":
         base = IdentityOnceSampler(base.data_source, base.batch_size, base.num_instances)
     sampler = DistributedIdentitySampler(base, base.num_pids_per_batch, base.num_instances, seed, rank, world_size)
+    dataset = ReplacingUnreadable(loader.dataset) if replace_unreadable else loader.dataset
     return torch.utils.data.DataLoader(
-        SeededSamples(loader.dataset, transforms),
+        SeededSamples(dataset, transforms),
         sampler=SampleKeys(sampler),
         batch_size=sampler.local_batch,
         num_workers=loader.num_workers,

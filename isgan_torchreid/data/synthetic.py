@@ -25,6 +25,8 @@ Layout under ``<root>/<name>/`` (torchreid's Market-1501 parser reads it unchang
     spec.json            the spec it was made from (plus the generator version)
 """
 import colorsys
+import contextlib
+import contextvars
 import dataclasses
 import json
 import os
@@ -44,7 +46,7 @@ from isgan_torchreid.errors import ISGANError
 from .synth_spec import STYLES, SynthSpec
 
 __all__ = [
-    'generate', 'ensure', 'set_default_spec', 'default_spec', 'SynthPerson',
+    'generate', 'ensure', 'set_default_spec', 'default_spec', 'using_specs', 'SynthPerson',
     'SynthPersonB', 'DATASETS'
 ]
 
@@ -73,6 +75,22 @@ def set_default_spec(name, spec):
     if not isinstance(spec, SynthSpec):
         raise TypeError(f'set_default_spec({name!r}, ...) needs a SynthSpec, got {type(spec).__name__}')
     _DEFAULT_SPECS[name] = spec
+
+
+# {name: SynthSpec} of the innermost using_specs block: torchreid builds a dataset from its name and root alone, so
+# the spec of a run's DATA.SYNTH reaches SynthPerson.__init__ through this context variable, scoped to the block
+_specs_in_use = contextvars.ContextVar('synthperson_specs', default={})
+
+
+@contextlib.contextmanager
+def using_specs(specs):
+    """While active, the synthetic datasets that torchreid builds are those of ``specs`` ({name: SynthSpec}) rather
+    than their registered defaults."""
+    token = _specs_in_use.set({**_specs_in_use.get(), **specs})
+    try:
+        yield
+    finally:
+        _specs_in_use.reset(token)
 
 
 def default_spec(name):
@@ -612,7 +630,8 @@ class SynthPerson(Market1501):
     def __init__(self, root='', **kwargs):
         # Market1501.__init__ is skipped on purpose: it would try to download and warn about the layout.
         self.root = osp.abspath(osp.expanduser(root))
-        self.dataset_dir = ensure(self.root, type(self).dataset_dir)
+        name = type(self).dataset_dir
+        self.dataset_dir = ensure(self.root, name, _specs_in_use.get().get(name))
         self.data_dir = self.dataset_dir
         self.train_dir = osp.join(self.data_dir, 'bounding_box_train')
         self.query_dir = osp.join(self.data_dir, 'query')

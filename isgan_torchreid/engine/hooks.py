@@ -106,7 +106,7 @@ class ResultsWriter(HookBase):
         results = storage.read_json(path) if os.path.isfile(path) else {}
         results.update({f"stage{s}": r for s, r in e.results.items()})
         results.pop("skipped_images", None)  # an earlier invocation's, perhaps fixed since
-        skipped = getattr(e.datamanager, "skipped_images", {})  # set by data.build.build_datamanager
+        skipped = e.skipped_images
         if skipped:
             results["skipped_images"] = {"count": sum(map(len, skipped.values())), "images": skipped}
         storage.write_json(path, dict(sorted(results.items())))

@@ -35,11 +35,13 @@ class ISGANEngine(Engine):
 
     The config is read here, once: into the objective (:func:`~.objective.build_objective`) and the run's plan
     (``self.plan``, :class:`~.plan.RunPlan`: the run folder, the stage schedule, the evaluation settings), which the
-    loop and the hooks read. ``hooks``: :func:`~.hooks.default_hooks` when None. ``extra_state``: entries every checkpoint also holds (the
-    tool layer's ``encoder_spec``, so that an encoder loads from a checkpoint without its run folder)."""
+    loop and the hooks read. ``hooks``: :func:`~.hooks.default_hooks` when None. ``extra_state``: entries every
+    checkpoint also holds (the tool layer's ``encoder_spec``, so that an encoder loads from a checkpoint without
+    its run folder). ``skipped_images``: the unreadable images the data manager's datasets left out
+    (:class:`~isgan_torchreid.data.build.Data`), reported with the results."""
 
     def __init__(self, cfg, datamanager, model, device, hooks: Optional[Sequence[HookBase]] = None,
-                 extra_state: Optional[dict] = None):
+                 extra_state: Optional[dict] = None, skipped_images: Optional[Dict[str, List[str]]] = None):
         super().__init__(datamanager, use_gpu=device.type == "cuda")
         self.plan = RunPlan.from_config(cfg)
         self.device = device
@@ -49,6 +51,7 @@ class ISGANEngine(Engine):
         self.precision = self.objective.precision
         self.model = model.to(device, memory_format=self.precision.memory_format)
         self.extra_state = dict(extra_state or {})
+        self.skipped_images = dict(skipped_images or {})  # {"<dataset>/<split>": [paths]}
         self.stage = None
         self.optimizers = {}
         self.results = {}  # stage (or "test") -> target -> metrics
@@ -230,7 +233,7 @@ class ISGANEngine(Engine):
         result = evaluate(qf, gf, q_pids, g_pids, q_camids, g_camids, metric=dist_metric, rerank=rerank,
                           use_metric_cuhk03=use_metric_cuhk03, ranks=tuple(ranks))
         result["test_images_per_s"] = n_images / max(time.time() - t0, 1e-9)
-        skipped = getattr(self.datamanager, "skipped_images", {})  # set by data.build.build_datamanager
+        skipped = self.skipped_images
         left_out = [f"{len(skipped[k])} {split}" for split in ("query", "gallery")
                     if (k := f"{dataset_name}/{split}") in skipped]
         print(f"** {dataset_name}: mAP {result['mAP']:.1%} "

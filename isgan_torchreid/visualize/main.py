@@ -17,7 +17,7 @@ import numpy as np
 from .. import compat
 from ..cli import is_value, parse_args, pop_list_flag, reports_errors
 from ..config import load_config
-from ..data.build import IMAGENET_MEAN, IMAGENET_STD, build_datamanager
+from ..data.build import IMAGENET_MEAN, IMAGENET_STD, build_data
 from ..deploy.gan import describe, gan_from_checkpoint, load_model
 from ..engine import checkpoint as ckpt
 from ..engine import distributed
@@ -141,7 +141,7 @@ def run_rank(args, opts):
     data.defrost()
     data.DATA.SOURCES, data.DATA.TARGETS, data.DATA.WORKERS = [target], [target], 0
     data.freeze()
-    query, gallery = build_datamanager(data).fetch_test_loaders(target)
+    query, gallery = build_data(data).manager.fetch_test_loaders(target)
     queries = _queries(args.query, query, args.num_queries)
     scale, size = _scale_and_font(args, data.DATA.HEIGHT)
     tile = (data.DATA.WIDTH * scale, data.DATA.HEIGHT * scale)
