@@ -8,6 +8,7 @@ from torch.distributions import Normal, kl_divergence
 
 from isgan_torchreid.losses.isgan import (
     class_loss,
+    confusion_loss,
     discriminator_domain_loss,
     generator_domain_loss,
     identity_loss,
@@ -206,3 +207,18 @@ def test_losses_accept_half_precision_logits(gen):
     torch.testing.assert_close(kl_loss(mu, mu), kl_loss(mu.float(), mu.float()))
     big_logvar = torch.full((1, 1, 1), 20.0, dtype=torch.half)  # exp(20) overflows float16
     assert torch.isfinite(kl_loss(big_logvar, big_logvar))
+
+
+def test_confusion_loss_is_the_kl_of_uniform_from_the_classifier(gen):
+    """L_nu's value: KL(U || softmax(logits)), 0 for a classifier that cannot tell (any constant row), positive
+    and bounded below otherwise; its gradient flattens the classifier's output."""
+    assert confusion_loss(torch.full((3, 7), 2.5)).item() == pytest.approx(0.0, abs=1e-6)
+    logits = torch.randn(4, 7, generator=gen, requires_grad=True)
+    uniform = torch.full((4, 7), 1 / 7)
+    expected = F.kl_div(F.log_softmax(logits, dim=1), uniform, reduction="batchmean")
+    value = confusion_loss(logits)
+    torch.testing.assert_close(value, expected)
+    assert value > 0
+    value.backward()
+    flatter = logits - 0.5 * logits.grad / logits.grad.norm()
+    assert confusion_loss(flatter) < value

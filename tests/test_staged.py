@@ -383,6 +383,37 @@ def test_code_term_reads_cross_identity_fakes_with_a_frozen_e_r(make_engine, bat
 
 
 @pytest.mark.parametrize("stage", [2, 3])
+def test_nuisance_adversary_learns_the_codes_identities_and_e_u_is_asked_to_hide_them(make_engine, batches, stage):
+    """LOSS.LAMBDA_ADV_U: D holds a linear identity classifier of E_U's codes (F*p_U wide; absent otherwise, so
+    earlier checkpoints keep their tensors); D's update trains it on the detached code means (D_nu) and E_U's
+    update gets L_nu = λ KL(U || its softmax) through the updated, frozen classifier: L_nu's gradient reaches E_U
+    and not the classifier, D_nu's the classifier and not E_U."""
+    assert make_engine().model.discriminator.code_head is None
+    engine = make_engine("LOSS.LAMBDA_ADV_U", "0.5")
+    model, disc = engine.model, engine.model.discriminator
+    prepare(engine, stage)
+    head = snapshot(disc.code_head)
+    summary = floats(engine.forward_backward(batches[0]))
+    assert {"D_nu", "L_nu", "eu/id_acc"} <= set(summary) and summary["L_nu"] >= 0 and summary["D_nu"] > 0
+    assert all(changed_tensors(disc.code_head, head, buffers=False).values())
+
+    prepare(engine, stage)
+    pids = batches[0]["pid"]
+    gen = engine.objective.generate(batches[0]["img"], pids, stage)
+    assert disc.code_head.in_features == gen.mu.flatten(1).size(1)  # F * p_U
+    disc.requires_grad_(False)  # as in the step's E_U/G update
+    model.zero_grad(set_to_none=True)
+    (0.5 * loss_module.confusion_loss(disc.code_head(gen.mu.flatten(1)))).backward(retain_graph=True)
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder_u.parameters())
+    assert all(p.grad is None for p in disc.parameters())
+    disc.requires_grad_(True)  # as in the step's D update, on the detached codes
+    model.zero_grad(set_to_none=True)
+    loss_module.class_loss(disc(batches[0]["img"], gen.mu.flatten(1).detach())[2], pids).backward()
+    assert all(p.grad is not None for p in disc.code_head.parameters())
+    assert all(p.grad is None for p in model.encoder_u.parameters())
+
+
+@pytest.mark.parametrize("stage", [2, 3])
 def test_small_images_and_narrow_g_and_d_train(make_engine, batches, stage):
     """64x32 (G upsamples five times), G and D at an eighth of their width, E_U with one shared branch: a step of
     each GAN stage."""

@@ -75,6 +75,7 @@ class LossSettings:
     class_on_auto: bool
     lambda_x: float  # generator side of L_X, D_C on cross-identity fakes
     lambda_code: float  # L_code, E_R's reading of cross-identity fakes (cross-identity fakes when either is > 0)
+    lambda_adv_u: float  # L_nu, E_U's side of the nuisance code's identity adversary (D_nu its side)
     part_shuffle: str
     target_space: str
     triplet_margin: float
@@ -272,8 +273,8 @@ class ISGANObjective(IdentityObjective):
     stages = (1, 2, 3)
     models = ("isgan",)
     # E_R's identity terms, the encoder/G terms of Eq. 8 and D's terms [Eq. 6, 7]
-    loss_groups = {"id": ("L_R", "L_tri"), "gen": ("L_S", "L_PS", "L_U", "L_D", "L_C", "L_X", "L_code"),
-                   "disc": ("D_dom", "D_cls")}
+    loss_groups = {"id": ("L_R", "L_tri"), "gen": ("L_S", "L_PS", "L_U", "L_D", "L_C", "L_X", "L_code", "L_nu"),
+                   "disc": ("D_dom", "D_cls", "D_nu")}
     lr_tags = {"model": "lr", "discriminator": "lr_D"}
     # an earlier run of tools/benchmark.py (ResNet-50, 384x128, CPU: 3630 / 8332 / 13274 ms per step);
     # docs/performance.md's same-run table ("Performance", our column: 7126 / 14132 / 23182 ms) gives
@@ -455,18 +456,23 @@ class ISGANObjective(IdentityObjective):
         last = (n - 1) * B if gen.sets[-1] == "crossed" else n * B
         n_cls = n - first // B
 
-        # ---- D step: real vs detached fakes in one pass [Eq. 6, 7]
+        # ---- D step: real vs detached fakes in one pass [Eq. 6, 7] (and the nuisance codes, LAMBDA_ADV_U)
+        codes = gen.mu.flatten(1).detach() if s.lambda_adv_u > 0 else None  # (B, F*p_U)
         disc.requires_grad_(True)
         with self.precision.autocast():
             real_fake = torch.cat([target.to(gen.fakes.dtype), gen.fakes.detach()])  # (B+n*B, 3, H, W)
-            patch, cls = self.net.discriminator(real_fake)  # (B+n*B, 1, h, w), (B+n*B, C)
+            patch, cls, *code_logits = self.net.discriminator(real_fake, codes)  # (B+n*B, 1, h, w), (B+n*B, C)
             d_terms = {"D_dom": s.d_lambda_d * L.discriminator_domain_loss(
                 patch[:B], patch[B:], smooth=s.d_label_smooth, fake_weight=n)}
             d_cls = L.class_loss(cls[:B], pids)
             if n_cls:
                 d_cls = d_cls + n_cls * L.class_loss(cls[B + first:], labels[first:])
             d_terms["D_cls"] = s.d_lambda_c * d_cls
+            if code_logits:  # (B, C): the identities the nuisance codes give away
+                d_terms["D_nu"] = L.class_loss(code_logits[0], pids)
         stats = {**discriminator_stats(patch, cls, B, pids, labels), **latent_stats(gen.mu, gen.logvar)}
+        if code_logits:
+            stats["eu/id_acc"] = (code_logits[0].detach().argmax(1) == pids).float().mean()
         updates["discriminator"](d_terms)
 
         # ---- encoder/G step against the updated D, with D frozen (and unwrapped: nothing of it to all-reduce)
@@ -494,6 +500,8 @@ class ISGANObjective(IdentityObjective):
                     terms["L_X"] = self.gan_weight * s.lambda_x * L.class_loss(cls[last:], labels[last:])
             if s.lambda_code > 0:
                 terms["L_code"] = s.lambda_code * self.code_loss(gen.fakes[last:], gen.id_feat[gen.stranger])
+            if s.lambda_adv_u > 0:  # against the updated, frozen adversary: its gradient reaches E_U alone
+                terms["L_nu"] = s.lambda_adv_u * L.confusion_loss(disc.code_head(gen.mu.flatten(1)))
             if stage == 3:  # L_R [Eq. 1] (+ MGN's triplet on the global features with ISGAN_TRIPLET)
                 features = self.model.global_features(gen.id_feat) if s.isgan_triplet else None
                 terms.update(self.identity_terms(gen.logits, features, pids, s.lambda_r))

@@ -5,6 +5,7 @@ Every term works on logits (no Sigmoid + BCELoss) and computes in float32 at lea
 autocast are widened, float64 ones kept), so it is safe under autocast, and draws any random targets on the
 inputs' device.
 """
+import math
 from typing import Optional, Sequence
 
 import torch
@@ -120,6 +121,15 @@ def generator_domain_loss(fake_logits: Tensor) -> Tensor:
 def class_loss(logits: Tensor, labels: Tensor) -> Tensor:
     """Class loss L_C [Eq. 7]: cross-entropy of the class discriminator's logits (mean)."""
     return F.cross_entropy(widen(logits), labels)
+
+
+def confusion_loss(logits: Tensor) -> Tensor:
+    """The nuisance code's identity confusion (LOSS.LAMBDA_ADV_U; not in the paper): KL(U || softmax(logits)) of
+    an identity classifier's logits (B, C) of E_U's codes, averaged over the batch: mean_c(-log p_c) - log C, 0
+    when the classifier cannot tell the identities apart from the codes. Bounded below, unlike a reversed
+    cross-entropy, so the encoder's side cannot run away."""
+    logits = widen(logits)
+    return (-F.log_softmax(logits, dim=1).mean(1)).mean() - math.log(logits.size(1))
 
 
 def code_loss(features: Tensor, target: Tensor, parts: int) -> Tensor:

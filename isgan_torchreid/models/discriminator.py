@@ -19,8 +19,11 @@ Differences from the authors' code (reference notes 1.6, B6, B8), all parameter-
   with this one at 128x64 (0.02-0.05 and 0.81-0.82 at 256x128; chance 0.02; seeds 0, 1). Max pools
   did as well at 128x64 (0.93-0.96); the average passes L_C's gradient to every position of a
   generated image's map, the max to one per channel.
+
+With ``code_dim`` (LOSS.LAMBDA_ADV_U > 0; not in the paper), D also holds a linear identity classifier of E_U's
+nuisance codes, the adversary that :func:`~isgan_torchreid.losses.isgan.confusion_loss` asks E_U to defeat.
 """
-from typing import Tuple
+from typing import Optional
 
 import torch
 from torch import nn
@@ -39,10 +42,11 @@ class Discriminator(nn.Module):
     """Shared stride-2 trunk with a PatchGAN domain head (D_D) and a classification head (D_C).
 
     ``base_channels`` (MODEL.D_WIDTH, 256: the authors') is the trunk's last width; every layer's channel
-    count scales with it.
+    count scales with it. ``code_dim`` > 0: also an identity classifier of nuisance codes of that size
+    (``code_head``).
     """
 
-    def __init__(self, num_classes: int, base_channels: int = 256):
+    def __init__(self, num_classes: int, base_channels: int = 256, code_dim: int = 0):
         super().__init__()
         trunk = [max(1, c * base_channels // 256) for c in _TRUNK_CHANNELS]
         top = trunk[-1]
@@ -58,10 +62,14 @@ class Discriminator(nn.Module):
         self.class_conv = nn.Sequential(_same_conv4(top, top), nn.LeakyReLU(0.2, inplace=True))
         self.class_pool = nn.AdaptiveAvgPool2d(1)
         self.class_fc = nn.Linear(top, num_classes)
+        self.code_head = nn.Linear(code_dim, num_classes) if code_dim else None
 
-    def forward(self, img: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(B, 3, H, W) -> (patch logits (B, 1, H/32, W/32), class logits (B, num_classes))."""
+    def forward(self, img: torch.Tensor, codes: Optional[torch.Tensor] = None):
+        """(B, 3, H, W) -> (patch logits (B, 1, H/32, W/32), class logits (B, num_classes)); with ``codes``
+        (N, code_dim), also their identity logits (N, num_classes) from ``code_head``."""
         x = self.trunk(img)  # (B, D_WIDTH, H/32, W/32)
         patch_logits = self.patch_head(x)  # (B, 1, H/32, W/32)
         pooled = self.class_pool(self.class_conv(x)).flatten(1)  # (B, D_WIDTH)
-        return patch_logits, self.class_fc(pooled)
+        if codes is None:
+            return patch_logits, self.class_fc(pooled)
+        return patch_logits, self.class_fc(pooled), self.code_head(codes)

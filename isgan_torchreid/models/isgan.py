@@ -55,6 +55,7 @@ class ISGAN(MGN):
         d_width: int = 256,
         g_stripes: str = "none",
         eu_grid=None,
+        nuisance_adversary: bool = False,
     ):
         # check cheap settings before loading (possibly downloading) the ResNet
         check_loss(loss)
@@ -69,11 +70,14 @@ class ISGAN(MGN):
         self.encoder_u = NuisanceEncoder(resnet, parts, nid_dim, pool=eu_pool, shared=eu_shared, grid=eu_grid)
         self.eu_input = eu_input  # what E_U reads: the trunk map of the image or of its luminance (nuisance_input)
         k = self.encoder_r.num_features
-        self.generator = Generator(num_classes, id_dim * k, nid_dim * (k + self.encoder_u.num_cells), noise_dim,
+        nuisance_dim = nid_dim * (k + self.encoder_u.num_cells)  # F * p_U
+        self.generator = Generator(num_classes, id_dim * k, nuisance_dim, noise_dim,
                                    height, width, dropout=g_dropout, init=g_init, class_input=g_class_input,
                                    base_channels=g_width, parts=parts, stripe_codes=G_STRIPES[g_stripes],
                                    grid=self.encoder_u.grid)
-        self.discriminator = Discriminator(num_classes, base_channels=d_width)
+        # with the nuisance adversary (LOSS.LAMBDA_ADV_U), D also classifies E_U's codes
+        self.discriminator = Discriminator(num_classes, base_channels=d_width,
+                                           code_dim=nuisance_dim if nuisance_adversary else 0)
 
     def nuisance_input(self, imgs: Tensor, trunk: Tensor) -> Tensor:
         """The map E_U reads (MODEL.EU_INPUT): ``trunk``, the images' trunk map (rgb), or the trunk map of their
