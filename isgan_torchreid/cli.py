@@ -23,7 +23,7 @@ from .engine.plan import RunLayout, RunPlan
 from .engine import distributed
 from .engine.hooks import default_hooks
 from .engine.lock import output_dir_lock
-from .engine.staged import ISGANEngine
+from .engine.staged import StagedEngine
 from .errors import ISGANError
 from .models import build_model
 from .visualize.samples import SampleGrids
@@ -190,8 +190,9 @@ def training_hooks(cfg, spec=None):
 
 
 def build_engine(cfg, data, device, hooks=None, extra_hooks=()):
-    """The model of MODEL.NAME in an :class:`ISGANEngine` on ``data`` (:func:`setup`'s) with ``hooks`` (default: :func:`training_hooks`) and
-    ``extra_hooks``; its checkpoints hold the encoder spec of a model with an identity encoder.
+    """The model of MODEL.NAME in a :class:`StagedEngine` on ``data`` (:func:`setup`'s) with ``hooks`` (default:
+    :func:`training_hooks`) and ``extra_hooks``; its checkpoints hold the encoder spec of a model with an identity
+    encoder.
 
     The RNGs are seeded again after the model is built, so that the data order and augmentations of a run
     do not depend on how many random numbers its model's construction drew: IS-GAN's stage 1 and the E_R
@@ -201,7 +202,7 @@ def build_engine(cfg, data, device, hooks=None, extra_hooks=()):
     compat.torchreid_base().utils.set_random_seed(cfg.SEED)
     spec = encoder_spec(cfg) if has_identity_encoder(model) else None  # torchreid's own models have none
     hooks = training_hooks(cfg, spec) if hooks is None else list(hooks)
-    return ISGANEngine(cfg, data.manager, model, device, hooks + list(extra_hooks),
+    return StagedEngine(cfg, data.manager, model, device, hooks + list(extra_hooks),
                        extra_state={"encoder_spec": spec} if spec is not None else None,
                        skipped_images=data.skipped_images)
 
@@ -376,7 +377,7 @@ def evaluate_weights(cfg, weights, state=None):
     model = build_model(cfg, state.get("num_classes") or 1)
     load_for_evaluation(model, ckpt.model_state(state), weights)  # before anything is written
     device, data = setup(cfg)
-    engine = ISGANEngine(cfg, data.manager, model, device, hooks=[], skipped_images=data.skipped_images)
+    engine = StagedEngine(cfg, data.manager, model, device, hooks=[], skipped_images=data.skipped_images)
     engine.evaluate_targets(key="test", save_dir=cfg.OUTPUT_DIR)
     print(results_table(engine.results, cfg.TEST.RANKS))
     path = RunLayout(cfg.OUTPUT_DIR).results

@@ -2,7 +2,7 @@
 
 Every method is a list of config overrides on top of one compare config, so all of them share the data
 manager settings, the P x K sampler, the input size, the optimiser, the seed and the evaluator, and all
-are trained by :class:`~isgan_torchreid.engine.staged.ISGANEngine`. Every method gets IS-GAN's E_R
+are trained by :class:`~isgan_torchreid.engine.staged.StagedEngine`. Every method gets IS-GAN's E_R
 schedule: the stage-1 epochs, then the stage-3 epochs at the stage-3 learning rate. IS-GAN runs stages
 [1, 2, 3] (E_R is frozen in stage 2); every other method runs stages [1, 3], its stage 3 continuing its
 own identity objective. The baseline is IS-GAN's E_R network trained that way with L_R alone (paper

@@ -10,7 +10,7 @@ import torch
 import isgan_torchreid  # noqa: F401  (registers models and datasets into torchreid)
 from isgan_torchreid.config import CONFIG_DIR, config_hash, dump_config, load_config
 from isgan_torchreid import storage
-from isgan_torchreid.engine.staged import ISGANEngine
+from isgan_torchreid.engine.staged import StagedEngine
 from isgan_torchreid.models import build_model
 from isgan_torchreid.engine.plan import RunLayout
 
@@ -34,7 +34,7 @@ def interrupted_at(stage, epoch, step, before=None):
     """Within the block, a training run stops with KeyboardInterrupt (as on Ctrl-C) when it reaches ``step``
     (batch index) of ``epoch`` (0-based) of ``stage``, after calling ``before(engine)`` if given; the block
     must expect the KeyboardInterrupt."""
-    real_step = ISGANEngine.forward_backward
+    real_step = StagedEngine.forward_backward
 
     def step_or_stop(engine, data):
         if (engine.stage, engine.epoch, engine.batch_idx) == (stage, epoch, step):
@@ -44,7 +44,7 @@ def interrupted_at(stage, epoch, step, before=None):
         return real_step(engine, data)
 
     with pytest.MonkeyPatch.context() as m:
-        m.setattr(ISGANEngine, "forward_backward", step_or_stop)
+        m.setattr(StagedEngine, "forward_backward", step_or_stop)
         yield
 
 

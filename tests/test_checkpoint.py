@@ -10,7 +10,7 @@ from torch import nn
 from isgan_torchreid.cli import setup
 from isgan_torchreid import storage
 from isgan_torchreid.engine import checkpoint as ckpt
-from isgan_torchreid.engine.staged import ISGANEngine
+from isgan_torchreid.engine.staged import StagedEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
 from isgan_torchreid.models.isgan import ISGAN
@@ -192,7 +192,7 @@ def stage1_checkpoint(tiny_cfg):
     cfg = tiny_cfg("MODEL.PARTS", "[2]")  # small model: the checkpoint is written and read three times
     device, (dm, _) = setup(cfg)
     torch.manual_seed(0)
-    engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
+    engine = StagedEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
     engine.enter_stage(1)
     path = RunLayout(cfg.OUTPUT_DIR).latest(1)
     ckpt.save_training_state(engine, 1)
@@ -230,7 +230,7 @@ def test_resume_checks_training_config_hash(tiny_cfg, stage1_checkpoint, overrid
     dm, saved = stage1_checkpoint
     cfg = tiny_cfg("MODEL.PARTS", "[2]", *overrides)
     torch.manual_seed(1)  # other initial weights, so a restore is visible
-    engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
+    engine = StagedEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
     engine.enter_stage(1)
     if refused:
         path = RunLayout(cfg.OUTPUT_DIR).latest(1)
@@ -281,14 +281,14 @@ def test_a_finished_stage_trained_longer_follows_its_lr_schedule(tiny_cfg):
     opts = ["MODEL.PARTS", "[2]", "TRAIN.STAGE1.MILESTONES", "[1]"]  # and TINY's one epoch
     cfg = tiny_cfg(*opts)
     device, (dm, _) = setup(cfg)
-    engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
+    engine = StagedEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
     engine.enter_stage(1)
     ckpt.save_training_state(engine, 1)
     assert "optimizers" not in storage.load_checkpoint(RunLayout(cfg.OUTPUT_DIR).latest(1))
     kept = RunLayout(cfg.OUTPUT_DIR).kept(1, 1)
     assert os.path.samefile(RunLayout(cfg.OUTPUT_DIR).latest(1), kept)
     cfg = tiny_cfg(*opts, "TRAIN.STAGE1.EPOCHS", "3")
-    longer = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
+    longer = StagedEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device)
     longer.enter_stage(1)
     assert ckpt.resume_or_initialize(longer, 1) == 1
     assert [g["lr"] for g in longer.optimizers["model"].optimizer.param_groups] == [

@@ -60,7 +60,7 @@ def test_stages_flag_and_resolved_config_written(tmp_path, data_root, monkeypatc
         seen["stages"] = list(engine.plan.stages)
         return {}
 
-    monkeypatch.setattr(cli.ISGANEngine, "run_stages", fake_run)
+    monkeypatch.setattr(cli.StagedEngine, "run_stages", fake_run)
     out = tmp_path / "o"
     from conftest import TINY
     cli.train_main(["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--stages", "2", "3",
@@ -74,7 +74,7 @@ def test_training_sets_denormals_and_the_allocator_from_the_config(tmp_path, dat
     calls, kept = [], []
     monkeypatch.setattr(cli.torch, "set_flush_denormal", calls.append)
     monkeypatch.setattr(cli, "keep_freed_memory", lambda: kept.append(True))
-    monkeypatch.setattr(cli.ISGANEngine, "run_stages", lambda engine: {})
+    monkeypatch.setattr(cli.StagedEngine, "run_stages", lambda engine: {})
     from conftest import TINY
     from isgan_torchreid.config import config_hash, load_config
     cli.train_main(["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--stages", "1", *TINY,

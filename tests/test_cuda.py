@@ -14,7 +14,7 @@ from isgan_torchreid import cli
 from isgan_torchreid.benchmarks.common import NoData
 from isgan_torchreid.config import load_config
 from isgan_torchreid import storage
-from isgan_torchreid.engine.staged import ISGANEngine
+from isgan_torchreid.engine.staged import StagedEngine
 from isgan_torchreid.models import build_model
 
 import test_distributed as td
@@ -33,7 +33,7 @@ def gpu_engine(*overrides):
     overrides = TINY + SMALL + ["DEVICE", "cuda"] + list(overrides)
     cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), overrides)
     torch.manual_seed(0)
-    return ISGANEngine(cfg, NoData(8), build_model(cfg, 8), torch.device("cuda", 0), hooks=[])
+    return StagedEngine(cfg, NoData(8), build_model(cfg, 8), torch.device("cuda", 0), hooks=[])
 
 
 def batch():

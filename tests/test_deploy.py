@@ -31,7 +31,7 @@ from isgan_torchreid.deploy.export import export_onnx, export_torchscript
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.engine.plan import RunLayout
 from isgan_torchreid.engine.evaluation import extract_features
-from isgan_torchreid.engine.staged import ISGANEngine
+from isgan_torchreid.engine.staged import StagedEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import ISGAN, build_model
 
@@ -79,7 +79,7 @@ def runs(data_root, module_dir):
             torch.manual_seed(0)
             model = build_model(cfg, dm.num_train_pids)
             perturb_(model, 1)
-            engine = ISGANEngine(cfg, dm, model, device)
+            engine = StagedEngine(cfg, dm, model, device)
             engine.enter_stage(1)
             ckpt.save_training_state(engine, 1)  # the stage's last epoch: model.pth.tar-1 is a hard link of latest
             assert os.path.samefile(checkpoint_path(out, "latest"), checkpoint_path(out, "kept"))

@@ -28,7 +28,7 @@ from isgan_torchreid.data.sampler import DistributedIdentitySampler, IdentityOnc
 from isgan_torchreid import storage
 from isgan_torchreid import comm
 from isgan_torchreid.engine import distributed
-from isgan_torchreid.engine.staged import ISGANEngine
+from isgan_torchreid.engine.staged import StagedEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
 
@@ -172,7 +172,7 @@ def _tiny_engine(device="cpu"):
     cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), TINY + SMALL + ["SAMPLER.P", "4"])
     torch.manual_seed(0)
     model = build_model(cfg, 8).double()
-    return ISGANEngine(cfg, NoData(8), model, torch.device(device), hooks=[])
+    return StagedEngine(cfg, NoData(8), model, torch.device(device), hooks=[])
 
 
 def _check_sync_batchnorm():
@@ -252,7 +252,7 @@ def check_steps_as_one(tmp_path, monkeypatch, device_type):
 def _nonfinite_worker(rank, world_size, port, out_dir):
     """Rank 1 alone gets a NaN loss: both ranks skip the step on the device, name rank 1's term when the log is
     collected, and go on in step."""
-    from isgan_torchreid.engine.optim import NonfiniteLog, StageOptimizer, Update, sgd
+    from isgan_torchreid.engine.optim import NonfiniteLog, StageOptimizer, OptimizerUpdate, sgd
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world_size)
     try:
@@ -260,7 +260,7 @@ def _nonfinite_worker(rank, world_size, port, out_dir):
         model = nn.Linear(3, 1)
         net = nn.parallel.DistributedDataParallel(model)
         log = NonfiniteLog()
-        update = Update(StageOptimizer(sgd(model.parameters(), lr=0.1, momentum=0.9), None,
+        update = OptimizerUpdate(StageOptimizer(sgd(model.parameters(), lr=0.1, momentum=0.9), None,
                                        torch.amp.GradScaler("cpu", enabled=False)), log)
         x = torch.ones(2, 3) * (rank + 1)
         skipped = []
@@ -407,9 +407,9 @@ FAILING_RANK = """
 import sys, time
 from isgan_torchreid import comm
 from isgan_torchreid.cli import train_main
-from isgan_torchreid.engine.staged import ISGANEngine
+from isgan_torchreid.engine.staged import StagedEngine
 
-step = ISGANEngine.forward_backward
+step = StagedEngine.forward_backward
 
 def fails_on_rank1(self, data):
     if comm.get_rank() == 1:
@@ -418,7 +418,7 @@ def fails_on_rank1(self, data):
         raise RuntimeError("injected failure on rank 1")
     return step(self, data)
 
-ISGANEngine.forward_backward = fails_on_rank1
+StagedEngine.forward_backward = fails_on_rank1
 train_main(sys.argv[2:])
 """
 

@@ -23,7 +23,7 @@ from isgan_torchreid.engine.evaluation import extract_features
 from isgan_torchreid.engine.hooks import ProgressPrinter, TensorBoardWriter, grouped
 from isgan_torchreid.engine.objective import IdentityObjective, ISGANObjective
 from isgan_torchreid.engine.plan import RunLayout, RunPlan
-from isgan_torchreid.engine.staged import ISGANEngine
+from isgan_torchreid.engine.staged import StagedEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
 from isgan_torchreid.visualize.canvas import Tile, sheet, to_pil
@@ -51,7 +51,7 @@ def fake_engine(cfg, stage, num_batches, objective=ISGANObjective):
     engine = SimpleNamespace(plan=plan, stage=stage, epoch=0, max_epoch=plan.epochs[stage],
                              batch_idx=-1, num_batches=num_batches, optimizers={"model": lr}, summary={},
                              objective=objective)
-    engine.at_logging_point = lambda: ISGANEngine.at_logging_point(engine)
+    engine.at_logging_point = lambda: StagedEngine.at_logging_point(engine)
     return engine
 
 
@@ -137,7 +137,7 @@ def test_sample_grid_rows_partner_mask_and_tensorboard(tiny_cfg, tmp_path):
     device, (dm, _) = cli.setup(cfg)
     torch.manual_seed(0)
     grids, board = SampleGrids(freq=1, num_ids=3), TensorBoardWriter()
-    engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device, hooks=[grids, board])
+    engine = StagedEngine(cfg, dm, build_model(cfg, dm.num_train_pids), device, hooks=[grids, board])
     engine.enter_stage(2)
     engine.num_batches = 4
     board.before_stage()

@@ -22,7 +22,7 @@ from isgan_torchreid.benchmarks.common import NoData
 from isgan_torchreid.config import load_config
 from isgan_torchreid.data.build import IMAGENET_MEAN, IMAGENET_STD
 from isgan_torchreid.engine.objective import LossSettings
-from isgan_torchreid.engine.staged import ISGANEngine
+from isgan_torchreid.engine.staged import StagedEngine
 from isgan_torchreid.losses.shuffle import part_shuffle_mask, sample_partners, sample_strangers
 from isgan_torchreid.models import build_model
 
@@ -58,7 +58,7 @@ def _engine(options, stage):
     cfg = _config(options)
     torch.manual_seed(0)
     model = build_model(cfg, P).double()
-    engine = ISGANEngine(cfg, NoData(P), model, torch.device("cpu"), hooks=[])
+    engine = StagedEngine(cfg, NoData(P), model, torch.device("cpu"), hooks=[])
     engine.enter_stage(stage)  # the stage's freezing policy
     return engine
 

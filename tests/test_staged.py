@@ -28,7 +28,7 @@ from isgan_torchreid import storage
 from isgan_torchreid.engine import checkpoint as ckpt
 from isgan_torchreid.engine.hooks import Checkpointer, ResultsWriter
 from isgan_torchreid.engine.objective import Precision
-from isgan_torchreid.engine.staged import ISGANEngine
+from isgan_torchreid.engine.staged import StagedEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
 
@@ -77,7 +77,7 @@ def make_engine(make_cfg, dm):
     def make(*overrides, seed=0):
         cfg = make_cfg(*overrides)
         torch.manual_seed(seed)
-        return ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
+        return StagedEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
     return make
 
 
@@ -231,7 +231,7 @@ def test_discriminator_optimizer_is_the_configured_one(make_cfg, make_engine, ch
 def test_non_gan_model_trains_in_stage1_only(make_cfg, dm, batches):
     cfg = make_cfg("MODEL.NAME", "mgn", "TRAIN.STAGES", "[1]")
     torch.manual_seed(0)
-    engine = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
+    engine = StagedEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
     assert engine.objective.stages == (1, 3)
     prepare(engine, 1)
     before = snapshot(engine.model)
@@ -250,7 +250,7 @@ def test_isgan_with_triplet_is_mgn_in_stage1_and_adds_the_triplet_to_l_r_in_stag
     for name, extra in runs.items():
         cfg = make_cfg(*extra)
         torch.manual_seed(0)
-        engines[name] = ISGANEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
+        engines[name] = StagedEngine(cfg, dm, build_model(cfg, dm.num_train_pids), torch.device("cpu"))
         prepare(engines[name], 1)
         torch.manual_seed(1)
         summary = floats(engines[name].forward_backward(batches[0]))
@@ -733,8 +733,8 @@ def test_finished_run_does_no_work(full_run, run_args, monkeypatch):
     def forbidden(*args, **kwargs):
         raise AssertionError("a finished run must not train, evaluate or save")
 
-    monkeypatch.setattr(ISGANEngine, "forward_backward", forbidden)
-    monkeypatch.setattr(ISGANEngine, "_evaluate", forbidden)
+    monkeypatch.setattr(StagedEngine, "forward_backward", forbidden)
+    monkeypatch.setattr(StagedEngine, "_evaluate", forbidden)
     monkeypatch.setattr(storage, "save_checkpoint", forbidden)
     assert train_main(run_args(out)) == results  # from the checkpoints
     assert {p: os.stat(p).st_mtime_ns for p in mtimes} == mtimes
@@ -745,8 +745,8 @@ def test_raising_the_last_stages_epochs_trains_the_extra_ones(full_run, run_args
     out = tmp_path / "longer"
     link_run(full_out, out)
     steps = []  # (stage, epoch) of every training step
-    real_step = ISGANEngine.forward_backward
-    monkeypatch.setattr(ISGANEngine, "forward_backward",
+    real_step = StagedEngine.forward_backward
+    monkeypatch.setattr(StagedEngine, "forward_backward",
                         lambda engine, data: steps.append((engine.stage, engine.epoch)) or real_step(engine, data))
     args = run_args(out, "TRAIN.STAGE3.EPOCHS", "2")
     capsys.readouterr()

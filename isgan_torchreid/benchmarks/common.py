@@ -177,7 +177,7 @@ def random_batch(cfg, batch):
 def our_engine(cfg, method, batch, device):
     """Our engine on a random P x K batch of the configured size: (engine, model, batch dict)."""
     import isgan_torchreid  # noqa: F401  (registration in a fresh process)
-    from isgan_torchreid.engine.staged import ISGANEngine
+    from isgan_torchreid.engine.staged import StagedEngine
     from isgan_torchreid.models import build_model
 
     data = random_batch(cfg, batch)
@@ -185,4 +185,4 @@ def our_engine(cfg, method, batch, device):
     cfg.defrost()
     cfg.MODEL.NAME, cfg.MODEL.PRETRAINED = method, False
     model = build_model(cfg, NUM_CLASSES)
-    return ISGANEngine(cfg, NoData(NUM_CLASSES), model, device), model, data
+    return StagedEngine(cfg, NoData(NUM_CLASSES), model, device), model, data

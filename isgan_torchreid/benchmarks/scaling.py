@@ -42,7 +42,7 @@ def _worker(rank, world_size, port, cfg, batch, iters, warmup, device_type, queu
     import torch.distributed as dist
 
     import isgan_torchreid  # noqa: F401  (registration in the fresh process)
-    from isgan_torchreid.engine.staged import ISGANEngine
+    from isgan_torchreid.engine.staged import StagedEngine
     from isgan_torchreid.models import build_model
 
     device = torch.device("cuda", rank) if device_type == "cuda" else torch.device("cpu")
@@ -58,7 +58,7 @@ def _worker(rank, world_size, port, cfg, batch, iters, warmup, device_type, queu
         cfg.defrost()
         cfg.MODEL.NAME, cfg.MODEL.PRETRAINED = "isgan", False
         torch.manual_seed(cfg.SEED)
-        engine = ISGANEngine(cfg, NoData(NUM_CLASSES), build_model(cfg, NUM_CLASSES), device, hooks=[])
+        engine = StagedEngine(cfg, NoData(NUM_CLASSES), build_model(cfg, NUM_CLASSES), device, hooks=[])
         gen = torch.Generator().manual_seed(rank)
         data = {"img": torch.randn(batch, 3, cfg.DATA.HEIGHT, cfg.DATA.WIDTH, generator=gen),
                 "pid": torch.arange(batch) // cfg.SAMPLER.K}  # P x K layout

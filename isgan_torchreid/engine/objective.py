@@ -136,7 +136,8 @@ class OptimizerSettings:
 @dataclasses.dataclass(frozen=True)
 class Precision:
     """TRAIN.AMP, TRAIN.AMP_DTYPE and TRAIN.CHANNELS_LAST for one device. Under AMP, bfloat16 needs no loss
-    scaling, so its step never asks the host anything (:class:`~.optim.Update`); float16 adds a gradient scaler."""
+    scaling, so its step never asks the host anything (:class:`~.optim.OptimizerUpdate`); float16 adds a gradient
+    scaler."""
 
     device_type: str
     amp: bool = False

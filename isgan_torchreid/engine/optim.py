@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from .. import comm
 from .scalars import ScalarQueue
 
-__all__ = ["StageOptimizer", "adam", "sgd", "OptimizerSpec", "build_optimizer", "NonfiniteLog", "Update"]
+__all__ = ["StageOptimizer", "adam", "sgd", "OptimizerSpec", "build_optimizer", "NonfiniteLog", "OptimizerUpdate"]
 
 
 class StageOptimizer:
@@ -58,7 +58,7 @@ def adam(params, **settings) -> torch.optim.Adam:
 
 def sgd(params, momentum: float, **settings) -> torch.optim.SGD:
     """``torch.optim.SGD`` with momentum, fused where torch has the kernel (so a step can be skipped on the
-    device, :class:`Update`). Its momentum buffers start at zero: the first step then makes torch's first
+    device, :class:`OptimizerUpdate`). Its momentum buffers start at zero: the first step then makes torch's first
     step (buffer = gradient, as dampening is 0) whether or not an earlier step was skipped (fused SGD
     skipping its first step would keep uninitialised buffers)."""
     try:
@@ -144,7 +144,7 @@ class NonfiniteLog:
         return found
 
 
-class Update:
+class OptimizerUpdate:
     """One optimiser's update from a dict of loss terms: zero_grad, backward (scaled), step, without waiting
     for the device.
 

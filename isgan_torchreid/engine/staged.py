@@ -1,6 +1,6 @@
 """The staged training loop on torchreid's ``Engine`` (paper Sec. 4.1, "Training").
 
-:class:`ISGANEngine` runs the configured stages of an objective (:mod:`.objective`: what a step computes,
+:class:`StagedEngine` runs the configured stages of an objective (:mod:`.objective`: what a step computes,
 which modules a stage trains) and calls hooks (:mod:`.hooks`: checkpoints, sample grids, logging, results)
 around its stages, epochs and steps. From torchreid's ``Engine`` it keeps the model registry
 (``set_model_mode``, ``update_lr``), the test loop over the targets and ``visualize_ranked_results``;
@@ -24,13 +24,13 @@ from . import distributed
 from .evaluation import compute_distance_matrix, evaluate, extract_features
 from .hooks import HookBase, default_hooks
 from .objective import build_objective
-from .optim import NonfiniteLog, Update, build_optimizer
+from .optim import NonfiniteLog, OptimizerUpdate, build_optimizer
 from .plan import RunPlan
 
 Engine = compat.torchreid_base().engine.Engine
 
 
-class ISGANEngine(Engine):
+class StagedEngine(Engine):
     """Trains the stages of ``cfg.TRAIN.STAGES`` (resuming where a previous run stopped), then evaluates each.
 
     The config is read here, once: into the objective (:func:`~.objective.build_objective`) and the run's plan
@@ -111,7 +111,7 @@ class ISGANEngine(Engine):
         compat.set_engine_models(self, {
             name: (specs[name].modules[0] if len(specs[name].modules) == 1 else self.model, opt.optimizer,
                    opt.scheduler) for name, opt in self.optimizers.items()})
-        self.updates = {name: Update(opt, self.nonfinite) for name, opt in self.optimizers.items()}
+        self.updates = {name: OptimizerUpdate(opt, self.nonfinite) for name, opt in self.optimizers.items()}
         if self.train_loader is not None:  # its samples take the stage's transform (data.sampler.SampleKeys)
             if comm.is_main_process():  # torchreid's transform banner is the data manager's, once
                 augmentations = [a.replace("_", " ") for a in self.plan.augmentations[stage]]
