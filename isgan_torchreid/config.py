@@ -12,7 +12,7 @@ import math
 import os
 import textwrap
 from importlib import resources
-from typing import Callable, Dict
+from typing import Callable, Dict, Tuple
 
 import yaml
 from yacs.config import CfgNode as CN
@@ -457,16 +457,16 @@ def merge_overrides(cfg, opts, origin="command line"):
 
 
 # torchreid factory names (isgan_torchreid.models.MODELS) -> (MODEL.NAME, MODEL.BACKBONE)
-FACTORY_NAMES = {f"{method}_r{depth}": (method, f"resnet{depth}")
-                 for method, depths in (("isgan", (18, 34, 50)), ("mgn", (18, 50))) for depth in depths}
+# a model's torchreid factory name -> the (MODEL.NAME, MODEL.BACKBONE) it means; filled by the models (models/)
+MODEL_ALIASES: Dict[str, Tuple[str, str]] = {}
 
 
 def resolve_factory_name(cfg):
-    """MODEL.NAME isgan_r18 (a torchreid factory name) -> NAME isgan, BACKBONE resnet18, so that MODEL.PARTS,
-    ID_DIM and the input size still apply; a different explicit MODEL.BACKBONE is refused."""
-    if cfg.MODEL.NAME not in FACTORY_NAMES:
+    """MODEL.NAME isgan_r18 (a torchreid factory name, :data:`MODEL_ALIASES`) -> NAME isgan, BACKBONE resnet18, so
+    that MODEL.PARTS, ID_DIM and the input size still apply; a different explicit MODEL.BACKBONE is refused."""
+    if cfg.MODEL.NAME not in MODEL_ALIASES:
         return
-    name, backbone = FACTORY_NAMES[cfg.MODEL.NAME]
+    name, backbone = MODEL_ALIASES[cfg.MODEL.NAME]
     if cfg.MODEL.BACKBONE not in (backbone, _C.MODEL.BACKBONE):
         raise ISGANError(f"MODEL.NAME {cfg.MODEL.NAME} means MODEL.NAME {name} with MODEL.BACKBONE {backbone}, but "
                          f"MODEL.BACKBONE is {cfg.MODEL.BACKBONE}; set MODEL.NAME {name} and MODEL.BACKBONE")

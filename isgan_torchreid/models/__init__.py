@@ -1,6 +1,6 @@
 """The project's models: IS-GAN and the MGN baseline, registered into torchreid by name."""
 from .. import compat
-from ..config import MODEL_RULES
+from ..config import MODEL_ALIASES, MODEL_RULES
 from ..errors import ISGANError
 from .isgan import ISGAN, check_config, isgan_r18, isgan_r34, isgan_r50
 from .mgn import MGN, mgn_r18, mgn_r50
@@ -16,6 +16,8 @@ MODELS = {
 
 
 MODEL_RULES["isgan"] = check_config  # G's image size, E_U's grid, G's stripes: checked as the config loads
+# in a config, MODEL.NAME isgan_r18 means MODEL.NAME isgan with MODEL.BACKBONE resnet18 (and so on)
+MODEL_ALIASES.update({name: (name.split("_")[0], f"resnet{name.rsplit('_r', 1)[1]}") for name in MODELS})
 
 
 def trains_triplet(cfg) -> bool:
