@@ -40,6 +40,7 @@ from ..config import METHODS, method_name
 from ..errors import ISGANError
 from ..losses import isgan as L
 from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners, sample_strangers
+from ..models.frozen import frozen
 from ..models.images import channel_constants, image_target, image_to_unit
 from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
 from .optim import OptimizerSpec
@@ -412,17 +413,8 @@ class ISGANObjective(IdentityObjective):
         model = self.model
         mean, std, _ = channel_constants(fakes.device, fakes.dtype)
         imgs = (self.image_to_unit(fakes) - mean) / std  # G's output -> E_R's normalised input
-        modules = (model.backbone, model.encoder_r)
-        states = [(m.training, [p.requires_grad for p in m.parameters()]) for m in modules]
-        try:
-            for m in modules:
-                m.eval().requires_grad_(False)
+        with frozen(model.backbone, model.encoder_r):
             read, _ = model.encoder_r(model.backbone(imgs))  # (B, K*p_R)
-        finally:
-            for m, (training, flags) in zip(modules, states):
-                m.train(training)
-                for p, flag in zip(m.parameters(), flags):
-                    p.requires_grad_(flag)
         return L.code_loss(read, id_feat.detach(), model.encoder_r.branches.num_features)
 
     def part_mask(self, batch_size: int, device) -> Optional[Tensor]:

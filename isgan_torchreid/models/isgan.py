@@ -20,6 +20,7 @@ from ..errors import ISGANError
 from .branches import load_resnet, validate_parts
 from .discriminator import Discriminator
 from .encoders import NuisanceEncoder
+from .frozen import frozen
 from .generator import Generator, check_image_size
 from .images import NUISANCE_INPUTS
 from .mgn import MGN, check_loss
@@ -86,12 +87,8 @@ class ISGAN(MGN):
         depends on learns from real images only."""
         if self.eu_input == "rgb":
             return trunk
-        was_training = self.backbone.training
-        try:
-            with torch.no_grad():
-                return self.backbone.eval()(NUISANCE_INPUTS[self.eu_input](imgs))
-        finally:
-            self.backbone.train(was_training)
+        with torch.no_grad(), frozen(self.backbone):
+            return self.backbone(NUISANCE_INPUTS[self.eu_input](imgs))
 
     def encode(self, imgs: Tensor) -> Tuple[Tensor, Tensor]:
         """Normalised images (B, 3, H, W) -> identity code (B, K*p_R), E_R's features, and nuisance code
