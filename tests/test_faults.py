@@ -28,7 +28,8 @@ from PIL import Image
 
 from isgan_torchreid import compat, image_files, storage
 from isgan_torchreid.cli import build_engine, setup, train_main
-from isgan_torchreid.config import _RANGES, get_default_config, in_interval, load_config
+from isgan_torchreid.config import get_default_config, in_interval, load_config
+from isgan_torchreid.defaults import RANGES
 from isgan_torchreid.data import loaders
 from isgan_torchreid.data.build import Data, build_data, check_datasets
 from isgan_torchreid.engine import checkpoint as ckpt
@@ -413,9 +414,9 @@ def numeric_keys(node=None, prefix=""):
 
 
 def test_every_numeric_key_has_a_range_and_defaults_are_in_it():
-    assert set(_RANGES) == numeric_keys()
+    assert set(RANGES) == numeric_keys()
     cfg = get_default_config()
-    for key, interval in _RANGES.items():
+    for key, interval in RANGES.items():
         value = cfg
         for part in key.split("."):
             value = value[part]
@@ -430,19 +431,19 @@ def outside(interval, default):
     return low - 0.5 if interval[0] == "[" else low
 
 
-@pytest.mark.parametrize("key", sorted(_RANGES))
+@pytest.mark.parametrize("key", sorted(RANGES))
 def test_a_value_below_each_range_is_refused_at_load(key):
     default = get_default_config()
     for part in key.split("."):
         default = default[part]
     example = default[0] if isinstance(default, list) and default else (1 if isinstance(default, list) else default)
-    bad = outside(_RANGES[key], example)
+    bad = outside(RANGES[key], example)
     value = f"[{bad}]" if isinstance(default, list) else str(bad)
     with pytest.raises(ISGANError) as info:
         load_config(None, [key, value])
     message = one_line(str(info.value))
     assert message.startswith(f"{key}{'[0]' if isinstance(default, list) else ''} = {bad!r} is outside")
-    assert _RANGES[key] in message
+    assert RANGES[key] in message
 
 
 @pytest.mark.parametrize("opts, expected", [
