@@ -56,9 +56,9 @@ class RunLayout:
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
-    """How each target is evaluated: DATA.TARGETS and the TEST keys (torchreid's ``Engine.test`` arguments)."""
+    """How each target is evaluated: the TEST keys (torchreid's ``Engine.test`` arguments), and what a stage's
+    results depend on beside its weights (DATA.TARGETS and those keys)."""
 
-    targets: Tuple[str, ...]  # empty: the sources
     flip: bool
     normalize: bool
     metric: str
@@ -75,7 +75,7 @@ class Evaluation:
         # every TEST key but BATCH_SIZE: none is in the config hash, so they may change on a finished run, which is
         # then evaluated again
         test = {k: (list(v) if isinstance(v, (list, tuple)) else v) for k, v in t.items() if k != "BATCH_SIZE"}
-        return cls(tuple(cfg.DATA.TARGETS), t.FLIP, t.NORMALIZE, t.METRIC, t.RERANK, t.CUHK03_METRIC, tuple(t.RANKS),
+        return cls(t.FLIP, t.NORMALIZE, t.METRIC, t.RERANK, t.CUHK03_METRIC, tuple(t.RANKS),
                    t.VISRANK, t.VISRANK_TOPK, {"TARGETS": list(cfg.DATA.TARGETS), "TEST": test})
 
 
