@@ -19,10 +19,10 @@ from .config import dump_config, get_default_config, list_configs, load_config
 from .data.build import build_data
 from .deploy.encoder import EncoderWriter, encoder_spec, has_identity_encoder, load_for_evaluation
 from .engine import checkpoint as ckpt
-from .engine.plan import RunLayout, RunPlan
 from .engine import distributed
 from .engine.hooks import default_hooks
 from .engine.lock import output_dir_lock
+from .engine.plan import RunLayout, RunPlan
 from .engine.staged import StagedEngine
 from .errors import ISGANError
 from .models import build_model

@@ -210,7 +210,6 @@ class IdentityObjective:
     def check_config(cls, cfg, stages) -> None:
         """The config rules of this method for ``stages`` (ISGANError naming the key and the fix); none here."""
 
-
     @classmethod
     def from_config(cls, cfg, model: nn.Module, device: torch.device) -> "IdentityObjective":
         return cls(model, LossSettings.from_config(cfg), Precision.from_config(cfg, device),
