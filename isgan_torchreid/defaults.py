@@ -95,6 +95,10 @@ _C.LOSS.LAMBDA_X = 0.0
 # > 0: E_R (frozen, BN in eval) reads each cross-identity fake G(id_b, nu_a) and its K part features should point
 # as id_b's do: L_code = LAMBDA_CODE x mean(1 - cos), a term of G's side. 0: the paper (no such term)
 _C.LOSS.LAMBDA_CODE = 0.0
+# > 0: the trunk (frozen, BN in eval) reads each fake that has a pixel target and its target image, and their maps
+# after layer1, layer2 and the trunk should match position by position (LPIPS's distance, unweighted):
+# L_feat = LAMBDA_FEAT x the mean over the three maps, a term of G's side. 0: the paper (pixels only)
+_C.LOSS.LAMBDA_FEAT = 0.0
 # > 0: D also holds a linear identity classifier of E_U's nuisance codes (its means), trained on them (D_nu), and
 # E_U is asked to leave it guessing: L_nu = LAMBDA_ADV_U x KL(uniform || its softmax). 0: the paper (no adversary)
 _C.LOSS.LAMBDA_ADV_U = 0.0
@@ -195,8 +199,8 @@ RANGES = {
     "MODEL.G_WIDTH": "[8, inf)",
     "MODEL.D_WIDTH": "[8, inf)",
     **{f"LOSS.{name}": "[0, inf)" for name in ("LAMBDA_R", "LAMBDA_U", "LAMBDA_S", "LAMBDA_PS", "LAMBDA_D", "LAMBDA_C",
-                                               "LAMBDA_X", "LAMBDA_CODE", "LAMBDA_ADV_U", "D_LAMBDA_D", "D_LAMBDA_C",
-                                               "LAMBDA_TRIPLET", "TRIPLET_MARGIN", "KL_FREE_BITS")},
+                                               "LAMBDA_X", "LAMBDA_CODE", "LAMBDA_FEAT", "LAMBDA_ADV_U", "D_LAMBDA_D",
+                                               "D_LAMBDA_C", "LAMBDA_TRIPLET", "TRIPLET_MARGIN", "KL_FREE_BITS")},
     "LOSS.LABEL_SMOOTH": "[0, 1)",
     "LOSS.GAN_WARMUP": "[0, inf)",
     "TRAIN.STAGES": "[1, 3]",

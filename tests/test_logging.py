@@ -108,7 +108,8 @@ def test_progress_line_groups_fits_and_estimates_the_run(monkeypatch, capsys):
 
 
 def test_loss_groups_cover_every_logged_term():
-    terms = {"L_S", "L_PS", "L_U", "L_D", "L_C", "L_X", "L_code", "L_nu", "D_dom", "D_cls", "D_nu", "L_R", "L_tri"}
+    terms = {"L_S", "L_PS", "L_U", "L_D", "L_C", "L_X", "L_code", "L_feat", "L_nu", "D_dom", "D_cls", "D_nu", "L_R",
+             "L_tri"}
     assert {t for group in ISGANObjective.loss_groups.values() for t in group} == terms
     assert grouped({"L_R": 1, "D_dom": 2, "acc": 3}, ISGANObjective.loss_groups) == {
         "id": {"L_R": 1}, "disc": {"D_dom": 2}, "other": {"acc": 3}}

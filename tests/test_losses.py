@@ -10,6 +10,7 @@ from isgan_torchreid.losses.isgan import (
     class_loss,
     confusion_loss,
     discriminator_domain_loss,
+    feature_loss,
     generator_domain_loss,
     identity_loss,
     kl_loss,
@@ -222,3 +223,18 @@ def test_confusion_loss_is_the_kl_of_uniform_from_the_classifier(gen):
     value.backward()
     flatter = logits - 0.5 * logits.grad / logits.grad.norm()
     assert confusion_loss(flatter) < value
+
+
+def test_feature_loss_is_scale_free_per_position_and_bounded(gen):
+    """L_feat's distance: 0 for maps that differ only by a positive factor at each position, 4 for opposite
+    features, the mean over the pairs of maps; maps of different shapes are refused."""
+    a = torch.randn(2, 5, 3, 4, generator=gen)
+    scale = torch.rand(2, 1, 3, 4, generator=gen) + 0.5
+    assert feature_loss([a], [a * scale]).item() == pytest.approx(0.0, abs=1e-6)
+    assert feature_loss([a], [-a]).item() == pytest.approx(4.0, rel=1e-5)
+    b = torch.randn(2, 7, 2, 2, generator=gen)
+    assert feature_loss([a, b], [-a, b]).item() == pytest.approx(2.0, rel=1e-5)
+    with pytest.raises(ValueError, match="differ"):
+        feature_loss([a], [b])
+    with pytest.raises(ValueError, match="maps"):
+        feature_loss([a, b], [a])

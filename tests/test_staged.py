@@ -383,6 +383,58 @@ def test_code_term_reads_cross_identity_fakes_with_a_frozen_e_r(make_engine, bat
 
 
 @pytest.mark.parametrize("stage", [2, 3])
+def test_feature_term_compares_the_trunks_maps_of_the_fakes_and_their_targets(make_engine, batches, stage):
+    """LOSS.LAMBDA_FEAT: the trunk, frozen and on its running statistics, reads the fakes that have a pixel target
+    (auto-encoded, shuffled, part-shuffled; not the cross-identity ones) and the real images; L_feat = λ x the mean
+    over layer1, layer2 and the trunk's output of the squared distance of their channel-normalised features. Its
+    gradient trains G and E_U and reaches neither the trunk nor E_R, whose statistics see the real images only."""
+    engine = make_engine("LOSS.LAMBDA_FEAT", "3.0", "LOSS.LAMBDA_CODE", "1.0")
+    prepare(engine, stage)
+    model, imgs, pids = engine.model, batches[0]["img"], batches[0]["pid"]
+    gen = engine.objective.generate(imgs, pids, stage)
+    assert gen.sets == ["auto", "shuffled", "part_shuffled", "crossed"]
+    fakes = gen.fakes[:3 * len(pids)]
+    term = 3.0 * engine.objective.feature_loss(fakes, imgs)
+
+    model.backbone.eval()
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    expected = []
+    with torch.no_grad():
+        x, y = (engine.objective.image_to_unit(fakes) - mean) / std, imgs.repeat(3, 1, 1, 1)
+        for i, layer in enumerate(model.backbone):  # conv1, bn1, relu, maxpool, layer1, layer2, layer3[0]
+            x, y = layer(x), layer(y)
+            if i >= 4:
+                unit_x, unit_y = (t / t.norm(dim=1, keepdim=True).clamp_min(1e-12) for t in (x, y))
+                expected.append(((unit_x - unit_y) ** 2).sum(1).mean())
+    prepare(engine, stage)
+    assert [m.shape[-2:] for m in model.trunk_maps(imgs)] == [(32, 16), (16, 8), (8, 4)]  # 128x64 / 4, 8, 16
+    assert 0 < term.item() == pytest.approx(3.0 * torch.stack(expected).mean().item(), rel=1e-5)
+    model.zero_grad(set_to_none=True)
+    term.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder_u.parameters())
+    model.zero_grad(set_to_none=True)  # the trunk's reading itself passes no gradient to the trunk
+    image = fakes.detach().requires_grad_()
+    engine.objective.feature_loss(image, imgs).backward()
+    assert image.grad.abs().sum() > 0
+    assert all(p.grad is None for m in (model.backbone, model.encoder_r) for p in m.parameters())
+    assert all(p.requires_grad == (stage == 3) for p in model.backbone.parameters())  # restored
+    assert model.backbone.training == (stage == 3)
+    assert engine.objective.feature_loss(engine.objective.image_target(imgs).repeat(2, 1, 1, 1),
+                                         imgs).item() == pytest.approx(0, abs=1e-4)  # the targets themselves
+
+    engine = make_engine("LOSS.LAMBDA_FEAT", "3.0")
+    prepare(engine, stage)
+    reference = make_engine()
+    prepare(reference, stage)
+    summary = floats(engine.forward_backward(batches[0]))
+    floats(reference.forward_backward(batches[0]))
+    assert summary["L_feat"] > 0
+    running = [[b for name, b in e.model.backbone.named_buffers() if "running" in name] for e in (engine, reference)]
+    assert all(torch.equal(a, b) for a, b in zip(*running))  # the same seed: only the real pass moved them
+
+
+@pytest.mark.parametrize("stage", [2, 3])
 def test_nuisance_adversary_learns_the_codes_identities_and_e_u_is_asked_to_hide_them(make_engine, batches, stage):
     """LOSS.LAMBDA_ADV_U: D holds a linear identity classifier of E_U's codes (F*p_U wide; absent otherwise, so
     earlier checkpoints keep their tensors); D's update trains it on the detached code means (D_nu) and E_U's

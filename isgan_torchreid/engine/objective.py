@@ -76,6 +76,7 @@ class LossSettings:
     class_on_auto: bool
     lambda_x: float  # generator side of L_X, D_C on cross-identity fakes
     lambda_code: float  # L_code, E_R's reading of cross-identity fakes (cross-identity fakes when either is > 0)
+    lambda_feat: float  # L_feat, the trunk's reading of the fakes with a pixel target against their targets
     lambda_adv_u: float  # L_nu, E_U's side of the nuisance code's identity adversary (D_nu its side)
     part_shuffle: str
     target_space: str
@@ -274,7 +275,8 @@ class ISGANObjective(IdentityObjective):
     stages = (1, 2, 3)
     models = ("isgan",)
     # E_R's identity terms, the encoder/G terms of Eq. 8 and D's terms [Eq. 6, 7]
-    loss_groups = {"id": ("L_R", "L_tri"), "gen": ("L_S", "L_PS", "L_U", "L_D", "L_C", "L_X", "L_code", "L_nu"),
+    loss_groups = {"id": ("L_R", "L_tri"),
+                   "gen": ("L_S", "L_PS", "L_U", "L_D", "L_C", "L_X", "L_code", "L_feat", "L_nu"),
                    "disc": ("D_dom", "D_cls", "D_nu")}
     lr_tags = {"model": "lr", "discriminator": "lr_D"}
     # an earlier run of tools/benchmark.py (ResNet-50, 384x128, CPU: 3630 / 8332 / 13274 ms per step);
@@ -416,6 +418,21 @@ class ISGANObjective(IdentityObjective):
             read, _ = model.encoder_r(model.backbone(imgs))  # (B, K*p_R)
         return L.code_loss(read, id_feat.detach(), model.encoder_r.branches.num_features)
 
+    def feature_loss(self, fakes: Tensor, imgs: Tensor) -> Tensor:
+        """L_feat (LOSS.LAMBDA_FEAT): the trunk reads the fakes (n*B, 3, H, W), n sets of the batch's images in
+        order, and their targets, the normalised real images (B, 3, H, W); its maps after layer1, layer2 and its
+        output should match (:func:`~isgan_torchreid.losses.isgan.feature_loss`). As for L_code the trunk is
+        frozen and on its running statistics: the gradient reaches the fakes only, and the targets are read
+        without one."""
+        model = self.model
+        mean, std, _ = channel_constants(fakes.device, fakes.dtype)
+        n = fakes.size(0) // imgs.size(0)
+        with frozen(model.backbone):
+            with torch.no_grad():
+                real = model.trunk_maps(imgs)
+            read = model.trunk_maps((self.image_to_unit(fakes) - mean) / std)
+        return L.feature_loss(read, [r.repeat(n, 1, 1, 1) for r in real])
+
     def part_mask(self, batch_size: int, device) -> Optional[Tensor]:
         """(B, K) slots S swaps, per LOSS.PART_SHUFFLE; None for 'none' (the authors' code, bug B1)."""
         mode = self.losses.part_shuffle
@@ -492,6 +509,8 @@ class ISGANObjective(IdentityObjective):
                     terms["L_X"] = self.gan_weight * s.lambda_x * L.class_loss(cls[last:], labels[last:])
             if s.lambda_code > 0:
                 terms["L_code"] = s.lambda_code * self.code_loss(gen.fakes[last:], gen.id_feat[gen.stranger])
+            if s.lambda_feat > 0:
+                terms["L_feat"] = s.lambda_feat * self.feature_loss(gen.fakes[:last], imgs)
             if s.lambda_adv_u > 0:  # against the updated, frozen adversary: its gradient reaches E_U alone
                 terms["L_nu"] = s.lambda_adv_u * L.confusion_loss(disc.code_head(gen.mu.flatten(1)))
             if stage == 3:  # L_R [Eq. 1] (+ MGN's triplet on the global features with ISGAN_TRIPLET)

@@ -22,6 +22,7 @@ __all__ = [
     "generator_domain_loss",
     "class_loss",
     "code_loss",
+    "feature_loss",
 ]
 
 
@@ -141,3 +142,19 @@ def code_loss(features: Tensor, target: Tensor, parts: int) -> Tensor:
     B = features.shape[0]
     cos = F.cosine_similarity(widen(features).reshape(B, parts, -1), widen(target).reshape(B, parts, -1), dim=2)
     return (1 - cos).mean()
+
+
+def feature_loss(fake_maps: Sequence[Tensor], real_maps: Sequence[Tensor]) -> Tensor:
+    """Feature reconstruction (LOSS.LAMBDA_FEAT; not in the paper): for each pair of maps (N, C, h, w), the squared
+    distance between the channel-normalised features at each position (LPIPS's distance without its learned
+    weights; Zhang et al. 2018), summed over the channels and averaged over the positions and the images; then
+    averaged over the pairs. 0 when every position's features point the same way, 4 at most."""
+    if len(fake_maps) != len(real_maps) or not fake_maps:
+        raise ValueError(f"feature loss: got {len(fake_maps)} maps of fakes and {len(real_maps)} of targets")
+    per_map = []
+    for fake, real in zip(fake_maps, real_maps):
+        if fake.shape != real.shape:
+            raise ValueError(f"feature loss: maps {tuple(fake.shape)} and {tuple(real.shape)} differ")
+        diff = F.normalize(widen(fake), dim=1) - F.normalize(widen(real), dim=1)  # (N, C, h, w)
+        per_map.append(diff.pow(2).sum(1).mean())
+    return torch.stack(per_map).mean()

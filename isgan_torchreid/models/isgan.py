@@ -11,7 +11,7 @@ image: E_U can still carry pose, view, background layout and light, but colour, 
 persons apart, only the identity code can give G; ``contrast``, of its local contrast (the luminance with each
 neighbourhood's mean and spread taken out): shapes and edges without the brightness of a shirt.
 """
-from typing import Optional, Tuple
+from typing import List, Optional, Tuple
 
 import torch
 from torch import Tensor
@@ -89,6 +89,16 @@ class ISGAN(MGN):
             return trunk
         with torch.no_grad(), frozen(self.backbone):
             return self.backbone(NUISANCE_INPUTS[self.eu_input](imgs))
+
+    def trunk_maps(self, imgs: Tensor) -> List[Tensor]:
+        """The trunk's maps of normalised images (B, 3, H, W) after each of its last three stages: layer1
+        (B, C1, H/4, W/4), layer2 (B, C2, H/8, W/8) and its output, layer3's first block (B, C4, H/16, W/16)."""
+        maps, x = [], imgs
+        for i, layer in enumerate(self.backbone):
+            x = layer(x)
+            if i >= len(self.backbone) - 3:
+                maps.append(x)
+        return maps
 
     def encode(self, imgs: Tensor) -> Tuple[Tensor, Tensor]:
         """Normalised images (B, 3, H, W) -> identity code (B, K*p_R), E_R's features, and nuisance code
