@@ -12,7 +12,7 @@ half through :func:`load_gan` (a stage-2/3 checkpoint -> ``encode`` images into 
 ``decode`` any mix into images); see :mod:`isgan_torchreid.deploy`.
 """
 from . import compat
-from .data.synthetic import DATASETS
+from .data.synthetic.datasets import DATASETS
 from .deploy import embed, load_encoder, load_gan
 from .engine import objective  # noqa: F401  (registers the methods: config.METHODS)
 from .models import MODELS  # (registers IS-GAN's config rules: config.MODEL_RULES)

@@ -7,7 +7,7 @@ every deviation is a key.
 """
 from yacs.config import CfgNode as CN
 
-from .data.synth_spec import INT_RANGES as SYNTH_RANGES
+from .data.synthetic.spec import INT_RANGES as SYNTH_RANGES
 
 _C = CN()
 _C.OUTPUT_DIR = "output/isgan_market"

@@ -33,7 +33,7 @@ def test_models_registered_in_torchreid_factory():
 
 def test_datasets_registered_and_registration_is_idempotent():
     registry = compat.image_dataset_registry()
-    assert registry["synthperson"] is isgan_torchreid.data.synthetic.SynthPerson
+    assert registry["synthperson"] is isgan_torchreid.data.synthetic.datasets.SynthPerson
     assert issubclass(registry["synthperson"], torchreid.data.datasets.Market1501)  # the installed layout's class
     compat.register_dataset("synthperson", registry["synthperson"])  # torchreid itself would raise here
     importlib.reload(isgan_torchreid)  # re-import registers again without error

@@ -6,10 +6,9 @@ import torch
 import torchvision.transforms as T
 
 from isgan_torchreid.config import load_config
-from isgan_torchreid.data import synthetic
 from isgan_torchreid.data.build import (build_data, check_datasets, datamanager_kwargs, synth_specs,
                                         train_transform, use_forkserver)
-from isgan_torchreid.data.synth_spec import SynthSpec
+from isgan_torchreid.data.synthetic.spec import SynthSpec, default_spec, spec_for, using_specs
 from isgan_torchreid.errors import ISGANError
 
 
@@ -84,10 +83,11 @@ def test_batches_are_p_identities_times_k_images(tiny_cfg):
     assert dm.num_train_pids == cfg.DATA.SYNTH.NUM_TRAIN_IDS
     # DATA.SYNTH reached torchreid's instantiation of the dataset through a block of build_data: the registered
     # default spec is untouched, and the block's spec is gone with it
-    assert synthetic.default_spec("synthperson") == SynthSpec()
-    with synthetic.using_specs({"synthperson": synth_specs(cfg)["synthperson"]}):
-        assert synthetic._specs_in_use.get()["synthperson"].num_train_ids == cfg.DATA.SYNTH.NUM_TRAIN_IDS
-    assert synthetic._specs_in_use.get() == {}
+    assert default_spec("synthperson") == SynthSpec() == spec_for("synthperson")
+    with using_specs({"synthperson": synth_specs(cfg)["synthperson"]}):
+        assert spec_for("synthperson").num_train_ids == cfg.DATA.SYNTH.NUM_TRAIN_IDS
+        assert spec_for("synthperson_b") == default_spec("synthperson_b")
+    assert spec_for("synthperson") == SynthSpec()
 
 
 def test_too_many_identities_per_batch(tiny_cfg):

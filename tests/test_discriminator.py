@@ -7,7 +7,7 @@ from torch import nn
 
 from isgan_torchreid.benchmarks import benchmark_main
 from isgan_torchreid.benchmarks.dc import class_accuracy, load_identity_images, split_per_identity, train_class_head
-from isgan_torchreid.data.synth_spec import SynthSpec
+from isgan_torchreid.data.synthetic.spec import SynthSpec
 from isgan_torchreid.models.discriminator import Discriminator
 
 from conftest import CONFIGS

@@ -13,7 +13,7 @@ PACKAGE = "isgan_torchreid"
 # lowest first; a module's name (without the package prefix, "" for the package itself) matches one pattern
 LAYERS = [
     ("bottom", ["errors", "comm", "storage", "image_files", "allocator", "console"]),
-    ("compat and config", ["compat", "config", "defaults", "data.synth_spec"]),
+    ("compat and config", ["compat", "config", "defaults", "data.synthetic.spec"]),
     ("data, models, losses", ["data", "data.*", "models", "models.*", "losses", "losses.*"]),
     ("engine", ["engine", "engine.*"]),
     ("deploy and pictures", ["deploy", "deploy.*", "visualize", "visualize.canvas", "visualize.disentangle",

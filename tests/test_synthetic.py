@@ -1,4 +1,4 @@
-"""Tests for the synthetic Market-1501-style datasets (isgan_torchreid/data/synthetic.py)."""
+"""Tests for the synthetic Market-1501-style datasets (isgan_torchreid/data/synthetic/)."""
 import dataclasses
 import glob
 import hashlib
@@ -14,11 +14,10 @@ import pytest
 import torchreid
 from PIL import Image
 
-from isgan_torchreid.data import synthetic
-from isgan_torchreid.data.synth_spec import STYLES, SynthSpec
-from isgan_torchreid.data.synthetic import (
-    DATASETS, SynthPerson, SynthPersonB, default_spec, ensure, generate, set_default_spec
-)
+from isgan_torchreid.data.synthetic import render, spec as spec_module
+from isgan_torchreid.data.synthetic.datasets import DATASETS, SynthPerson, SynthPersonB
+from isgan_torchreid.data.synthetic.generation import ensure, generate
+from isgan_torchreid.data.synthetic.spec import STYLES, SynthSpec, default_spec, set_default_spec
 from isgan_torchreid.errors import ISGANError
 
 TINY = SynthSpec(num_train_ids=6, num_test_ids=6, num_cams=3, images_per_id=6, height=64, width=32,
@@ -120,7 +119,7 @@ def test_layout_is_parsed_by_torchreids_market1501_parser(tiny_dir):
 def test_dataset_class_inside_image_data_manager(tmp_path, monkeypatch):
     name = 'synthperson_test_' + uuid.uuid4().hex[:8]
     cls = type('SynthPersonTest', (SynthPerson,), {'dataset_dir': name})
-    monkeypatch.setitem(synthetic._DEFAULT_SPECS, name, TINY)
+    monkeypatch.setitem(spec_module._DEFAULT_SPECS, name, TINY)
     torchreid.data.register_image_dataset(name, cls)
     with pytest.raises(ValueError):  # torchreid's registry refuses duplicate names
         torchreid.data.register_image_dataset(name, cls)
@@ -157,7 +156,7 @@ def test_reuses_same_spec_and_regenerates_changed_spec(tmp_path):
 
 
 def test_interrupted_generation_leaves_no_half_dataset(tmp_path, monkeypatch):
-    real_render, calls = synthetic._render, []
+    real_render, calls = render.draw_image, []
 
     def failing_render(*args, **kwargs):
         calls.append(1)
@@ -165,17 +164,17 @@ def test_interrupted_generation_leaves_no_half_dataset(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real_render(*args, **kwargs)
 
-    monkeypatch.setattr(synthetic, '_render', failing_render)
+    monkeypatch.setattr(render, 'draw_image', failing_render)
     with pytest.raises(KeyboardInterrupt):
         generate(str(tmp_path / 'fresh'), TINY)
     assert os.listdir(str(tmp_path)) == []
 
     # an interrupted regeneration keeps the old complete dataset in place
-    monkeypatch.setattr(synthetic, '_render', real_render)
+    monkeypatch.setattr(render, 'draw_image', real_render)
     generate(str(tmp_path / 'ds'), TINY)
     old = _hashes(str(tmp_path / 'ds'))
     calls.clear()
-    monkeypatch.setattr(synthetic, '_render', failing_render)
+    monkeypatch.setattr(render, 'draw_image', failing_render)
     with pytest.raises(KeyboardInterrupt):
         generate(str(tmp_path / 'ds'), dataclasses.replace(TINY, seed=9))
     assert _hashes(str(tmp_path / 'ds')) == old

@@ -21,7 +21,7 @@ from tabulate import tabulate
 from torch import nn
 
 from ..console import progress
-from ..data import synthetic
+from ..data.synthetic.generation import ensure
 from ..data.build import synth_spec
 from ..losses.isgan import class_loss
 from ..models.discriminator import Discriminator
@@ -55,7 +55,7 @@ def load_identity_images(root, spec, height, width):
 
     Returns images in D's input space for LOSS.TARGET_SPACE rgb, [-1, 1] RGB (N, 3, H, W), and labels 0..P-1 (N,).
     """
-    train_dir = os.path.join(synthetic.ensure(root, "synthperson", spec), "bounding_box_train")
+    train_dir = os.path.join(ensure(root, "synthperson", spec), "bounding_box_train")
     paths = sorted(glob.glob(os.path.join(train_dir, "*.jpg")))  # {pid:04d}_c{cam}s1_{frame:06d}_00.jpg
     pids = torch.tensor([int(os.path.basename(path)[:4]) for path in paths])
     pixels = np.stack([np.asarray(Image.open(path).convert("RGB").resize((width, height), Image.BILINEAR))

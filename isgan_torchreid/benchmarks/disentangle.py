@@ -42,7 +42,7 @@ from torch import Tensor, nn
 from .. import storage
 from ..console import progress
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD, build_data
-from ..data.synthetic import FACTORS_FILE
+from ..data.synthetic.generation import FACTORS_FILE
 from ..deploy.gan import GAN, describe, gan_from_checkpoint
 from ..engine.evaluation import descriptor
 from ..engine.plan import RunLayout

@@ -17,7 +17,9 @@ from typing import Any, Dict, List, NamedTuple
 
 from .. import comm, compat
 from ..errors import ISGANError
-from . import synthetic
+from .synthetic import spec as synth
+from .synthetic.datasets import DATASETS as SYNTHETIC
+from .synthetic.generation import ensure
 from .images import CheckCache, ImageCheck
 from .loaders import guarded
 from .sampler import identity_loader
@@ -57,7 +59,7 @@ def check_datasets(cfg):
     specs = synth_specs(cfg)
     for name in dict.fromkeys(list(cfg.DATA.SOURCES) + list(cfg.DATA.TARGETS)):
         if name in specs:
-            synthetic.ensure(root, name, specs[name])
+            ensure(root, name, specs[name])
         elif name not in registry:
             raise ISGANError(f"unknown dataset {name!r} in DATA.SOURCES/DATA.TARGETS; available: "
                              f"{', '.join(sorted(registry))}")
@@ -79,14 +81,14 @@ def synth_spec(cfg, name):
     """The synthetic dataset spec of ``name`` with the sizes from DATA.SYNTH."""
     s = cfg.DATA.SYNTH
     return dataclasses.replace(
-        synthetic.default_spec(name), num_train_ids=s.NUM_TRAIN_IDS, num_test_ids=s.NUM_TEST_IDS,
+        synth.default_spec(name), num_train_ids=s.NUM_TRAIN_IDS, num_test_ids=s.NUM_TEST_IDS,
         num_cams=s.NUM_CAMS, images_per_id=s.IMAGES_PER_ID, height=s.HEIGHT, width=s.WIDTH)
 
 
 def synth_specs(cfg):
     """{name: spec} of the synthetic datasets among DATA.SOURCES and DATA.TARGETS (:func:`synth_spec`)."""
     return {name: synth_spec(cfg, name) for name in dict.fromkeys(list(cfg.DATA.SOURCES) + list(cfg.DATA.TARGETS))
-            if name in synthetic.DATASETS}
+            if name in SYNTHETIC}
 
 
 def train_augmentations(cfg, stage):
@@ -170,7 +172,7 @@ def build_data(cfg, use_gpu=False) -> Data:
     check_datasets(cfg)
     check = ImageCheck(cfg.DATA.ON_BAD_IMAGE, image_check_cache(cfg))
     try:
-        with compat.checking_image_datasets(check), synthetic.using_specs(synth_specs(cfg)):
+        with compat.checking_image_datasets(check), synth.using_specs(synth_specs(cfg)):
             dm = compat.torchreid_base().data.ImageDataManager(**datamanager_kwargs(cfg, use_gpu))
     except AssertionError:  # torchreid validates with bare asserts; say which one failed
         frame = traceback.extract_tb(sys.exc_info()[2])[-1]

@@ -1,106 +1,16 @@
-"""Synthetic person re-identification datasets in the Market-1501 layout.
-
-A person's IDENTITY is what they wear: shirt colour and pattern (plain, stripes, checks), a front
-print, sleeve length, trousers / shorts / skirt, shoes, hair colour and length, hat, backpack or
-shoulder bag, body build and arm swing. Everything else is NUISANCE and varies per image and per
-camera: viewpoint (front / back / side, each camera prefers one, and a backpack seen from the back
-hides the shirt), walking pose, lean, scale and shift, the camera's scene and per-image clutter,
-occluders, illumination gain / colour cast / light gradient, low resolution, blur, noise and JPEG
-quality. Two styles make two "cities" for cross-dataset tests: 'a' (outdoor daylight, saturated
-clothes) and 'b' (indoor fluorescent light, muted clothes, lower image quality).
-
-Rendering uses numpy + PIL only and one seeded ``np.random.Generator`` per drawn thing
-(``np.random.default_rng((seed, stream, ...))``), so the same :class:`SynthSpec` gives
-byte-identical files in any order. :func:`generate` renders into a hidden sibling folder and
-renames it into place, so an interrupted run never leaves a half-written dataset behind.
-
-Layout under ``<root>/<name>/`` (torchreid's Market-1501 parser reads it unchanged)::
-
-    bounding_box_train/  {pid:04d}_c{cam}s1_{frame:06d}_00.jpg   train ids
-    bounding_box_test/   test ids, distractors 0000_c..., junk -1_c... (dropped by the parser)
-    query/               one image per (test id, camera) with another image of that id in the gallery
-    factors.json         each image's nuisance factors: {relative path: {"camera": c, "view": front | back |
-                         side | null (no person), "occluded": bool}}, what the disentanglement benchmark
-                         checks G's swaps against (any Market-layout dataset may carry such a file)
-    spec.json            the spec it was made from (plus the generator version)
-"""
+"""Drawing one synthetic image: colours, an identity (what a person wears, :func:`random_identity`), a camera (its
+scene, light and quality, :func:`random_camera`) and the image of a person seen by a camera (:func:`draw_image`),
+with numpy and PIL only; every random draw comes from the ``np.random.Generator`` passed in."""
 import colorsys
-import contextlib
-import contextvars
-import dataclasses
-import json
-import os
-import os.path as osp
-import re
-import shutil
-import tempfile
 from dataclasses import dataclass
 
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-from isgan_torchreid import compat
-from isgan_torchreid.console import progress
-from isgan_torchreid.errors import ISGANError
+__all__ = ['random_identity', 'random_camera', 'draw_image']
 
-from .synth_spec import STYLES, SynthSpec
-
-__all__ = [
-    'generate', 'ensure', 'set_default_spec', 'default_spec', 'using_specs', 'SynthPerson',
-    'SynthPersonB', 'DATASETS'
-]
-
-ImageDataset = compat.torchreid_base().data.ImageDataset
-Market1501 = compat.torchreid_base().data.datasets.Market1501
-
-# Bump whenever rendering changes, so datasets made by an older generator are regenerated.
-GENERATOR_VERSION = 2  # 2: factors.json (images unchanged)
-
-_SPLIT_DIRS = ('bounding_box_train', 'query', 'bounding_box_test')
-FACTORS_FILE = 'factors.json'  # each image's nuisance factors, beside the split folders
-# Random-number streams: the first entries of every default_rng((seed, stream, ...)) key.
-_CAMERA, _IDENTITY, _IMAGE, _SPLIT, _DISTRACTOR, _JUNK = range(6)
 _VIEWS = ('front', 'back', 'side')
 _PATTERNS = ('plain', 'hstripes', 'vstripes', 'checks')
-
-
-_DEFAULT_SPECS = {
-    'synthperson': SynthSpec(),
-    'synthperson_b': SynthSpec(seed=1, style='b'),
-}
-
-
-def set_default_spec(name, spec):
-    """Registers ``spec`` as what ``ensure(root, name)`` generates (call before torchreid loads it)."""
-    if not isinstance(spec, SynthSpec):
-        raise TypeError(f'set_default_spec({name!r}, ...) needs a SynthSpec, got {type(spec).__name__}')
-    _DEFAULT_SPECS[name] = spec
-
-
-# {name: SynthSpec} of the innermost using_specs block: torchreid builds a dataset from its name and root alone, so
-# the spec of a run's DATA.SYNTH reaches SynthPerson.__init__ through this context variable, scoped to the block
-_specs_in_use = contextvars.ContextVar('synthperson_specs', default={})
-
-
-@contextlib.contextmanager
-def using_specs(specs):
-    """While active, the synthetic datasets that torchreid builds are those of ``specs`` ({name: SynthSpec}) rather
-    than their registered defaults."""
-    token = _specs_in_use.set({**_specs_in_use.get(), **specs})
-    try:
-        yield
-    finally:
-        _specs_in_use.reset(token)
-
-
-def default_spec(name):
-    """Returns the registered default SynthSpec of dataset ``name``."""
-    if name not in _DEFAULT_SPECS:
-        raise ISGANError(
-            f'no synthetic dataset spec is registered for {name!r}; use one of '
-            f'{sorted(_DEFAULT_SPECS)} or call set_default_spec({name!r}, SynthSpec(...)) first'
-        )
-    return _DEFAULT_SPECS[name]
 
 
 # ----------------------------------------------------------------------------------- colours
@@ -149,7 +59,7 @@ class _Identity:
     swing: float  # arm swing amplitude
 
 
-def _identity(rng, style):
+def random_identity(rng, style):
     """Draws one identity's clothing, accessories and build."""
     shirt = _cloth(rng, style)
     hue = colorsys.rgb_to_hsv(*(shirt / 255.0))[0]
@@ -248,7 +158,7 @@ def _scene(rng, style, height, width):
     return np.clip(np.asarray(img, dtype=np.float32) + texture, 0, 255).astype(np.uint8)
 
 
-def _camera(rng, style, height, width):
+def random_camera(rng, style, height, width):
     """Draws one camera's fixed nuisance."""
     view_p = np.full(3, 0.15)
     view_p[rng.integers(3)] = 0.7
@@ -461,7 +371,7 @@ def _finish(img, cam, rng):
     return np.clip(arr, 0, 255).astype(np.uint8)
 
 
-def _render(cam, ident, rng, height, width, framing='full'):
+def draw_image(cam, ident, rng, height, width, framing='full'):
     """Renders one image; ``framing`` is 'full' (a detection), 'partial' or 'empty' (bad detections).
 
     Returns the uint8 (H, W, 3) pixels and the image's drawn nuisance factors (view, occluded)."""
@@ -484,170 +394,3 @@ def _render(cam, ident, rng, height, width, framing='full'):
         if factors['occluded']:
             _draw_occluder(draw, rng, height, width)
     return _finish(img, cam, rng), factors
-
-
-# ---------------------------------------------------------------------------------- dataset
-
-def _plan(spec):
-    """Lists every image: (folder, pid, cam, identity key, image key); identity key None = no person."""
-    rng = np.random.default_rng((spec.seed, _SPLIT))
-    jobs = []
-    max_cams = min(spec.num_cams, spec.images_per_id - 1)  # leaves one camera with >= 2 images
-    for pid in range(1, spec.num_train_ids + spec.num_test_ids + 1):
-        is_test = pid > spec.num_train_ids
-        cams = np.sort(rng.choice(spec.num_cams, int(rng.integers(2, max_cams + 1)), replace=False)) + 1
-        counts = 1 + rng.multinomial(spec.images_per_id - len(cams), np.full(len(cams), 1.0 / len(cams)))
-        index = 0
-        for cam, count in zip(cams, counts):
-            for k in range(count):
-                if not is_test:
-                    folder = 'bounding_box_train'
-                else:  # one query per camera that keeps >= 1 image of this id in the gallery
-                    folder = 'query' if k == 0 and count >= 2 else 'bounding_box_test'
-                jobs.append((folder, pid, int(cam), (_IDENTITY, pid), (_IMAGE, pid, index)))
-                index += 1
-    for i in range(spec.num_distractors):  # pid 0: empty or partial detections of strangers
-        cam = int(rng.integers(1, spec.num_cams + 1))
-        ident_key = (_DISTRACTOR, i, 0) if i % 2 else None
-        jobs.append(('bounding_box_test', 0, cam, ident_key, (_DISTRACTOR, i, 1)))
-    for i in range(_num_junk(spec)):  # pid -1: partial views of test ids, dropped by the parser
-        pid = spec.num_train_ids + 1 + int(rng.integers(spec.num_test_ids))
-        cam = int(rng.integers(1, spec.num_cams + 1))
-        jobs.append(('bounding_box_test', -1, cam, (_IDENTITY, pid), (_JUNK, i)))
-    frames = rng.integers(0, 50, spec.num_cams + 1)  # per-camera running frame number
-    named = []
-    for folder, pid, cam, ident_key, image_key in jobs:
-        frames[cam] += rng.integers(1, 9)
-        prefix = '-1' if pid == -1 else f'{pid:04d}'
-        named.append((osp.join(folder, f'{prefix}_c{cam}s1_{int(frames[cam]):06d}_00.jpg'),
-                      cam, ident_key, image_key, pid))
-    return named
-
-
-def _num_junk(spec):
-    """Number of junk (-1) gallery images: about one per eight test ids."""
-    return max(1, spec.num_test_ids // 8)
-
-
-def _spec_record(spec):
-    """The JSON-able record stored as spec.json."""
-    return {'generator_version': GENERATOR_VERSION, 'spec': dataclasses.asdict(spec)}
-
-
-def _render_all(out_dir, spec):
-    """Renders every image of ``spec`` into ``out_dir``."""
-    style = STYLES[spec.style]
-    cams = {c: _camera(np.random.default_rng((spec.seed, _CAMERA, c)), style, spec.height, spec.width)
-            for c in range(1, spec.num_cams + 1)}
-    idents, factors = {}, {}
-    for name in _SPLIT_DIRS:
-        os.makedirs(osp.join(out_dir, name))
-    plan = progress(_plan(spec), desc='generating synthetic images', unit='img')
-    for rel_path, cam, ident_key, image_key, pid in plan:
-        ident = None
-        if ident_key is not None:
-            if ident_key not in idents:
-                idents[ident_key] = _identity(np.random.default_rng((spec.seed, *ident_key)), style)
-            ident = idents[ident_key]
-        framing = 'empty' if ident is None else ('partial' if pid <= 0 else 'full')
-        rng = np.random.default_rng((spec.seed, *image_key))
-        pixels, drawn = _render(cams[cam], ident, rng, spec.height, spec.width, framing)
-        Image.fromarray(pixels).save(osp.join(out_dir, rel_path), quality=cams[cam].quality)
-        factors[rel_path.replace(os.sep, '/')] = {'camera': cam, **drawn}
-    with open(osp.join(out_dir, FACTORS_FILE), 'w') as f:
-        json.dump(factors, f, indent=0, sort_keys=True)
-    with open(osp.join(out_dir, 'spec.json'), 'w') as f:
-        json.dump(_spec_record(spec), f, indent=2, sort_keys=True)
-
-
-def _is_current(dataset_dir, spec):
-    """True if ``dataset_dir`` holds a complete dataset made from ``spec`` by this generator."""
-    try:
-        with open(osp.join(dataset_dir, 'spec.json')) as f:
-            return json.load(f) == _spec_record(spec)
-    except (OSError, ValueError):
-        return False
-
-
-def generate(dataset_dir, spec):
-    """Renders ``spec`` into ``dataset_dir``, replacing it atomically (via a hidden sibling folder)."""
-    if not isinstance(spec, SynthSpec):
-        raise TypeError(f'generate({dataset_dir!r}, ...) needs a SynthSpec, got {type(spec).__name__}')
-    dataset_dir = osp.abspath(osp.expanduser(dataset_dir))
-    parent, name = osp.split(dataset_dir)
-    if osp.exists(dataset_dir) and not osp.isfile(osp.join(dataset_dir, 'spec.json')) \
-            and (not osp.isdir(dataset_dir) or os.listdir(dataset_dir)):
-        raise ISGANError(
-            f'{dataset_dir} exists but was not made by the synthetic generator (no spec.json); '
-            f'move it away or choose another data root'
-        )
-    os.makedirs(parent, exist_ok=True)
-    tmp_dir = tempfile.mkdtemp(prefix=f'.{name}.tmp-', dir=parent)
-    old_dir = None
-    try:
-        _render_all(tmp_dir, spec)
-        if _is_current(dataset_dir, spec):  # another process finished the same dataset first
-            shutil.rmtree(tmp_dir)
-            return
-        if osp.exists(dataset_dir):
-            old_dir = tempfile.mkdtemp(prefix=f'.{name}.old-', dir=parent)
-            os.rename(dataset_dir, osp.join(old_dir, name))
-        os.rename(tmp_dir, dataset_dir)
-    except BaseException:
-        shutil.rmtree(tmp_dir, ignore_errors=True)
-        raise
-    finally:
-        if old_dir is not None:
-            shutil.rmtree(old_dir, ignore_errors=True)
-
-
-def ensure(root, name, spec=None):
-    """Returns ``<root>/<name>``, generating it if missing or made from another spec."""
-    spec = default_spec(name) if spec is None else spec
-    dataset_dir = osp.join(osp.abspath(osp.expanduser(root)), name)
-    # torchreid's parser reads pid and camera with re.search on the whole path
-    clash = re.search(r'[-\d]+_c\d', osp.join(dataset_dir, 'bounding_box_train'))
-    if clash:
-        raise ISGANError(
-            f'data root {dataset_dir} contains {clash.group(0)!r}, which torchreid\'s Market-1501 '
-            f'parser would read as a person id and camera; choose a root without "<digits>_c<digit>"'
-        )
-    if not _is_current(dataset_dir, spec):
-        generate(dataset_dir, spec)
-    return dataset_dir
-
-
-# torchreid passes these to every dataset; they only mean something to Market-1501 / CUHK03.
-_FOREIGN_KWARGS = ('split_id', 'cuhk03_labeled', 'cuhk03_classic_split', 'market1501_500k')
-
-
-class SynthPerson(Market1501):
-    """Synthetic Market-1501-style dataset 'synthperson' (style 'a'), generated on first use."""
-
-    dataset_dir = 'synthperson'
-    dataset_url = None
-
-    def __init__(self, root='', **kwargs):
-        # Market1501.__init__ is skipped on purpose: it would try to download and warn about the layout.
-        self.root = osp.abspath(osp.expanduser(root))
-        name = type(self).dataset_dir
-        self.dataset_dir = ensure(self.root, name, _specs_in_use.get().get(name))
-        self.data_dir = self.dataset_dir
-        self.train_dir = osp.join(self.data_dir, 'bounding_box_train')
-        self.query_dir = osp.join(self.data_dir, 'query')
-        self.gallery_dir = osp.join(self.data_dir, 'bounding_box_test')
-        for key in _FOREIGN_KWARGS:
-            kwargs.pop(key, None)
-        train = self.process_dir(self.train_dir, relabel=True)
-        query = self.process_dir(self.query_dir, relabel=False)
-        gallery = self.process_dir(self.gallery_dir, relabel=False)
-        ImageDataset.__init__(self, train, query, gallery, **kwargs)
-
-
-class SynthPersonB(SynthPerson):
-    """Synthetic dataset 'synthperson_b' (style 'b': other cameras, light, clothes and people)."""
-
-    dataset_dir = 'synthperson_b'
-
-
-DATASETS = {'synthperson': SynthPerson, 'synthperson_b': SynthPersonB}

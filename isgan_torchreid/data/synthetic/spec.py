@@ -1,15 +1,18 @@
-"""What a synthetic dataset is made from: :class:`SynthSpec` (size, seed, style) and the ranges of its fields.
+"""What a synthetic dataset is made from: :class:`SynthSpec` (size, seed, style), the ranges of its fields, the
+styles, and the spec each dataset name gets.
 
-Apart from the renderer (:mod:`isgan_torchreid.data.synthetic`), so that the config can check DATA.SYNTH without
-loading it.
+Apart from the renderer, so that the config can check DATA.SYNTH without loading it.
 """
+import contextlib
+import contextvars
 from dataclasses import dataclass
 
 import numpy as np
 
-from ..errors import ISGANError
+from ...errors import ISGANError
 
-__all__ = ["INT_RANGES", "STYLES", "SynthSpec", "Style"]
+__all__ = ["INT_RANGES", "STYLES", "SynthSpec", "Style", "set_default_spec", "default_spec", "using_specs",
+           "spec_for"]
 
 # Market-1501's parser asserts 0 <= pid <= 1501 (pid 0 = distractor) and 1 <= cam <= 6.
 _MAX_PID = 1501
@@ -83,3 +86,49 @@ class SynthSpec:
             raise ISGANError(
                 f'SynthSpec.style={self.style!r} is invalid; use one of {sorted(STYLES)}'
             )
+
+
+_DEFAULT_SPECS = {
+    'synthperson': SynthSpec(),
+    'synthperson_b': SynthSpec(seed=1, style='b'),
+}
+
+
+def set_default_spec(name, spec):
+    """Registers ``spec`` as what ``ensure(root, name)`` generates (call before torchreid loads it)."""
+    if not isinstance(spec, SynthSpec):
+        raise TypeError(f'set_default_spec({name!r}, ...) needs a SynthSpec, got {type(spec).__name__}')
+    _DEFAULT_SPECS[name] = spec
+
+
+# {name: SynthSpec} of the innermost using_specs block: torchreid builds a dataset from its name and root alone, so
+# the spec of a run's DATA.SYNTH reaches SynthPerson.__init__ through this context variable, scoped to the block
+_specs_in_use = contextvars.ContextVar('synthperson_specs', default={})
+
+
+@contextlib.contextmanager
+def using_specs(specs):
+    """While active, the synthetic datasets that torchreid builds are those of ``specs`` ({name: SynthSpec}) rather
+    than their registered defaults."""
+    token = _specs_in_use.set({**_specs_in_use.get(), **specs})
+    try:
+        yield
+    finally:
+        _specs_in_use.reset(token)
+
+
+def default_spec(name):
+    """Returns the registered default SynthSpec of dataset ``name``."""
+    if name not in _DEFAULT_SPECS:
+        raise ISGANError(
+            f'no synthetic dataset spec is registered for {name!r}; use one of '
+            f'{sorted(_DEFAULT_SPECS)} or call set_default_spec({name!r}, SynthSpec(...)) first'
+        )
+    return _DEFAULT_SPECS[name]
+
+
+def spec_for(name):
+    """The spec dataset ``name`` is built from: that of the innermost :func:`using_specs` block naming it, else its
+    registered default (:func:`default_spec`)."""
+    specs = _specs_in_use.get()
+    return specs[name] if name in specs else default_spec(name)
