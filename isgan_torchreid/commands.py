@@ -10,11 +10,11 @@ import sys
 # COMMAND -> (module, function): imported when the command runs, so that one command (or --help) does not
 # import every tool's dependencies
 _ENTRY = {
-    "train": (".cli", "train_main"),
-    "test": (".cli", "test_main"),
+    "train": (".cli.mains", "train_main"),
+    "test": (".cli.mains", "test_main"),
     "compare": (".compare", "compare_main"),
-    "extract": (".cli", "extract_main"),
-    "export": (".cli", "export_main"),
+    "extract": (".cli.mains", "extract_main"),
+    "export": (".cli.mains", "export_main"),
     "visualize": (".visualize.main", "visualize_main"),
     "benchmark": (".benchmarks", "benchmark_main"),
 }

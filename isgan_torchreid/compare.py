@@ -30,6 +30,7 @@ from tabulate import tabulate
 
 from . import cli, comm, compat, storage
 from .config import load_config, resolve_config_file
+from .console import console_log
 from .engine import distributed
 from .engine.hooks import EpochTimer
 from .engine.lock import output_dir_lock
@@ -175,7 +176,7 @@ def train_run(cfg):
     """
     cli.prepare_output_dir(cfg.OUTPUT_DIR)
     with output_dir_lock(cfg.OUTPUT_DIR), \
-            cli.console_log(RunLayout(cfg.OUTPUT_DIR).train_log, f"tools/compare.py: run {cfg.MODEL.NAME}"):
+            console_log(RunLayout(cfg.OUTPUT_DIR).train_log, f"tools/compare.py: run {cfg.MODEL.NAME}"):
         print(f"=> {cfg.MODEL.NAME}: stages {list(cfg.TRAIN.STAGES)} in {cfg.OUTPUT_DIR}")
         device, data = cli.setup(cfg)
         timer = EpochTimer(os.path.join(cfg.OUTPUT_DIR, "train_speed.json"))

@@ -10,6 +10,7 @@ import torch
 
 from isgan_torchreid import cli, storage
 from isgan_torchreid.engine import distributed
+from isgan_torchreid.engine.staged import StagedEngine
 from isgan_torchreid.errors import ISGANError
 
 from conftest import CONFIGS, REPO, make_run
@@ -45,7 +46,7 @@ def test_missing_dataset_fails_before_any_model(tmp_path, monkeypatch, capsys):
     def no_model(*args, **kwargs):
         raise AssertionError("a model was built before the datasets were checked")
 
-    monkeypatch.setattr(cli, "build_model", no_model)
+    monkeypatch.setattr(cli.run, "build_model", no_model)
     with pytest.raises(SystemExit) as info:
         cli.train_main(["--config-file", MARKET, "DATA.ROOT", str(tmp_path), "OUTPUT_DIR", str(tmp_path / "o")])
     assert info.value.code == 2
@@ -60,7 +61,7 @@ def test_stages_flag_and_resolved_config_written(tmp_path, data_root, monkeypatc
         seen["stages"] = list(engine.plan.stages)
         return {}
 
-    monkeypatch.setattr(cli.StagedEngine, "run_stages", fake_run)
+    monkeypatch.setattr(StagedEngine, "run_stages", fake_run)
     out = tmp_path / "o"
     from conftest import TINY
     cli.train_main(["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--stages", "2", "3",
@@ -72,9 +73,9 @@ def test_stages_flag_and_resolved_config_written(tmp_path, data_root, monkeypatc
 @pytest.mark.parametrize("flush", [True, False])
 def test_training_sets_denormals_and_the_allocator_from_the_config(tmp_path, data_root, monkeypatch, flush):
     calls, kept = [], []
-    monkeypatch.setattr(cli.torch, "set_flush_denormal", calls.append)
-    monkeypatch.setattr(cli, "keep_freed_memory", lambda: kept.append(True))
-    monkeypatch.setattr(cli.StagedEngine, "run_stages", lambda engine: {})
+    monkeypatch.setattr(torch, "set_flush_denormal", calls.append)
+    monkeypatch.setattr(cli.run, "keep_freed_memory", lambda: kept.append(True))
+    monkeypatch.setattr(StagedEngine, "run_stages", lambda engine: {})
     from conftest import TINY
     from isgan_torchreid.config import config_hash, load_config
     cli.train_main(["--config-file", os.path.join(CONFIGS, "isgan_synthetic.yaml"), "--stages", "1", *TINY,
@@ -180,12 +181,12 @@ def test_test_without_the_runs_config_is_one_line(run, tmp_path, capsys, where, 
 
 def test_dataset_flags_map_to_data_keys(run, tmp_path, monkeypatch):
     seen = []
-    monkeypatch.setattr(cli, "evaluate_weights", lambda cfg, weights, state=None: seen.append(cfg))
+    monkeypatch.setattr(cli.mains, "evaluate_weights", lambda cfg, weights, state=None: seen.append(cfg))
     cli.test_main(["--weights", run, "-t", "synthperson_b", "--root", str(tmp_path)])
     # list flags anywhere, commas or spaces; an OUTPUT_DIR override wins over the run's folder
     cli.test_main(["--weights", run, "--root=/r", "-s", "a,b", "OUTPUT_DIR", str(tmp_path), "--targets", "x", "y"])
-    monkeypatch.setattr(cli, "setup", lambda cfg: seen.append(cfg) or (None, None))
-    monkeypatch.setattr(cli, "build_engine", lambda *a: SimpleNamespace(run_stages=lambda: {}))
+    monkeypatch.setattr(cli.mains, "setup", lambda cfg: seen.append(cfg) or (None, None))
+    monkeypatch.setattr(cli.mains, "build_engine", lambda *a: SimpleNamespace(run_stages=lambda: {}))
     cli.train_main(["--config-file", MARKET, "--sources", "dukemtmcreid", "-tmarket1501,cuhk03", "--root",
                     str(tmp_path), "OUTPUT_DIR", str(tmp_path / "train")])
     got = [(list(c.DATA.SOURCES), list(c.DATA.TARGETS), c.DATA.ROOT, c.OUTPUT_DIR) for c in seen]

@@ -18,7 +18,7 @@ LAYERS = [
     ("engine", ["engine", "engine.*"]),
     ("deploy and pictures", ["deploy", "deploy.*", "visualize", "visualize.canvas", "visualize.disentangle",
                              "visualize.ranking", "visualize.samples"]),
-    ("tools", ["", "__main__", "cli", "commands", "compare", "benchmarks", "benchmarks.*", "visualize.main"]),
+    ("tools", ["", "__main__", "cli", "cli.*", "commands", "compare", "benchmarks", "benchmarks.*", "visualize.main"]),
 ]
 
 

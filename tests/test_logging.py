@@ -175,11 +175,11 @@ def test_sample_grid_rows_partner_mask_and_tensorboard(tiny_cfg, tmp_path):
 
 def test_console_log_mirrors_and_appends(tmp_path, capsys):
     path = str(tmp_path / "train.log")
-    with cli.console_log(path, "first"):
+    with console.console_log(path, "first"):
         print("to both")
         print("a warning", file=sys.stderr)
     with pytest.raises(ISGANError):
-        with cli.console_log(path, "second"):
+        with console.console_log(path, "second"):
             raise ISGANError("bad input; fix it")
     captured = capsys.readouterr()
     assert captured.out == "to both\n" and captured.err == "a warning\n"
@@ -226,7 +226,7 @@ def test_progress_lines_start_after_the_quiet_seconds():
 def test_progress_is_tqdm_on_a_terminal_and_stays_out_of_the_log(monkeypatch, capsys, tmp_path):
     monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
     path = str(tmp_path / "train.log")
-    with cli.console_log(path, "cmd"):
+    with console.console_log(path, "cmd"):
         bar = console.progress(range(3), desc="decoding", quiet_s=0)
         assert isinstance(bar, tqdm) and list(bar) == [0, 1, 2]
         print("a line")
@@ -302,10 +302,10 @@ def test_every_tool_parses_list_flags_alike(tmp_path, monkeypatch):
     from isgan_torchreid.benchmarks import training
     from isgan_torchreid.visualize import main as visualize
     seen = {}
-    monkeypatch.setattr(cli, "setup", lambda cfg: seen.update(stages=list(cfg.TRAIN.STAGES)) or (None, None))
-    monkeypatch.setattr(cli, "build_engine", lambda *a: SimpleNamespace(run_stages=lambda: {}))
+    monkeypatch.setattr(cli.mains, "setup", lambda cfg: seen.update(stages=list(cfg.TRAIN.STAGES)) or (None, None))
+    monkeypatch.setattr(cli.mains, "build_engine", lambda *a: SimpleNamespace(run_stages=lambda: {}))
     cli.train_main(["--config-file", CONFIG, "--stages", "2,3", "OUTPUT_DIR", str(tmp_path / "t")])
-    monkeypatch.setattr(cli, "evaluate_weights", lambda cfg, w: seen.update(targets=list(cfg.DATA.TARGETS)))
+    monkeypatch.setattr(cli.mains, "evaluate_weights", lambda cfg, w: seen.update(targets=list(cfg.DATA.TARGETS)))
     cli.test_main(["--config-file", CONFIG, "--weights", "w", "--targets", "market1501,dukemtmcreid"])
     monkeypatch.setattr(compare, "compare",
                         lambda c, o, methods, seeds: seen.update(methods=methods, seeds=seeds) or [])
