@@ -145,6 +145,19 @@ def test_a_failed_link_keeps_the_previous_file_and_leaves_no_temp_file(tmp_path,
     assert storage.load_checkpoint(kept)["epoch"] == 1 and storage.load_checkpoint(latest)["epoch"] == 2
 
 
+def test_run_layout_finds_the_last_stage_with_a_latest_checkpoint(tmp_path):
+    """RunLayout.last_latest: the latest.pth.tar of the last of the given stages that has one (tools/train.py
+    --eval-only over TRAIN.STAGES; the disentanglement benchmark over stages 2, 3); None when none has."""
+    layout = RunLayout(str(tmp_path))
+    assert layout.last_latest([1, 2, 3]) is None
+    for stage in (1, 2):
+        os.makedirs(layout.stage_dir(stage))
+        open(layout.latest(stage), "wb").close()
+    assert layout.last_latest([1, 2, 3]) == layout.latest(2) == str(tmp_path / "stage2" / "latest.pth.tar")
+    assert layout.last_latest((1,)) == layout.latest(1)
+    assert layout.last_latest([3]) is None
+
+
 def test_load_weights_skips_classifiers_of_another_num_classes(tmp_path, capsys):
     kwargs = dict(backbone="resnet18", pretrained=False, parts=(2,), height=128, width=64)
     torch.manual_seed(0)

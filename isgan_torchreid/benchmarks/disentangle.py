@@ -70,10 +70,9 @@ def find_checkpoint(run):
     """The checkpoint to measure: ``run`` itself when a file, else its stage-3 latest, else its stage-2 latest."""
     if os.path.isfile(run):
         return run
-    for stage in (3, 2):
-        path = RunLayout(run).latest(stage)
-        if os.path.isfile(path):
-            return path
+    path = RunLayout(run).last_latest((2, 3))
+    if path is not None:
+        return path
     raise ISGANError(f"--disentangle {run}: no stage3/ or stage2/ latest.pth.tar there; pass an IS-GAN run's "
                      f"OUTPUT_DIR that has finished a stage-2 epoch, or a stage-2/3 checkpoint")
 

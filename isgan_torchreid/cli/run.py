@@ -112,10 +112,9 @@ def checkpoints_in(output_dir):
 
 def last_checkpoint(cfg):
     """``latest.pth.tar`` of the last stage of TRAIN.STAGES that has one in OUTPUT_DIR."""
-    for stage in reversed(list(cfg.TRAIN.STAGES)):
-        path = RunLayout(cfg.OUTPUT_DIR).latest(stage)
-        if os.path.isfile(path):
-            return path
+    path = RunLayout(cfg.OUTPUT_DIR).last_latest(cfg.TRAIN.STAGES)
+    if path is not None:
+        return path
     raise ISGANError(f"--eval-only: {cfg.OUTPUT_DIR} holds no checkpoint of stages {list(cfg.TRAIN.STAGES)}; "
                      f"train first, or evaluate any checkpoint with tools/test.py --weights")
 

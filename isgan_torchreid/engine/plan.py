@@ -14,7 +14,7 @@ Layout under ``OUTPUT_DIR`` (:class:`RunLayout`; what each checkpoint holds: :mo
 """
 import dataclasses
 import os
-from typing import Dict, Tuple, Union
+from typing import Dict, Optional, Tuple, Union
 
 from ..config import config_hash, hashed_config
 from ..data.build import train_augmentations
@@ -35,6 +35,10 @@ class RunLayout:
     def latest(self, stage: int) -> str:
         """The checkpoint written every TRAIN.RESUME_FREQ epochs of ``stage`` and at its end."""
         return os.path.join(self.stage_dir(stage), "latest.pth.tar")
+
+    def last_latest(self, stages) -> Optional[str]:
+        """The ``latest`` checkpoint of the last of ``stages`` that has one on disk; None when none has."""
+        return next((path for path in map(self.latest, reversed(list(stages))) if os.path.isfile(path)), None)
 
     def kept(self, stage: int, epoch: int) -> str:
         """The weights-only checkpoint kept at ``epoch`` of ``stage`` (at its last epoch, a hard link of its
