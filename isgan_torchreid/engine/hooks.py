@@ -3,8 +3,9 @@
 The engine calls, for each stage it trains: ``before_stage``, then per epoch ``before_epoch``,
 ``after_step`` after every step and ``after_epoch``, then evaluates and calls ``after_stage``; at the end
 of the run ``after_train``, and ``close`` however the run ends. A hook reads what it needs from
-``self.engine`` (``plan``: the run's folder, schedule and settings, :class:`~.plan.RunPlan`; ``stage``, ``epoch``, ``max_epoch``, ``batch_idx``, ``num_batches``, ``summary``:
-the step's values on the device, to be read at ``engine.at_logging_point()``, ``results``).
+``self.engine`` (``plan``: the run's folder, schedule and settings, :class:`~.plan.RunPlan`; ``stage``,
+``epoch``, ``max_epoch``, ``batch_idx``, ``num_batches``, ``summary``: the step's values on the device, to be
+read at ``engine.at_logging_point()``, ``results``).
 
 Under torchrun, a hook runs on rank 0 alone unless it sets ``main_process_only = False``: hooks write files
 and print, which one process does for all (the engine puts a barrier after each stage, before the next one
@@ -70,7 +71,9 @@ class Checkpointer(HookBase):
 
     The epochs' checkpoints are written by a :class:`~isgan_torchreid.engine.checkpoint.BackgroundWriter` from a
     host copy taken at the epoch's end, so the next epoch trains meanwhile; the stage's last one is written
-    after the last write in flight has landed and before the stage ends, as the next stage starts from it."""
+    after the last write in flight has landed and before the stage ends, as the next stage starts from it. The
+    stage's last epoch is thus written twice, on purpose: the first lets a run stopped during the stage's
+    evaluation resume without training that epoch again."""
 
     def __init__(self, resume_freq: int, keep_freq: int):
         self.resume_freq = resume_freq
@@ -97,8 +100,9 @@ class Checkpointer(HookBase):
 
 
 class ResultsWriter(HookBase):
-    """``OUTPUT_DIR/results.json`` (the layout's ``results``): {"stage<n>": {target: metrics}}, keeping stages of earlier invocations; with
-    "skipped_images": {"count": n, "images": {"<dataset>/<split>": [paths]}} when this run left images out."""
+    """``OUTPUT_DIR/results.json`` (the layout's ``results``): {"stage<n>": {target: metrics}}, keeping stages of
+    earlier invocations; with "skipped_images": {"count": n, "images": {"<dataset>/<split>": [paths]}} when this
+    run left images out."""
 
     def after_train(self):
         e = self.engine
