@@ -338,6 +338,20 @@ def test_cross_identity_set_is_judged_but_not_reconstructed(make_engine, batches
     assert gen.sets[-1] == "crossed" and torch.equal(gen.labels[:B], pids)
 
 
+def step_beside_reference(make_engine, batch, stage, *overrides):
+    """One step of ``stage`` on ``batch`` with ``overrides`` and one without, from the same seed; the trunk's
+    BatchNorm statistics end equal (a term whose pass over the fakes is on the running statistics moves none).
+    Returns the first step's values."""
+    engine, reference = make_engine(*overrides), make_engine()
+    prepare(engine, stage)
+    prepare(reference, stage)
+    summary = floats(engine.forward_backward(batch))
+    floats(reference.forward_backward(batch))
+    running = [[b for name, b in e.model.backbone.named_buffers() if "running" in name] for e in (engine, reference)]
+    assert all(torch.equal(a, b) for a, b in zip(*running))  # the same seed: only the real pass moved them
+    return summary
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_code_term_reads_cross_identity_fakes_with_a_frozen_e_r(make_engine, batches, stage):
     """LOSS.LAMBDA_CODE alone: the cross-identity fakes exist (no L_X), E_R reads them with frozen parameters and
@@ -371,15 +385,8 @@ def test_code_term_reads_cross_identity_fakes_with_a_frozen_e_r(make_engine, bat
     assert all(p.requires_grad == (stage == 3) for p in model.backbone.parameters())  # restored
     assert model.backbone.training == (stage == 3)
 
-    engine = make_engine("LOSS.LAMBDA_CODE", "2.0")
-    prepare(engine, stage)
-    reference = make_engine()
-    prepare(reference, stage)
-    summary = floats(engine.forward_backward(batches[0]))
-    floats(reference.forward_backward(batches[0]))
+    summary = step_beside_reference(make_engine, batches[0], stage, "LOSS.LAMBDA_CODE", "2.0")
     assert "L_code" in summary and "L_X" not in summary and summary["L_code"] > 0
-    running = [[b for name, b in e.model.backbone.named_buffers() if "running" in name] for e in (engine, reference)]
-    assert all(torch.equal(a, b) for a, b in zip(*running))  # the same seed: only the real pass moved them
 
 
 @pytest.mark.parametrize("stage", [2, 3])
@@ -423,15 +430,7 @@ def test_feature_term_compares_the_trunks_maps_of_the_fakes_and_their_targets(ma
     assert engine.objective.feature_loss(engine.objective.image_target(imgs).repeat(2, 1, 1, 1),
                                          imgs).item() == pytest.approx(0, abs=1e-4)  # the targets themselves
 
-    engine = make_engine("LOSS.LAMBDA_FEAT", "3.0")
-    prepare(engine, stage)
-    reference = make_engine()
-    prepare(reference, stage)
-    summary = floats(engine.forward_backward(batches[0]))
-    floats(reference.forward_backward(batches[0]))
-    assert summary["L_feat"] > 0
-    running = [[b for name, b in e.model.backbone.named_buffers() if "running" in name] for e in (engine, reference)]
-    assert all(torch.equal(a, b) for a, b in zip(*running))  # the same seed: only the real pass moved them
+    assert step_beside_reference(make_engine, batches[0], stage, "LOSS.LAMBDA_FEAT", "3.0")["L_feat"] > 0
 
 
 @pytest.mark.parametrize("stage", [2, 3])
