@@ -47,6 +47,7 @@ from ..deploy.gan import GAN, describe, gan_from_checkpoint
 from ..engine.evaluation import descriptor
 from ..engine.plan import RunLayout
 from ..errors import ISGANError
+from ..models.images import normalize
 from ..visualize.canvas import denormalize
 
 __all__ = ["Settings", "find_checkpoint", "MeasuredSplit", "choose_subset", "read_training_images", "Probe",
@@ -114,12 +115,6 @@ def _unit_images(gan: GAN, paths, desc=None) -> Tensor:
     return torch.cat(out)
 
 
-def _normalise(unit: Tensor) -> Tensor:
-    mean = unit.new_tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
-    std = unit.new_tensor(IMAGENET_STD).view(1, 3, 1, 1)
-    return (unit - mean) / std
-
-
 def read_training_images(gan: GAN, train) -> Tuple[Dict[int, Tensor], Tensor]:
     """The training images, read once: camid -> mean [0, 1] training image (3, H, W) of that camera (key -1: the
     mean over all of them), and the images as the probe's input (:meth:`Probe.prepare`), (N, 3, h, w)."""
@@ -161,7 +156,7 @@ class Probe(nn.Module):
             scale = min(PROBE_SIZE[0] / h, PROBE_SIZE[1] / w)
             unit = F.interpolate(unit, size=(round(h * scale), round(w * scale)), mode="bilinear",
                                  align_corners=False, antialias=True)
-        return _normalise(unit)
+        return normalize(unit)
 
     def forward(self, x: Tensor) -> Dict[str, Tensor]:
         f = self.trunk(x)  # (B, 8 * width)
@@ -235,7 +230,7 @@ def _labels(values) -> Tuple[Tensor, int]:
 @torch.no_grad()
 def _descriptors(gan: GAN, unit: Tensor) -> Tensor:
     """E_R's evaluated descriptor (flip + L2) of [0, 1] images."""
-    outs = [descriptor(gan.model, _normalise(unit[s:s + BATCH]).to(gan.device)).cpu()
+    outs = [descriptor(gan.model, normalize(unit[s:s + BATCH]).to(gan.device)).cpu()
             for s in range(0, unit.size(0), BATCH)]
     return torch.cat(outs)
 
@@ -250,7 +245,7 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
     device = gan.device
     test = subset.query + subset.gallery
     real = _unit_images(gan, [item[0] for item in test], "test images")  # (N, 3, H, W)
-    identity, nuisance = gan.encode(_normalise(real))
+    identity, nuisance = gan.encode(normalize(real))
     recon = gan.decode(identity, nuisance).cpu()
     means, train_probe_input = read_training_images(gan, subset.train)
     by_camera = torch.stack([means.get(item[2], means[-1]) for item in test])

@@ -41,7 +41,7 @@ from ..errors import ISGANError
 from ..losses import isgan as L
 from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners, sample_strangers
 from ..models.frozen import frozen
-from ..models.images import channel_constants, image_target, image_to_unit
+from ..models.images import image_target, image_to_unit, normalize
 from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
 from .optim import OptimizerSpec
 
@@ -412,8 +412,7 @@ class ISGANObjective(IdentityObjective):
         E_R through the identity code G drew with), and E_R's statistics see real images alone. The codes are
         targets (detached)."""
         model = self.model
-        mean, std, _ = channel_constants(fakes.device, fakes.dtype)
-        imgs = (self.image_to_unit(fakes) - mean) / std  # G's output -> E_R's normalised input
+        imgs = normalize(self.image_to_unit(fakes))  # G's output -> E_R's normalised input
         with frozen(model.backbone, model.encoder_r):
             read, _ = model.encoder_r(model.backbone(imgs))  # (B, K*p_R)
         return L.code_loss(read, id_feat.detach(), model.encoder_r.branches.num_features)
@@ -425,12 +424,11 @@ class ISGANObjective(IdentityObjective):
         frozen and on its running statistics: the gradient reaches the fakes only, and the targets are read
         without one."""
         model = self.model
-        mean, std, _ = channel_constants(fakes.device, fakes.dtype)
         n = fakes.size(0) // imgs.size(0)
         with frozen(model.backbone):
             with torch.no_grad():
                 real = model.trunk_maps(imgs)
-            read = model.trunk_maps((self.image_to_unit(fakes) - mean) / std)
+            read = model.trunk_maps(normalize(self.image_to_unit(fakes)))
         return L.feature_loss(read, [r.repeat(n, 1, 1, 1) for r in real])
 
     def part_mask(self, batch_size: int, device) -> Optional[Tensor]:

@@ -23,6 +23,12 @@ def channel_constants(device: torch.device, dtype: torch.dtype) -> Tuple[Tensor,
                      for v in (IMAGENET_MEAN, IMAGENET_STD, [0.299, 0.587, 0.114]))
 
 
+def normalize(unit: Tensor) -> Tensor:
+    """[0, 1] RGB (B, 3, H, W) -> normalised with ImageNet's mean and std, as the encoders read images."""
+    mean, std, _ = channel_constants(unit.device, unit.dtype)
+    return (unit - mean) / std
+
+
 def image_target(imgs: Tensor, space: str) -> Tensor:
     """Normalised input -> the space of G's tanh output and D's inputs (LOSS.TARGET_SPACE): ``rgb`` is [-1, 1]
     RGB, ``tanh`` (the authors' code) is tanh of the normalised input."""
