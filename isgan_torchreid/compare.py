@@ -18,7 +18,9 @@ resnet50); one printed line names them, and ``--methods`` runs them anyway.
 Output: one table (printed), ``OUTPUT_DIR/comparison.csv``, ``OUTPUT_DIR/comparison.json`` and a bar chart of
 rank-1 and mAP per method, ``OUTPUT_DIR/comparison.png``. With several seeds the table gives each method's
 mean ± sample standard deviation (n - 1) over the seeds, the chart's error bars that standard deviation, and
-the CSV and JSON hold every seed's row followed by a ``mean`` and a ``std`` row per method and target.
+the CSV and JSON hold every seed's row followed by a ``mean`` and a ``std`` row per method and target. With the
+baseline among several seeds' methods, a second table (and the JSON's ``differences``) pairs each method's runs with
+the baseline's of the same seed: the mean ± std of the per-seed differences, and in how many seeds it is ahead.
 """
 import csv
 import importlib.util
@@ -223,6 +225,40 @@ def summarize(rows):
     return summary
 
 
+def paired_differences(rows, reference="baseline"):
+    """Per-seed rows -> for each other method and target that ran on the same seeds as ``reference``, the differences
+    method - reference of R-1, R-5 and mAP seed by seed (the two runs of a seed share the stage-1 batches, so the
+    pairing takes out what the seed does to both): their mean, sample standard deviation (n - 1) and the number of
+    seeds in which the method is ahead on mAP. Empty without ``reference`` or with fewer than two seeds."""
+    runs = [r for r in rows if r["seed"] not in ("mean", "std")]
+    by_key = {(r["method"], r["target"], r["seed"]): r for r in runs}
+    differences = []
+    for method in dict.fromkeys(r["method"] for r in runs if r["method"] != reference):
+        for target in dict.fromkeys(r["target"] for r in runs if r["method"] == method):
+            seeds = [s for (m, t, s) in by_key if m == method and t == target and (reference, t, s) in by_key]
+            if len(seeds) < 2:
+                continue
+            entry = {"method": method, "reference": reference, "target": target, "seeds": len(seeds)}
+            for key in ("rank1", "rank5", "mAP"):
+                deltas = [by_key[method, target, s][key] - by_key[reference, target, s][key] for s in seeds]
+                entry[key], entry[f"{key}_std"] = statistics.fmean(deltas), statistics.stdev(deltas)
+                if key == "mAP":
+                    entry["mAP_ahead"] = sum(d > 0 for d in deltas)
+            differences.append(entry)
+    return differences
+
+
+def differences_table(differences):
+    """:func:`paired_differences` -> a github-style table, in percentage points."""
+    def spread(d, key):
+        return f"{100 * d[key]:+.1f} ± {100 * d[key + '_std']:.1f}"
+
+    body = [[f"{d['method']} - {d['reference']}", d["target"], d["seeds"], spread(d, "rank1"), spread(d, "rank5"),
+             spread(d, "mAP"), f"{d['mAP_ahead']} of {d['seeds']}"] for d in differences]
+    headers = ["difference", "target", "seeds", "R-1", "R-5", "mAP", "seeds ahead on mAP"]
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
 def check_plotting():
     """The chart needs matplotlib: refuse before anything is trained when it is missing (an install older than the
     requirement)."""
@@ -345,7 +381,8 @@ def plot_comparison(rows, path, title=""):
 
 
 def write_comparison(rows, output_dir, config_file, runs, seeds):
-    """OUTPUT_DIR/comparison.csv (the rows), comparison.json (the rows, the seeds and each method's overrides) and
+    """OUTPUT_DIR/comparison.csv (the rows), comparison.json (the rows, the seeds, each method's overrides and the
+    differences to the baseline paired by seed, :func:`paired_differences`) and
     comparison.png (:func:`plot_comparison`), each written atomically."""
     path = os.path.join(output_dir, "comparison.csv")
     with storage.output_file(path) as tmp, open(tmp, "w", newline="") as f:
@@ -354,7 +391,8 @@ def write_comparison(rows, output_dir, config_file, runs, seeds):
         writer.writerows(rows)
     storage.write_json(os.path.join(output_dir, "comparison.json"),
                     {"config_file": os.path.abspath(config_file), "seeds": seeds,
-                     **({"std": STD_NOTE} if len(seeds) > 1 else {}), "overrides": runs, "rows": rows})
+                     **({"std": STD_NOTE} if len(seeds) > 1 else {}), "overrides": runs, "rows": rows,
+                     "differences": paired_differences(rows)})
     name = os.path.splitext(os.path.basename(config_file))[0]
     plot_comparison(rows, os.path.join(output_dir, "comparison.png"),
                     f"{name}: mean ± sample std (n - 1) over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1
@@ -389,6 +427,11 @@ def compare_main(argv):
         seeds = len({r["seed"] for r in rows} - {"mean", "std"})
         print(f"Mean ± {STD_NOTE} ({seeds} seeds); every seed's row is in comparison.csv and comparison.json:")
         print(summary)
+    differences = paired_differences(rows)
+    if differences:
+        print("Paired by seed (each seed's runs share the stage-1 batches): the mean ± sample standard deviation "
+              "(n - 1) of the per-seed differences, in points:")
+        print(differences_table(differences))
     print("Every method: stage-1 epochs, then stage-3 epochs at the stage-3 learning rate (IS-GAN's E_R schedule; "
           "isgan adds its stage 2). isgan_tri = IS-GAN with MGN's triplet term in L_R (LOSS.ISGAN_TRIPLET). "
           "baseline = IS-GAN's E_R trained with L_R only. params at test: those the test descriptor depends on; "

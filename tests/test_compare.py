@@ -207,6 +207,27 @@ def test_summary_rows_hold_mean_and_sample_std():
     assert list(mean_a) == list(compare.COLUMNS)  # every row has the CSV's columns
 
 
+def test_differences_pair_each_method_with_the_baseline_seed_by_seed():
+    rows = [row("isgan", 0, "a", 0.50, 0.40), row("isgan", 1, "a", 0.60, 0.45), row("isgan", 2, "a", 0.55, 0.41),
+            row("isgan", 0, "b", 0.50, 0.40), row("isgan", 3, "b", 0.50, 0.40),  # no seed pairs on b
+            row("baseline", 0, "a", 0.45, 0.41), row("baseline", 1, "a", 0.58, 0.43),
+            row("baseline", 2, "a", 0.50, 0.40), row("baseline", 0, "b", 0.50, 0.40)]
+    rows += compare.summarize(rows)  # mean and std rows are not seeds
+    [isgan_a] = compare.paired_differences(rows)
+    assert {k: isgan_a[k] for k in ("method", "reference", "target", "seeds", "mAP_ahead")} == {
+        "method": "isgan", "reference": "baseline", "target": "a", "seeds": 3, "mAP_ahead": 2}
+    # mAP differences -0.01, 0.02, 0.01: their mean and sample std; the means alone would not give the std
+    # sqrt(((-0.01 - m)^2 + (0.02 - m)^2 + (0.01 - m)^2) / 2) with m = 0.02 / 3: sqrt(7) / 100 / sqrt(3)
+    assert (isgan_a["mAP"], isgan_a["mAP_std"]) == pytest.approx((0.02 / 3, 7 ** 0.5 / 100 / 3 ** 0.5))
+    assert (isgan_a["rank1"], isgan_a["rank1_std"]) == pytest.approx((0.04, 0.017320508))  # 0.05, 0.02, 0.05
+    assert (isgan_a["rank5"], isgan_a["rank5_std"]) == (0.0, 0.0)
+    table = compare.differences_table([isgan_a]).splitlines()
+    assert [c.strip() for c in table[2].split("|")[1:-1]] == [
+        "isgan - baseline", "a", "3", "+4.0 ± 1.7", "+0.0 ± 0.0", "+0.7 ± 1.5", "2 of 3"]
+    assert compare.paired_differences(rows, reference="mgn") == []  # no such method
+    assert compare.paired_differences([r for r in rows if r["seed"] in (0, "mean", "std")]) == []  # one seed
+
+
 def bar_sets(ax):
     from matplotlib.container import BarContainer
     return [c for c in ax.containers if isinstance(c, BarContainer)]
@@ -281,6 +302,21 @@ def test_seed_layout(tmp_path, data_root, monkeypatch, seeds, folders):
     expected = [int(s) for s in seeds] if seeds else [1]
     assert [cfg.SEED for cfg in trained] == [s for s in expected for _ in ("baseline", "mgn")]
     assert [r["seed"] for r in rows] == (expected + ["mean", "std"] if len(expected) > 1 else expected) * 2
+
+
+def test_seeds_print_and_save_the_differences_to_the_baseline(tmp_path, data_root, monkeypatch):
+    monkeypatch.setattr(compare, "train_run", fake_train_run([]))  # mAP 0.25 + SEED / 100 for every method
+    rows, printed = run_compare(tmp_path, data_root, methods=["mgn", "baseline"], seeds=[3, 5])
+    assert "Paired by seed" in printed
+    line = printed[printed.index("mgn - baseline"):].splitlines()[0]
+    assert [c.strip() for c in line.split("|")[:-1]] == [
+        "mgn - baseline", "synthperson", "2", "+0.0 ± 0.0", "+0.0 ± 0.0", "+0.0 ± 0.0", "0 of 2"]
+    data = json.loads((tmp_path / "comparison.json").read_text())
+    assert data["differences"] == compare.paired_differences(rows)
+    assert [(d["method"], d["seeds"]) for d in data["differences"]] == [("mgn", 2)]
+    _, one_seed = run_compare(tmp_path / "one", data_root, methods=["mgn", "baseline"], seeds=[3])
+    assert "Paired by seed" not in one_seed
+    assert json.loads((tmp_path / "one" / "comparison.json").read_text())["differences"] == []
 
 
 def test_default_methods_add_isgan_with_triplet():
