@@ -63,6 +63,8 @@ _C.MODEL.EU_GRID = []
 # rgb: E_U reads the image (paper) | gray: its luminance, so colour must come from E_R | contrast: the luminance's
 # local contrast, without the brightness of regions
 _C.MODEL.EU_INPUT = "rgb"
+# shared: E_U reads the trunk E_R reads (paper) | frozen: a copy of it taken when stage 2 or 3 starts, never trained
+_C.MODEL.EU_TRUNK = "shared"
 _C.MODEL.G_INIT = "fan_in"  # fan_in: each layer's std from the inputs it sums | reference: the authors' (G saturates)
 _C.MODEL.G_CLASS_INPUT = True  # G reads the one-hot label (paper); False: the identity code alone names the person
 _C.MODEL.G_STRIPES = "none"  # none (paper) | identity | both: G draws those codes' stripe features into their rows
@@ -167,6 +169,7 @@ CHOICES = {
     "MODEL.EU_POOL": ("avg", "max"),
     "MODEL.EU_BRANCHES": ("parts", "shared"),
     "MODEL.EU_INPUT": ("rgb", "gray", "contrast"),
+    "MODEL.EU_TRUNK": ("shared", "frozen"),
     "MODEL.G_STRIPES": ("none", "identity", "both"),
     "MODEL.G_INIT": ("fan_in", "reference"),
     "LOSS.ID_REDUCTION": ("mean", "sum"),

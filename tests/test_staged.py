@@ -31,6 +31,7 @@ from isgan_torchreid.engine.objective import Precision
 from isgan_torchreid.engine.staged import StagedEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
+from isgan_torchreid.models.images import luminance
 
 from conftest import CONFIGS, TINY, floats, interrupted_at
 
@@ -498,6 +499,65 @@ def test_gray_nuisance_input_trains_eu_and_leaves_the_trunk_to_real_images(make_
         assert engine.model.backbone.training == (stage == 3)  # the luminance pass restored the trunk's mode
         stats[eu_input] = [b.clone() for name, b in engine.model.backbone.named_buffers() if "running" in name]
     assert all(torch.equal(a, b) for a, b in zip(stats["rgb"], stats["gray"]))
+
+
+@pytest.mark.parametrize("eu_input", ["gray", "rgb"])
+def test_eus_frozen_trunk_is_the_trunk_as_the_stage_starts_and_stays_there(make_engine, batches, eu_input):
+    """MODEL.EU_TRUNK frozen: E_U's own trunk is copied from the trunk when a stage starts (weights and running
+    statistics). Stage 2, whose trunk is frozen, steps exactly as with the shared trunk; in stage 3 the trunk
+    moves and the copy does not, and E_U reads the copy's map, without gradient (under rgb E_U no longer trains
+    the trunk)."""
+    engines = {}
+    for trunk in ("shared", "frozen"):
+        engine = engines[trunk] = make_engine("MODEL.EU_INPUT", eu_input, "MODEL.EU_TRUNK", trunk)
+        with torch.no_grad():
+            engine.model.backbone[0].weight.add_(1.0)  # the trunk as stage 1 left it, unlike the copy's
+        prepare(engine, 2)
+        engine.objective.start_stage(2)  # run_stage's call when the stage starts from the previous one's weights
+    assert engines["shared"].model.nuisance_trunk is None
+    model = engines["frozen"].model
+    copy = model.nuisance_trunk
+    start = snapshot(model.backbone)
+    assert snapshot(copy).keys() == start.keys()
+    assert all(torch.equal(copy.state_dict()[k], v) for k, v in start.items())
+    first = []
+    for engine in engines.values():
+        torch.manual_seed(1)  # the same partners, noise and samples
+        first.append(floats(engine.forward_backward(batches[0])))
+    assert first[0] == first[1]
+
+    engine = engines["frozen"]
+    prepare(engine, 3)
+    engine.objective.start_stage(3)
+    assert all(torch.equal(copy.state_dict()[k], v) for k, v in start.items())  # stage 2 did not move the trunk
+    assert not any(p.requires_grad for p in copy.parameters()) and not copy.training
+    for batch in batches[:2]:
+        floats(engine.forward_backward(batch))
+    assert all(changed_tensors(model.backbone, start, buffers=False).values())
+    assert any(changed_tensors(model.backbone, start, buffers=True).values())
+    assert all(torch.equal(copy.state_dict()[k], v) for k, v in start.items())  # neither trained nor its BN moved
+    imgs = batches[0]["img"]
+    image = imgs if eu_input == "rgb" else luminance(imgs)
+    read = model.nuisance_input(imgs, model.backbone(imgs))  # train mode, the trunk's map with gradient
+    assert read.grad_fn is None
+    with torch.no_grad():
+        assert torch.equal(read, copy.eval()(image))
+        assert not torch.allclose(read, model.backbone.eval()(image))
+
+
+@pytest.mark.parametrize("start_epoch, copies", [(0, 1), (1, 0)])
+def test_stage_start_is_called_only_when_a_stage_starts_afresh(make_engine, monkeypatch, start_epoch, copies):
+    """A resumed stage keeps E_U's trunk from its checkpoint: run_stage asks the objective to set a stage up only
+    when it starts at epoch 0."""
+    engine = make_engine("MODEL.EU_TRUNK", "frozen")
+    calls = []
+    monkeypatch.setattr(engine.model, "freeze_nuisance_trunk", lambda: calls.append(engine.stage))
+    monkeypatch.setattr(ckpt, "resume_or_initialize", lambda engine, stage: start_epoch)
+    monkeypatch.setattr(engine, "train_epoch", lambda: None)
+    monkeypatch.setattr(engine, "evaluate_targets", lambda: None)
+    engine.plan.epochs[3] = 2
+    engine.run_stage(3)
+    assert calls == [3] * copies
 
 
 def test_kl_free_bits_reach_l_u(make_engine, batches):

@@ -197,7 +197,8 @@ class IdentityObjective:
     What an objective declares for the loop and the hooks, besides :meth:`step`: its ``stages``, the modules
     each trains (:meth:`trainable_modules`) and calls through DDP (:meth:`parallel_modules`), its optimisers
     (:meth:`optimizers`) and their learning-rate tags, its loss groups, the relative cost of its stages' steps,
-    the stages whose sample grids are drawn, and what it changes at each epoch (:meth:`before_epoch`)."""
+    the stages whose sample grids are drawn, what it sets up when a stage starts afresh (:meth:`start_stage`) and
+    what it changes at each epoch (:meth:`before_epoch`)."""
 
     stages = (1, 3)
     models: Tuple[str, ...] = ()  # the MODEL.NAMEs this method trains under MODEL.METHOD auto (else: identity)
@@ -227,6 +228,10 @@ class IdentityObjective:
     def trainable_modules(self, stage: int) -> List[nn.Module]:
         """The modules that ``stage`` updates (all of them: stage 3 only lowers the learning rate)."""
         return [self.model]
+
+    def start_stage(self, stage: int) -> None:
+        """Set up what ``stage`` needs when it starts afresh (from the previous stage's weights or from scratch; not
+        when it resumes); nothing here."""
 
     def before_epoch(self, stage: int, epoch: int) -> None:
         """Set what the objective changes per epoch (0-based ``epoch`` of ``stage``); nothing here."""
@@ -328,6 +333,12 @@ class ISGANObjective(IdentityObjective):
 
     def trainable_modules(self, stage: int) -> List[nn.Module]:
         return [getattr(self.model, name) for name in ISGAN_STAGE_MODULES[stage]]
+
+    def start_stage(self, stage: int) -> None:
+        """E_U's own trunk (MODEL.EU_TRUNK frozen) is taken from the trunk as stage 2 or 3 starts: stage 1's, which
+        stage 2 does not train, so the copy stage 3 takes equals stage 2's."""
+        if stage > 1:
+            self.model.freeze_nuisance_trunk()
 
     def before_epoch(self, stage: int, epoch: int) -> None:
         """G's adversarial and class terms (L_D, L_C, L_X) weighted by min(1, epoch / GAN_WARMUP) in stage 2, full

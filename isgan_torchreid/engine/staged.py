@@ -189,6 +189,8 @@ class StagedEngine(Engine):
         """Train one stage from its latest checkpoint, the previous stage's, or scratch; then evaluate."""
         self.enter_stage(stage)
         start_epoch = ckpt.resume_or_initialize(self, stage)
+        if start_epoch == 0:
+            self.objective.start_stage(stage)
         trained = start_epoch >= self.max_epoch
         done = trained and stage in self.results
         if done:

@@ -39,7 +39,7 @@ def build_model(cfg, num_classes):
                      width=cfg.DATA.WIDTH, eu_pool=m.EU_POOL, g_init=m.G_INIT, g_dropout=m.G_DROPOUT,
                      g_class_input=m.G_CLASS_INPUT, g_width=m.G_WIDTH, d_width=m.D_WIDTH,
                      g_stripes=m.G_STRIPES, eu_grid=tuple(m.EU_GRID) or None,
-                     eu_shared=m.EU_BRANCHES == "shared", eu_input=m.EU_INPUT,
+                     eu_shared=m.EU_BRANCHES == "shared", eu_input=m.EU_INPUT, eu_trunk=m.EU_TRUNK,
                      nuisance_adversary=cfg.LOSS.LAMBDA_ADV_U > 0,
                      loss="triplet" if trains_triplet(cfg) else "softmax")  # triplet: train forward adds features
     if m.NAME in ("mgn", "baseline"):  # MGN: CE on all K logits + batch-hard triplet on the globals; baseline: CE

@@ -10,7 +10,12 @@ luminance (:meth:`ISGAN.nuisance_input`), as DG-Net's structure encoder reads a 
 image: E_U can still carry pose, view, background layout and light, but colour, the largest share of what tells
 persons apart, only the identity code can give G; ``contrast``, of its local contrast (the luminance with each
 neighbourhood's mean and spread taken out): shapes and edges without the brightness of a shirt.
+
+``eu_trunk`` (MODEL.EU_TRUNK): ``shared``, E_U reads the trunk E_R reads (paper); ``frozen``, a copy of it
+(``nuisance_trunk``) taken when stage 2 or 3 starts (:meth:`ISGAN.freeze_nuisance_trunk`) and never trained, so
+that stage 3, which trains the trunk for E_R, leaves the map E_U and G learned in stage 2 where it was.
 """
+import copy
 from typing import List, Optional, Tuple
 
 import torch
@@ -25,9 +30,10 @@ from .generator import Generator, check_image_size
 from .images import NUISANCE_INPUTS
 from .mgn import MGN, check_loss
 
-__all__ = ["EU_INPUTS", "ISGAN", "check_config", "isgan_r50", "isgan_r34", "isgan_r18"]
+__all__ = ["EU_INPUTS", "EU_TRUNKS", "ISGAN", "check_config", "isgan_r50", "isgan_r34", "isgan_r18"]
 
 EU_INPUTS = ("rgb", "gray", "contrast")
+EU_TRUNKS = ("shared", "frozen")
 G_STRIPES = {"none": (), "identity": ("identity",), "both": ("identity", "nuisance")}  # MODEL.G_STRIPES -> codes
 
 
@@ -49,6 +55,7 @@ class ISGAN(MGN):
         loss: str = "softmax",
         eu_shared: bool = False,
         eu_input: str = "rgb",
+        eu_trunk: str = "shared",
         g_init: str = "fan_in",
         g_dropout: float = 0.2,
         g_class_input: bool = True,
@@ -66,10 +73,14 @@ class ISGAN(MGN):
             raise ValueError(f"unknown G stripes {g_stripes!r} (MODEL.G_STRIPES); use one of {', '.join(G_STRIPES)}")
         if eu_input not in EU_INPUTS:
             raise ValueError(f"unknown E_U input {eu_input!r} (MODEL.EU_INPUT); use one of {', '.join(EU_INPUTS)}")
+        if eu_trunk not in EU_TRUNKS:
+            raise ValueError(f"unknown E_U trunk {eu_trunk!r} (MODEL.EU_TRUNK); use one of {', '.join(EU_TRUNKS)}")
         resnet = load_resnet(backbone, pretrained)
         super().__init__(num_classes, backbone, pretrained, parts, id_dim, loss, resnet=resnet)
         self.encoder_u = NuisanceEncoder(resnet, parts, nid_dim, pool=eu_pool, shared=eu_shared, grid=eu_grid)
         self.eu_input = eu_input  # what E_U reads: the trunk map of the image or of its luminance (nuisance_input)
+        # E_U's own frozen trunk (MODEL.EU_TRUNK frozen), or None: E_U reads the trunk E_R reads
+        self.nuisance_trunk = copy.deepcopy(self.backbone) if eu_trunk == "frozen" else None
         k = self.encoder_r.num_features
         nuisance_dim = nid_dim * (k + self.encoder_u.num_cells)  # F * p_U
         self.generator = Generator(num_classes, id_dim * k, nuisance_dim, noise_dim,
@@ -84,11 +95,20 @@ class ISGAN(MGN):
         """The map E_U reads (MODEL.EU_INPUT): ``trunk``, the images' trunk map (rgb), or the trunk map of their
         luminance (gray) or its local contrast (contrast), (B, C4, H/16, W/16). That pass runs without gradient
         and with the trunk's running BatchNorm statistics, so in stage 3 the trunk that E_R's test descriptor
-        depends on learns from real images only."""
-        if self.eu_input == "rgb":
+        depends on learns from real images only. With E_U's own trunk (MODEL.EU_TRUNK frozen) every input is
+        read by that copy, the same way."""
+        if self.eu_input == "rgb" and self.nuisance_trunk is None:
             return trunk
-        with torch.no_grad(), frozen(self.backbone):
-            return self.backbone(NUISANCE_INPUTS[self.eu_input](imgs))
+        net = self.backbone if self.nuisance_trunk is None else self.nuisance_trunk
+        image = imgs if self.eu_input == "rgb" else NUISANCE_INPUTS[self.eu_input](imgs)
+        with torch.no_grad(), frozen(net):
+            return net(image)
+
+    def freeze_nuisance_trunk(self) -> None:
+        """E_U's own trunk (MODEL.EU_TRUNK frozen) becomes a copy of the trunk as it is now, weights and running
+        statistics; nothing without one."""
+        if self.nuisance_trunk is not None:
+            self.nuisance_trunk.load_state_dict(self.backbone.state_dict())
 
     def trunk_maps(self, imgs: Tensor) -> List[Tensor]:
         """The trunk's maps of normalised images (B, 3, H, W) after each of its last three stages: layer1
