@@ -24,29 +24,7 @@ if [ -n "$OUTDIR" ]; then
 fi
 WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
-SUMMARY=()
-FAILED=0
-
-say() { echo "$@" | tee -a "$LOG"; }
-
-# part NAME SECONDS COMMAND...: run with a time limit, log, record the outcome
-part() {
-    local name=$1 limit=$2
-    shift 2
-    say ""
-    say "=== $name (limit ${limit}s): $*"
-    local start=$SECONDS
-    timeout --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$LOG"
-    local rc=${PIPESTATUS[0]}
-    local took=$((SECONDS - start))
-    if [ "$rc" -eq 0 ]; then
-        SUMMARY+=("ok      $name (${took}s)")
-    else
-        [ "$rc" -eq 124 ] && rc="124, timed out"
-        SUMMARY+=("FAILED  $name (exit $rc, ${took}s)")
-        FAILED=$((FAILED + 1))
-    fi
-}
+source tools/timed_parts.sh
 
 # ---------------------------------------------------------------- 0. what is there
 say "=== environment"
@@ -106,12 +84,5 @@ for amp in False True; do
 done
 
 # ---------------------------------------------------------------- summary
-say ""
-say "=== summary ($NGPU GPU(s))"
-for line in "${SUMMARY[@]}"; do
-    say "$line"
-done
-if [ -n "$OUTDIR" ]; then
-    printf '%s\n' "${SUMMARY[@]}" > "$OUTDIR/summary.txt"
-fi
+summary "$NGPU GPU(s)"
 exit $((FAILED > 0))

@@ -24,22 +24,7 @@ WORK=$(mktemp -d)
 trap 'rm -rf "$WORK"' EXIT
 RUN="$WORK/run"
 EPOCHS2=${STAGE2_EPOCHS:-420}
-SUMMARY=()
-
-say() { echo "$@" | tee -a "$LOG"; }
-
-# part NAME SECONDS COMMAND...: run with a time limit, log, record the outcome
-part() {
-    local name=$1 limit=$2
-    shift 2
-    say ""
-    say "=== $name (limit ${limit}s): $*"
-    local start=$SECONDS
-    timeout --kill-after=15 "$limit" "$@" 2>&1 | tee -a "$LOG"
-    local rc=${PIPESTATUS[0]}
-    [ "$rc" -eq 124 ] && rc="124, timed out"
-    SUMMARY+=("exit $rc  $name ($((SECONDS - start))s)")
-}
+source tools/timed_parts.sh
 
 "$PY" -c "import torch; print(f'torch {torch.__version__}, CUDA {torch.version.cuda}, ' + \
 (torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'no GPU'))" 2>&1 | tee -a "$LOG"
@@ -67,8 +52,5 @@ if ls "$RUN"/stage3/model.pth.tar-* > /dev/null 2>&1; then
     part "figures" 60 env PYTHON="$PY" bash tools/make_figures.sh "$RUN" "$OUTDIR/figures"
 fi
 
-say ""
-say "=== summary"
-for line in "${SUMMARY[@]}"; do
-    say "$line"
-done
+summary
+exit $((FAILED > 0))
