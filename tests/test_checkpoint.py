@@ -186,6 +186,22 @@ def test_load_weights_skips_classifiers_of_another_num_classes(tmp_path, capsys)
     assert any(k.startswith("backbone.") for k in after) and any(k.startswith("encoder_r.reductions") for k in after)
 
 
+def test_load_weights_does_not_report_what_a_stage_start_sets(capsys):
+    """A checkpoint without E_U's own trunk (MODEL.EU_TRUNK shared) loads into a model with one (frozen): the copy is
+    taken from the trunk as the stage starts, so it is not reported as left at initialisation; other missing
+    tensors still are."""
+    kwargs = dict(backbone="resnet18", pretrained=False, parts=(2,), height=128, width=64)
+    shared, frozen = ISGAN(4, **kwargs), ISGAN(4, eu_trunk="frozen", **kwargs)
+    weights = shared.state_dict()
+    assert not any(k.startswith("nuisance_trunk.") for k in weights)
+    assert ckpt.load_weights(frozen, weights) == []
+    assert "nuisance_trunk" not in capsys.readouterr().out
+    del weights["generator.fc.0.weight"]
+    ckpt.load_weights(frozen, weights)
+    out = capsys.readouterr().out
+    assert "left at initialisation: generator.fc.0.weight" in out and "nuisance_trunk" not in out
+
+
 def test_load_weights_reads_torchreid_checkpoints(tmp_path):
     torch.manual_seed(0)
     source = nn.Sequential(nn.Linear(4, 4), nn.Linear(4, 2))

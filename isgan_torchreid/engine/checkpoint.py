@@ -57,12 +57,15 @@ def unwrapped(weights):
 
 
 def load_weights(model, weights, verbose=True):
-    """Copy every tensor whose name and shape match; return the skipped names (e.g. other num_classes)."""
+    """Copy every tensor whose name and shape match; return the skipped names (e.g. other num_classes). The
+    model's ``stage_start_state`` (name prefixes of what it sets as a stage starts, not from a file) is not
+    reported as left at initialisation."""
     weights = unwrapped(weights)
     own = model.state_dict()
     matched = {k: v for k, v in weights.items() if k in own and own[k].shape == v.shape}
     skipped = sorted(k for k in weights if k not in matched)
-    missing = sorted(k for k in own if k not in matched)
+    set_at_start = tuple(getattr(model, "stage_start_state", ()))
+    missing = sorted(k for k in own if k not in matched and not k.startswith(set_at_start))
     model.load_state_dict(matched, strict=False)
     if verbose and (skipped or missing):
         print(f"=> loaded {len(matched)}/{len(own)} tensors; skipped {len(skipped)} "

@@ -324,8 +324,6 @@ class ISGANObjective(IdentityObjective):
         if missing:
             raise ISGANError(f"IS-GAN's method trains E_U, G and D, which {type(model).__name__} lacks "
                              f"({', '.join(missing)}): set MODEL.NAME isgan, or MODEL.METHOD auto or identity")
-        if losses.lambda_s <= 0 and losses.lambda_ps <= 0:
-            raise ValueError("ISGANObjective: LAMBDA_S and LAMBDA_PS are both 0; stages 2-3 need one of them")
         self.joint_g_batch = joint_g_batch
         self.grad_norm_freq = grad_norm_freq  # every n-th stage-2/3 step of this process logs term_grad_norms
         self.gan_steps = 0
