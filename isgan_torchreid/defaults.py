@@ -104,6 +104,10 @@ _C.LOSS.LAMBDA_FEAT = 0.0
 # > 0: D also holds a linear identity classifier of E_U's nuisance codes (its means), trained on them (D_nu), and
 # E_U is asked to leave it guessing: L_nu = LAMBDA_ADV_U x KL(uniform || its softmax). 0: the paper (no adversary)
 _C.LOSS.LAMBDA_ADV_U = 0.0
+# > 0: in stage 3 E_R also learns the identities from G's cross-identity fakes G(id_b, nu_a) (detached, read on
+# BatchNorm's running statistics), as b: L_R_fake = LAMBDA_R_FAKE x L_R of them, the fakes as training images
+# (DG-Net's primary feature learning, hard labels). 0: the paper (fakes never train E_R)
+_C.LOSS.LAMBDA_R_FAKE = 0.0
 _C.LOSS.TARGET_SPACE = "rgb"  # rgb: [-1, 1] RGB | tanh: tanh(normalised image), the authors' target
 _C.LOSS.TRIPLET_MARGIN = 1.2  # batch-hard triplet loss on E_R's global features: MGN's, and IS-GAN's with ISGAN_TRIPLET
 _C.LOSS.LAMBDA_TRIPLET = 1.0
@@ -202,7 +206,7 @@ RANGES = {
     "MODEL.G_WIDTH": "[8, inf)",
     "MODEL.D_WIDTH": "[8, inf)",
     **{f"LOSS.{name}": "[0, inf)" for name in ("LAMBDA_R", "LAMBDA_U", "LAMBDA_S", "LAMBDA_PS", "LAMBDA_D", "LAMBDA_C",
-                                               "LAMBDA_X", "LAMBDA_CODE", "LAMBDA_FEAT", "LAMBDA_ADV_U", "D_LAMBDA_D",
+                                               "LAMBDA_X", "LAMBDA_CODE", "LAMBDA_FEAT", "LAMBDA_ADV_U", "LAMBDA_R_FAKE", "D_LAMBDA_D",
                                                "D_LAMBDA_C", "LAMBDA_TRIPLET", "TRIPLET_MARGIN", "KL_FREE_BITS")},
     "LOSS.LABEL_SMOOTH": "[0, 1)",
     "LOSS.GAN_WARMUP": "[0, inf)",

@@ -390,6 +390,42 @@ def test_code_term_reads_cross_identity_fakes_with_a_frozen_e_r(make_engine, bat
     assert "L_code" in summary and "L_X" not in summary and summary["L_code"] > 0
 
 
+def test_fake_identity_term_trains_e_r_on_the_cross_identity_fakes_in_stage_3(make_engine, batches):
+    """LOSS.LAMBDA_R_FAKE: in stage 3 (only) G draws the cross-identity set, and the trunk and E_R read those fakes,
+    detached and on BatchNorm's running statistics, as training images of the identities drawn into them:
+    L_R_fake = λ L_R of them. Its gradient trains the trunk and E_R, not G or E_U; the running statistics see the
+    real images only; the modules' modes are restored."""
+    imgs, pids = batches[0]["img"], batches[0]["pid"]
+    engine = make_engine("LOSS.LAMBDA_R_FAKE", "2.0")
+    prepare(engine, 2)
+    assert "crossed" not in engine.objective.generate(imgs, pids, 2).sets
+    assert "L_R_fake" not in floats(engine.forward_backward(batches[0]))
+
+    prepare(engine, 3)
+    model = engine.model
+    gen = engine.objective.generate(imgs, pids, 3)
+    assert gen.sets[-1] == "crossed" and (pids[gen.stranger] != pids).all()
+    crossed, labels = gen.fakes.chunk(len(gen.sets))[-1], pids[gen.stranger]
+    term = engine.objective.fake_identity_terms(crossed, labels)["L_R_fake"]
+    model.backbone.eval(), model.encoder_r.eval()
+    mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
+    with torch.no_grad():
+        _, logits = model.encoder_r(model.backbone((engine.objective.image_to_unit(crossed) - mean) / std))
+    prepare(engine, 3)
+    expected = torch.stack([F.cross_entropy(x, labels) for x in logits]).mean()  # ID_REDUCTION mean
+    assert term.item() == pytest.approx(2.0 * expected.item(), rel=1e-5)
+    model.zero_grad(set_to_none=True)
+    term.backward()
+    for trained in (model.backbone, model.encoder_r):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in trained.parameters())
+    for untouched in (model.generator, model.encoder_u):
+        assert all(p.grad is None for p in untouched.parameters())
+    assert model.backbone.training and model.encoder_r.training
+
+    summary = step_beside_reference(make_engine, batches[0], 3, "LOSS.LAMBDA_R_FAKE", "2.0")
+    assert summary["L_R_fake"] > 0 and "L_X" not in summary and "L_code" not in summary
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_feature_term_compares_the_trunks_maps_of_the_fakes_and_their_targets(make_engine, batches, stage):
     """LOSS.LAMBDA_FEAT: the trunk, frozen and on its running statistics, reads the fakes that have a pixel target

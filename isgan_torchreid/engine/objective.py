@@ -40,7 +40,7 @@ from ..config import METHODS, method_name
 from ..errors import ISGANError
 from ..losses import isgan as L
 from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners, sample_strangers
-from ..models.frozen import frozen
+from ..models.frozen import frozen, running_statistics
 from ..models.images import image_target, image_to_unit, normalize
 from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
 from .optim import OptimizerSpec
@@ -78,6 +78,7 @@ class LossSettings:
     lambda_code: float  # L_code, E_R's reading of cross-identity fakes (cross-identity fakes when either is > 0)
     lambda_feat: float  # L_feat, the trunk's reading of the fakes with a pixel target against their targets
     lambda_adv_u: float  # L_nu, E_U's side of the nuisance code's identity adversary (D_nu its side)
+    lambda_r_fake: float  # L_R_fake, stage 3: E_R learns the identities of the cross-identity fakes
     part_shuffle: str
     target_space: str
     triplet_margin: float
@@ -378,6 +379,12 @@ class ISGANObjective(IdentityObjective):
 
     # ------------------------------------------------------------------ generation
 
+    def crosses_identities(self, stage: int) -> bool:
+        """Whether G also draws the cross-identity set in ``stage``: for L_X or L_code, and in stage 3 for
+        L_R_fake."""
+        s = self.losses
+        return s.lambda_x > 0 or s.lambda_code > 0 or (stage == 3 and s.lambda_r_fake > 0)
+
     def generate(self, imgs: Tensor, pids: Tensor, stage: int, net=None) -> Generation:
         """Encode once, pick partners, shuffle, and run G [Eq. 3, 4]; E_R runs under no_grad in stage 2.
 
@@ -402,7 +409,7 @@ class ISGANObjective(IdentityObjective):
             ids.append(id_feat if mask is None else part_shuffle(id_feat, id_partner, mask))
             labels.append(pids)
         stranger = None
-        if s.lambda_x > 0 or s.lambda_code > 0:  # another identity in this image's nuisance (LOSS.LAMBDA_X, _CODE)
+        if self.crosses_identities(stage):  # another identity in this image's nuisance
             stranger = sample_strangers(pids)  # (B,)
             sets.append("crossed")
             ids.append(id_feat[stranger])
@@ -425,6 +432,19 @@ class ISGANObjective(IdentityObjective):
         with frozen(model.backbone, model.encoder_r):
             read, _ = model.encoder_r(model.backbone(imgs))  # (B, K*p_R)
         return L.code_loss(read, id_feat.detach(), model.encoder_r.branches.num_features)
+
+    def fake_identity_terms(self, fakes: Tensor, labels: Tensor) -> Dict[str, Tensor]:
+        """L_R_fake (LOSS.LAMBDA_R_FAKE, stage 3): the trunk and E_R read the cross-identity fakes (B, 3, H, W) as
+        training images of the identities drawn into them (``labels``, (B,)): L_R [Eq. 1] of them, times the
+        weight. The fakes are detached (the term trains the trunk and E_R, not G or E_U) and read on BatchNorm's
+        running statistics, which see real images alone. The plain modules are called, not their DDP wrappers (one
+        forward each per step); that torchrun steps as one process does with this term is not tested."""
+        model = self.model
+        imgs = normalize(self.image_to_unit(fakes.detach()))  # G's output -> E_R's normalised input
+        with running_statistics(model.backbone, model.encoder_r):
+            _, logits = model.encoder_r(model.backbone(imgs))  # K x (B, C)
+        terms = self.identity_terms(logits, None, labels, self.losses.lambda_r_fake)
+        return {"L_R_fake": terms["L_R"]}
 
     def feature_loss(self, fakes: Tensor, imgs: Tensor) -> Tensor:
         """L_feat (LOSS.LAMBDA_FEAT): the trunk reads the fakes (n*B, 3, H, W), n sets of the batch's images in
@@ -523,6 +543,8 @@ class ISGANObjective(IdentityObjective):
             if stage == 3:  # L_R [Eq. 1] (+ MGN's triplet on the global features with ISGAN_TRIPLET)
                 features = self.model.global_features(gen.id_feat) if s.isgan_triplet else None
                 terms.update(self.identity_terms(gen.logits, features, pids, s.lambda_r))
+                if s.lambda_r_fake > 0:
+                    terms.update(self.fake_identity_terms(gen.fakes[last:], labels[last:]))
         diagnose = self.grad_norm_freq and self.gan_steps % self.grad_norm_freq == 0
         # skipped under torchrun (the DDP wrappers' hooks forbid extra backward passes) and with TRAIN.AMP (these
         # extra passes under CPU bfloat16 autocast returned NaN now and then in the tests, the update finite)
