@@ -18,7 +18,8 @@ __all__ = ["SampleGrids"]
 GRID_TITLES = {"auto": "G: auto", "shuffled": "G: id-shuffled", "part_shuffled": "G: part-shuffled",
                "crossed": "G: id-crossed"}
 
-CROSSED_CAPTION = "id-crossed = another identity of the batch + own nuisance (LOSS.LAMBDA_X, LAMBDA_CODE, LAMBDA_R_FAKE). "
+CROSSED_CAPTION = ("id-crossed = another identity of the batch + own nuisance (LOSS.LAMBDA_X, LAMBDA_CODE, "
+                   "LAMBDA_R_FAKE). ")
 
 
 class SampleGrids(HookBase):
