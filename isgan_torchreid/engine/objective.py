@@ -433,18 +433,17 @@ class ISGANObjective(IdentityObjective):
             read, _ = model.encoder_r(model.backbone(imgs))  # (B, K*p_R)
         return L.code_loss(read, id_feat.detach(), model.encoder_r.branches.num_features)
 
-    def fake_identity_terms(self, fakes: Tensor, labels: Tensor) -> Dict[str, Tensor]:
+    def fake_identity_loss(self, fakes: Tensor, labels: Tensor) -> Tensor:
         """L_R_fake (LOSS.LAMBDA_R_FAKE, stage 3): the trunk and E_R read the cross-identity fakes (B, 3, H, W) as
-        training images of the identities drawn into them (``labels``, (B,)): L_R [Eq. 1] of them, times the
-        weight. The fakes are detached (the term trains the trunk and E_R, not G or E_U) and read on BatchNorm's
-        running statistics, which see real images alone. The plain modules are called, not their DDP wrappers (one
-        forward each per step); that torchrun steps as one process does with this term is not tested."""
+        training images of the identities drawn into them (``labels``, (B,)): L_R [Eq. 1] of them. The fakes are
+        detached (the term trains the trunk and E_R, not G or E_U) and read on BatchNorm's running statistics,
+        which see real images alone. The plain modules are called, not their DDP wrappers (one forward each per
+        step); that torchrun steps as one process does with this term is not tested."""
         model = self.model
         imgs = normalize(self.image_to_unit(fakes.detach()))  # G's output -> E_R's normalised input
         with running_statistics(model.backbone, model.encoder_r):
             _, logits = model.encoder_r(model.backbone(imgs))  # K x (B, C)
-        terms = self.identity_terms(logits, None, labels, self.losses.lambda_r_fake)
-        return {"L_R_fake": terms["L_R"]}
+        return self.identity_terms(logits, None, labels)["L_R"]
 
     def feature_loss(self, fakes: Tensor, imgs: Tensor) -> Tensor:
         """L_feat (LOSS.LAMBDA_FEAT): the trunk reads the fakes (n*B, 3, H, W), n sets of the batch's images in
@@ -544,7 +543,7 @@ class ISGANObjective(IdentityObjective):
                 features = self.model.global_features(gen.id_feat) if s.isgan_triplet else None
                 terms.update(self.identity_terms(gen.logits, features, pids, s.lambda_r))
                 if s.lambda_r_fake > 0:
-                    terms.update(self.fake_identity_terms(gen.fakes[last:], labels[last:]))
+                    terms["L_R_fake"] = s.lambda_r_fake * self.fake_identity_loss(gen.fakes[last:], labels[last:])
         diagnose = self.grad_norm_freq and self.gan_steps % self.grad_norm_freq == 0
         # skipped under torchrun (the DDP wrappers' hooks forbid extra backward passes) and with TRAIN.AMP (these
         # extra passes under CPU bfloat16 autocast returned NaN now and then in the tests, the update finite)

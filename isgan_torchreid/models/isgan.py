@@ -40,6 +40,8 @@ G_STRIPES = {"none": (), "identity": ("identity",), "both": ("identity", "nuisan
 class ISGAN(MGN):
     """MGN (trunk + E_R, same forward) plus E_U, G and D (``encoder_u``, ``generator``, ``discriminator``)."""
 
+    stage_start_state = ("nuisance_trunk.",)  # E_U's own trunk: copied from the trunk as a stage starts, not loaded
+
     def __init__(
         self,
         num_classes: int,
@@ -81,7 +83,6 @@ class ISGAN(MGN):
         self.eu_input = eu_input  # what E_U reads: the trunk map of the image or of its luminance (nuisance_input)
         # E_U's own frozen trunk (MODEL.EU_TRUNK frozen), or None: E_U reads the trunk E_R reads
         self.nuisance_trunk = copy.deepcopy(self.backbone) if eu_trunk == "frozen" else None
-        self.stage_start_state = ("nuisance_trunk.",)  # copied from the trunk as a stage starts, not from a file
         k = self.encoder_r.num_features
         nuisance_dim = nid_dim * (k + self.encoder_u.num_cells)  # F * p_U
         self.generator = Generator(num_classes, id_dim * k, nuisance_dim, noise_dim,
