@@ -108,6 +108,9 @@ _C.LOSS.LAMBDA_ADV_U = 0.0
 # BatchNorm's running statistics), as b: L_R_fake = LAMBDA_R_FAKE x L_R of them, the fakes as training images
 # (DG-Net's primary feature learning, hard labels). 0: the paper (fakes never train E_R)
 _C.LOSS.LAMBDA_R_FAKE = 0.0
+# > 0: in stage 3 the gradient G's terms send into the identity code (G's input) is scaled down to at most
+# CODE_GRAD_CAP x the norm of L_R's there, per batch: G's push on E_R shrinks as L_R's does. 0: the paper (no cap)
+_C.LOSS.CODE_GRAD_CAP = 0.0
 _C.LOSS.TARGET_SPACE = "rgb"  # rgb: [-1, 1] RGB | tanh: tanh(normalised image), the authors' target
 _C.LOSS.TRIPLET_MARGIN = 1.2  # batch-hard triplet loss on E_R's global features: MGN's, and IS-GAN's with ISGAN_TRIPLET
 _C.LOSS.LAMBDA_TRIPLET = 1.0
@@ -207,8 +210,8 @@ RANGES = {
     "MODEL.D_WIDTH": "[8, inf)",
     **{f"LOSS.{name}": "[0, inf)" for name in ("LAMBDA_R", "LAMBDA_U", "LAMBDA_S", "LAMBDA_PS", "LAMBDA_D", "LAMBDA_C",
                                                "LAMBDA_X", "LAMBDA_CODE", "LAMBDA_FEAT", "LAMBDA_ADV_U",
-                                               "LAMBDA_R_FAKE", "D_LAMBDA_D", "D_LAMBDA_C", "LAMBDA_TRIPLET",
-                                               "TRIPLET_MARGIN", "KL_FREE_BITS")},
+                                               "LAMBDA_R_FAKE", "CODE_GRAD_CAP", "D_LAMBDA_D", "D_LAMBDA_C",
+                                               "LAMBDA_TRIPLET", "TRIPLET_MARGIN", "KL_FREE_BITS")},
     "LOSS.LABEL_SMOOTH": "[0, 1)",
     "LOSS.GAN_WARMUP": "[0, inf)",
     "TRAIN.STAGES": "[1, 3]",

@@ -426,6 +426,60 @@ def test_fake_identity_term_trains_e_r_on_the_cross_identity_fakes_in_stage_3(ma
     assert summary["L_R_fake"] > 0 and "L_X" not in summary and "L_code" not in summary
 
 
+def test_code_gradient_cap_holds_gs_push_on_e_r_to_a_fraction_of_l_rs_in_stage_3(make_engine, batches):
+    """LOSS.CODE_GRAD_CAP: in stage 3 the gradient G's terms send into the identity code (G's input) is scaled by
+    s = min(1, cap x ||dL_R / d code|| / ||dG's terms / d code||), so E_R's parameters get g_R + s g_G (g_R from
+    the identity terms, g_G from all others); the ratio and s are logged. A cap that does not bind leaves the
+    step as without one; stage 2 has no cap (E_R does not train)."""
+    imgs, pids = batches[0]["img"], batches[0]["pid"]
+
+    def step(*overrides):
+        """One stage-3 step from seed 0: E_R's gradients, the step's summary, and without a cap the two parts."""
+        engine = make_engine(*overrides)
+        prepare(engine, 3)
+        objective, made, grads = engine.objective, [], {}
+        generate = objective.generate
+        objective.generate = lambda *a, **k: made.append(generate(*a, **k)) or made[-1]
+        params = [p for p in engine.model.encoder_r.parameters() if p.requires_grad]
+
+        def update(terms):
+            identity = sum(v for k, v in terms.items() if k in ("L_R", "L_tri"))
+            gan = sum(v for k, v in terms.items() if k not in ("L_R", "L_tri"))
+            if not overrides:
+                gen = made[-1]
+                grads["R"] = torch.autograd.grad(identity, params, retain_graph=True, allow_unused=True)
+                grads["G"] = torch.autograd.grad(gan, params, retain_graph=True, allow_unused=True)
+                grads["R_code"], = torch.autograd.grad(identity, gen.id_feat, retain_graph=True)
+                grads["G_code"], = torch.autograd.grad(gan, gen.code, retain_graph=True)
+            (identity + gan).backward()
+            grads["total"] = [p.grad for p in params]
+        torch.manual_seed(1)
+        summary = floats(objective.step(imgs, pids, 3, {"discriminator": lambda terms: None, "model": update}))
+        return grads, summary
+
+    ref, ref_summary = step()
+    assert "gan/code_grad_scale" not in ref_summary
+    ratio = (ref["G_code"].norm() / ref["R_code"].norm()).item()
+    cap = ratio / 4  # binds: G's share becomes a quarter of what it was
+    capped, summary = step("LOSS.CODE_GRAD_CAP", str(cap))
+    assert summary["gan/code_grad_ratio"] == pytest.approx(ratio, rel=1e-4)
+    assert summary["gan/code_grad_scale"] == pytest.approx(0.25, rel=1e-4)
+    def flat(grads):  # one vector over E_R's parameters (None: no gradient)
+        return torch.cat([torch.zeros(p.numel()) if t is None else t.flatten() for p, t in zip(capped["total"], grads)])
+
+    r, g, total = flat(ref["R"]), flat(ref["G"]), flat(capped["total"])
+    assert g.norm() > 0  # G's terms do reach E_R through the code
+    # float32 sums in another order: the error is a hundredth of the cap's effect (0.75 g) or less
+    assert (total - (r + 0.25 * g)).norm() < 0.01 * (0.75 * g).norm()
+    loose, summary = step("LOSS.CODE_GRAD_CAP", str(ratio * 4))
+    assert summary["gan/code_grad_scale"] == 1.0
+    assert (flat(loose["total"]) - flat(ref["total"])).norm() < 0.01 * (0.75 * g).norm()
+
+    engine = make_engine("LOSS.CODE_GRAD_CAP", "0.01")
+    prepare(engine, 2)
+    assert "gan/code_grad_scale" not in floats(engine.forward_backward(batches[0]))
+
+
 @pytest.mark.parametrize("stage", [2, 3])
 def test_feature_term_compares_the_trunks_maps_of_the_fakes_and_their_targets(make_engine, batches, stage):
     """LOSS.LAMBDA_FEAT: the trunk, frozen and on its running statistics, reads the fakes that have a pixel target

@@ -43,6 +43,7 @@ from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners, s
 from ..models.frozen import frozen, running_statistics
 from ..models.images import image_target, image_to_unit, normalize
 from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
+from .gradient_cap import cap_branch_gradient
 from .optim import OptimizerSpec
 
 __all__ = ["LossSettings", "OptimizerSettings", "Precision", "Generation", "IdentityObjective", "ISGANObjective",
@@ -79,6 +80,7 @@ class LossSettings:
     lambda_feat: float  # L_feat, the trunk's reading of the fakes with a pixel target against their targets
     lambda_adv_u: float  # L_nu, E_U's side of the nuisance code's identity adversary (D_nu its side)
     lambda_r_fake: float  # L_R_fake, stage 3: E_R learns the identities of the cross-identity fakes
+    code_grad_cap: float  # stage 3: G's gradient on the identity code at most this x L_R's there; 0: no cap
     part_shuffle: str
     target_space: str
     triplet_margin: float
@@ -178,6 +180,7 @@ class Generation(NamedTuple):
     mu: Tensor  # (B, K, p_U)
     logvar: Tensor  # (B, K, p_U)
     id_feat: Tensor  # (B, K * p_R)
+    code: Tensor  # (B, K * p_R) the identity code G's inputs are drawn from: a view of id_feat, G's path alone
     logits: List[Tensor]  # K x (B, C), E_R's classifiers
     partner: Tensor  # (B,) index of each row's positive partner
     part_mask: Optional[Tensor]  # (B, K) slots taken from the partner, None without part shuffling
@@ -395,31 +398,33 @@ class ISGANObjective(IdentityObjective):
             id_feat, logits = net.encoder_r(trunk)  # (B, K*p_R), K x (B, C)
         if stage == 2:
             trunk = trunk.detach()
+        code = id_feat.view_as(id_feat)  # G's path into the identity code (LOSS.CODE_GRAD_CAP hooks it)
         nid, mu, logvar = net.encoder_u(self.model.nuisance_input(imgs, trunk))  # (B, K*p_U), (B, K, p_U) x2
         partner = sample_partners(pids)  # (B,)
-        id_partner = id_feat[partner]
+        id_partner = code[partner]
         sets, ids, mask = [], [], None
         if s.lambda_s > 0:
             sets += ["auto", "shuffled"]  # i == j and i != j in Eq. 3
-            ids += [id_feat, id_partner]
+            ids += [code, id_partner]
         labels = [pids] * len(sets)
         if s.lambda_ps > 0:
             sets.append("part_shuffled")  # Eq. 4
-            mask = self.part_mask(id_feat.size(0), id_feat.device)
-            ids.append(id_feat if mask is None else part_shuffle(id_feat, id_partner, mask))
+            mask = self.part_mask(code.size(0), code.device)
+            ids.append(code if mask is None else part_shuffle(code, id_partner, mask))
             labels.append(pids)
         stranger = None
         if self.crosses_identities(stage):  # another identity in this image's nuisance
             stranger = sample_strangers(pids)  # (B,)
             sets.append("crossed")
-            ids.append(id_feat[stranger])
+            ids.append(code[stranger])
             labels.append(pids[stranger])
         n = len(sets)
         if self.joint_g_batch:  # one BatchNorm batch of n*B
             fakes = net.generator(torch.cat(ids), nid.repeat(n, 1), torch.cat(labels))  # (n*B, 3, H, W)
         else:  # each set normalised on its own (DDP allows the n calls before one backward)
             fakes = torch.cat([net.generator(i, nid, c) for i, c in zip(ids, labels)])
-        return Generation(fakes, sets, torch.cat(labels), mu, logvar, id_feat, logits, partner, mask, stranger)
+        return Generation(fakes, sets, torch.cat(labels), mu, logvar, id_feat, code, logits, partner, mask,
+                          stranger)
 
     def code_loss(self, fakes: Tensor, id_feat: Tensor) -> Tensor:
         """L_code (LOSS.LAMBDA_CODE): E_R reads the fakes (B, 3, H, W) and its K part features should point as the
@@ -551,6 +556,10 @@ class ISGANObjective(IdentityObjective):
             m = self.model
             stats.update(term_grad_norms(terms, {"G": [m.generator], "E_U": [m.encoder_u],
                                                  "E_R": [m.backbone, m.encoder_r]}))
+        if stage == 3 and s.code_grad_cap > 0:  # after the diagnostics: they measure the terms uncapped
+            for key in ("gan/code_grad_ratio", "gan/code_grad_scale"):  # set by the hook in the backward pass
+                stats[key] = torch.zeros((), device=imgs.device)
+            cap_branch_gradient(gen.id_feat, gen.code, s.code_grad_cap, stats, "gan/code_grad")
         self.gan_steps += 1
         updates["model"](terms)
         disc.requires_grad_(True)

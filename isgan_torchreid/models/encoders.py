@@ -52,12 +52,14 @@ class IdentityEncoder(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
         """(B, C4, h, w) trunk map -> (id feature (B, K*feat_dim), K logits (B, num_classes), none if 0)."""
         pooled = self.branches(x)  # (B, K, C5)
-        feats = [
+        feats = torch.cat([
             reduce(pooled[:, k, :, None, None]).flatten(1)  # (B, C5, 1, 1) -> (B, feat_dim)
             for k, reduce in enumerate(self.reductions)
-        ]
-        logits = [classify(f) for classify, f in zip(self.classifiers, feats)]
-        return torch.cat(feats, dim=1), logits  # (B, K*feat_dim)
+        ], dim=1)  # (B, K*feat_dim)
+        # the classifiers read the descriptor's slices: every gradient on the parts meets in one tensor
+        # (LOSS.CODE_GRAD_CAP caps G's share of it)
+        logits = [classify(f) for classify, f in zip(self.classifiers, feats.split(self.feat_dim, dim=1))]
+        return feats, logits
 
 
 class NuisanceEncoder(nn.Module):
