@@ -380,6 +380,10 @@ class ISGANObjective(IdentityObjective):
         """Inverse of :meth:`image_target`, to [0, 1] RGB for display."""
         return image_to_unit(fake, self.losses.target_space)
 
+    def image_to_input(self, fake: Tensor) -> Tensor:
+        """G's output -> the trunk's input (normalised as the real images are), for E_R's reading of fakes."""
+        return normalize(self.image_to_unit(fake))
+
     # ------------------------------------------------------------------ generation
 
     def crosses_identities(self, stage: int) -> bool:
@@ -433,7 +437,7 @@ class ISGANObjective(IdentityObjective):
         E_R through the identity code G drew with), and E_R's statistics see real images alone. The codes are
         targets (detached)."""
         model = self.model
-        imgs = normalize(self.image_to_unit(fakes))  # G's output -> E_R's normalised input
+        imgs = self.image_to_input(fakes)
         with frozen(model.backbone, model.encoder_r):
             read, _ = model.encoder_r(model.backbone(imgs))  # (B, K*p_R)
         return L.code_loss(read, id_feat.detach(), model.encoder_r.branches.num_features)
@@ -445,7 +449,7 @@ class ISGANObjective(IdentityObjective):
         which see real images alone. The plain modules are called, not their DDP wrappers (one forward each per
         step); that torchrun steps as one process does with this term is not tested."""
         model = self.model
-        imgs = normalize(self.image_to_unit(fakes.detach()))  # G's output -> E_R's normalised input
+        imgs = self.image_to_input(fakes.detach())
         with running_statistics(model.backbone, model.encoder_r):
             _, logits = model.encoder_r(model.backbone(imgs))  # K x (B, C)
         return self.identity_terms(logits, None, labels)["L_R"]
@@ -461,7 +465,7 @@ class ISGANObjective(IdentityObjective):
         with frozen(model.backbone):
             with torch.no_grad():
                 real = model.trunk_maps(imgs)
-            read = model.trunk_maps(normalize(self.image_to_unit(fakes)))
+            read = model.trunk_maps(self.image_to_input(fakes))
         return L.feature_loss(read, [r.repeat(n, 1, 1, 1) for r in real])
 
     def part_mask(self, batch_size: int, device) -> Optional[Tensor]:
