@@ -442,9 +442,11 @@ def test_code_gradient_cap_holds_gs_push_on_e_r_to_a_fraction_of_l_rs_in_stage_3
         objective.generate = lambda *a, **k: made.append(generate(*a, **k)) or made[-1]
         params = [p for p in engine.model.encoder_r.parameters() if p.requires_grad]
 
+        identity_terms = objective.loss_groups["id"]  # L_R (and the triplet); every other term is G's side
+
         def update(terms):
-            identity = sum(v for k, v in terms.items() if k in ("L_R", "L_tri"))
-            gan = sum(v for k, v in terms.items() if k not in ("L_R", "L_tri"))
+            identity = sum(v for k, v in terms.items() if k in identity_terms)
+            gan = sum(v for k, v in terms.items() if k not in identity_terms)
             if not overrides:
                 gen = made[-1]
                 grads["R"] = torch.autograd.grad(identity, params, retain_graph=True, allow_unused=True)
@@ -464,8 +466,10 @@ def test_code_gradient_cap_holds_gs_push_on_e_r_to_a_fraction_of_l_rs_in_stage_3
     capped, summary = step("LOSS.CODE_GRAD_CAP", str(cap))
     assert summary["gan/code_grad_ratio"] == pytest.approx(ratio, rel=1e-4)
     assert summary["gan/code_grad_scale"] == pytest.approx(0.25, rel=1e-4)
+
     def flat(grads):  # one vector over E_R's parameters (None: no gradient)
-        return torch.cat([torch.zeros(p.numel()) if t is None else t.flatten() for p, t in zip(capped["total"], grads)])
+        return torch.cat([torch.zeros(p.numel()) if t is None else t.flatten()
+                          for p, t in zip(capped["total"], grads)])
 
     r, g, total = flat(ref["R"]), flat(ref["G"]), flat(capped["total"])
     assert g.norm() > 0  # G's terms do reach E_R through the code
