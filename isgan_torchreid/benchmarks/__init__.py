@@ -8,6 +8,7 @@
 * :mod:`.scaling`: IS-GAN's training throughput in 1 and N data-parallel processes;
 * :mod:`.disentangle`: does a trained IS-GAN disentangle: reconstruction against trivial predictors, swaps,
   identity retention and nuisance transfer on a run's test split;
+* :mod:`.robustness`: rank-1 and mAP per group of queries (camera, nuisance factor) for one or more encoders;
 * :mod:`.common`: timing, memory and process helpers they share.
 
 ``tools/benchmark.py`` is :func:`benchmark_main`.
@@ -29,7 +30,7 @@ def _parser():
                "the encoder's inference, evaluation at gallery scale, D_C's generalisation.")
     config = next(a for a in p._actions if a.dest == "config_file")
     config.required = False
-    config.help += "; every table but --disentangle needs it"
+    config.help += "; every table but --disentangle and --by-factor needs it"
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iters", type=int, help="timed iterations (default 2; with --reference 5 per stage and "
                    "implementation; with --inference 3)")
@@ -70,8 +71,13 @@ def _parser():
                       "into the mean images, on which the probe's camera and factor heads also train")
     only.add_argument("--probe-steps", type=int, default=1000, help="--disentangle: training steps of the probe")
     only.add_argument("--seed", type=int, default=0, help="--disentangle: choice of identities and pairs, probe")
-    only.add_argument("--out", metavar="FILE.json", help="--disentangle: where the JSON goes (default "
-                      "RUN/disentangle.json)")
+    only.add_argument("--out", metavar="FILE.json", help="--disentangle, --by-factor: where the JSON goes "
+                      "(--disentangle's default RUN/disentangle.json; --by-factor writes none by default)")
+    only.add_argument("--by-factor", nargs="+", metavar="WEIGHTS", help="identity encoders (checkpoints or "
+                      "encoder files): rank-1 and mAP per group of the queries of --data-dir (all, each camera, "
+                      "each value of each nuisance factor its factors.json names), side by side")
+    only.add_argument("--data-dir", metavar="DIR", help="--by-factor: a test split in Market-1501 layout (query/, "
+                      "bounding_box_test/), e.g. reid-data/synthperson")
     return p
 
 
@@ -164,6 +170,11 @@ def _dc_table(cfg, args, device):
                                      args.dc_train_per_id, device)))
 
 
+def _check_json_out(out):
+    if out and not out.endswith(".json"):
+        raise ISGANError(f"--out {out}: the numbers are written as JSON; name it FILE.json")
+
+
 def _disentangle_table(args):
     from .disentangle import Settings, run_disentangle
 
@@ -171,11 +182,20 @@ def _disentangle_table(args):
         if getattr(args, flag) < (2 if flag == "ids" else 1):
             raise ISGANError(f"--{flag.replace('_', '-')} {getattr(args, flag)}: use a positive number"
                              + (" of at least 2" if flag == "ids" else ""))
-    if args.out and not args.out.endswith(".json"):
-        raise ISGANError(f"--out {args.out}: the numbers are written as JSON; name it FILE.json")
+    _check_json_out(args.out)
     settings = Settings(ids=args.ids, pairs=args.pairs, train_images=args.train_images,
                         probe_steps=args.probe_steps, seed=args.seed)
     return run_disentangle(args.disentangle, args.opts, settings, args.out)
+
+
+def _by_factor_table(args):
+    from .robustness import run_by_factor
+
+    if not args.data_dir:
+        raise ISGANError("--by-factor needs --data-dir DIR, a test split in Market-1501 layout (query/, "
+                         "bounding_box_test/)")
+    _check_json_out(args.out)
+    return run_by_factor(args.by_factor, args.data_dir, args.out)
 
 
 def benchmark_main(argv=None):
@@ -197,9 +217,11 @@ def benchmark_main(argv=None):
             raise ISGANError(f"--nproc must be 0 (off) or more, not {args.nproc}")
         if args.disentangle:
             return _disentangle_table(args)
+        if args.by_factor:
+            return _by_factor_table(args)
         if not args.config_file:
             raise ISGANError("tools/benchmark.py needs --config-file (e.g. isgan_synthetic), except with "
-                             "--disentangle RUN")
+                             "--disentangle RUN or --by-factor WEIGHTS")
         cfg = load_config(args.config_file, args.opts)
         if args.inference:
             return _inference_tables(cfg, args)

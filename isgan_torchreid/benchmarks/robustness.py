@@ -1,0 +1,122 @@
+"""Where does an identity encoder fail? Rank-1 and mAP per group of queries, for one or more encoders.
+
+``tools/benchmark.py --by-factor W1 [W2 ...] --data-dir DIR`` embeds the query and gallery images of a
+Market-layout folder (``query/``, ``bounding_box_test/``; junk images, pid -1, left out of the gallery as
+torchreid's Market-1501 does) with each encoder (any file :func:`~isgan_torchreid.deploy.load_encoder` reads,
+with its run's flip and normalisation) and evaluates the Market protocol (:func:`~isgan_torchreid.engine.
+evaluation.evaluate_rank`) over the whole gallery for each group of queries: all of them, each query camera,
+and each value of every nuisance factor a ``factors.json`` beside the split folders names (synthperson writes
+view and occlusion; :func:`~.disentangle.nuisance_factors`). A robust encoder [paper, Sec. 1] loses little on
+the hard groups (occluded queries, say); two encoders trained alike show there where they differ.
+"""
+import os
+from typing import Dict, List, Sequence
+
+import numpy as np
+from tabulate import tabulate
+
+from .. import storage
+from ..deploy.embedding import embed, list_images, market_labels
+from ..deploy.encoder import load_encoder
+from ..engine.evaluation import compute_distance_matrix, evaluate_rank
+from ..errors import ISGANError
+from .disentangle import nuisance_factors
+
+__all__ = ["read_test_split", "query_groups", "by_factor", "short_names", "by_factor_table", "run_by_factor"]
+
+QUERY, GALLERY = "query", "bounding_box_test"
+
+
+def read_test_split(root: str) -> Dict[str, dict]:
+    """{"query" | "gallery": {"paths", "pids", "camids"}} of a Market-layout folder; the gallery without junk."""
+    split = {}
+    for name, folder in (("query", QUERY), ("gallery", GALLERY)):
+        path = os.path.join(root, folder)
+        if not os.path.isdir(path):
+            raise ISGANError(f"--data-dir {root}: no {folder}/ folder; pass a dataset in Market-1501 layout "
+                             f"(query/ and bounding_box_test/)")
+        paths = list_images(path)
+        labels = market_labels(paths)
+        if labels is None:
+            raise ISGANError(f"--data-dir {root}: the images of {folder}/ are not named as Market-1501's "
+                             f"(<pid>_c<camera>...); rename them or use tools/test.py with a torchreid dataset")
+        pids, camids = labels
+        keep = pids != -1
+        split[name] = {"paths": [p for p, k in zip(paths, keep) if k], "pids": pids[keep], "camids": camids[keep]}
+    return split
+
+
+def query_groups(paths: Sequence[str], camids: np.ndarray) -> Dict[str, np.ndarray]:
+    """Group name -> (Q,) bool mask: all queries, each camera, each value of each nuisance factor."""
+    groups = {"all queries": np.ones(len(paths), dtype=bool)}
+    for cam in sorted(set(camids.tolist())):
+        groups[f"camera {cam + 1}"] = camids == cam
+    for factor, values in nuisance_factors(paths).items():
+        for value in sorted({v for v in values if v is not None}, key=str):
+            groups[f"{factor} = {str(value).lower()}"] = np.array([v == value for v in values])
+    return groups
+
+
+def by_factor(weights: Sequence[str], root: str, device: str = "auto") -> dict:
+    """{"groups": {group: query count}, "results": {weights: {group: {"rank1", "mAP", "queries"}}}}; a group
+    whose queries all lack a gallery match from another camera is left out of that encoder's results."""
+    repeated = sorted({w for w in weights if list(weights).count(w) > 1})
+    if repeated:
+        raise ISGANError(f"--by-factor names {', '.join(repeated)} more than once; list each encoder once")
+    split = read_test_split(root)
+    q, g = split["query"], split["gallery"]
+    groups = query_groups(q["paths"], q["camids"])
+    results = {}
+    for path in weights:
+        encoder = load_encoder(path, device=device)
+        distmat = compute_distance_matrix(embed(encoder, q["paths"]), embed(encoder, g["paths"])).numpy()  # (Q, G)
+        rows = {}
+        for group, mask in groups.items():
+            try:
+                cmc, mAP = evaluate_rank(distmat[mask], q["pids"][mask], g["pids"], q["camids"][mask], g["camids"],
+                                         max_rank=1)
+            except ISGANError:  # no query of the group has a match in the gallery
+                continue
+            rows[group] = {"rank1": float(cmc[0]), "mAP": mAP, "queries": int(mask.sum())}
+        results[path] = rows
+    return {"data_dir": root, "groups": {k: int(m.sum()) for k, m in groups.items()}, "results": results}
+
+
+def short_names(paths: Sequence[str]) -> List[str]:
+    """The paths less the folders they all share (a single path: its last two parts)."""
+    parts = [os.path.normpath(p).split(os.sep) for p in paths]
+    shared = 0
+    while len(parts) > 1 and all(len(p) > shared + 1 for p in parts) and len({p[shared] for p in parts}) == 1:
+        shared += 1
+    shared = shared if len(parts) > 1 else max(len(parts[0]) - 2, 0)
+    return ["/".join(p[shared:]) for p in parts]
+
+
+def by_factor_table(result: dict) -> str:
+    """Rows: groups; columns: each encoder's R-1 / mAP (%), then, for two or more, each later one minus the
+    first. Encoders are named by their paths less the folders they share."""
+    weights = list(result["results"])
+    names = short_names(weights)
+    headers = ["queries", "n"] + [f"R-1 / mAP: {n}" for n in names]
+    headers += [f"{n} - {names[0]}" for n in names[1:]]
+    rows = []
+    for group, count in result["groups"].items():
+        cells = [result["results"][w].get(group) for w in weights]
+        row = [group, count] + [f"{100 * c['rank1']:.1f} / {100 * c['mAP']:.1f}" if c else "-" for c in cells]
+        for c in cells[1:]:
+            row.append(f"{100 * (c['rank1'] - cells[0]['rank1']):+.1f} / {100 * (c['mAP'] - cells[0]['mAP']):+.1f}"
+                       if c and cells[0] else "-")
+        rows.append(row)
+    return tabulate(rows, headers=headers, tablefmt="github")
+
+
+def run_by_factor(weights: List[str], root: str, out=None) -> dict:
+    """Measure, print the table, write the JSON when ``out`` is given; returns the result."""
+    result = by_factor(weights, root)
+    print(f"re-identification by query group on {root}: {len(result['groups'])} groups, Market protocol over the "
+          f"whole gallery")
+    print(by_factor_table(result))
+    if out:
+        storage.write_json(out, result)
+        print(f"=> wrote {out}")
+    return result
