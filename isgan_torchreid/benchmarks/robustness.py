@@ -3,7 +3,8 @@
 ``tools/benchmark.py --by-factor W1 [W2 ...] --data-dir DIR`` embeds the query and gallery images of a
 Market-layout folder (``query/``, ``bounding_box_test/``; junk images, pid -1, left out of the gallery as
 torchreid's Market-1501 does) with each encoder (any file :func:`~isgan_torchreid.deploy.load_encoder` reads,
-with its run's flip and normalisation) and evaluates the Market protocol (:func:`~isgan_torchreid.engine.
+with its run's flip and normalisation), takes the (Q, G) Euclidean distances (TEST.DIST_METRIC's default; the
+encoder file does not record a run's metric) and evaluates the Market protocol (:func:`~isgan_torchreid.engine.
 evaluation.evaluate_rank`) over the whole gallery for each group of queries: all of them, each query camera,
 and each value of every nuisance factor a ``factors.json`` beside the split folders names (synthperson writes
 view and occlusion; :func:`~.disentangle.nuisance_factors`). A robust encoder [paper, Sec. 1] loses little on
