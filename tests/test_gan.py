@@ -75,7 +75,9 @@ def test_decode_is_deterministic_rgb_at_the_input_size(gan, runs):
     fakes = gan.decode(identity, nuisance, batch_size=3)
     assert fakes.shape == (5, 3, 128, 64) and fakes.dtype == torch.float32
     assert 0 <= fakes.min() and fakes.max() <= 1 and fakes.std() > 0
-    torch.testing.assert_close(gan.decode(identity, nuisance), fakes, rtol=0, atol=0)  # noise 0, eval mode
+    torch.testing.assert_close(gan.decode(identity, nuisance, batch_size=3), fakes, rtol=0, atol=0)  # noise 0, eval
+    # other batches, other convolution kernels on some CPUs: equal to float32 rounding (seen: 7e-6)
+    torch.testing.assert_close(gan.decode(identity, nuisance), fakes)
     # G sees zero noise and the class E_R's classifiers predict
     classes = gan.predicted_class(identity)
     noise = torch.zeros(5, gan.model.generator.noise_dim)
