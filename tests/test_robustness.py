@@ -52,7 +52,7 @@ def test_groups_are_all_queries_each_camera_and_each_factor_value(setup):
 def test_all_queries_is_the_evaluators_result_and_groups_average_to_it(setup):
     weights = setup["weights"][0]
     result = by_factor([weights], setup["root"])
-    rows = result["results"][weights]
+    rows, counts = result["results"][weights], result["groups"]
     split = read_test_split(setup["root"])
     q, g = split["query"], split["gallery"]
     encoder = load_encoder(weights)
@@ -61,9 +61,9 @@ def test_all_queries_is_the_evaluators_result_and_groups_average_to_it(setup):
     assert rows["all queries"]["mAP"] == pytest.approx(expected["mAP"], abs=1e-9)
     assert rows["all queries"]["rank1"] == pytest.approx(expected["rank1"], abs=1e-9)
     cameras = [k for k in rows if k.startswith("camera ")]
-    assert sum(rows[k]["queries"] for k in cameras) == rows["all queries"]["queries"] == len(q["paths"])
+    assert sum(counts[k] for k in cameras) == counts["all queries"] == len(q["paths"])
     for metric in ("mAP", "rank1"):  # every query has a match: the groups of a partition average to the whole
-        weighted = sum(rows[k][metric] * rows[k]["queries"] for k in cameras) / len(q["paths"])
+        weighted = sum(rows[k][metric] * counts[k] for k in cameras) / len(q["paths"])
         assert weighted == pytest.approx(rows["all queries"][metric], abs=1e-9)
 
 

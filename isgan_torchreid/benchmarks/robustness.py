@@ -59,7 +59,7 @@ def query_groups(paths: Sequence[str], camids: np.ndarray) -> Dict[str, np.ndarr
 
 
 def by_factor(weights: Sequence[str], root: str, device: str = "auto") -> dict:
-    """{"groups": {group: query count}, "results": {weights: {group: {"rank1", "mAP", "queries"}}}}; a group
+    """{"groups": {group: query count}, "results": {weights: {group: {"rank1", "mAP"}}}}; a group
     whose queries all lack a gallery match from another camera is left out of that encoder's results."""
     repeated = sorted({w for w in weights if list(weights).count(w) > 1})
     if repeated:
@@ -78,7 +78,7 @@ def by_factor(weights: Sequence[str], root: str, device: str = "auto") -> dict:
                                          max_rank=1)
             except ISGANError:  # no query of the group has a match in the gallery
                 continue
-            rows[group] = {"rank1": float(cmc[0]), "mAP": mAP, "queries": int(mask.sum())}
+            rows[group] = {"rank1": float(cmc[0]), "mAP": mAP}
         results[path] = rows
     return {"data_dir": root, "groups": {k: int(m.sum()) for k, m in groups.items()}, "results": results}
 
