@@ -10,6 +10,9 @@ Sec. 3.2), so IS-GAN's gain over it is what the GAN stages add, not the learning
 Each run keeps its config, checkpoints, TensorBoard events, results and ``train.log`` in
 ``OUTPUT_DIR/<method>/``; with several ``--seeds`` (each overrides SEED), every method runs once per seed,
 in ``OUTPUT_DIR/<method>/seed<k>/``. Running the same command again resumes: finished stages are skipped.
+With ``--start-from DIR`` (another comparison's OUTPUT_DIR, the same methods and seeds) each run trains its
+method's last stage alone, from the finished stage before it in DIR's run of the same method and seed: an
+ablation of stage-3 settings reuses IS-GAN's stages 1-2 instead of training them again (:func:`last_stage_from`).
 
 Without ``--methods`` the methods are :data:`DEFAULT_METHODS`, less, when the runs would train on the CPU,
 those with a ResNet-50 trunk (:func:`resnet50_trunk`: torchreid's pcb_p6, or ours under MODEL.BACKBONE
@@ -31,7 +34,7 @@ import torch
 from tabulate import tabulate
 
 from . import cli, comm, compat, storage
-from .config import load_config, resolve_config_file
+from .config import config_changes, hashed_config, load_config, resolve_config_file
 from .console import console_log
 from .engine import distributed
 from .engine.hooks import EpochTimer
@@ -267,13 +270,38 @@ def check_plotting():
                          "pip install 'matplotlib>=3.5' (an isgan-torchreid requirement)")
 
 
-def compare(config_file, opts=(), methods=None, seeds=None):
+def last_stage_from(cfg, source_root, folder):
+    """``--start-from``: the overrides that make a run (``cfg``) train its method's last stage alone, from the stage
+    before it as the run of the same method and seed in ``source_root`` finished it (its ``folder`` there), as
+    TRAIN.INIT_WEIGHTS. Prints the trained keys in which the two runs' configs differ. ISGANError when that stage
+    is missing there or trained another number of epochs than ``cfg`` says."""
+    *_, before, last = cfg.TRAIN.STAGES  # every method has two stages at least
+    source = os.path.join(source_root, folder, f"stage{before}", "latest.pth.tar")
+    if not os.path.isfile(source):
+        raise ISGANError(f"--start-from {source_root}: {source} does not exist; give the OUTPUT_DIR of a comparison "
+                         f"of the same methods and seeds whose stage {before} has finished")
+    state = storage.load_checkpoint(source)
+    key, epochs = f"TRAIN.STAGE{before}.EPOCHS", cfg.TRAIN[f"STAGE{before}"].EPOCHS
+    if state.get("epoch") != epochs:
+        raise ISGANError(f"--start-from {source_root}: {source} is at epoch {state.get('epoch')} of stage {before}, "
+                         f"{key} is {epochs} here; set {key} {state.get('epoch')} if that stage has finished there, "
+                         f"or finish it there first")
+    recorded = state.get("config")
+    changes = config_changes(recorded, hashed_config(cfg)) if isinstance(recorded, dict) else ["(not recorded)"]
+    print(f"=> {folder}: stage {last} starts from {source}; the trained keys that differ from that run's: "
+          f"{'; '.join(changes) or 'none'}")
+    return ["TRAIN.STAGES", f"[{last}]", "TRAIN.INIT_WEIGHTS", source]
+
+
+def compare(config_file, opts=(), methods=None, seeds=None, start_from=None):
     """Train and evaluate every method once per seed; write OUTPUT_DIR/comparison.{csv,json,png}; return the rows.
 
     ``methods`` None: :data:`DEFAULT_METHODS`, less those with a ResNet-50 trunk on the CPU (:func:`cpu_default`).
     ``seeds`` None: the config's SEED. One seed: every run in OUTPUT_DIR/<method>/; several: in
     OUTPUT_DIR/<method>/seed<k>/, and each method's rows (one per seed and target) are followed by its mean and
     std rows (:func:`summarize`). Runs go seed by seed, so that an interrupted comparison has whole seeds.
+    ``start_from``: another comparison's OUTPUT_DIR whose runs' earlier stages each run starts its last stage from
+    (:func:`last_stage_from`).
     """
     config_file = resolve_config_file(config_file)  # a packaged name -> its file, whose path comparison.json records
     runs = runs_for(list(DEFAULT_METHODS if methods is None else methods))
@@ -287,9 +315,16 @@ def compare(config_file, opts=(), methods=None, seeds=None):
     folders = {(run, seed): os.path.join(run, f"seed{seed}") if len(seeds) > 1 else run
                for run in runs for seed in seeds}
     ranks = str(sorted(set(base.TEST.RANKS) | {1, 5}))  # the table reports rank-1 and rank-5
-    cfgs = {(run, seed): load_config(config_file, list(opts) + overrides + [
-        "SEED", str(seed), "TEST.RANKS", ranks, "OUTPUT_DIR", os.path.join(base.OUTPUT_DIR, folders[run, seed])])
+    run_opts = {(run, seed): list(opts) + overrides + [
+        "SEED", str(seed), "TEST.RANKS", ranks, "OUTPUT_DIR", os.path.join(base.OUTPUT_DIR, folders[run, seed])]
         for seed in seeds for run, overrides in runs.items()}
+    cfgs = {key: load_config(config_file, o) for key, o in run_opts.items()}
+    if start_from is not None:
+        if os.path.realpath(start_from) == os.path.realpath(base.OUTPUT_DIR):
+            raise ISGANError(f"--start-from {start_from} is OUTPUT_DIR itself, whose runs resume there anyway; drop "
+                             f"--start-from, or give this comparison another OUTPUT_DIR")
+        cfgs = {key: load_config(config_file, run_opts[key] + last_stage_from(cfg, start_from, folders[key]))
+                for key, cfg in cfgs.items()}
     for cfg in cfgs.values():  # every setting is checked before anything is written or trained
         check_part_pooling(cfg)
     cli.prepare_output_dir(base.OUTPUT_DIR)
@@ -297,7 +332,7 @@ def compare(config_file, opts=(), methods=None, seeds=None):
     per_seed = {m: [row for seed in seeds for row in _rows(m, seed, folders[m, seed], summaries[m, seed],
                                                            list(cfgs[m, seed].TRAIN.STAGES))] for m in runs}
     rows = [row for m in runs for row in per_seed[m] + (summarize(per_seed[m]) if len(seeds) > 1 else [])]
-    write_comparison(rows, base.OUTPUT_DIR, config_file, runs, seeds)
+    write_comparison(rows, base.OUTPUT_DIR, config_file, runs, seeds, start_from)
     return rows
 
 
@@ -380,9 +415,10 @@ def plot_comparison(rows, path, title=""):
     return fig
 
 
-def write_comparison(rows, output_dir, config_file, runs, seeds):
-    """OUTPUT_DIR/comparison.csv (the rows), comparison.json (the rows, the seeds, each method's overrides and the
-    differences to the baseline paired by seed, :func:`paired_differences`) and
+def write_comparison(rows, output_dir, config_file, runs, seeds, start_from=None):
+    """OUTPUT_DIR/comparison.csv (the rows), comparison.json (the rows, the seeds, each method's overrides, the
+    comparison the runs started from if any, and the differences to the baseline paired by seed,
+    :func:`paired_differences`) and
     comparison.png (:func:`plot_comparison`), each written atomically."""
     path = os.path.join(output_dir, "comparison.csv")
     with storage.output_file(path) as tmp, open(tmp, "w", newline="") as f:
@@ -391,7 +427,8 @@ def write_comparison(rows, output_dir, config_file, runs, seeds):
         writer.writerows(rows)
     storage.write_json(os.path.join(output_dir, "comparison.json"),
                     {"config_file": os.path.abspath(config_file), "seeds": seeds,
-                     **({"std": STD_NOTE} if len(seeds) > 1 else {}), "overrides": runs, "rows": rows,
+                     **({"std": STD_NOTE} if len(seeds) > 1 else {}), "overrides": runs,
+                     **({"start_from": os.path.abspath(start_from)} if start_from else {}), "rows": rows,
                      "differences": paired_differences(rows)})
     name = os.path.splitext(os.path.basename(config_file))[0]
     plot_comparison(rows, os.path.join(output_dir, "comparison.png"),
@@ -417,10 +454,18 @@ def compare_main(argv):
                    "--seeds 0 1 2: the runs go to OUTPUT_DIR/<method>/seed<N>/ and the table and chart give the mean "
                    "± sample standard deviation (n - 1) of R-1, R-5 and mAP over the seeds (default: the config's "
                    "SEED, runs in OUTPUT_DIR/<method>/)")
+    p.add_argument("--start-from", metavar="DIR", help="another comparison's OUTPUT_DIR (the same methods and "
+                   "seeds): each run trains its method's last stage alone, from the finished stage before it in "
+                   "DIR's run of the same method and seed (IS-GAN's stage 2, the others' stage 1), e.g. to compare "
+                   "stage-3 settings without training stages 1-2 again; each run prints the trained keys that "
+                   "differ from DIR's, and train img/s covers the last stage alone")
     argv, methods = cli.pop_list_flag(argv, "--methods", cli.is_name, "isgan baseline mgn pcb_p6")
     argv, seeds = cli.pop_list_flag(argv, "--seeds", str.isdigit, "0 1 2")
+    argv, start = cli.pop_list_flag(argv, "--start-from", cli.is_value, "output/compare_demo")
+    if start is not None and len(start) > 1:
+        raise ISGANError(f"--start-from takes one folder, got {len(start)} ({' '.join(start)})")
     args = cli.parse_args(p, argv)
-    rows = compare(args.config_file, args.opts, methods, seeds)
+    rows = compare(args.config_file, args.opts, methods, seeds, start and start[0])
     print(comparison_table(rows))
     summary = summary_table(rows)
     if summary:
@@ -436,4 +481,7 @@ def compare_main(argv):
           "isgan adds its stage 2). isgan_tri = IS-GAN with MGN's triplet term in L_R (LOSS.ISGAN_TRIPLET). "
           "baseline = IS-GAN's E_R trained with L_R only. params at test: those the test descriptor depends on; "
           "train img/s: over all stages of the run, data loading included.")
+    if start:
+        print(f"Started from {start[0]}: each run trained its last stage alone, and its train img/s is that "
+              f"stage's.")
     return rows

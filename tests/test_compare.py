@@ -132,6 +132,45 @@ def test_resumed_comparison_reuses_the_runs(compared, data_root):
         assert r == compared["by_method"][r["method"]]
 
 
+def test_start_from_trains_the_last_stage_alone(compared, data_root, tmp_path):
+    """--start-from: each run trains its last stage alone, from the stage before it as the fixture's run of the same
+    method finished it; stage 3's batches are seeded per epoch, so under the same settings its results are the
+    fixture's. A changed key is named."""
+    source = compared["out"]
+    out = tmp_path / "again"
+    rows, printed = run_compare(out, data_root, ["isgan", "baseline"], extra=["--start-from", str(source)])
+    for method, before in (("isgan", 2), ("baseline", 1)):
+        assert sorted(p.name for p in (out / method).glob("stage*")) == ["stage3"]
+        assert f"{method}: stage 3 starts from {source / method / f'stage{before}' / 'latest.pth.tar'}; the trained " \
+               f"keys that differ from that run's: none" in printed
+        assert load_config(str(out / method / "config.yaml")).TRAIN.STAGES == [3]
+    for r in rows:
+        expected = compared["by_method"][r["method"]]
+        assert (r["run"], r["rank1"], r["mAP"]) == (expected["run"], expected["rank1"], expected["mAP"])
+    assert "Started from" in printed and "train img/s is that stage's" in printed
+    assert json.loads((out / "comparison.json").read_text())["start_from"] == str(source)
+
+    _, printed = run_compare(tmp_path / "smoothed", data_root, ["baseline"],
+                             extra=["LOSS.LABEL_SMOOTH", "0.2", "--start-from", str(source)])
+    assert "the trained keys that differ from that run's: LOSS.LABEL_SMOOTH: 0.0 -> 0.2" in printed
+
+
+@pytest.mark.parametrize("start, extra, message", [
+    ("missing", [], "--start-from .*missing/mgn/stage1/latest.pth.tar does not exist; give the OUTPUT_DIR of a "
+                    "comparison of the same methods and seeds"),
+    ("source", ["TRAIN.STAGE1.EPOCHS", "2"], "is at epoch 1 of stage 1, TRAIN.STAGE1.EPOCHS is 2 here; set "
+                                             "TRAIN.STAGE1.EPOCHS 1"),
+    ("itself", [], "is OUTPUT_DIR itself"),
+])
+def test_start_from_errors(compared, data_root, tmp_path, start, extra, message):
+    out = tmp_path / "o"
+    folder = {"missing": tmp_path / "missing", "source": compared["out"], "itself": out}[start]
+    with pytest.raises(ISGANError, match=message):
+        compare.compare(CONFIG, TINY + ["DATA.ROOT", data_root, "OUTPUT_DIR", str(out), *extra], ["mgn"], None,
+                        str(folder))
+    assert not out.exists()  # checked before anything is written or trained
+
+
 def is_png(path):
     with open(path, "rb") as f:
         return f.read(8) == b"\x89PNG\r\n\x1a\n"
@@ -353,6 +392,8 @@ def test_list_flags_stand_anywhere():
     assert pop(["--config-file", "c", "SEED", "2", "--methods", "mgn"]) == \
         (["--config-file", "c", "SEED", "2"], ["mgn"])
     assert pop(["--config-file", "c"]) == (["--config-file", "c"], None)
+    with pytest.raises(ISGANError, match="--start-from takes one folder, got 2"):
+        compare.compare_main(["--debug", "--config-file", "c", "--start-from", "a", "b"])
     assert cli.pop_list_flag(["--stages", "2", "3", "SEED", "2"], "--stages", str.isdigit, "2 3") == \
         (["SEED", "2"], ["2", "3"])
 
