@@ -108,6 +108,9 @@ _C.LOSS.LAMBDA_ADV_U = 0.0
 # BatchNorm's running statistics), as b: L_R_fake = LAMBDA_R_FAKE x L_R of them, the fakes as training images
 # (DG-Net's primary feature learning, hard labels). 0: the paper (fakes never train E_R)
 _C.LOSS.LAMBDA_R_FAKE = 0.0
+# > 0: L_R_fake's targets smoothed by this (label-smoothing regularisation of generated images, CamStyle: Zhong et
+# al. 2018, whose hard labels on fakes hurt). 0: LABEL_SMOOTH's, as the real images' targets
+_C.LOSS.R_FAKE_LABEL_SMOOTH = 0.0
 # > 0: in stage 3 the gradient G's terms send into the identity code (G's input) is scaled down to at most
 # CODE_GRAD_CAP x the norm of L_R's there, per batch: G's push on E_R shrinks as L_R's does. 0: the paper (no cap)
 _C.LOSS.CODE_GRAD_CAP = 0.0
@@ -213,6 +216,7 @@ RANGES = {
                                                "LAMBDA_R_FAKE", "CODE_GRAD_CAP", "D_LAMBDA_D", "D_LAMBDA_C",
                                                "LAMBDA_TRIPLET", "TRIPLET_MARGIN", "KL_FREE_BITS")},
     "LOSS.LABEL_SMOOTH": "[0, 1)",
+    "LOSS.R_FAKE_LABEL_SMOOTH": "[0, 1)",
     "LOSS.GAN_WARMUP": "[0, inf)",
     "TRAIN.STAGES": "[1, 3]",
     "TRAIN.ADAM_BETAS": "[0, 1)",

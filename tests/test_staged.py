@@ -426,6 +426,26 @@ def test_fake_identity_term_trains_e_r_on_the_cross_identity_fakes_in_stage_3(ma
     assert summary["L_R_fake"] > 0 and "L_X" not in summary and "L_code" not in summary
 
 
+@pytest.mark.parametrize("smooth, expected", [(["LOSS.R_FAKE_LABEL_SMOOTH", "0.1"], 0.1),
+                                              (["LOSS.LABEL_SMOOTH", "0.2"], 0.2),  # 0: the real images' smoothing
+                                              (["LOSS.LABEL_SMOOTH", "0.2", "LOSS.R_FAKE_LABEL_SMOOTH", "0.1"], 0.1)])
+def test_fake_identity_term_smooths_its_targets(make_engine, batches, smooth, expected):
+    """LOSS.R_FAKE_LABEL_SMOOTH > 0: L_R_fake's targets are smoothed by it (CamStyle's regularisation of generated
+    images); at 0 by LABEL_SMOOTH, as the real images' targets."""
+    imgs, pids = batches[0]["img"], batches[0]["pid"]
+    engine = make_engine("LOSS.LAMBDA_R_FAKE", "2.0", *smooth)
+    prepare(engine, 3)
+    model = engine.model
+    fakes, labels = torch.rand(len(pids), *imgs.shape[1:]) * 2 - 1, pids.flip(0)
+    term = engine.objective.fake_identity_loss(fakes, labels)
+    model.backbone.eval(), model.encoder_r.eval()
+    with torch.no_grad():
+        _, logits = model.encoder_r(model.backbone(engine.objective.image_to_input(fakes)))
+    hard = torch.stack([F.cross_entropy(x, labels) for x in logits]).mean()
+    smoothed = torch.stack([F.cross_entropy(x, labels, label_smoothing=expected) for x in logits]).mean()
+    assert term.item() == pytest.approx(smoothed.item(), rel=1e-5) and term.item() != pytest.approx(hard.item())
+
+
 def test_code_gradient_cap_holds_gs_push_on_e_r_to_a_fraction_of_l_rs_in_stage_3(make_engine, batches):
     """LOSS.CODE_GRAD_CAP: in stage 3 the gradient G's terms send into the identity code (G's input) is scaled by
     s = min(1, cap x ||dL_R / d code|| / ||dG's terms / d code||), so E_R's parameters get g_R + s g_G (g_R from

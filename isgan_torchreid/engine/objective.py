@@ -80,6 +80,7 @@ class LossSettings:
     lambda_feat: float  # L_feat, the trunk's reading of the fakes with a pixel target against their targets
     lambda_adv_u: float  # L_nu, E_U's side of the nuisance code's identity adversary (D_nu its side)
     lambda_r_fake: float  # L_R_fake, stage 3: E_R learns the identities of the cross-identity fakes
+    r_fake_label_smooth: float  # L_R_fake's label smoothing; 0: label_smooth's
     code_grad_cap: float  # stage 3: G's gradient on the identity code at most this x L_R's there; 0: no cap
     part_shuffle: str
     target_space: str
@@ -444,15 +445,17 @@ class ISGANObjective(IdentityObjective):
 
     def fake_identity_loss(self, fakes: Tensor, labels: Tensor) -> Tensor:
         """L_R_fake (LOSS.LAMBDA_R_FAKE, stage 3): the trunk and E_R read the cross-identity fakes (B, 3, H, W) as
-        training images of the identities drawn into them (``labels``, (B,)): L_R [Eq. 1] of them. The fakes are
-        detached (the term trains the trunk and E_R, not G or E_U) and read on BatchNorm's running statistics,
+        training images of the identities drawn into them (``labels``, (B,)): L_R [Eq. 1] of them, the targets
+        smoothed by LOSS.R_FAKE_LABEL_SMOOTH when it is > 0 (CamStyle's regularisation of generated images), else
+        as the real images' (LABEL_SMOOTH). The fakes are detached (the term trains the trunk and E_R, not G or E_U) and read on BatchNorm's running statistics,
         which see real images alone. The plain modules are called, not their DDP wrappers (one forward each per
         step); that torchrun steps as one process does with this term is not tested."""
         model = self.model
         imgs = self.image_to_input(fakes.detach())
         with running_statistics(model.backbone, model.encoder_r):
             _, logits = model.encoder_r(model.backbone(imgs))  # K x (B, C)
-        return self.identity_terms(logits, None, labels)["L_R"]
+        s = self.losses
+        return L.identity_loss(logits, labels, s.id_reduction, s.r_fake_label_smooth or s.label_smooth)
 
     def feature_loss(self, fakes: Tensor, imgs: Tensor) -> Tensor:
         """L_feat (LOSS.LAMBDA_FEAT): the trunk reads the fakes (n*B, 3, H, W), n sets of the batch's images in
