@@ -67,6 +67,31 @@ def test_all_queries_is_the_evaluators_result_and_groups_average_to_it(setup):
         assert weighted == pytest.approx(rows["all queries"][metric], abs=1e-9)
 
 
+def test_queries_without_a_match_are_left_out_and_chunks_change_nothing(setup, tmp_path):
+    """An identity with no gallery image left: its queries are not counted, as torchreid skips them; ranking one
+    query per chunk (max_bytes 1) gives the evaluator's result on what remains."""
+    root = tmp_path / "data"
+    for folder in ("query", "bounding_box_test"):
+        shutil.copytree(os.path.join(setup["root"], folder), root / folder)
+    pid = sorted(os.listdir(root / "query"))[0][:4]
+    for name in os.listdir(root / "bounding_box_test"):
+        if name.startswith(pid + "_"):
+            os.remove(root / "bounding_box_test" / name)
+    weights = setup["weights"][0]
+    result = by_factor([weights], str(root), max_bytes=1)
+    split = read_test_split(str(root))
+    q, g = split["query"], split["gallery"]
+    left_out = int((q["pids"] == int(pid)).sum())
+    assert left_out > 0 and result["groups"]["all queries"] == len(q["paths"]) - left_out
+    assert sum(n for k, n in result["groups"].items() if k.startswith("camera ")) == len(q["paths"]) - left_out
+    encoder = load_encoder(weights)
+    expected = evaluate(embed(encoder, q["paths"]), embed(encoder, g["paths"]), q["pids"], g["pids"], q["camids"],
+                        g["camids"])
+    row = result["results"][weights]["all queries"]
+    assert row["mAP"] == pytest.approx(expected["mAP"], abs=1e-9)
+    assert row["rank1"] == pytest.approx(expected["rank1"], abs=1e-9)
+
+
 def test_junk_images_leave_the_gallery(setup, tmp_path):
     root = tmp_path / "data"
     for folder in ("query", "bounding_box_test"):

@@ -3,11 +3,13 @@
 ``tools/benchmark.py --by-factor W1 [W2 ...] --data-dir DIR`` embeds the query and gallery images of a
 Market-layout folder (``query/``, ``bounding_box_test/``; junk images, pid -1, left out of the gallery as
 torchreid's Market-1501 does) with each encoder (any file :func:`~isgan_torchreid.deploy.load_encoder` reads,
-with its run's flip and normalisation), takes the (Q, G) Euclidean distances (TEST.DIST_METRIC's default; the
-encoder file does not record a run's metric) and evaluates the Market protocol (:func:`~isgan_torchreid.engine.
-evaluation.evaluate_rank`) over the whole gallery for each group of queries: all of them, each query camera,
-and each value of every nuisance factor a ``factors.json`` beside the split folders names (synthperson writes
-view and occlusion; :func:`~.disentangle.nuisance_factors`). A robust encoder [paper, Sec. 1] loses little on
+with its run's flip and normalisation), ranks the whole gallery for each query under the Market protocol by
+Euclidean distance (TEST.DIST_METRIC's default; the encoder file does not record a run's metric), in chunks of
+queries whose memory is bounded as the evaluator's (:func:`~isgan_torchreid.engine.evaluation.rank_queries`),
+and averages rank-1 and AP over each group of queries: all of them, each query camera, and each value of every
+nuisance factor a ``factors.json`` beside the split folders names (synthperson writes view and occlusion;
+:func:`~.disentangle.nuisance_factors`). As in torchreid, a query whose identity has no gallery image from
+another camera is left out; a group's count is of the queries that remain. A robust encoder [paper, Sec. 1] loses little on
 the hard groups (occluded queries, say); two encoders trained alike show there where they differ.
 """
 import os
@@ -19,7 +21,7 @@ from tabulate import tabulate
 from .. import storage
 from ..deploy.embedding import embed, list_images, market_labels
 from ..deploy.encoder import load_encoder
-from ..engine.evaluation import compute_distance_matrix, evaluate_rank
+from ..engine.evaluation import MAX_BYTES, chunk_rows, distance_chunks, rank_queries
 from ..errors import ISGANError
 from .disentangle import nuisance_factors
 
@@ -58,29 +60,31 @@ def query_groups(paths: Sequence[str], camids: np.ndarray) -> Dict[str, np.ndarr
     return groups
 
 
-def by_factor(weights: Sequence[str], root: str, device: str = "auto") -> dict:
-    """{"groups": {group: query count}, "results": {weights: {group: {"rank1", "mAP"}}}}; a group
-    whose queries all lack a gallery match from another camera is left out of that encoder's results."""
+def by_factor(weights: Sequence[str], root: str, device: str = "auto", max_bytes: int = MAX_BYTES) -> dict:
+    """{"groups": {group: valid queries}, "results": {weights: {group: {"rank1", "mAP"}}}}; a group without valid
+    queries (none with a gallery match from another camera) is left out of the results. ``max_bytes``: the
+    working memory of one chunk of queries."""
     repeated = sorted({w for w in weights if list(weights).count(w) > 1})
     if repeated:
         raise ISGANError(f"--by-factor names {', '.join(repeated)} more than once; list each encoder once")
     split = read_test_split(root)
     q, g = split["query"], split["gallery"]
     groups = query_groups(q["paths"], q["camids"])
-    results = {}
+    results, valid = {}, None
     for path in weights:
         encoder = load_encoder(path, device=device)
-        distmat = compute_distance_matrix(embed(encoder, q["paths"]), embed(encoder, g["paths"])).numpy()  # (Q, G)
+        chunks = distance_chunks(embed(encoder, q["paths"]), embed(encoder, g["paths"]),
+                                 chunk_size=chunk_rows(len(g["paths"]), max_bytes))  # (C, G) blocks
+        valid, cmc, _, aps = rank_queries((d.cpu() for _, d in chunks), q["pids"], g["pids"], q["camids"],
+                                          g["camids"], max_rank=1)  # (Q,); (V, 1), (V,) of the V valid ones
         rows = {}
         for group, mask in groups.items():
-            try:
-                cmc, mAP = evaluate_rank(distmat[mask], q["pids"][mask], g["pids"], q["camids"][mask], g["camids"],
-                                         max_rank=1)
-            except ISGANError:  # no query of the group has a match in the gallery
-                continue
-            rows[group] = {"rank1": float(cmc[0]), "mAP": mAP}
+            inside = mask[valid]  # (V,)
+            if inside.any():
+                rows[group] = {"rank1": float(cmc[inside, 0].mean()), "mAP": float(aps[inside].mean())}
         results[path] = rows
-    return {"data_dir": root, "groups": {k: int(m.sum()) for k, m in groups.items()}, "results": results}
+    counts = {group: int((mask & valid).sum()) for group, mask in groups.items()}  # the labels decide validity
+    return {"data_dir": root, "groups": counts, "results": results}
 
 
 def short_names(paths: Sequence[str]) -> List[str]:
@@ -115,7 +119,7 @@ def run_by_factor(weights: List[str], root: str, out=None) -> dict:
     """Measure, print the table, write the JSON when ``out`` is given; returns the result."""
     result = by_factor(weights, root)
     print(f"re-identification by query group on {root}: {len(result['groups'])} groups, Market protocol over the "
-          f"whole gallery")
+          f"whole gallery (n: the group's queries with a gallery match from another camera)")
     print(by_factor_table(result))
     if out:
         storage.write_json(out, result)

@@ -18,7 +18,7 @@ import torchreid
 from isgan_torchreid.console import progress
 from isgan_torchreid.errors import ISGANError
 
-__all__ = ['MAX_BYTES', 'chunk_rows', 'evaluate_rank', 'rank_chunks', 'distance_chunks', 'compute_distance_matrix',
+__all__ = ['MAX_BYTES', 'chunk_rows', 'evaluate_rank', 'rank_chunks', 'rank_queries', 'distance_chunks', 'compute_distance_matrix',
            'descriptor', 'extract_features', 'rerank', 'evaluate']
 
 # Default working-memory budget of one query chunk (distances + ranking); evaluate(max_bytes=...).
@@ -141,6 +141,26 @@ def evaluate_rank(distmat, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_
 
 def rank_chunks(chunks, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_metric_cuhk03=False):
     """`evaluate_rank` on distances given as successive (C, G) row blocks covering every query in order."""
+    valid, cmc, listed, aps = rank_queries(chunks, q_pids, g_pids, q_camids, g_camids, max_rank, use_metric_cuhk03)
+    if not valid.any():
+        raise ISGANError(
+            f'evaluate_rank: none of the {len(valid)} query identities has a gallery image from another camera '
+            '(torchreid asserts "all query identities do not appear in gallery"); check that query and '
+            'gallery come from the same dataset split and that pids/camids are parsed correctly'
+        )
+    length = int(listed.min())  # every row has at least this many ranks
+    all_cmc = np.ascontiguousarray(cmc[:, :length])  # (num_valid, length)
+    return all_cmc.sum(0) / float(len(all_cmc)), float(np.mean(aps))
+
+
+def rank_queries(chunks, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_metric_cuhk03=False):
+    """Each query's ranking, from distances given as successive (C, G) row blocks covering every query in order.
+
+    Returns (valid, cmc, listed, aps): ``valid`` (Q,) bool, the queries whose identity appears in the gallery
+    from another camera (the others are skipped, as torchreid does); for the valid ones in order, ``cmc``
+    (num_valid, max_rank) 0/1 rows, ``listed`` (num_valid,) how many of their ranks are defined, and ``aps``
+    (num_valid,) average precisions. `evaluate_rank` averages them over the queries.
+    """
     q_pids, g_pids, q_camids, g_camids = (_to_numpy(a) for a in (q_pids, g_pids, q_camids, g_camids))
     num_q, num_g = len(q_pids), len(g_pids)
     if q_pids.shape != (num_q,) or q_camids.shape != (num_q,) or g_pids.shape != (num_g,) \
@@ -152,7 +172,7 @@ def rank_chunks(chunks, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_met
     max_rank = min(max_rank, num_g)
     gallery_ids, sorted_ids = np.unique(g_pids, return_inverse=True)  # dense gallery identity ids
 
-    cmc_rows, lengths, aps = [], [], []
+    valid_rows, cmc_rows, lengths, aps = [], [], [], []
     start = 0
     for dist in chunks:
         dist = _to_numpy(dist)
@@ -167,6 +187,7 @@ def rank_chunks(chunks, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_met
         keep = ~(matches & (g_camids[order] == q_camids[start:stop, None]))
         hits = matches & keep
         valid = hits.any(axis=1)  # queries whose identity still appears in the gallery
+        valid_rows.append(valid)
         start = stop
         if not valid.any():
             continue
@@ -183,17 +204,10 @@ def rank_chunks(chunks, q_pids, g_pids, q_camids, g_camids, max_rank=50, use_met
     if start != num_q:
         raise ValueError(f'evaluate_rank: distmat has {start} rows but {num_q} query pids/camids; pass one pid '
                          'and camid per row/column')
-
-    if not aps:
-        raise ISGANError(
-            f'evaluate_rank: none of the {num_q} query identities has a gallery image from another camera '
-            '(torchreid asserts "all query identities do not appear in gallery"); check that query and '
-            'gallery come from the same dataset split and that pids/camids are parsed correctly'
-        )
-    length = int(np.concatenate(lengths).min())  # every row has at least this many ranks
-    all_cmc = np.ascontiguousarray(np.concatenate(cmc_rows)[:, :length])  # (num_valid, length)
-    num_valid = float(len(all_cmc))
-    return all_cmc.sum(0) / num_valid, float(np.mean(np.concatenate(aps)))
+    valid = np.concatenate(valid_rows) if valid_rows else np.zeros(0, dtype=bool)
+    if not cmc_rows:
+        return valid, np.zeros((0, max_rank), np.float32), np.zeros(0, np.int64), np.zeros(0)
+    return valid, np.concatenate(cmc_rows), np.concatenate(lengths), np.concatenate(aps)
 
 
 def distance_chunks(qf, gf, metric='euclidean', chunk_size=1024):
