@@ -24,6 +24,10 @@ _C.DATA.WIDTH = 128
 _C.DATA.WORKERS = 4
 _C.DATA.RANDOM_FLIP = True
 _C.DATA.RANDOM_ERASING = True  # stage 1 only: the paper finds it hinders disentanglement
+# True: the training loader's workers hand over uint8 batches, normalised on the device (data/device_batches.py):
+# a quarter of the bytes through pinned memory and the host-to-device copy; bit-identical batches but for random
+# erasing's fill, rounded to 1/255. False: torchreid's float transform
+_C.DATA.UINT8_BATCHES = False
 _C.DATA.CUHK03_LABELED = False
 _C.DATA.CUHK03_CLASSIC_SPLIT = False  # False: the 767/700 split of Zhong et al.
 _C.DATA.ON_BAD_IMAGE = "skip"  # unreadable image: skip (reported by path, counted) | error (stop before training)

@@ -6,10 +6,12 @@ import torch
 import torchvision.transforms as T
 
 from isgan_torchreid.config import load_config
-from isgan_torchreid.data.build import (build_data, check_datasets, datamanager_kwargs, synth_specs,
-                                        train_transform, use_forkserver)
+from isgan_torchreid.data.build import (IMAGENET_MEAN, IMAGENET_STD, build_data, check_datasets, datamanager_kwargs,
+                                        synth_specs, train_transform, use_forkserver)
+from isgan_torchreid.data.device_batches import RandomErasingUInt8
 from isgan_torchreid.data.synthetic.spec import SynthSpec, default_spec, spec_for, using_specs
 from isgan_torchreid.errors import ISGANError
+from isgan_torchreid.models.images import normalize_uint8
 
 
 def cfg_for(root, *sources, opts=()):
@@ -125,6 +127,29 @@ def test_augmentations_depend_on_the_seed_and_place_alone(tiny_cfg):
     dm = build_data(tiny_cfg()).manager
     dm.train_loader.sampler.set_epoch(4, stage=1)
     assert not torch.equal(torch.cat([b["img"] for b in dm.train_loader]), alone[0])  # another epoch: other draws
+
+
+def epoch_images(cfg, stage):
+    dm = build_data(cfg).manager
+    dm.train_loader.sampler.set_epoch(0, stage=stage)
+    return torch.cat([b["img"] for b in dm.train_loader])
+
+
+def test_uint8_batches_normalise_on_the_device_to_torchreids(tiny_cfg):
+    """DATA.UINT8_BATCHES: the workers hand over uint8 images that normalise to torchreid's float batch bit for bit
+    (stage 2: resize and flip, the same draws); in stage 1 random erasing fills the same rectangles, with a value
+    that differs by its rounding to 1/255 alone."""
+    floats = {stage: epoch_images(tiny_cfg(), stage) for stage in (1, 2)}
+    uint8 = {stage: epoch_images(tiny_cfg("DATA.UINT8_BATCHES", "True"), stage) for stage in (1, 2)}
+    assert uint8[2].dtype == torch.uint8 and floats[2].dtype == torch.float32
+    assert torch.equal(normalize_uint8(uint8[2]), floats[2])
+    erased = (floats[1] == torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)).all(1, keepdim=True).expand_as(floats[1])
+    assert erased.any()  # torchreid's fill, in normalised units
+    ours = normalize_uint8(uint8[1])
+    assert torch.equal(ours[~erased], floats[1][~erased])
+    assert (ours[erased] - floats[1][erased]).abs().max() <= 0.5 / 255 / min(IMAGENET_STD) + 1e-6
+    fill = RandomErasingUInt8(IMAGENET_MEAN, IMAGENET_STD).fill.view(1, 3, 1, 1)
+    assert (uint8[1] == fill).all(1, keepdim=True).expand_as(erased)[erased].all()
 
 
 class Unpicklable(torch.utils.data.Dataset):

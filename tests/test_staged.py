@@ -31,7 +31,7 @@ from isgan_torchreid.engine.objective import Precision
 from isgan_torchreid.engine.staged import StagedEngine
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
-from isgan_torchreid.models.images import luminance
+from isgan_torchreid.models.images import luminance, normalize_uint8
 
 from conftest import CONFIGS, TINY, floats, interrupted_at
 
@@ -337,6 +337,17 @@ def test_cross_identity_set_is_judged_but_not_reconstructed(make_engine, batches
     assert len(g_x) == B and (g_x != pids).all()  # every row drew another identity (the batch has several)
     gen = engine.objective.generate(batches[0]["img"], pids, 2)
     assert gen.sets[-1] == "crossed" and torch.equal(gen.labels[:B], pids)
+
+
+def test_uint8_batches_are_normalised_on_the_device(make_engine, batches):
+    """A uint8 batch (DATA.UINT8_BATCHES) steps as its normalised float batch does: the engine normalises it."""
+    u8 = (batches[0]["img"] * 60 + 120).clamp(0, 255).to(torch.uint8)  # (8, 3, H, W)
+    summaries = []
+    for img in (u8, normalize_uint8(u8)):
+        engine = make_engine()
+        prepare(engine, 1)
+        summaries.append(floats(engine.forward_backward({"img": img, "pid": batches[0]["pid"]})))
+    assert summaries[0] == summaries[1] and summaries[0]["L_R"] > 0
 
 
 def step_beside_reference(make_engine, batch, stage, *overrides):

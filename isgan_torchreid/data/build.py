@@ -20,6 +20,7 @@ from ..errors import ISGANError
 from .synthetic import spec as synth
 from .synthetic.datasets import DATASETS as SYNTHETIC
 from .synthetic.generation import ensure
+from .device_batches import uint8_train_transform
 from .images import CheckCache, ImageCheck
 from .loaders import guarded
 from .sampler import identity_loader
@@ -102,7 +103,12 @@ def train_augmentations(cfg, stage):
 
 def train_transform(cfg, stage):
     """torchreid's train transform for ``stage`` (:func:`train_augmentations`), built without torchreid's
-    printout (the data manager's, once per run, says what every transform does)."""
+    printout (the data manager's, once per run, says what every transform does); with DATA.UINT8_BATCHES the
+    same stopped at uint8 (:mod:`.device_batches`)."""
+    if cfg.DATA.UINT8_BATCHES:
+        names = train_augmentations(cfg, stage)
+        return uint8_train_transform(cfg.DATA.HEIGHT, cfg.DATA.WIDTH, "random_flip" in names, "random_erase" in names,
+                                     IMAGENET_MEAN, IMAGENET_STD)
     return compat.build_transforms(cfg.DATA.HEIGHT, cfg.DATA.WIDTH, train_augmentations(cfg, stage), IMAGENET_MEAN,
                                    IMAGENET_STD)[0]
 

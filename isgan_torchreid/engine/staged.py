@@ -15,10 +15,12 @@ import os
 import time
 from typing import Dict, List, Optional, Sequence
 
+import torch
 from torch import Tensor
 
 from .. import comm, compat
 from ..errors import ISGANError
+from ..models.images import normalize_uint8
 from . import checkpoint as ckpt
 from . import distributed
 from .evaluation import compute_distance_matrix, evaluate, extract_features
@@ -130,6 +132,8 @@ class StagedEngine(Engine):
         """One training step of the current stage; returns each loss term for logging (0-d tensors on the
         device: the step does not wait for the device, :mod:`.scalars`)."""
         imgs = data["img"].to(self.device, non_blocking=True, memory_format=self.precision.memory_format)
+        if imgs.dtype == torch.uint8:  # DATA.UINT8_BATCHES: normalised here, on the device
+            imgs = normalize_uint8(imgs)
         pids = data["pid"].to(self.device, non_blocking=True)
         self.batch_size = imgs.size(0) * comm.get_world_size()
         self.nonfinite.where = (self.stage, self.epoch, self.batch_idx)

@@ -10,8 +10,8 @@ from torch import Tensor
 
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 
-__all__ = ["channel_constants", "image_target", "image_to_unit", "luminance", "local_contrast", "NUISANCE_INPUTS",
-           "CONTRAST_FLOOR"]
+__all__ = ["channel_constants", "normalize", "normalize_uint8", "image_target", "image_to_unit", "luminance",
+           "local_contrast", "NUISANCE_INPUTS", "CONTRAST_FLOOR"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -27,6 +27,12 @@ def normalize(unit: Tensor) -> Tensor:
     """[0, 1] RGB (B, 3, H, W) -> normalised with ImageNet's mean and std, as the encoders read images."""
     mean, std, _ = channel_constants(unit.device, unit.dtype)
     return (unit - mean) / std
+
+
+def normalize_uint8(imgs: Tensor) -> Tensor:
+    """uint8 RGB (B, 3, H, W) (DATA.UINT8_BATCHES) -> normalised float32 on its device, as torchvision's ToTensor
+    (x / 255) and Normalize ((x - mean) / std) compute, element for element."""
+    return normalize(imgs.float().div_(255))
 
 
 def image_target(imgs: Tensor, space: str) -> Tensor:
