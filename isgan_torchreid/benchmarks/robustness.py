@@ -9,8 +9,8 @@ queries whose memory is bounded as the evaluator's (:func:`~isgan_torchreid.engi
 and averages rank-1 and AP over each group of queries: all of them, each query camera, and each value of every
 nuisance factor a ``factors.json`` beside the split folders names (synthperson writes view and occlusion;
 :func:`~.disentangle.nuisance_factors`). As in torchreid, a query whose identity has no gallery image from
-another camera is left out; a group's count is of the queries that remain. A robust encoder [paper, Sec. 1] loses little on
-the hard groups (occluded queries, say); two encoders trained alike show there where they differ.
+another camera is left out; a group's count is of the queries that remain. A robust encoder [paper, Sec. 1]
+loses little on the hard groups (occluded queries, say); two encoders trained alike show there where they differ.
 """
 import os
 from typing import Dict, List, Sequence

@@ -5,8 +5,9 @@ crosses the loader's queue, pinned memory and the host-to-device copy as float32
 workers stop before the conversion: they resize and flip with the same torchvision classes and the same random
 draws as torchreid's transform, erase on the uint8 image with torchreid's draws (:class:`RandomErasingUInt8`),
 and hand over uint8 (B, 3, H, W), a quarter of the bytes; the device converts and normalises
-(:func:`~isgan_torchreid.models.images.normalize_uint8`) with the operations ToTensor and Normalize compute. Without erasing the batch on the
-device is bit-identical to torchreid's; an erased patch differs by the rounding of its fill to 1/255.
+(:func:`~isgan_torchreid.models.images.normalize_uint8`) with the operations ToTensor and Normalize compute.
+Without erasing the batch on the device is bit-identical to torchreid's; an erased patch differs by the
+rounding of its fill to 1/255.
 """
 import math
 import random

@@ -18,8 +18,8 @@ import torchreid
 from isgan_torchreid.console import progress
 from isgan_torchreid.errors import ISGANError
 
-__all__ = ['MAX_BYTES', 'chunk_rows', 'evaluate_rank', 'rank_chunks', 'rank_queries', 'distance_chunks', 'compute_distance_matrix',
-           'descriptor', 'extract_features', 'rerank', 'evaluate']
+__all__ = ['MAX_BYTES', 'chunk_rows', 'evaluate_rank', 'rank_chunks', 'rank_queries', 'distance_chunks',
+           'compute_distance_matrix', 'descriptor', 'extract_features', 'rerank', 'evaluate']
 
 # Default working-memory budget of one query chunk (distances + ranking); evaluate(max_bytes=...).
 MAX_BYTES = 256 * 2 ** 20

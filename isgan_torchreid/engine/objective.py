@@ -447,9 +447,10 @@ class ISGANObjective(IdentityObjective):
         """L_R_fake (LOSS.LAMBDA_R_FAKE, stage 3): the trunk and E_R read the cross-identity fakes (B, 3, H, W) as
         training images of the identities drawn into them (``labels``, (B,)): L_R [Eq. 1] of them, the targets
         smoothed by LOSS.R_FAKE_LABEL_SMOOTH when it is > 0 (CamStyle's regularisation of generated images), else
-        as the real images' (LABEL_SMOOTH). The fakes are detached (the term trains the trunk and E_R, not G or E_U) and read on BatchNorm's running statistics,
-        which see real images alone. The plain modules are called, not their DDP wrappers (one forward each per
-        step); that torchrun steps as one process does with this term is not tested."""
+        as the real images' (LABEL_SMOOTH). The fakes are detached (the term trains the trunk and E_R, not G or
+        E_U) and read on BatchNorm's running statistics, which see real images alone. The plain modules are called,
+        not their DDP wrappers (one forward each per step); that torchrun steps as one process does with this term
+        is not tested."""
         model = self.model
         imgs = self.image_to_input(fakes.detach())
         with running_statistics(model.backbone, model.encoder_r):
