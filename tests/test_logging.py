@@ -308,8 +308,10 @@ def test_every_tool_parses_list_flags_alike(tmp_path, monkeypatch):
     monkeypatch.setattr(cli.mains, "evaluate_weights", lambda cfg, w: seen.update(targets=list(cfg.DATA.TARGETS)))
     cli.test_main(["--config-file", CONFIG, "--weights", "w", "--targets", "market1501,dukemtmcreid"])
     monkeypatch.setattr(compare, "compare",
-                        lambda c, o, methods, seeds: seen.update(methods=methods, seeds=seeds) or [])
-    compare.compare_main(["--config-file", CONFIG, "--methods", "isgan,mgn", "--seeds", "0", "1"])
+                        lambda c, o, methods, seeds, start: seen.update(methods=methods, seeds=seeds, start=start)
+                        or [])
+    compare.compare_main(["--config-file", CONFIG, "--methods", "isgan,mgn", "--seeds", "0", "1",
+                          "--start-from=prev"])
     monkeypatch.setattr(training, "bench_training", lambda cfg, methods, **k: seen.update(bench=list(methods)) or [])
     benchmarks.benchmark_main(["--config-file", CONFIG, "--skip-evaluator", "--methods", "isgan", "mgn"])
     monkeypatch.setitem(visualize.COMMANDS, "grid", lambda args, opts: seen.update(images=args.images)
@@ -317,7 +319,8 @@ def test_every_tool_parses_list_flags_alike(tmp_path, monkeypatch):
     visualize.visualize_main(["grid", "--weights", "w", "--images", "a.jpg,b.jpg", "c.jpg", "--out",
                               str(tmp_path / "g.png")])
     assert seen == {"stages": [2, 3], "targets": ["market1501", "dukemtmcreid"], "methods": ["isgan", "mgn"],
-                    "seeds": ["0", "1"], "bench": ["isgan", "mgn"], "images": ["a.jpg", "b.jpg", "c.jpg"]}
+                    "seeds": ["0", "1"], "start": "prev", "bench": ["isgan", "mgn"],
+                    "images": ["a.jpg", "b.jpg", "c.jpg"]}
 
 
 # ---------------------------------------------------------------- a run: interrupted, resumed, evaluated
