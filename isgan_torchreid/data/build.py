@@ -105,12 +105,11 @@ def train_transform(cfg, stage):
     """torchreid's train transform for ``stage`` (:func:`train_augmentations`), built without torchreid's
     printout (the data manager's, once per run, says what every transform does); with DATA.UINT8_BATCHES the
     same stopped at uint8 (:mod:`.device_batches`)."""
+    names = train_augmentations(cfg, stage)
     if cfg.DATA.UINT8_BATCHES:
-        names = train_augmentations(cfg, stage)
         return uint8_train_transform(cfg.DATA.HEIGHT, cfg.DATA.WIDTH, "random_flip" in names, "random_erase" in names,
                                      IMAGENET_MEAN, IMAGENET_STD)
-    return compat.build_transforms(cfg.DATA.HEIGHT, cfg.DATA.WIDTH, train_augmentations(cfg, stage), IMAGENET_MEAN,
-                                   IMAGENET_STD)[0]
+    return compat.build_transforms(cfg.DATA.HEIGHT, cfg.DATA.WIDTH, names, IMAGENET_MEAN, IMAGENET_STD)[0]
 
 
 def use_forkserver(loaders):

@@ -44,9 +44,9 @@ from ..models.frozen import frozen, running_statistics
 from ..models.images import image_target, image_to_unit, normalize
 from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
 from .gradient_cap import cap_branch_gradient
-from .optim import OptimizerSpec
+from .optim import OptimizerSettings, OptimizerSpec
 
-__all__ = ["LossSettings", "OptimizerSettings", "Precision", "Generation", "IdentityObjective", "ISGANObjective",
+__all__ = ["LossSettings", "Precision", "Generation", "IdentityObjective", "ISGANObjective",
            "register_method", "build_objective", "logged"]
 
 # attributes of ISGAN that each stage trains
@@ -95,48 +95,6 @@ class LossSettings:
         values = {f.name: cfg.LOSS[f.name.upper()] for f in dataclasses.fields(cls)}
         values["lambda_u"] = tuple(values["lambda_u"])
         return cls(**values)
-
-
-@dataclasses.dataclass(frozen=True)
-class OptimizerSettings:
-    """The optimiser keys of TRAIN, resolved once (docs/configuration.md)."""
-
-    lr: Dict[int, float]  # stage -> learning rate
-    milestones: Dict[int, Tuple[int, ...]]  # stage -> MultiStepLR milestones
-    gamma: float
-    adam_betas: Tuple[float, float]
-    weight_decay: float
-    amsgrad: bool
-    d_optimizer: str  # sgd | adam
-    d_momentum: float
-    d_adam_betas: Tuple[float, float]
-    d_lr_mult: float
-    d_weight_decay: float
-    lr_mult_gu: float  # stage 3: G and E_U at this x the rate
-
-    @classmethod
-    def from_config(cls, cfg):
-        t = cfg.TRAIN
-        return cls({n: t[f"STAGE{n}"].LR for n in (1, 2, 3)},
-                   {n: tuple(t[f"STAGE{n}"].MILESTONES) for n in (1, 2, 3)}, t.GAMMA, tuple(t.ADAM_BETAS),
-                   t.WEIGHT_DECAY, t.AMSGRAD, t.D_OPTIMIZER, t.D_MOMENTUM, tuple(t.D_ADAM_BETAS), t.D_LR_MULT,
-                   t.D_WEIGHT_DECAY, t.LR_MULT_GU)
-
-    def adam(self, stage: int, modules, slow=()) -> OptimizerSpec:
-        """Adam with the authors' settings (betas, coupled weight decay, amsgrad) at the stage's rate; ``slow``
-        modules at LR_MULT_GU x it in stage 3."""
-        return OptimizerSpec(tuple(modules), "adam", self.lr[stage], self.weight_decay, self.milestones[stage],
-                             self.gamma, betas=self.adam_betas, amsgrad=self.amsgrad,
-                             slow=tuple(slow) if stage == 3 else (), slow_mult=self.lr_mult_gu)
-
-    def discriminator(self, stage: int, modules) -> OptimizerSpec:
-        """D's optimiser: SGD with momentum (paper) or Adam with D_ADAM_BETAS, at D_LR_MULT x the stage's rate."""
-        lr = self.lr[stage] * self.d_lr_mult
-        if self.d_optimizer == "adam":
-            return OptimizerSpec(tuple(modules), "adam", lr, self.d_weight_decay, self.milestones[stage],
-                                 self.gamma, betas=self.d_adam_betas)
-        return OptimizerSpec(tuple(modules), "sgd", lr, self.d_weight_decay, self.milestones[stage], self.gamma,
-                             momentum=self.d_momentum)
 
 
 @dataclasses.dataclass(frozen=True)

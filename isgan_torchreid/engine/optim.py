@@ -1,8 +1,9 @@
 """Optimisers of a stage and one optimiser's update (backward, loss scaling, non-finite policy, step).
 
 A method (its objective, :mod:`.objective`) asks for each stage's optimisers as :class:`OptimizerSpec` objects: the
-modules, Adam or SGD and their settings, a MultiStepLR schedule; :func:`build_optimizer` builds them fresh
-when the stage starts. Nothing here knows which method asks.
+modules, Adam or SGD and their settings, a MultiStepLR schedule, made from the config's optimiser keys resolved
+once (:class:`OptimizerSettings`); :func:`build_optimizer` builds them fresh when the stage starts. Nothing here
+knows which method asks.
 """
 import dataclasses
 import math
@@ -15,7 +16,8 @@ from torch import Tensor, nn
 from .. import comm
 from .scalars import ScalarQueue
 
-__all__ = ["StageOptimizer", "adam", "sgd", "OptimizerSpec", "build_optimizer", "NonfiniteLog", "OptimizerUpdate"]
+__all__ = ["StageOptimizer", "adam", "sgd", "OptimizerSpec", "OptimizerSettings", "build_optimizer", "NonfiniteLog",
+           "OptimizerUpdate"]
 
 
 class StageOptimizer:
@@ -88,6 +90,48 @@ class OptimizerSpec:
     momentum: float = 0.0  # sgd
     slow: Tuple[nn.Module, ...] = ()  # modules among ``modules`` updated at lr x slow_mult
     slow_mult: float = 1.0
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """The optimiser keys of TRAIN, resolved once (docs/configuration.md)."""
+
+    lr: Dict[int, float]  # stage -> learning rate
+    milestones: Dict[int, Tuple[int, ...]]  # stage -> MultiStepLR milestones
+    gamma: float
+    adam_betas: Tuple[float, float]
+    weight_decay: float
+    amsgrad: bool
+    d_optimizer: str  # sgd | adam
+    d_momentum: float
+    d_adam_betas: Tuple[float, float]
+    d_lr_mult: float
+    d_weight_decay: float
+    lr_mult_gu: float  # stage 3: G and E_U at this x the rate
+
+    @classmethod
+    def from_config(cls, cfg):
+        t = cfg.TRAIN
+        return cls({n: t[f"STAGE{n}"].LR for n in (1, 2, 3)},
+                   {n: tuple(t[f"STAGE{n}"].MILESTONES) for n in (1, 2, 3)}, t.GAMMA, tuple(t.ADAM_BETAS),
+                   t.WEIGHT_DECAY, t.AMSGRAD, t.D_OPTIMIZER, t.D_MOMENTUM, tuple(t.D_ADAM_BETAS), t.D_LR_MULT,
+                   t.D_WEIGHT_DECAY, t.LR_MULT_GU)
+
+    def adam(self, stage: int, modules, slow=()) -> OptimizerSpec:
+        """Adam with the authors' settings (betas, coupled weight decay, amsgrad) at the stage's rate; ``slow``
+        modules at LR_MULT_GU x it in stage 3."""
+        return OptimizerSpec(tuple(modules), "adam", self.lr[stage], self.weight_decay, self.milestones[stage],
+                             self.gamma, betas=self.adam_betas, amsgrad=self.amsgrad,
+                             slow=tuple(slow) if stage == 3 else (), slow_mult=self.lr_mult_gu)
+
+    def discriminator(self, stage: int, modules) -> OptimizerSpec:
+        """D's optimiser: SGD with momentum (paper) or Adam with D_ADAM_BETAS, at D_LR_MULT x the stage's rate."""
+        lr = self.lr[stage] * self.d_lr_mult
+        if self.d_optimizer == "adam":
+            return OptimizerSpec(tuple(modules), "adam", lr, self.d_weight_decay, self.milestones[stage],
+                                 self.gamma, betas=self.d_adam_betas)
+        return OptimizerSpec(tuple(modules), "sgd", lr, self.d_weight_decay, self.milestones[stage], self.gamma,
+                             momentum=self.d_momentum)
 
 
 def build_optimizer(spec: OptimizerSpec, make_scaler: Callable[[], torch.amp.GradScaler]) -> StageOptimizer:
