@@ -24,6 +24,8 @@ mean ± sample standard deviation (n - 1) over the seeds, the chart's error bars
 the CSV and JSON hold every seed's row followed by a ``mean`` and a ``std`` row per method and target. With the
 baseline among several seeds' methods, a second table (and the JSON's ``differences``) pairs each method's runs with
 the baseline's of the same seed: the mean ± std of the per-seed differences, and in how many seeds it is ahead.
+With ``--by-factor`` each run's final encoder is also measured per group of queries (each camera, each nuisance
+factor the data names) and paired the same way per group (:func:`by_factor_runs`): where a gain comes from.
 """
 import csv
 import importlib.util
@@ -34,7 +36,9 @@ import torch
 from tabulate import tabulate
 
 from . import cli, comm, compat, storage
+from .benchmarks.robustness import measure_by_factor, split_from_lists
 from .config import config_changes, hashed_config, load_config, resolve_config_file
+from .data.build import build_data
 from .console import console_log
 from .engine import distributed
 from .engine.hooks import EpochTimer
@@ -251,6 +255,100 @@ def paired_differences(rows, reference="baseline"):
     return differences
 
 
+def by_factor_runs(cfg, rows, output_dir):
+    """``--by-factor``: each run's final identity encoder (``encoder.safetensors`` of its last stage) re-identifies
+    each target's test split per group of queries (:func:`~isgan_torchreid.benchmarks.robustness.measure_by_factor`:
+    all, each camera, each nuisance factor the data names), and each other method is paired with the baseline seed
+    by seed per group (:func:`paired_group_differences`). ``cfg``: any run's config (the data and targets). Returns
+    {"skipped": methods without an encoder file (torchreid's own models), "targets": {target: {"groups": {group:
+    queries}, "runs": {method: {seed: {group: {"rank1", "mAP"}}}}, "differences": [...]}}}."""
+    runs = [r for r in rows if r["seed"] not in ("mean", "std")]
+    files = {(r["method"], r["seed"]): os.path.join(output_dir, r["run"], "encoder.safetensors") for r in runs}
+    skipped = list(dict.fromkeys(m for (m, _), path in files.items() if not os.path.isfile(path)))
+    files = {key: path for key, path in files.items() if key[0] not in skipped}
+    if not files:
+        return {"skipped": skipped, "targets": {}}
+    data = cfg.clone()
+    data.defrost()
+    data.DATA.WORKERS = 0
+    data.freeze()
+    manager = build_data(data).manager
+    targets = {}
+    for target in dict.fromkeys(r["target"] for r in runs):
+        split = split_from_lists(*manager.fetch_test_loaders(target))
+        measured = {}
+        for seed in dict.fromkeys(s for _, s in files):
+            paths = {m: path for (m, s), path in files.items() if s == seed}
+            result = measure_by_factor(list(paths.values()), split, device=cfg.DEVICE)
+            measured.update({(m, seed): result["results"][path] for m, path in paths.items()})
+        by_method = {}
+        for (method, seed), groups in measured.items():
+            by_method.setdefault(method, {})[str(seed)] = groups
+        targets[target] = {"groups": result["groups"], "runs": by_method,
+                           "differences": paired_group_differences(by_method)}
+    return {"skipped": skipped, "targets": targets}
+
+
+def paired_group_differences(runs, reference="baseline"):
+    """{method: {seed: {group: {"rank1", "mAP"}}}} -> for each other method and group measured on the same seeds as
+    ``reference`` (one at least): the differences method - reference of R-1 and mAP seed by seed, their mean, sample
+    standard deviation (n - 1; None for one seed) and the number of seeds in which the method is ahead on mAP."""
+    if reference not in runs:
+        return []
+    differences = []
+    for method, seeds_of in runs.items():
+        if method == reference:
+            continue
+        for group in dict.fromkeys(g for groups in seeds_of.values() for g in groups):
+            seeds = [s for s, groups in seeds_of.items() if group in groups and group in runs[reference].get(s, {})]
+            if not seeds:
+                continue
+            entry = {"method": method, "reference": reference, "group": group, "seeds": len(seeds)}
+            for key in ("rank1", "mAP"):
+                deltas = [seeds_of[s][group][key] - runs[reference][s][group][key] for s in seeds]
+                entry[key] = statistics.fmean(deltas)
+                entry[f"{key}_std"] = statistics.stdev(deltas) if len(deltas) > 1 else None
+                entry[f"{key}_per_seed"] = deltas
+            entry["mAP_ahead"] = sum(d > 0 for d in entry["mAP_per_seed"])
+            differences.append(entry)
+    return differences
+
+
+def by_factor_table(target_result):
+    """One target of :func:`by_factor_runs` -> a github-style table: per group of queries, each method's R-1 / mAP
+    (%, the mean over the seeds), then each other method's paired mAP difference to the baseline (mean ± std, in how
+    many seeds it is ahead)."""
+    runs, differences = target_result["runs"], target_result["differences"]
+    pairs = list(dict.fromkeys((d["method"], d["reference"]) for d in differences))
+    headers = ["queries", "n"] + [f"R-1 / mAP: {m}" for m in runs] + [f"mAP: {m} - {r}" for m, r in pairs]
+    body = []
+    for group, count in target_result["groups"].items():
+        row = [group, count]
+        for seeds_of in runs.values():
+            cells = [groups[group] for groups in seeds_of.values() if group in groups]
+            row.append(f"{100 * statistics.fmean(c['rank1'] for c in cells):.1f} / "
+                       f"{100 * statistics.fmean(c['mAP'] for c in cells):.1f}" if cells else "-")
+        for method, reference in pairs:
+            d = next((d for d in differences if (d["method"], d["reference"], d["group"]) == (method, reference,
+                                                                                          group)), None)
+            spread = "" if d is None or d["mAP_std"] is None else f" ± {100 * d['mAP_std']:.1f}"
+            row.append("-" if d is None else f"{100 * d['mAP']:+.1f}{spread} ({d['mAP_ahead']} of {d['seeds']})")
+        body.append(row)
+    return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
+
+
+def print_by_factor(result):
+    """Print :func:`by_factor_runs`'s tables, one per target."""
+    if result["skipped"]:
+        print(f"=> by query group: {', '.join(result['skipped'])} left out (no identity encoder file; torchreid's "
+              f"own models are measured as a whole)")
+    for target, measured in result["targets"].items():
+        print(f"By query group on {target}'s test split (n: the group's queries with a gallery match from another "
+              f"camera; R-1 / mAP: the mean over the seeds; the differences paired by seed, mean ± sample std "
+              f"(n - 1), in how many seeds ahead):")
+        print(by_factor_table(measured))
+
+
 def differences_table(differences):
     """:func:`paired_differences` -> a github-style table, in percentage points."""
     def spread(d, key):
@@ -293,7 +391,7 @@ def last_stage_from(cfg, source_root, folder):
     return ["TRAIN.STAGES", f"[{last}]", "TRAIN.INIT_WEIGHTS", source]
 
 
-def compare(config_file, opts=(), methods=None, seeds=None, start_from=None):
+def compare(config_file, opts=(), methods=None, seeds=None, start_from=None, by_factor=False):
     """Train and evaluate every method once per seed; write OUTPUT_DIR/comparison.{csv,json,png}; return the rows.
 
     ``methods`` None: :data:`DEFAULT_METHODS`, less those with a ResNet-50 trunk on the CPU (:func:`cpu_default`).
@@ -301,7 +399,8 @@ def compare(config_file, opts=(), methods=None, seeds=None, start_from=None):
     OUTPUT_DIR/<method>/seed<k>/, and each method's rows (one per seed and target) are followed by its mean and
     std rows (:func:`summarize`). Runs go seed by seed, so that an interrupted comparison has whole seeds.
     ``start_from``: another comparison's OUTPUT_DIR whose runs' earlier stages each run starts its last stage from
-    (:func:`last_stage_from`).
+    (:func:`last_stage_from`). ``by_factor``: measure each run per group of queries too (:func:`by_factor_runs`),
+    in comparison.json.
     """
     config_file = resolve_config_file(config_file)  # a packaged name -> its file, whose path comparison.json records
     runs = runs_for(list(DEFAULT_METHODS if methods is None else methods))
@@ -332,7 +431,8 @@ def compare(config_file, opts=(), methods=None, seeds=None, start_from=None):
     per_seed = {m: [row for seed in seeds for row in _rows(m, seed, folders[m, seed], summaries[m, seed],
                                                            list(cfgs[m, seed].TRAIN.STAGES))] for m in runs}
     rows = [row for m in runs for row in per_seed[m] + (summarize(per_seed[m]) if len(seeds) > 1 else [])]
-    write_comparison(rows, base.OUTPUT_DIR, config_file, runs, seeds, start_from)
+    factors = by_factor_runs(base, rows, base.OUTPUT_DIR) if by_factor else None
+    write_comparison(rows, base.OUTPUT_DIR, config_file, runs, seeds, start_from, factors)
     return rows
 
 
@@ -415,10 +515,10 @@ def plot_comparison(rows, path, title=""):
     return fig
 
 
-def write_comparison(rows, output_dir, config_file, runs, seeds, start_from=None):
+def write_comparison(rows, output_dir, config_file, runs, seeds, start_from=None, by_factor=None):
     """OUTPUT_DIR/comparison.csv (the rows), comparison.json (the rows, the seeds, each method's overrides, the
-    comparison the runs started from if any, and the differences to the baseline paired by seed,
-    :func:`paired_differences`) and
+    comparison the runs started from if any, the differences to the baseline paired by seed,
+    :func:`paired_differences`, and :func:`by_factor_runs`'s result if given) and
     comparison.png (:func:`plot_comparison`), each written atomically."""
     path = os.path.join(output_dir, "comparison.csv")
     with storage.output_file(path) as tmp, open(tmp, "w", newline="") as f:
@@ -429,7 +529,8 @@ def write_comparison(rows, output_dir, config_file, runs, seeds, start_from=None
                     {"config_file": os.path.abspath(config_file), "seeds": seeds,
                      **({"std": STD_NOTE} if len(seeds) > 1 else {}), "overrides": runs,
                      **({"start_from": os.path.abspath(start_from)} if start_from else {}), "rows": rows,
-                     "differences": paired_differences(rows)})
+                     "differences": paired_differences(rows),
+                     **({"by_factor": by_factor} if by_factor is not None else {})})
     name = os.path.splitext(os.path.basename(config_file))[0]
     plot_comparison(rows, os.path.join(output_dir, "comparison.png"),
                     f"{name}: mean ± sample std (n - 1) over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1
@@ -459,13 +560,20 @@ def compare_main(argv):
                    "DIR's run of the same method and seed (IS-GAN's stage 2, the others' stage 1), e.g. to compare "
                    "stage-3 settings without training stages 1-2 again; each run prints the trained keys that "
                    "differ from DIR's, and train img/s covers the last stage alone")
+    p.add_argument("--by-factor", action="store_true", help="after the runs, re-identify each target's test split "
+                   "with each run's final encoder per group of queries (all, each camera, each nuisance factor the "
+                   "data names, as tools/benchmark.py --by-factor) and pair each method with the baseline seed by "
+                   "seed per group: printed and in comparison.json (by_factor); on a finished comparison it trains "
+                   "nothing")
+    by_factor = "--by-factor" in argv
+    argv = [a for a in argv if a != "--by-factor"]
     argv, methods = cli.pop_list_flag(argv, "--methods", cli.is_name, "isgan baseline mgn pcb_p6")
     argv, seeds = cli.pop_list_flag(argv, "--seeds", str.isdigit, "0 1 2")
     argv, start = cli.pop_list_flag(argv, "--start-from", cli.is_value, "output/compare_demo")
     if start is not None and len(start) > 1:
         raise ISGANError(f"--start-from takes one folder, got {len(start)} ({' '.join(start)})")
     args = cli.parse_args(p, argv)
-    rows = compare(args.config_file, args.opts, methods, seeds, start and start[0])
+    rows = compare(args.config_file, args.opts, methods, seeds, start and start[0], by_factor)
     print(comparison_table(rows))
     summary = summary_table(rows)
     if summary:
@@ -484,4 +592,7 @@ def compare_main(argv):
     if start:
         print(f"Started from {start[0]}: each run trained its last stage alone, and its train img/s is that "
               f"stage's.")
+    if by_factor:
+        output_dir = load_config(resolve_config_file(args.config_file), args.opts).OUTPUT_DIR
+        print_by_factor(storage.read_json(os.path.join(output_dir, "comparison.json"))["by_factor"])
     return rows

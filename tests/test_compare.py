@@ -15,6 +15,7 @@ import torchreid
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from isgan_torchreid import cli, compare
+from isgan_torchreid.benchmarks.robustness import by_factor
 from isgan_torchreid.config import load_config
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import mgn_r18
@@ -130,6 +131,56 @@ def test_resumed_comparison_reuses_the_runs(compared, data_root):
     assert [r["method"] for r in rows] == ["baseline", "mgn"]
     for r in rows:
         assert r == compared["by_method"][r["method"]]
+
+
+def test_by_factor_measures_each_runs_encoder(compared, data_root):
+    """--by-factor on the finished comparison trains nothing and measures each run's final encoder per group of
+    queries as tools/benchmark.py --by-factor does; torchreid's resnet18 has no encoder file and is named."""
+    out = compared["out"]
+    rows, printed = run_compare(out, data_root, methods=["baseline", "isgan", "resnet18"], extra=["--by-factor"])
+    assert "finished (1 epoch), skipped" in printed
+    result = json.loads((out / "comparison.json").read_text())["by_factor"]
+    assert result["skipped"] == ["resnet18"] and list(result["targets"]) == ["synthperson"]
+    measured = result["targets"]["synthperson"]
+    files = [str(out / m / "stage3" / "encoder.safetensors") for m in ("baseline", "isgan")]
+    direct = by_factor(files, os.path.join(data_root, "synthperson"))
+    assert measured["groups"] == direct["groups"] and {"camera 1", "view = side", "occluded = true"} <= set(direct[
+        "groups"])
+    for method, path in zip(("baseline", "isgan"), files):
+        assert list(measured["runs"][method]) == ["1"]  # compare_synthetic's SEED 1
+        for group, metrics in measured["runs"][method]["1"].items():
+            assert metrics == pytest.approx(direct["results"][path][group], abs=1e-9)
+        assert measured["runs"][method]["1"]["all queries"]["mAP"] == pytest.approx(
+            compared["by_method"][method]["mAP"], abs=1e-6)  # the evaluator's figure, from the data manager's lists
+    by_group = {d["group"]: d for d in measured["differences"]}
+    assert list(by_group) == list(measured["runs"]["isgan"]["1"])
+    camera = by_group["camera 1"]
+    expected = [measured["runs"][m]["1"]["camera 1"]["mAP"] for m in ("isgan", "baseline")]
+    assert (camera["method"], camera["reference"], camera["seeds"], camera["mAP_std"]) == ("isgan", "baseline", 1,
+                                                                                           None)
+    assert camera["mAP_per_seed"] == [camera["mAP"]] == [pytest.approx(expected[0] - expected[1])]
+    table = printed[printed.index("By query group on synthperson"):]
+    assert "resnet18 left out (no identity encoder file" in printed
+    assert "| mAP: isgan - baseline" in table and f"{100 * camera['mAP']:+.1f} (" in table
+
+
+def test_paired_group_differences_and_their_table():
+    runs = {"baseline": {"0": {"all": {"rank1": 0.5, "mAP": 0.4}, "cam": {"rank1": 0.2, "mAP": 0.1}},
+                         "1": {"all": {"rank1": 0.6, "mAP": 0.5}}},
+            "isgan": {"0": {"all": {"rank1": 0.6, "mAP": 0.5}, "cam": {"rank1": 0.4, "mAP": 0.3}},
+                      "1": {"all": {"rank1": 0.6, "mAP": 0.45}}}}
+    everything, camera = compare.paired_group_differences(runs)
+    assert everything["mAP_per_seed"] == pytest.approx([0.1, -0.05]) and everything["mAP_ahead"] == 1
+    assert everything["mAP"] == pytest.approx(0.025) and everything["mAP_std"] == pytest.approx(0.15 / 2 ** 0.5)
+    assert everything["rank1"] == pytest.approx(0.05) and everything["seeds"] == 2
+    assert (camera["seeds"], camera["mAP_std"], camera["mAP"]) == (1, None, pytest.approx(0.2))  # seed 1 lacks it
+    assert compare.paired_group_differences(runs, reference="mgn") == []
+    table = compare.by_factor_table({"groups": {"all": 30, "cam": 4}, "runs": runs,
+                                     "differences": [everything, camera]}).splitlines()
+    assert [c.strip() for c in table[2].split("|")[1:-1]] == ["all", "30", "55.0 / 45.0", "60.0 / 47.5",
+                                                              "+2.5 ± 10.6 (1 of 2)"]
+    assert [c.strip() for c in table[3].split("|")[1:-1]] == ["cam", "4", "20.0 / 10.0", "40.0 / 30.0",
+                                                              "+20.0 (1 of 1)"]
 
 
 def test_start_from_trains_the_last_stage_alone(compared, data_root, tmp_path):

@@ -308,8 +308,8 @@ def test_every_tool_parses_list_flags_alike(tmp_path, monkeypatch):
     monkeypatch.setattr(cli.mains, "evaluate_weights", lambda cfg, w: seen.update(targets=list(cfg.DATA.TARGETS)))
     cli.test_main(["--config-file", CONFIG, "--weights", "w", "--targets", "market1501,dukemtmcreid"])
     monkeypatch.setattr(compare, "compare",
-                        lambda c, o, methods, seeds, start: seen.update(methods=methods, seeds=seeds, start=start)
-                        or [])
+                        lambda c, o, methods, seeds, start, by_factor: seen.update(methods=methods, seeds=seeds,
+                                                                                   start=start) or [])
     compare.compare_main(["--config-file", CONFIG, "--methods", "isgan,mgn", "--seeds", "0", "1",
                           "--start-from=prev"])
     monkeypatch.setattr(training, "bench_training", lambda cfg, methods, **k: seen.update(bench=list(methods)) or [])

@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from isgan_torchreid.benchmarks import benchmark_main
-from isgan_torchreid.benchmarks.robustness import by_factor, query_groups, read_test_split, short_names
+from isgan_torchreid.benchmarks.robustness import (by_factor, measure_by_factor, query_groups, read_test_split,
+                                                   short_names, split_from_lists)
 from isgan_torchreid.config import load_config
 from isgan_torchreid.data.build import build_data
 from isgan_torchreid.deploy import embed, load_encoder, save_encoder
@@ -65,6 +66,27 @@ def test_all_queries_is_the_evaluators_result_and_groups_average_to_it(setup):
     for metric in ("mAP", "rank1"):  # every query has a match: the groups of a partition average to the whole
         weighted = sum(rows[k][metric] * counts[k] for k in cameras) / len(q["paths"])
         assert weighted == pytest.approx(rows["all queries"][metric], abs=1e-9)
+
+
+def test_torchreids_test_lists_give_the_folders_split(setup, data_root):
+    """split_from_lists: a data manager's query and gallery lists (any torchreid dataset) give what read_test_split
+    reads from the Market-layout folder, and the same measurement."""
+    cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), TINY + ["DATA.ROOT", data_root])
+    split = split_from_lists(*build_data(cfg).manager.fetch_test_loaders("synthperson"))
+    folder = read_test_split(setup["root"])
+    for name in ("query", "gallery"):
+        order = np.argsort(split[name]["paths"])
+        assert [split[name]["paths"][i] for i in order] == sorted(folder[name]["paths"])
+        expected = np.argsort(folder[name]["paths"])
+        for key in ("pids", "camids"):
+            assert split[name][key][order].tolist() == folder[name][key][expected].tolist()
+    weights = setup["weights"][1]
+    from_lists, from_folder = measure_by_factor([weights], split), by_factor([weights], setup["root"])
+    assert from_lists["groups"] == from_folder["groups"]
+    rows = from_folder["results"][weights]
+    assert from_lists["results"][weights].keys() == rows.keys()
+    for group, metrics in from_lists["results"][weights].items():  # another image order: the float sums' rounding
+        assert metrics == pytest.approx(rows[group], abs=1e-9)
 
 
 def test_queries_without_a_match_are_left_out_and_chunks_change_nothing(setup, tmp_path):

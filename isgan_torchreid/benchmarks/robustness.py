@@ -25,7 +25,8 @@ from ..engine.evaluation import MAX_BYTES, chunk_rows, distance_chunks, rank_que
 from ..errors import ISGANError
 from .disentangle import nuisance_factors
 
-__all__ = ["read_test_split", "query_groups", "by_factor", "short_names", "by_factor_table", "run_by_factor"]
+__all__ = ["read_test_split", "split_from_lists", "query_groups", "measure_by_factor", "by_factor", "short_names",
+           "by_factor_table", "run_by_factor"]
 
 QUERY, GALLERY = "query", "bounding_box_test"
 
@@ -60,14 +61,22 @@ def query_groups(paths: Sequence[str], camids: np.ndarray) -> Dict[str, np.ndarr
     return groups
 
 
-def by_factor(weights: Sequence[str], root: str, device: str = "auto", max_bytes: int = MAX_BYTES) -> dict:
-    """{"groups": {group: valid queries}, "results": {weights: {group: {"rank1", "mAP"}}}}; a group without valid
-    queries (none with a gallery match from another camera) is left out of the results. ``max_bytes``: the
-    working memory of one chunk of queries."""
+def split_from_lists(query, gallery) -> Dict[str, dict]:
+    """:func:`read_test_split`'s dict from torchreid's test lists (a data manager's ``fetch_test_loaders(name)``:
+    items (path, pid, camid, ...)), e.g. for a torchreid dataset whose folder layout is not Market's."""
+    return {name: {"paths": [item[0] for item in items], "pids": np.array([item[1] for item in items]),
+                   "camids": np.array([item[2] for item in items])}
+            for name, items in (("query", query), ("gallery", gallery))}
+
+
+def measure_by_factor(weights: Sequence[str], split: Dict[str, dict], device: str = "auto",
+                      max_bytes: int = MAX_BYTES) -> dict:
+    """{"groups": {group: valid queries}, "results": {weights: {group: {"rank1", "mAP"}}}} on ``split``
+    (:func:`read_test_split`, :func:`split_from_lists`); a group without valid queries (none with a gallery match from
+    another camera) is left out of the results. ``max_bytes``: the working memory of one chunk of queries."""
     repeated = sorted({w for w in weights if list(weights).count(w) > 1})
     if repeated:
         raise ISGANError(f"--by-factor names {', '.join(repeated)} more than once; list each encoder once")
-    split = read_test_split(root)
     q, g = split["query"], split["gallery"]
     groups = query_groups(q["paths"], q["camids"])
     results, valid = {}, None
@@ -84,7 +93,12 @@ def by_factor(weights: Sequence[str], root: str, device: str = "auto", max_bytes
                 rows[group] = {"rank1": float(cmc[inside, 0].mean()), "mAP": float(aps[inside].mean())}
         results[path] = rows
     counts = {group: int((mask & valid).sum()) for group, mask in groups.items()}  # the labels decide validity
-    return {"data_dir": root, "groups": counts, "results": results}
+    return {"groups": counts, "results": results}
+
+
+def by_factor(weights: Sequence[str], root: str, device: str = "auto", max_bytes: int = MAX_BYTES) -> dict:
+    """:func:`measure_by_factor` on the test split of the Market-layout folder ``root``, with ``data_dir``."""
+    return {"data_dir": root, **measure_by_factor(weights, read_test_split(root), device, max_bytes)}
 
 
 def short_names(paths: Sequence[str]) -> List[str]:
