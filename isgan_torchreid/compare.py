@@ -258,8 +258,9 @@ def paired_differences(rows, reference="baseline"):
 def by_factor_runs(cfg, rows, output_dir):
     """``--by-factor``: each run's final identity encoder (``encoder.safetensors`` of its last stage) re-identifies
     each target's test split per group of queries (:func:`~isgan_torchreid.benchmarks.robustness.measure_by_factor`:
-    all, each camera, each nuisance factor the data names), and each other method is paired with the baseline seed
-    by seed per group (:func:`paired_group_differences`). ``cfg``: any run's config (the data and targets). Returns
+    all, each camera, each nuisance factor the data names; the Market protocol under TEST.METRIC, without
+    re-ranking), and each other method is paired with the baseline seed by seed per group
+    (:func:`paired_group_differences`). ``cfg``: any run's config (the data and targets). Returns
     {"skipped": methods without an encoder file (torchreid's own models), "targets": {target: {"groups": {group:
     queries}, "runs": {method: {seed: {group: {"rank1", "mAP"}}}}, "differences": [...]}}}."""
     runs = [r for r in rows if r["seed"] not in ("mean", "std")]
@@ -279,7 +280,7 @@ def by_factor_runs(cfg, rows, output_dir):
         measured = {}
         for seed in dict.fromkeys(s for _, s in files):
             paths = {m: path for (m, s), path in files.items() if s == seed}
-            result = measure_by_factor(list(paths.values()), split, device=cfg.DEVICE)
+            result = measure_by_factor(list(paths.values()), split, device=cfg.DEVICE, metric=cfg.TEST.METRIC)
             measured.update({(m, seed): result["results"][path] for m, path in paths.items()})
         by_method = {}
         for (method, seed), groups in measured.items():

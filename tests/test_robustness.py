@@ -89,6 +89,25 @@ def test_torchreids_test_lists_give_the_folders_split(setup, data_root):
         assert metrics == pytest.approx(rows[group], abs=1e-9)
 
 
+def test_metric_is_the_evaluators(setup, data_root, tmp_path):
+    """metric: with descriptors not L2-normalised (TEST.NORMALIZE False) cosine and Euclidean rank differently;
+    each gives the evaluator's figures under the same metric."""
+    cfg = load_config(os.path.join(CONFIGS, "isgan_synthetic.yaml"), TINY + ["DATA.ROOT", data_root,
+                                                                              "TEST.NORMALIZE", "False"])
+    torch.manual_seed(2)
+    weights = save_encoder(build_model(cfg, 8), cfg, str(tmp_path / "encoder.safetensors"))
+    split = read_test_split(setup["root"])
+    q, g = split["query"], split["gallery"]
+    encoder = load_encoder(weights)
+    qf, gf = embed(encoder, q["paths"]), embed(encoder, g["paths"])
+    measured = {}
+    for metric in ("euclidean", "cosine"):
+        measured[metric] = measure_by_factor([weights], split, metric=metric)["results"][weights]["all queries"]
+        expected = evaluate(qf, gf, q["pids"], g["pids"], q["camids"], g["camids"], metric=metric)
+        assert measured[metric]["mAP"] == pytest.approx(expected["mAP"], abs=1e-9)
+    assert measured["cosine"]["mAP"] != pytest.approx(measured["euclidean"]["mAP"], abs=1e-6)
+
+
 def test_queries_without_a_match_are_left_out_and_chunks_change_nothing(setup, tmp_path):
     """An identity with no gallery image left: its queries are not counted, as torchreid skips them; ranking one
     query per chunk (max_bytes 1) gives the evaluator's result on what remains."""

@@ -4,13 +4,15 @@
 Market-layout folder (``query/``, ``bounding_box_test/``; junk images, pid -1, left out of the gallery as
 torchreid's Market-1501 does) with each encoder (any file :func:`~isgan_torchreid.deploy.load_encoder` reads,
 with its run's flip and normalisation), ranks the whole gallery for each query under the Market protocol by
-Euclidean distance (TEST.DIST_METRIC's default; the encoder file does not record a run's metric), in chunks of
+Euclidean distance (TEST.METRIC's default; the encoder file does not record a run's metric), in chunks of
 queries whose memory is bounded as the evaluator's (:func:`~isgan_torchreid.engine.evaluation.rank_queries`),
 and averages rank-1 and AP over each group of queries: all of them, each query camera, and each value of every
 nuisance factor a ``factors.json`` beside the split folders names (synthperson writes view and occlusion;
 :func:`~.disentangle.nuisance_factors`). As in torchreid, a query whose identity has no gallery image from
 another camera is left out; a group's count is of the queries that remain. A robust encoder [paper, Sec. 1]
 loses little on the hard groups (occluded queries, say); two encoders trained alike show there where they differ.
+``tools/compare.py --by-factor`` measures each run of a comparison so, on torchreid's test lists of each target
+(:func:`split_from_lists`) under the runs' TEST.METRIC.
 """
 import os
 from typing import Dict, List, Sequence
@@ -70,10 +72,11 @@ def split_from_lists(query, gallery) -> Dict[str, dict]:
 
 
 def measure_by_factor(weights: Sequence[str], split: Dict[str, dict], device: str = "auto",
-                      max_bytes: int = MAX_BYTES) -> dict:
+                      max_bytes: int = MAX_BYTES, metric: str = "euclidean") -> dict:
     """{"groups": {group: valid queries}, "results": {weights: {group: {"rank1", "mAP"}}}} on ``split``
-    (:func:`read_test_split`, :func:`split_from_lists`); a group without valid queries (none with a gallery match from
-    another camera) is left out of the results. ``max_bytes``: the working memory of one chunk of queries."""
+    (:func:`read_test_split`, :func:`split_from_lists`); a group without valid queries (none with a gallery match
+    from another camera) is left out of the results. ``max_bytes``: the working memory of one chunk of queries;
+    ``metric``: TEST.METRIC's choices."""
     repeated = sorted({w for w in weights if list(weights).count(w) > 1})
     if repeated:
         raise ISGANError(f"--by-factor names {', '.join(repeated)} more than once; list each encoder once")
@@ -82,7 +85,7 @@ def measure_by_factor(weights: Sequence[str], split: Dict[str, dict], device: st
     results, valid = {}, None
     for path in weights:
         encoder = load_encoder(path, device=device)
-        chunks = distance_chunks(embed(encoder, q["paths"]), embed(encoder, g["paths"]),
+        chunks = distance_chunks(embed(encoder, q["paths"]), embed(encoder, g["paths"]), metric,
                                  chunk_size=chunk_rows(len(g["paths"]), max_bytes))  # (C, G) blocks
         valid, cmc, _, aps = rank_queries((d.cpu() for _, d in chunks), q["pids"], g["pids"], q["camids"],
                                           g["camids"], max_rank=1)  # (Q,); (V, 1), (V,) of the V valid ones

@@ -228,7 +228,7 @@ def distance_chunks(qf, gf, metric='euclidean', chunk_size=1024):
         qf, gf = F.normalize(qf, p=2, dim=1), F.normalize(gf, p=2, dim=1)
     else:
         raise ValueError(
-            f'compute_distance_matrix: unknown metric {metric!r}; use "euclidean" or "cosine" (TEST.DIST_METRIC)'
+            f'compute_distance_matrix: unknown metric {metric!r}; use "euclidean" or "cosine" (TEST.METRIC)'
         )
 
     def chunks():
