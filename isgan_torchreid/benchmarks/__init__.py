@@ -9,6 +9,7 @@
 * :mod:`.disentangle`: does a trained IS-GAN disentangle: reconstruction against trivial predictors, swaps,
   identity retention and nuisance transfer on a run's test split;
 * :mod:`.robustness`: rank-1 and mAP per group of queries (camera, nuisance factor) for one or more encoders;
+* :mod:`.events`: a stage's TensorBoard scalars (the training diagnostics) of one or more runs, summarised;
 * :mod:`.common`: timing, memory and process helpers they share.
 
 ``tools/benchmark.py`` is :func:`benchmark_main`.
@@ -30,7 +31,7 @@ def _parser():
                "the encoder's inference, evaluation at gallery scale, D_C's generalisation.")
     config = next(a for a in p._actions if a.dest == "config_file")
     config.required = False
-    config.help += "; every table but --disentangle and --by-factor needs it"
+    config.help += "; every table but --disentangle, --by-factor and --scalars needs it"
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--iters", type=int, help="timed iterations (default 2; with --reference 5 per stage and "
                    "implementation; with --inference 3)")
@@ -71,13 +72,20 @@ def _parser():
                       "into the mean images, on which the probe's camera and factor heads also train")
     only.add_argument("--probe-steps", type=int, default=1000, help="--disentangle: training steps of the probe")
     only.add_argument("--seed", type=int, default=0, help="--disentangle: choice of identities and pairs, probe")
-    only.add_argument("--out", metavar="FILE.json", help="--disentangle, --by-factor: where the JSON goes "
-                      "(--disentangle's default RUN/disentangle.json; --by-factor writes none by default)")
+    only.add_argument("--out", metavar="FILE.json", help="--disentangle, --by-factor, --scalars: where the JSON "
+                      "goes (--disentangle's default RUN/disentangle.json; the others write none by default)")
     only.add_argument("--by-factor", nargs="+", metavar="WEIGHTS", help="identity encoders (checkpoints or "
                       "encoder files): rank-1 and mAP per group of the queries of --data-dir (all, each camera, "
                       "each value of each nuisance factor its factors.json names), side by side")
     only.add_argument("--data-dir", metavar="DIR", help="--by-factor: a test split in Market-1501 layout (query/, "
                       "bounding_box_test/), e.g. reid-data/synthperson")
+    only.add_argument("--scalars", nargs="+", metavar="RUN", help="runs' OUTPUT_DIRs: each TensorBoard scalar of one "
+                      "stage (the diagnostics: each loss term's gradient norm, D's probabilities, E_U's KL, ...), "
+                      "the mean of its last points and its range, side by side")
+    only.add_argument("--stage", type=int, help="--scalars: the stage (default: the last one every run has)")
+    only.add_argument("--tags", nargs="+", metavar="PREFIX", help="--scalars: only the tags starting so, e.g. "
+                      "--tags grad_E_R/ gan/code_grad_ratio (default: every tag)")
+    only.add_argument("--last", type=int, default=10, help="--scalars: the logged points averaged")
     return p
 
 
@@ -219,9 +227,14 @@ def benchmark_main(argv=None):
             return _disentangle_table(args)
         if args.by_factor:
             return _by_factor_table(args)
+        if args.scalars:
+            from .events import run_scalars
+
+            _check_json_out(args.out)
+            return run_scalars(args.scalars, args.stage, args.tags or (), args.last, args.out)
         if not args.config_file:
             raise ISGANError("tools/benchmark.py needs --config-file (e.g. isgan_synthetic), except with "
-                             "--disentangle RUN or --by-factor WEIGHTS")
+                             "--disentangle RUN, --by-factor WEIGHTS or --scalars RUN")
         cfg = load_config(args.config_file, args.opts)
         if args.inference:
             return _inference_tables(cfg, args)
