@@ -32,6 +32,7 @@ import importlib.util
 import os
 import statistics
 
+import scipy.stats
 import torch
 from tabulate import tabulate
 
@@ -232,11 +233,24 @@ def summarize(rows):
     return summary
 
 
+def t_interval(deltas, level=0.95):
+    """The ``level`` confidence interval of the mean of paired differences (Student's t, n - 1 degrees of freedom:
+    a paired t-test rejects no difference at 1 - level where it leaves out 0); None for fewer than two."""
+    if len(deltas) < 2:
+        return None
+    mean, half = statistics.fmean(deltas), 0.0
+    if statistics.stdev(deltas) > 0:
+        half = float(scipy.stats.t.ppf((1 + level) / 2, len(deltas) - 1)) * statistics.stdev(deltas) / len(
+            deltas) ** 0.5
+    return [mean - half, mean + half]
+
+
 def paired_differences(rows, reference="baseline"):
     """Per-seed rows -> for each other method and target that ran on the same seeds as ``reference``, the differences
     method - reference of R-1, R-5 and mAP seed by seed (the two runs of a seed share the stage-1 batches, so the
-    pairing takes out what the seed does to both): their mean, sample standard deviation (n - 1) and the number of
-    seeds in which the method is ahead on mAP. Empty without ``reference`` or with fewer than two seeds."""
+    pairing takes out what the seed does to both): their mean, sample standard deviation (n - 1), the 95%
+    confidence interval of the mAP difference (:func:`t_interval`) and the number of seeds in which the method is
+    ahead on mAP. Empty without ``reference`` or with fewer than two seeds."""
     runs = [r for r in rows if r["seed"] not in ("mean", "std")]
     by_key = {(r["method"], r["target"], r["seed"]): r for r in runs}
     differences = []
@@ -250,7 +264,7 @@ def paired_differences(rows, reference="baseline"):
                 deltas = [by_key[method, target, s][key] - by_key[reference, target, s][key] for s in seeds]
                 entry[key], entry[f"{key}_std"] = statistics.fmean(deltas), statistics.stdev(deltas)
                 if key == "mAP":
-                    entry["mAP_ahead"] = sum(d > 0 for d in deltas)
+                    entry["mAP_ci95"], entry["mAP_ahead"] = t_interval(deltas), sum(d > 0 for d in deltas)
             differences.append(entry)
     return differences
 
@@ -310,6 +324,7 @@ def paired_group_differences(runs, reference="baseline"):
                 entry[key] = statistics.fmean(deltas)
                 entry[f"{key}_std"] = statistics.stdev(deltas) if len(deltas) > 1 else None
                 entry[f"{key}_per_seed"] = deltas
+            entry["mAP_ci95"] = t_interval(entry["mAP_per_seed"])
             entry["mAP_ahead"] = sum(d > 0 for d in entry["mAP_per_seed"])
             differences.append(entry)
     return differences
@@ -356,8 +371,9 @@ def differences_table(differences):
         return f"{100 * d[key]:+.1f} ± {100 * d[key + '_std']:.1f}"
 
     body = [[f"{d['method']} - {d['reference']}", d["target"], d["seeds"], spread(d, "rank1"), spread(d, "rank5"),
-             spread(d, "mAP"), f"{d['mAP_ahead']} of {d['seeds']}"] for d in differences]
-    headers = ["difference", "target", "seeds", "R-1", "R-5", "mAP", "seeds ahead on mAP"]
+             spread(d, "mAP"), "[{:+.1f}, {:+.1f}]".format(*(100 * v for v in d["mAP_ci95"])),
+             f"{d['mAP_ahead']} of {d['seeds']}"] for d in differences]
+    headers = ["difference", "target", "seeds", "R-1", "R-5", "mAP", "mAP: 95% CI", "seeds ahead on mAP"]
     return tabulate(body, headers=headers, tablefmt="github", disable_numparse=True)
 
 
@@ -584,7 +600,8 @@ def compare_main(argv):
     differences = paired_differences(rows)
     if differences:
         print("Paired by seed (each seed's runs share the stage-1 batches): the mean ± sample standard deviation "
-              "(n - 1) of the per-seed differences, in points:")
+              "(n - 1) of the per-seed differences, in points, and the 95% confidence interval of the mean mAP "
+              "difference (Student's t; a paired t-test finds a difference at 5% where it leaves out 0):")
         print(differences_table(differences))
     print("Every method: stage-1 epochs, then stage-3 epochs at the stage-3 learning rate (IS-GAN's E_R schedule; "
           "isgan adds its stage 2). isgan_tri = IS-GAN with MGN's triplet term in L_R (LOSS.ISGAN_TRIPLET). "

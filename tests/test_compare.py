@@ -173,6 +173,7 @@ def test_paired_group_differences_and_their_table():
     assert everything["mAP_per_seed"] == pytest.approx([0.1, -0.05]) and everything["mAP_ahead"] == 1
     assert everything["mAP"] == pytest.approx(0.025) and everything["mAP_std"] == pytest.approx(0.15 / 2 ** 0.5)
     assert everything["rank1"] == pytest.approx(0.05) and everything["seeds"] == 2
+    assert everything["mAP_ci95"] == pytest.approx([0.025 - 12.7062 * 0.075, 0.025 + 12.7062 * 0.075], rel=1e-5)
     assert (camera["seeds"], camera["mAP_std"], camera["mAP"]) == (1, None, pytest.approx(0.2))  # seed 1 lacks it
     assert compare.paired_group_differences(runs, reference="mgn") == []
     table = compare.by_factor_table({"groups": {"all": 30, "cam": 4}, "runs": runs,
@@ -312,8 +313,12 @@ def test_differences_pair_each_method_with_the_baseline_seed_by_seed():
     assert (isgan_a["rank1"], isgan_a["rank1_std"]) == pytest.approx((0.04, 0.017320508))  # 0.05, 0.02, 0.05
     assert (isgan_a["rank5"], isgan_a["rank5_std"]) == (0.0, 0.0)
     table = compare.differences_table([isgan_a]).splitlines()
+    # 95% CI: mean ± t(0.975, 2 dof) x std / sqrt(3), t = 4.303 (a table's value)
+    half = 4.302653 * 7 ** 0.5 / 100 / 3 ** 0.5 / 3 ** 0.5
+    assert isgan_a["mAP_ci95"] == pytest.approx([0.02 / 3 - half, 0.02 / 3 + half])
     assert [c.strip() for c in table[2].split("|")[1:-1]] == [
-        "isgan - baseline", "a", "3", "+4.0 ± 1.7", "+0.0 ± 0.0", "+0.7 ± 1.5", "2 of 3"]
+        "isgan - baseline", "a", "3", "+4.0 ± 1.7", "+0.0 ± 0.0", "+0.7 ± 1.5", "[-3.1, +4.5]", "2 of 3"]
+    assert compare.t_interval([0.01, 0.01]) == [0.01, 0.01] and compare.t_interval([0.01]) is None
     assert compare.paired_differences(rows, reference="mgn") == []  # no such method
     assert compare.paired_differences([r for r in rows if r["seed"] in (0, "mean", "std")]) == []  # one seed
 
@@ -400,7 +405,7 @@ def test_seeds_print_and_save_the_differences_to_the_baseline(tmp_path, data_roo
     assert "Paired by seed" in printed
     line = printed[printed.index("mgn - baseline"):].splitlines()[0]
     assert [c.strip() for c in line.split("|")[:-1]] == [
-        "mgn - baseline", "synthperson", "2", "+0.0 ± 0.0", "+0.0 ± 0.0", "+0.0 ± 0.0", "0 of 2"]
+        "mgn - baseline", "synthperson", "2", "+0.0 ± 0.0", "+0.0 ± 0.0", "+0.0 ± 0.0", "[+0.0, +0.0]", "0 of 2"]
     data = json.loads((tmp_path / "comparison.json").read_text())
     assert data["differences"] == compare.paired_differences(rows)
     assert [(d["method"], d["seeds"]) for d in data["differences"]] == [("mgn", 2)]
