@@ -23,7 +23,8 @@ rank-1 and mAP per method, ``OUTPUT_DIR/comparison.png``. With several seeds the
 mean ± sample standard deviation (n - 1) over the seeds, the chart's error bars that standard deviation, and
 the CSV and JSON hold every seed's row followed by a ``mean`` and a ``std`` row per method and target. With the
 baseline among several seeds' methods, a second table (and the JSON's ``differences``) pairs each method's runs with
-the baseline's of the same seed: the mean ± std of the per-seed differences, and in how many seeds it is ahead.
+the baseline's of the same seed: the mean ± std of the per-seed differences, the 95% confidence interval of the
+mean mAP difference, and in how many seeds it is ahead.
 With ``--by-factor`` each run's final encoder is also measured per group of queries (each camera, each nuisance
 factor the data names) and paired the same way per group (:func:`by_factor_runs`): where a gain comes from.
 """
