@@ -246,6 +246,15 @@ def t_interval(deltas, level=0.95):
     return [mean - half, mean + half]
 
 
+def _paired_stats(entry, key, deltas):
+    """Into ``entry``: ``key`` and ``key_std``, the mean and sample standard deviation (n - 1; None for one) of the
+    per-seed ``deltas``; for mAP also their 95% interval (:func:`t_interval`) and the seeds ahead."""
+    entry[key] = statistics.fmean(deltas)
+    entry[f"{key}_std"] = statistics.stdev(deltas) if len(deltas) > 1 else None
+    if key == "mAP":
+        entry["mAP_ci95"], entry["mAP_ahead"] = t_interval(deltas), sum(d > 0 for d in deltas)
+
+
 def paired_differences(rows, reference="baseline"):
     """Per-seed rows -> for each other method and target that ran on the same seeds as ``reference``, the differences
     method - reference of R-1, R-5 and mAP seed by seed (the two runs of a seed share the stage-1 batches, so the
@@ -262,10 +271,8 @@ def paired_differences(rows, reference="baseline"):
                 continue
             entry = {"method": method, "reference": reference, "target": target, "seeds": len(seeds)}
             for key in ("rank1", "rank5", "mAP"):
-                deltas = [by_key[method, target, s][key] - by_key[reference, target, s][key] for s in seeds]
-                entry[key], entry[f"{key}_std"] = statistics.fmean(deltas), statistics.stdev(deltas)
-                if key == "mAP":
-                    entry["mAP_ci95"], entry["mAP_ahead"] = t_interval(deltas), sum(d > 0 for d in deltas)
+                _paired_stats(entry, key, [by_key[method, target, s][key] - by_key[reference, target, s][key]
+                                           for s in seeds])
             differences.append(entry)
     return differences
 
@@ -292,15 +299,13 @@ def by_factor_runs(cfg, rows, output_dir):
     targets = {}
     for target in dict.fromkeys(r["target"] for r in runs):
         split = split_from_lists(*manager.fetch_test_loaders(target))
-        measured = {}
+        by_method = {}
         for seed in dict.fromkeys(s for _, s in files):
             paths = {m: path for (m, s), path in files.items() if s == seed}
             result = measure_by_factor(list(paths.values()), split, device=cfg.DEVICE, metric=cfg.TEST.METRIC)
-            measured.update({(m, seed): result["results"][path] for m, path in paths.items()})
-        by_method = {}
-        for (method, seed), groups in measured.items():
-            by_method.setdefault(method, {})[str(seed)] = groups
-        targets[target] = {"groups": result["groups"], "runs": by_method,
+            for method, path in paths.items():
+                by_method.setdefault(method, {})[str(seed)] = result["results"][path]
+        targets[target] = {"groups": result["groups"], "runs": by_method,  # the labels alone give the counts
                            "differences": paired_group_differences(by_method)}
     return {"skipped": skipped, "targets": targets}
 
@@ -322,11 +327,8 @@ def paired_group_differences(runs, reference="baseline"):
             entry = {"method": method, "reference": reference, "group": group, "seeds": len(seeds)}
             for key in ("rank1", "mAP"):
                 deltas = [seeds_of[s][group][key] - runs[reference][s][group][key] for s in seeds]
-                entry[key] = statistics.fmean(deltas)
-                entry[f"{key}_std"] = statistics.stdev(deltas) if len(deltas) > 1 else None
                 entry[f"{key}_per_seed"] = deltas
-            entry["mAP_ci95"] = t_interval(entry["mAP_per_seed"])
-            entry["mAP_ahead"] = sum(d > 0 for d in entry["mAP_per_seed"])
+                _paired_stats(entry, key, deltas)
             differences.append(entry)
     return differences
 
