@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from isgan_torchreid.benchmarks import benchmark_main, disentangle
-from isgan_torchreid.benchmarks.disentangle import (MeasuredSplit, Settings, _augment, choose_subset, measure,
-                                                    nuisance_factors)
+from isgan_torchreid.benchmarks.disentangle import (MeasuredSplit, Settings, _augment, by_camera_of, by_camera_table,
+                                                    choose_subset, measure, nuisance_factors)
 from isgan_torchreid.config import load_config
 from isgan_torchreid.data.build import IMAGENET_MEAN, IMAGENET_STD, build_data
 from isgan_torchreid.deploy import load_gan
@@ -95,6 +95,31 @@ def test_a_generator_copying_the_identity_code_is_scored_as_the_real_image(run, 
     assert r["er_retention_vs_b"] == r["er_real_vs_b"] == r["er_auto_vs_b"]
     assert r["probe_retention_vs_b"] == r["probe_real_id_vs_b"] == r["probe_auto_vs_b"]
     assert r["er_retention_vs_b_corrected"] == pytest.approx(2 * r["er_retention_vs_b"] - 1)
+    # camera by camera: every image reconstructed exactly; the pairs' verdicts split by b's camera add up
+    cams = r["by_camera"].values()
+    assert sum(c["images"] for c in cams) == len(chosen.query) + len(chosen.gallery)
+    assert all(c["recon_l1"] < 1e-5 for c in cams)
+    assert sum(c["pairs"] for c in cams) == len(chosen.pairs)
+    for key in ("er_retention_vs_b", "probe_retention_vs_b"):
+        total = sum(c["pairs"] * c[key] for c in cams if c["pairs"])
+        assert total == pytest.approx(len(chosen.pairs) * r[key]), key
+
+
+def test_by_camera_splits_images_by_their_camera_and_swaps_by_the_nuisance_codes_camera():
+    cams = torch.tensor([0, 0, 1, 2])  # four test images
+    recon, camera_mean = torch.tensor([0.1, 0.3, 0.2, 0.4]), torch.tensor([0.4, 0.4, 0.4, 0.5])
+    nu_cams = torch.tensor([1, 1, 0])  # three pairs: b of the first two seen by camera 2, of the third by camera 1
+    er, probe = torch.tensor([1.0, 0.0, 1.0]), torch.tensor([1.0, 1.0, 0.0])
+    r = by_camera_of(cams, recon, camera_mean, nu_cams, er, probe)
+    assert list(r) == ["camera 1", "camera 2", "camera 3"]
+    assert r["camera 1"] == pytest.approx({"images": 2, "recon_l1": 0.2, "camera_mean_l1": 0.4,
+                                           "recon_vs_camera_mean": 0.5, "pairs": 1, "er_retention_vs_b": 1.0,
+                                           "probe_retention_vs_b": 0.0})
+    assert r["camera 2"]["pairs"] == 2 and r["camera 2"]["er_retention_vs_b"] == 0.5
+    assert r["camera 2"]["probe_retention_vs_b"] == 1.0
+    assert r["camera 3"]["pairs"] == 0 and r["camera 3"]["er_retention_vs_b"] is None
+    table = by_camera_table(r)
+    assert "camera 3" in table and "0.50" in table
 
 
 def test_trivial_predictors_are_the_mean_images(run, subset):
@@ -157,6 +182,7 @@ def test_tool_writes_table_and_json(run, tmp_path, capsys):
                              "--probe-steps", "3", "--out", out])
     printed = capsys.readouterr().out
     assert "recon / camera mean" in printed and "has b's camera" in printed and "stage 2, epoch 1" in printed
+    assert "pairs with nu_b from it" in printed
     with open(out) as f:
         saved = json.load(f)
     assert saved == json.loads(json.dumps(result))

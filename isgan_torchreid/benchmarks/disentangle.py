@@ -24,6 +24,10 @@ predicts):
   its split folders (``{relative path: {factor: value}}``, as synthperson writes view and occlusion) adds its
   factors. ``nuisance_transfer`` is their mean.
 
+The reconstruction and the retentions are also given camera by camera (``by_camera``: reconstruction of the images
+each camera saw; retention of the swaps whose nuisance code comes from it): where G draws persons, and which
+cameras' fakes keep a's identity.
+
 Each probe score comes with the probe's own accuracy on the real query images (which it never saw in training),
 the ceiling its verdict on fakes can reach; the E_R rank-1 of the real query images is reported likewise.
 Rates are also given chance-corrected, (rate - chance) / (1 - chance): 0 is chance, 1 perfect.
@@ -52,7 +56,7 @@ from ..visualize.canvas import denormalize
 
 __all__ = ["Settings", "find_checkpoint", "MeasuredSplit", "choose_subset", "read_training_images", "Probe",
            "train_probe",
-           "nuisance_factors", "measure", "disentangle_table", "run_disentangle"]
+           "nuisance_factors", "measure", "by_camera_of", "disentangle_table", "by_camera_table", "run_disentangle"]
 
 BATCH = 64
 PROBE_SIZE = (64, 32)  # the probe's input: the model's images resized down to at most this
@@ -249,12 +253,14 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
     recon = gan.decode(identity, nuisance).cpu()
     means, train_probe_input = read_training_images(gan, subset.train)
     by_camera = torch.stack([means.get(item[2], means[-1]) for item in test])
+    recon_l1 = (recon - real).abs().mean((1, 2, 3))  # (N,)
+    camera_mean_l1 = (by_camera - real).abs().mean((1, 2, 3))  # (N,)
     result = {
         "test_ids": len({item[1] for item in test}), "query_images": len(subset.query),
         "gallery_images": len(subset.gallery), "pairs": len(subset.pairs), "train_images": len(subset.train),
-        "recon_l1": (recon - real).abs().mean().item(),
+        "recon_l1": recon_l1.mean().item(),
         "mean_image_l1": (means[-1] - real).abs().mean().item(),
-        "camera_mean_l1": (by_camera - real).abs().mean().item(),
+        "camera_mean_l1": camera_mean_l1.mean().item(),
     }
     result["recon_vs_camera_mean"] = result["recon_l1"] / result["camera_mean_l1"]
 
@@ -281,11 +287,12 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
     def nearer_a_than_b(dist):  # (P, G) -> (P,): the nearest gallery image of a is nearer than any of b
         nearest_a = torch.where(g_pids[None] == pa[:, None], dist, inf).min(1).values
         nearest_b = torch.where(g_pids[None] == pb[:, None], dist, inf).min(1).values
-        return (nearest_a < nearest_b).float().mean().item()
+        return (nearest_a < nearest_b).float()
 
-    result["er_retention_vs_b"] = nearer_a_than_b(dist_fake)
-    result["er_real_vs_b"] = nearer_a_than_b(dist_real[qi])
-    result["er_auto_vs_b"] = nearer_a_than_b(torch.cdist(_descriptors(gan, auto), gallery_desc))
+    er_retained = nearer_a_than_b(dist_fake)  # (P,)
+    result["er_retention_vs_b"] = er_retained.mean().item()
+    result["er_real_vs_b"] = nearer_a_than_b(dist_real[qi]).mean().item()
+    result["er_auto_vs_b"] = nearer_a_than_b(torch.cdist(_descriptors(gan, auto), gallery_desc)).mean().item()
     result["er_retention_rank1"] = (g_pids[dist_fake.argmin(1)] == pa).float().mean().item()
     result["er_real_rank1"] = (g_pids[dist_real.argmin(1)] == q_pids).float().mean().item()
     result["er_rank1_chance"] = 1 / ids
@@ -312,7 +319,8 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
     ia, ib = targets["identity"][qi], targets["identity"][qj]
     result["probe_real_id_accuracy"] = (on_real["identity"].argmax(1) == targets["identity"][:nq]).float().mean().item()
     result["probe_real_id_vs_b"] = prefers(on_real["identity"], qi, ia, ib).mean().item()
-    result["probe_retention_vs_b"] = prefers(on_fake["identity"], rows, ia, ib).mean().item()
+    probe_retained = prefers(on_fake["identity"], rows, ia, ib)  # (P,)
+    result["probe_retention_vs_b"] = probe_retained.mean().item()
     result["probe_auto_vs_b"] = prefers(on_auto["identity"], rows, ia, ib).mean().item()
     transfers = []
     for name in (n for n in heads if n != "identity"):
@@ -332,7 +340,42 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
     result["nuisance_transfer"] = sum(transfers) / len(transfers)
     for key in ("er_retention_vs_b", "probe_retention_vs_b", "nuisance_transfer"):
         result[f"{key}_corrected"] = _corrected(result[key], 0.5)
+    cams = torch.tensor([item[2] for item in test])
+    result["by_camera"] = by_camera_of(cams, recon_l1, camera_mean_l1, cams[qj], er_retained, probe_retained)
     return result
+
+
+def by_camera_of(cams: Tensor, recon_l1: Tensor, camera_mean_l1: Tensor, nu_cams: Tensor, er_retained: Tensor,
+                 probe_retained: Tensor) -> Dict[str, Dict[str, float]]:
+    """Where G draws well, camera by camera: ``"camera c"`` (c = camid + 1) -> reconstruction of the test images
+    that camera saw (their L1, the camera mean's, the ratio) and identity retention of the swaps G(id_a, nu_b)
+    whose nuisance code b comes from it (by E_R and by the probe; ``None`` without such pairs). cams, recon_l1,
+    camera_mean_l1: (N,) over the test images; nu_cams, er_retained, probe_retained: (P,) over the pairs."""
+    out = {}
+    for cam in sorted(set(cams.tolist())):
+        seen, drawn = cams == cam, nu_cams == cam
+        recon, mean = recon_l1[seen].mean().item(), camera_mean_l1[seen].mean().item()
+        pairs = int(drawn.sum())
+        out[f"camera {cam + 1}"] = {
+            "images": int(seen.sum()), "recon_l1": recon, "camera_mean_l1": mean, "recon_vs_camera_mean": recon / mean,
+            "pairs": pairs,
+            "er_retention_vs_b": er_retained[drawn].mean().item() if pairs else None,
+            "probe_retention_vs_b": probe_retained[drawn].mean().item() if pairs else None,
+        }
+    return out
+
+
+def by_camera_table(by_camera: Dict[str, Dict[str, float]]) -> str:
+    """:func:`by_camera_of`'s numbers as a printed table, a row per camera."""
+    def rate(value):
+        return "" if value is None else f"{value:.2f}"
+
+    rows = [[name, r["images"], f"{r['recon_l1']:.3f}", f"{r['camera_mean_l1']:.3f}",
+             f"{r['recon_vs_camera_mean']:.2f}", r["pairs"], rate(r["er_retention_vs_b"]),
+             rate(r["probe_retention_vs_b"])] for name, r in by_camera.items()]
+    return tabulate(rows, headers=["camera", "images", "recon L1", "camera mean L1", "recon / camera mean",
+                                   "pairs with nu_b from it", "E_R: swap nearer a", "probe: swap is a"],
+                    tablefmt="github", disable_numparse=True)
 
 
 def disentangle_table(result: Dict[str, float]) -> str:
@@ -382,6 +425,7 @@ def run_disentangle(run, opts, settings: Settings, out=None):
           f"({result['query_images']} query, {result['gallery_images']} gallery images), {result['pairs']} pairs "
           f"(a, b) of different identities and cameras, {result['train_images']} training images for the means")
     print(disentangle_table(result))
+    print(by_camera_table(result["by_camera"]))
     out = out or os.path.join(run if os.path.isdir(run) else os.path.dirname(weights), "disentangle.json")
     storage.write_json(out, result)
     print(f"=> wrote {out}")
