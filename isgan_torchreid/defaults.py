@@ -115,6 +115,10 @@ _C.LOSS.LAMBDA_R_FAKE = 0.0
 # > 0: L_R_fake's targets smoothed by this (label-smoothing regularisation of generated images, CamStyle: Zhong et
 # al. 2018, whose hard labels on fakes hurt). 0: LABEL_SMOOTH's, as the real images' targets
 _C.LOSS.R_FAKE_LABEL_SMOOTH = 0.0
+# "teacher": each fake's L_R_fake term weighted by w = sigmoid(l_b - l_a), l the mean logits of a frozen copy of the
+# trunk and E_R taken as stage 3 starts (trained on real images only), b the drawn identity, a the person whose
+# nuisance code it carries: a fake that still shows a is not taught as b. "none": every fake counts fully
+_C.LOSS.R_FAKE_JUDGE = "none"
 # > 0: in stage 3 the gradient G's terms send into the identity code (G's input) is scaled down to at most
 # CODE_GRAD_CAP x the norm of L_R's there, per batch: G's push on E_R shrinks as L_R's does. 0: the paper (no cap)
 _C.LOSS.CODE_GRAD_CAP = 0.0
@@ -190,6 +194,7 @@ CHOICES = {
     "LOSS.KL_REDUCTION": ("official", "paper"),
     "LOSS.PART_SHUFFLE": ("local", "all", "none"),
     "LOSS.TARGET_SPACE": ("rgb", "tanh"),
+    "LOSS.R_FAKE_JUDGE": ("none", "teacher"),
     "TRAIN.NONFINITE": ("error", "skip"),
     "TRAIN.AMP_DTYPE": ("auto", "bfloat16", "float16"),
     "TRAIN.D_OPTIMIZER": ("sgd", "adam"),

@@ -187,15 +187,17 @@ def test_load_weights_skips_classifiers_of_another_num_classes(tmp_path, capsys)
 
 
 def test_load_weights_does_not_report_what_a_stage_start_sets(capsys):
-    """A checkpoint without E_U's own trunk (MODEL.EU_TRUNK shared) loads into a model with one (frozen): the copy is
-    taken from the trunk as the stage starts, so it is not reported as left at initialisation; other missing
-    tensors still are."""
+    """A checkpoint without E_U's own trunk (MODEL.EU_TRUNK shared) or the identity teacher loads into a model with
+    them: the copies are taken as the stage starts, so they are not reported as left at initialisation; other
+    missing tensors still are."""
     kwargs = dict(backbone="resnet18", pretrained=False, parts=(2,), height=128, width=64)
-    shared, frozen = ISGAN(4, **kwargs), ISGAN(4, eu_trunk="frozen", **kwargs)
+    shared, frozen = ISGAN(4, **kwargs), ISGAN(4, eu_trunk="frozen", identity_teacher=True, **kwargs)
     weights = shared.state_dict()
-    assert not any(k.startswith("nuisance_trunk.") for k in weights)
+    assert not any(k.startswith(("nuisance_trunk.", "identity_teacher.")) for k in weights)
+    assert any(k.startswith("identity_teacher.encoder_r.") for k in frozen.state_dict())
     assert ckpt.load_weights(frozen, weights) == []
-    assert "nuisance_trunk" not in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "nuisance_trunk" not in out and "identity_teacher" not in out
     del weights["generator.fc.0.weight"]
     ckpt.load_weights(frozen, weights)
     out = capsys.readouterr().out

@@ -44,6 +44,20 @@ def test_identity_loss_mean_sum_and_per_head(gen):
     assert not torch.isclose(smoothed, mean)
 
 
+def test_identity_loss_weights_each_images_cross_entropy(gen):
+    b, c, k = 6, 5, 3
+    labels = torch.randint(0, c, (b,), generator=gen)
+    logits = [torch.randn(b, c, generator=gen, requires_grad=True) for _ in range(k)]
+    weights = torch.rand(b, generator=gen, requires_grad=True)
+    torch.testing.assert_close(identity_loss(logits, labels, weights=torch.ones(b)), identity_loss(logits, labels))
+    weighted = identity_loss(logits, labels, label_smooth=0.1, weights=weights)
+    per_image = torch.stack([F.cross_entropy(x, labels, label_smoothing=0.1, reduction="none") for x in logits])
+    torch.testing.assert_close(weighted, (per_image * weights).mean(1).mean())
+    weighted.backward()
+    assert weights.grad is None and all(x.grad is not None for x in logits)  # the weights pass no gradient
+    assert identity_loss(logits, labels, weights=torch.zeros(b)).item() == 0
+
+
 def test_identity_loss_errors():
     labels = torch.zeros(2, dtype=torch.long)
     with pytest.raises(ValueError):

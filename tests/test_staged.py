@@ -417,7 +417,9 @@ def test_fake_identity_term_trains_e_r_on_the_cross_identity_fakes_in_stage_3(ma
     gen = engine.objective.generate(imgs, pids, 3)
     assert gen.sets[-1] == "crossed" and (pids[gen.stranger] != pids).all()
     crossed, labels = gen.fakes.chunk(len(gen.sets))[-1], pids[gen.stranger]
-    term = 2.0 * engine.objective.fake_identity_loss(crossed, labels)
+    term, weights = engine.objective.fake_identity_loss(crossed, labels, pids)
+    term = 2.0 * term
+    assert weights is None and model.identity_teacher is None  # LOSS.R_FAKE_JUDGE none
     model.backbone.eval(), model.encoder_r.eval()
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
     with torch.no_grad():
@@ -448,13 +450,65 @@ def test_fake_identity_term_smooths_its_targets(make_engine, batches, smooth, ex
     prepare(engine, 3)
     model = engine.model
     fakes, labels = torch.rand(len(pids), *imgs.shape[1:]) * 2 - 1, pids.flip(0)
-    term = engine.objective.fake_identity_loss(fakes, labels)
+    term, _ = engine.objective.fake_identity_loss(fakes, labels, pids)
     model.backbone.eval(), model.encoder_r.eval()
     with torch.no_grad():
         _, logits = model.encoder_r(model.backbone(engine.objective.image_to_input(fakes)))
     hard = torch.stack([F.cross_entropy(x, labels) for x in logits]).mean()
     smoothed = torch.stack([F.cross_entropy(x, labels, label_smoothing=expected) for x in logits]).mean()
     assert term.item() == pytest.approx(smoothed.item(), rel=1e-5) and term.item() != pytest.approx(hard.item())
+
+
+def test_teacher_judge_weights_each_fake_by_a_frozen_copys_verdict_b_rather_than_a(make_engine, batches):
+    """LOSS.R_FAKE_JUDGE teacher: as stage 3 starts, the identity teacher becomes a copy of the trunk and E_R; each
+    cross-identity fake's L_R_fake is weighted by sigmoid(l_b - l_a) of the teacher's mean logits l (b drawn into
+    it, a its nuisance source); the teacher neither trains nor moves its BatchNorm statistics, and the mean
+    weight is logged."""
+    imgs, pids = batches[0]["img"], batches[0]["pid"]
+    engine = make_engine("LOSS.LAMBDA_R_FAKE", "2.0", "LOSS.R_FAKE_JUDGE", "teacher")
+    model = engine.model
+    prepare(engine, 3)
+    engine.objective.start_stage(3)  # run_stage's call when stage 3 starts from stage 2's weights
+    teacher = model.identity_teacher
+    start = {**snapshot(model.backbone), **{f"r.{k}": v for k, v in snapshot(model.encoder_r).items()}}
+    copied = {**snapshot(teacher.backbone), **{f"r.{k}": v for k, v in snapshot(teacher.encoder_r).items()}}
+    assert copied.keys() == start.keys() and all(torch.equal(copied[k], v) for k, v in start.items())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    with torch.no_grad():
+        for p in model.encoder_r.parameters():
+            p.add_(0.05 * torch.randn_like(p))  # E_R trained on: its reading now differs from the teacher's
+
+    fakes, labels = torch.rand(len(pids), *imgs.shape[1:]) * 2 - 1, pids.flip(0)
+    term, weights = engine.objective.fake_identity_loss(fakes, labels, pids)
+    inputs = engine.objective.image_to_input(fakes)
+    with torch.no_grad():
+        _, judged = teacher.eval().encoder_r(teacher.backbone(inputs))
+        _, read = model.encoder_r.eval()(model.backbone.eval()(inputs))
+    prepare(engine, 3)
+    mean_logits = torch.stack(judged).mean(0)
+    rows = torch.arange(len(pids))
+    expected_w = torch.sigmoid(mean_logits[rows, labels] - mean_logits[rows, pids])
+    torch.testing.assert_close(weights, expected_w)
+    assert ((weights > 0) & (weights < 1)).all() and weights.std() > 0
+    per_image = torch.stack([F.cross_entropy(x, labels, reduction="none") for x in read])  # (K, B)
+    assert term.item() == pytest.approx((per_image * expected_w).mean(1).mean().item(), rel=1e-5)
+    model.zero_grad(set_to_none=True)
+    term.backward()
+    assert all(p.grad is None for p in teacher.parameters())
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder_r.parameters())
+
+    before = snapshot(teacher)
+    summary = floats(engine.forward_backward(batches[0]))
+    assert summary["L_R_fake"] > 0 and 0 < summary["gan/r_fake_weight"] < 1
+    assert all(torch.equal(v, teacher.state_dict()[k]) for k, v in before.items())  # nor its running statistics
+
+
+def test_teacher_judge_needs_its_term_and_a_model_built_with_the_teacher(make_engine):
+    with pytest.raises(ISGANError, match="LOSS.LAMBDA_R_FAKE 0 turns off"):
+        make_engine("LOSS.R_FAKE_JUDGE", "teacher")
+    engine = make_engine("LOSS.LAMBDA_R_FAKE", "2.0")
+    with pytest.raises(ISGANError, match="no identity teacher"):
+        engine.model.teacher_logits(torch.zeros(1, 3, 128, 64))
 
 
 def test_code_gradient_cap_holds_gs_push_on_e_r_to_a_fraction_of_l_rs_in_stage_3(make_engine, batches):
@@ -672,17 +726,18 @@ def test_eus_frozen_trunk_is_the_trunk_as_the_stage_starts_and_stays_there(make_
 
 @pytest.mark.parametrize("start_epoch, copies", [(0, 1), (1, 0)])
 def test_stage_start_is_called_only_when_a_stage_starts_afresh(make_engine, monkeypatch, start_epoch, copies):
-    """A resumed stage keeps E_U's trunk from its checkpoint: run_stage asks the objective to set a stage up only
-    when it starts at epoch 0."""
-    engine = make_engine("MODEL.EU_TRUNK", "frozen")
+    """A resumed stage keeps E_U's trunk and the identity teacher from its checkpoint: run_stage asks the objective
+    to set a stage up only when it starts at epoch 0."""
+    engine = make_engine("MODEL.EU_TRUNK", "frozen", "LOSS.LAMBDA_R_FAKE", "2.0", "LOSS.R_FAKE_JUDGE", "teacher")
     calls = []
     monkeypatch.setattr(engine.model, "freeze_nuisance_trunk", lambda: calls.append(engine.stage))
+    monkeypatch.setattr(engine.model, "freeze_identity_teacher", lambda: calls.append(-engine.stage))
     monkeypatch.setattr(ckpt, "resume_or_initialize", lambda engine, stage: start_epoch)
     monkeypatch.setattr(engine, "train_epoch", lambda: None)
     monkeypatch.setattr(engine, "evaluate_targets", lambda: None)
     engine.plan.epochs[3] = 2
     engine.run_stage(3)
-    assert calls == [3] * copies
+    assert calls == [3, -3] * copies
 
 
 def test_kl_free_bits_reach_l_u(make_engine, batches):

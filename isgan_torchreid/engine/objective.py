@@ -81,6 +81,7 @@ class LossSettings:
     lambda_adv_u: float  # L_nu, E_U's side of the nuisance code's identity adversary (D_nu its side)
     lambda_r_fake: float  # L_R_fake, stage 3: E_R learns the identities of the cross-identity fakes
     r_fake_label_smooth: float  # L_R_fake's label smoothing; 0: label_smooth's
+    r_fake_judge: str  # "teacher": each fake's L_R_fake weighted by the identity teacher's b-vs-a verdict; "none"
     code_grad_cap: float  # stage 3: G's gradient on the identity code at most this x L_R's there; 0: no cap
     part_shuffle: str
     target_space: str
@@ -279,6 +280,10 @@ class ISGANObjective(IdentityObjective):
                              "identity-shuffling losses (Eq. 3, 4)")
         if len(cfg.LOSS.LAMBDA_U) != 2:
             raise ISGANError(f"LOSS.LAMBDA_U = {cfg.LOSS.LAMBDA_U}: give two values, for stage 2 and stage 3")
+        if cfg.LOSS.R_FAKE_JUDGE != "none" and cfg.LOSS.LAMBDA_R_FAKE <= 0:
+            raise ISGANError(f"LOSS.R_FAKE_JUDGE {cfg.LOSS.R_FAKE_JUDGE} weights the fakes of L_R_fake, which "
+                             f"LOSS.LAMBDA_R_FAKE 0 turns off: set LOSS.LAMBDA_R_FAKE > 0 (e.g. 2.0), or "
+                             f"LOSS.R_FAKE_JUDGE none")
 
     def __init__(self, model: nn.Module, losses: LossSettings, precision: Precision, optim: OptimizerSettings,
                  joint_g_batch: bool = True, grad_norm_freq: int = 0):
@@ -297,9 +302,12 @@ class ISGANObjective(IdentityObjective):
 
     def start_stage(self, stage: int) -> None:
         """E_U's own trunk (MODEL.EU_TRUNK frozen) is taken from the trunk as stage 2 or 3 starts: stage 1's, which
-        stage 2 does not train, so the copy stage 3 takes equals stage 2's."""
+        stage 2 does not train, so the copy stage 3 takes equals stage 2's. The identity teacher (LOSS.R_FAKE_JUDGE
+        teacher) is taken from the trunk and E_R as stage 3 starts: stage 1's too."""
         if stage > 1:
             self.model.freeze_nuisance_trunk()
+        if stage == 3:
+            self.model.freeze_identity_teacher()
 
     def before_epoch(self, stage: int, epoch: int) -> None:
         """G's adversarial and class terms (L_D, L_C, L_X) weighted by min(1, epoch / GAN_WARMUP) in stage 2, full
@@ -401,20 +409,31 @@ class ISGANObjective(IdentityObjective):
             read, _ = model.encoder_r(model.backbone(imgs))  # (B, K*p_R)
         return L.code_loss(read, id_feat.detach(), model.encoder_r.branches.num_features)
 
-    def fake_identity_loss(self, fakes: Tensor, labels: Tensor) -> Tensor:
+    def fake_identity_loss(self, fakes: Tensor, labels: Tensor, sources: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """L_R_fake (LOSS.LAMBDA_R_FAKE, stage 3): the trunk and E_R read the cross-identity fakes (B, 3, H, W) as
         training images of the identities drawn into them (``labels``, (B,)): L_R [Eq. 1] of them, the targets
         smoothed by LOSS.R_FAKE_LABEL_SMOOTH when it is > 0 (CamStyle's regularisation of generated images), else
         as the real images' (LABEL_SMOOTH). The fakes are detached (the term trains the trunk and E_R, not G or
         E_U) and read on BatchNorm's running statistics, which see real images alone. The plain modules are called,
         not their DDP wrappers (one forward each per step); that torchrun steps as one process does with this term
-        is not tested."""
+        is not tested.
+
+        With LOSS.R_FAKE_JUDGE teacher each fake's term is weighted by w = sigmoid(l_b - l_a) (B,), l the mean of
+        the identity teacher's K logits of the fake, b its label, a the identity whose nuisance code it carries
+        (``sources``, (B,)): how far a classifier trained on real images only reads the fake as b rather than as
+        the person G took the rest of the picture from. Returns (the term, w or None)."""
         model = self.model
         imgs = self.image_to_input(fakes.detach())
+        weights = None
+        if self.losses.r_fake_judge == "teacher":
+            mean_logits = torch.stack([L.widen(x) for x in model.teacher_logits(imgs)]).mean(0)  # (B, C)
+            rows = torch.arange(len(labels), device=labels.device)
+            weights = torch.sigmoid(mean_logits[rows, labels] - mean_logits[rows, sources])  # (B,)
         with running_statistics(model.backbone, model.encoder_r):
             _, logits = model.encoder_r(model.backbone(imgs))  # K x (B, C)
         s = self.losses
-        return L.identity_loss(logits, labels, s.id_reduction, s.r_fake_label_smooth or s.label_smooth)
+        return L.identity_loss(logits, labels, s.id_reduction, s.r_fake_label_smooth or s.label_smooth,
+                               weights), weights
 
     def feature_loss(self, fakes: Tensor, imgs: Tensor) -> Tensor:
         """L_feat (LOSS.LAMBDA_FEAT): the trunk reads the fakes (n*B, 3, H, W), n sets of the batch's images in
@@ -514,7 +533,10 @@ class ISGANObjective(IdentityObjective):
                 features = self.model.global_features(gen.id_feat) if s.isgan_triplet else None
                 terms.update(self.identity_terms(gen.logits, features, pids, s.lambda_r))
                 if s.lambda_r_fake > 0:
-                    terms["L_R_fake"] = s.lambda_r_fake * self.fake_identity_loss(gen.fakes[last:], labels[last:])
+                    fake_term, judged = self.fake_identity_loss(gen.fakes[last:], labels[last:], pids)
+                    terms["L_R_fake"] = s.lambda_r_fake * fake_term
+                    if judged is not None:
+                        stats["gan/r_fake_weight"] = judged.mean()
         diagnose = self.grad_norm_freq and self.gan_steps % self.grad_norm_freq == 0
         # skipped under torchrun (the DDP wrappers' hooks forbid extra backward passes) and with TRAIN.AMP (these
         # extra passes under CPU bfloat16 autocast returned NaN now and then in the tests, the update finite)

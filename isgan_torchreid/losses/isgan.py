@@ -36,16 +36,23 @@ _SMOOTH_WIDTH = 0.3
 
 
 def identity_loss(
-    logits: Sequence[Tensor], labels: Tensor, reduction: str = "mean", label_smooth: float = 0.0
+    logits: Sequence[Tensor], labels: Tensor, reduction: str = "mean", label_smooth: float = 0.0,
+    weights: Optional[Tensor] = None,
 ) -> Tensor:
-    """ID loss L_R [Eq. 1]: cross-entropy of each of the K classifiers, averaged ('mean') or summed ('sum') over K."""
+    """ID loss L_R [Eq. 1]: cross-entropy of each of the K classifiers, averaged ('mean') or summed ('sum') over K.
+    ``weights`` (B,): each image's cross-entropy weighted by it before the mean over the batch (no gradient)."""
     if reduction not in ("mean", "sum"):
         raise ValueError(f"identity loss: reduction {reduction!r} is not one of 'mean' (reference code), 'sum' (paper)")
     if len(logits) == 0:
         raise ValueError("identity loss: got no logits; the identity encoder must return one logit tensor per feature")
-    per_feature = torch.stack(
-        [F.cross_entropy(widen(logit), labels, label_smoothing=label_smooth) for logit in logits]
-    )  # (K,)
+    if weights is None:
+        per_feature = torch.stack(
+            [F.cross_entropy(widen(logit), labels, label_smoothing=label_smooth) for logit in logits]
+        )  # (K,)
+    else:
+        per_image = torch.stack([F.cross_entropy(widen(logit), labels, label_smoothing=label_smooth,
+                                                 reduction="none") for logit in logits])  # (K, B)
+        per_feature = (per_image * widen(weights.detach())).mean(1)  # (K,)
     return per_feature.mean() if reduction == "mean" else per_feature.sum()
 
 

@@ -41,6 +41,7 @@ def build_model(cfg, num_classes):
                      g_stripes=m.G_STRIPES, eu_grid=tuple(m.EU_GRID) or None,
                      eu_shared=m.EU_BRANCHES == "shared", eu_input=m.EU_INPUT, eu_trunk=m.EU_TRUNK,
                      nuisance_adversary=cfg.LOSS.LAMBDA_ADV_U > 0,
+                     identity_teacher=cfg.LOSS.R_FAKE_JUDGE == "teacher",
                      loss="triplet" if trains_triplet(cfg) else "softmax")  # triplet: train forward adds features
     if m.NAME in ("mgn", "baseline"):  # MGN: CE on all K logits + batch-hard triplet on the globals; baseline: CE
         return MGN(num_classes, backbone=m.BACKBONE, pretrained=m.PRETRAINED, parts=tuple(m.PARTS),

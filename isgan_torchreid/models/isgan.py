@@ -14,12 +14,16 @@ neighbourhood's mean and spread taken out): shapes and edges without the brightn
 ``eu_trunk`` (MODEL.EU_TRUNK): ``shared``, E_U reads the trunk E_R reads (paper); ``frozen``, a copy of it
 (``nuisance_trunk``) taken when stage 2 or 3 starts (:meth:`ISGAN.freeze_nuisance_trunk`) and never trained, so
 that stage 3, which trains the trunk for E_R, leaves the map E_U and G learned in stage 2 where it was.
+
+``identity_teacher`` (LOSS.R_FAKE_JUDGE teacher): a frozen copy of the trunk and E_R (``identity_teacher``), taken
+when stage 3 starts (:meth:`ISGAN.freeze_identity_teacher`): E_R as stages 1-2 left it, trained on real images
+only, which judges whether a cross-identity fake shows the identity it was drawn with (:meth:`ISGAN.teacher_logits`).
 """
 import copy
 from typing import List, Optional, Tuple
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from ..errors import ISGANError
 from .branches import load_resnet, validate_parts
@@ -40,7 +44,8 @@ G_STRIPES = {"none": (), "identity": ("identity",), "both": ("identity", "nuisan
 class ISGAN(MGN):
     """MGN (trunk + E_R, same forward) plus E_U, G and D (``encoder_u``, ``generator``, ``discriminator``)."""
 
-    stage_start_state = ("nuisance_trunk.",)  # E_U's own trunk: copied from the trunk as a stage starts, not loaded
+    # copied from the trunk (and E_R) as a stage starts, not loaded: E_U's own trunk, the identity teacher
+    stage_start_state = ("nuisance_trunk.", "identity_teacher.")
 
     def __init__(
         self,
@@ -66,6 +71,7 @@ class ISGAN(MGN):
         g_stripes: str = "none",
         eu_grid=None,
         nuisance_adversary: bool = False,
+        identity_teacher: bool = False,
     ):
         # check cheap settings before loading (possibly downloading) the ResNet
         check_loss(loss)
@@ -83,6 +89,10 @@ class ISGAN(MGN):
         self.eu_input = eu_input  # what E_U reads: the trunk map of the image or of its luminance (nuisance_input)
         # E_U's own frozen trunk (MODEL.EU_TRUNK frozen), or None: E_U reads the trunk E_R reads
         self.nuisance_trunk = copy.deepcopy(self.backbone) if eu_trunk == "frozen" else None
+        # the frozen trunk + E_R that judges the fakes of L_R_fake (LOSS.R_FAKE_JUDGE teacher), or None
+        self.identity_teacher = nn.ModuleDict({"backbone": copy.deepcopy(self.backbone),
+                                               "encoder_r": copy.deepcopy(self.encoder_r)}).requires_grad_(False) \
+            if identity_teacher else None
         k = self.encoder_r.num_features
         nuisance_dim = nid_dim * (k + self.encoder_u.num_cells)  # F * p_U
         self.generator = Generator(num_classes, id_dim * k, nuisance_dim, noise_dim,
@@ -111,6 +121,23 @@ class ISGAN(MGN):
         statistics; nothing without one."""
         if self.nuisance_trunk is not None:
             self.nuisance_trunk.load_state_dict(self.backbone.state_dict())
+
+    def freeze_identity_teacher(self) -> None:
+        """The identity teacher (LOSS.R_FAKE_JUDGE teacher) becomes a copy of the trunk and E_R as they are now,
+        weights and running statistics; nothing without one."""
+        if self.identity_teacher is not None:
+            self.identity_teacher.backbone.load_state_dict(self.backbone.state_dict())
+            self.identity_teacher.encoder_r.load_state_dict(self.encoder_r.state_dict())
+
+    def teacher_logits(self, imgs: Tensor) -> List[Tensor]:
+        """The identity teacher's K classifier logits (B, C) of normalised images (B, 3, H, W), without gradient,
+        BatchNorm on its running statistics."""
+        if self.identity_teacher is None:
+            raise ISGANError("this IS-GAN model has no identity teacher: build it with LOSS.R_FAKE_JUDGE teacher")
+        teacher = self.identity_teacher
+        with torch.no_grad(), frozen(teacher):
+            _, logits = teacher.encoder_r(teacher.backbone(imgs))
+        return logits
 
     def trunk_maps(self, imgs: Tensor) -> List[Tensor]:
         """The trunk's maps of normalised images (B, 3, H, W) after each of its last three stages: layer1
