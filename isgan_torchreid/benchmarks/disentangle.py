@@ -252,9 +252,9 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
     identity, nuisance = gan.encode(normalize(real))
     recon = gan.decode(identity, nuisance).cpu()
     means, train_probe_input = read_training_images(gan, subset.train)
-    by_camera = torch.stack([means.get(item[2], means[-1]) for item in test])
+    camera_means = torch.stack([means.get(item[2], means[-1]) for item in test])  # (N, 3, H, W)
     recon_l1 = (recon - real).abs().mean((1, 2, 3))  # (N,)
-    camera_mean_l1 = (by_camera - real).abs().mean((1, 2, 3))  # (N,)
+    camera_mean_l1 = (camera_means - real).abs().mean((1, 2, 3))  # (N,)
     result = {
         "test_ids": len({item[1] for item in test}), "query_images": len(subset.query),
         "gallery_images": len(subset.gallery), "pairs": len(subset.pairs), "train_images": len(subset.train),
