@@ -32,6 +32,7 @@ import csv
 import importlib.util
 import os
 import statistics
+from typing import List, NamedTuple, Optional
 
 import scipy.stats
 import torch
@@ -411,8 +412,17 @@ def last_stage_from(cfg, source_root, folder):
     return ["TRAIN.STAGES", f"[{last}]", "TRAIN.INIT_WEIGHTS", source]
 
 
-def compare(config_file, opts=(), methods=None, seeds=None, start_from=None, by_factor=False):
-    """Train and evaluate every method once per seed; write OUTPUT_DIR/comparison.{csv,json,png}; return the rows.
+class Comparison(NamedTuple):
+    """What :func:`compare` wrote into comparison.json: the rows, the paired differences (:func:`paired_differences`)
+    and, with ``by_factor``, :func:`by_factor_runs`'s result (else None)."""
+
+    rows: List[dict]
+    differences: List[dict]
+    by_factor: Optional[dict]
+
+
+def compare(config_file, opts=(), methods=None, seeds=None, start_from=None, by_factor=False) -> Comparison:
+    """Train and evaluate every method once per seed; write OUTPUT_DIR/comparison.{csv,json,png}; return them.
 
     ``methods`` None: :data:`DEFAULT_METHODS`, less those with a ResNet-50 trunk on the CPU (:func:`cpu_default`).
     ``seeds`` None: the config's SEED. One seed: every run in OUTPUT_DIR/<method>/; several: in
@@ -451,9 +461,10 @@ def compare(config_file, opts=(), methods=None, seeds=None, start_from=None, by_
     per_seed = {m: [row for seed in seeds for row in _rows(m, seed, folders[m, seed], summaries[m, seed],
                                                            list(cfgs[m, seed].TRAIN.STAGES))] for m in runs}
     rows = [row for m in runs for row in per_seed[m] + (summarize(per_seed[m]) if len(seeds) > 1 else [])]
-    factors = by_factor_runs(base, rows, base.OUTPUT_DIR) if by_factor else None
-    write_comparison(rows, base.OUTPUT_DIR, config_file, runs, seeds, start_from, factors)
-    return rows
+    result = Comparison(rows, paired_differences(rows), by_factor_runs(base, rows, base.OUTPUT_DIR) if by_factor
+                        else None)
+    write_comparison(result, base.OUTPUT_DIR, config_file, runs, seeds, start_from)
+    return result
 
 
 def _rate(v):
@@ -535,11 +546,11 @@ def plot_comparison(rows, path, title=""):
     return fig
 
 
-def write_comparison(rows, output_dir, config_file, runs, seeds, start_from=None, by_factor=None):
+def write_comparison(result: Comparison, output_dir, config_file, runs, seeds, start_from=None):
     """OUTPUT_DIR/comparison.csv (the rows), comparison.json (the rows, the seeds, each method's overrides, the
-    comparison the runs started from if any, the differences to the baseline paired by seed,
-    :func:`paired_differences`, and :func:`by_factor_runs`'s result if given) and
-    comparison.png (:func:`plot_comparison`), each written atomically."""
+    comparison the runs started from if any, the differences to the baseline paired by seed and the by-factor
+    result if any) and comparison.png (:func:`plot_comparison`), each written atomically."""
+    rows = result.rows
     path = os.path.join(output_dir, "comparison.csv")
     with storage.output_file(path) as tmp, open(tmp, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=COLUMNS)
@@ -549,8 +560,8 @@ def write_comparison(rows, output_dir, config_file, runs, seeds, start_from=None
                     {"config_file": os.path.abspath(config_file), "seeds": seeds,
                      **({"std": STD_NOTE} if len(seeds) > 1 else {}), "overrides": runs,
                      **({"start_from": os.path.abspath(start_from)} if start_from else {}), "rows": rows,
-                     "differences": paired_differences(rows),
-                     **({"by_factor": by_factor} if by_factor is not None else {})})
+                     "differences": result.differences,
+                     **({"by_factor": result.by_factor} if result.by_factor is not None else {})})
     name = os.path.splitext(os.path.basename(config_file))[0]
     plot_comparison(rows, os.path.join(output_dir, "comparison.png"),
                     f"{name}: mean ± sample std (n - 1) over seeds {', '.join(map(str, seeds))}" if len(seeds) > 1
@@ -593,19 +604,19 @@ def compare_main(argv):
     if start is not None and len(start) > 1:
         raise ISGANError(f"--start-from takes one folder, got {len(start)} ({' '.join(start)})")
     args = cli.parse_args(p, argv)
-    rows = compare(args.config_file, args.opts, methods, seeds, start and start[0], by_factor)
+    result = compare(args.config_file, args.opts, methods, seeds, start and start[0], by_factor)
+    rows = result.rows
     print(comparison_table(rows))
     summary = summary_table(rows)
     if summary:
         seeds = len({r["seed"] for r in rows} - {"mean", "std"})
         print(f"Mean ± {STD_NOTE} ({seeds} seeds); every seed's row is in comparison.csv and comparison.json:")
         print(summary)
-    differences = paired_differences(rows)
-    if differences:
+    if result.differences:
         print("Paired by seed (each seed's runs share the stage-1 batches): the mean ± sample standard deviation "
               "(n - 1) of the per-seed differences, in points, and the 95% confidence interval of the mean mAP "
               "difference (Student's t; a paired t-test finds a difference at 5% where it leaves out 0):")
-        print(differences_table(differences))
+        print(differences_table(result.differences))
     print("Every method: stage-1 epochs, then stage-3 epochs at the stage-3 learning rate (IS-GAN's E_R schedule; "
           "isgan adds its stage 2). isgan_tri = IS-GAN with MGN's triplet term in L_R (LOSS.ISGAN_TRIPLET). "
           "baseline = IS-GAN's E_R trained with L_R only. params at test: those the test descriptor depends on; "
@@ -613,7 +624,6 @@ def compare_main(argv):
     if start:
         print(f"Started from {start[0]}: each run trained its last stage alone, and its train img/s is that "
               f"stage's.")
-    if by_factor:
-        output_dir = load_config(resolve_config_file(args.config_file), args.opts).OUTPUT_DIR
-        print_by_factor(storage.read_json(os.path.join(output_dir, "comparison.json"))["by_factor"])
+    if result.by_factor is not None:
+        print_by_factor(result.by_factor)
     return rows

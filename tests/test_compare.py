@@ -392,7 +392,7 @@ def test_seed_layout(tmp_path, data_root, monkeypatch, seeds, folders):
     trained = []
     monkeypatch.setattr(compare, "train_run", lambda cfg: trained.append(cfg) or fake_train_run([])(cfg))
     rows = compare.compare(CONFIG, TINY + ["DATA.ROOT", data_root, "OUTPUT_DIR", str(tmp_path)], ["baseline", "mgn"],
-                           seeds)
+                           seeds).rows
     assert [os.path.relpath(cfg.OUTPUT_DIR, tmp_path) for cfg in trained] == folders
     expected = [int(s) for s in seeds] if seeds else [1]
     assert [cfg.SEED for cfg in trained] == [s for s in expected for _ in ("baseline", "mgn")]

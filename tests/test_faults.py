@@ -979,7 +979,7 @@ def test_odd_image_modes_decode_as_they_are_meant_to_be_seen(tmp_path, recwarn):
 
 @pytest.mark.parametrize("tool", ["png", "json", "torchscript", "csv"])
 def test_every_tool_output_error_is_one_line_and_leaves_nothing(tmp_path, monkeypatch, tool):
-    from isgan_torchreid.compare import write_comparison
+    from isgan_torchreid.compare import Comparison, write_comparison
     from isgan_torchreid.deploy import Encoder
     from isgan_torchreid.deploy.encoder import DEFAULT_SPEC
     from isgan_torchreid.deploy.export import export
@@ -992,7 +992,7 @@ def test_every_tool_output_error_is_one_line_and_leaves_nothing(tmp_path, monkey
         "json": lambda: storage.write_json(str(out / "r.json"), {"a": 1}),
         "torchscript": lambda: export(Encoder(dict(DEFAULT_SPEC, backbone="resnet18", height=64, width=32)).eval(),
                                       str(out / "e.pt"), "torchscript"),
-        "csv": lambda: write_comparison([], str(out), "c.yaml", {}, [0]),
+        "csv": lambda: write_comparison(Comparison([], [], None), str(out), "c.yaml", {}, [0]),
     }
     read_only = OSError(errno.EROFS, os.strerror(errno.EROFS))
     monkeypatch.setattr(os, "replace", lambda *a: (_ for _ in ()).throw(read_only))  # the final rename fails

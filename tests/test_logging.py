@@ -309,7 +309,8 @@ def test_every_tool_parses_list_flags_alike(tmp_path, monkeypatch):
     cli.test_main(["--config-file", CONFIG, "--weights", "w", "--targets", "market1501,dukemtmcreid"])
     monkeypatch.setattr(compare, "compare",
                         lambda c, o, methods, seeds, start, by_factor: seen.update(methods=methods, seeds=seeds,
-                                                                                   start=start) or [])
+                                                                                   start=start)
+                        or compare.Comparison([], [], None))
     compare.compare_main(["--config-file", CONFIG, "--methods", "isgan,mgn", "--seeds", "0", "1",
                           "--start-from=prev"])
     monkeypatch.setattr(training, "bench_training", lambda cfg, methods, **k: seen.update(bench=list(methods)) or [])
