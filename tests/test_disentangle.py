@@ -12,7 +12,7 @@ import torch
 
 from isgan_torchreid.benchmarks import benchmark_main, disentangle
 from isgan_torchreid.benchmarks.disentangle import (MeasuredSplit, Settings, _augment, by_camera_of, by_camera_table,
-                                                    choose_subset, measure, nuisance_factors)
+                                                    choose_subset, measure, nuisance_factors, training_split)
 from isgan_torchreid.config import load_config
 from isgan_torchreid.data.build import IMAGENET_MEAN, IMAGENET_STD, build_data
 from isgan_torchreid.deploy import load_gan
@@ -71,6 +71,21 @@ def test_choose_subset_is_deterministic_and_pairs_differ_in_identity_and_camera(
     one_camera = [item for item in run["query"] if item[2] == 0]
     with pytest.raises(ISGANError, match="no two of them seen by different cameras"):
         choose_subset(one_camera, run["gallery"], run["train"], settings)
+
+
+def test_training_split_holds_out_one_query_image_per_camera_of_each_identity(run):
+    train = run["train"]
+    query, gallery = training_split(train, seed=0)
+    assert training_split(train, seed=0) == (query, gallery)
+    cameras = {}
+    for item in train:
+        cameras.setdefault(item[1], set()).add(item[2])
+    multi = {pid for pid, cams in cameras.items() if len(cams) >= 2}
+    assert multi and sorted((item[1], item[2]) for item in query) == sorted((p, c) for p in multi for c in cameras[p])
+    paths = [item[0] for item in query + gallery]
+    assert len(set(paths)) == len(paths)  # queries and gallery do not overlap
+    assert sorted(paths) == sorted(item[0] for item in train if item[1] in multi)
+    assert training_split(train, seed=1) != (query, gallery)
 
 
 def test_a_generator_copying_the_nuisance_code_reconstructs_and_keeps_bs_image(run, subset):
@@ -191,6 +206,28 @@ def test_tool_writes_table_and_json(run, tmp_path, capsys):
                 "probe_real_id_accuracy"):
         assert 0 <= saved[key] <= 1
     assert os.listdir(tmp_path) == ["d.json"]
+
+
+def test_tool_measures_the_training_identities_on_held_out_queries(run, tmp_path, capsys, monkeypatch):
+    seen = {}
+
+    def capture(gan, subset, settings):
+        seen.update(subset=subset, settings=settings)
+        return real_measure(gan, subset, settings)
+
+    real_measure = disentangle.measure
+    monkeypatch.setattr(disentangle, "measure", capture)
+    out = str(tmp_path / "d.json")
+    result = benchmark_main(["--disentangle", run["dir"], "--identities", "train", "--ids", "4", "--pairs", "5",
+                             "--train-images", "20", "--probe-steps", "3", "--out", out])
+    assert "4 training (held-out queries) identities" in capsys.readouterr().out
+    assert result["identities"] == "train" and result["test_ids"] == 4
+    subset, train_paths = seen["subset"], {item[0] for item in run["train"]}
+    queries = {item[0] for item in subset.query}
+    assert queries <= train_paths and {item[0] for item in subset.gallery} <= train_paths
+    assert not queries & {item[0] for item in subset.train}  # the queries are held out of the probe's images
+    pids = {item[1] for item in subset.query}
+    assert {item[1] for item in subset.gallery} == pids and len(pids) == 4
 
 
 @pytest.mark.parametrize("argv, message", [

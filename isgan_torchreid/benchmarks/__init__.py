@@ -25,6 +25,7 @@ __all__ = ["benchmark_main"]
 
 def _parser():
     from ..cli import parser
+    from .disentangle import IDENTITIES
 
     p = parser("Print speed/memory tables: IS-GAN stages 1-3 and inference, MGN, torchreid's pcb_p6, and the fast "
                "evaluator against torchreid's (default); or the authors' code timed in the same run, profiles, "
@@ -66,12 +67,15 @@ def _parser():
                       "latest checkpoint) or a stage-2/3 checkpoint: reconstruction against the mean (camera) "
                       "image, swaps, identity retention and nuisance transfer on its test split; table + JSON "
                       "(--config-file not needed)")
-    only.add_argument("--ids", type=int, default=50, help="--disentangle: test identities measured")
+    only.add_argument("--ids", type=int, default=50, help="--disentangle: identities measured")
     only.add_argument("--pairs", type=int, default=200, help="--disentangle: swap pairs (a, b)")
     only.add_argument("--train-images", type=int, default=2000, help="--disentangle: training images averaged "
                       "into the mean images, on which the probe's camera and factor heads also train")
     only.add_argument("--probe-steps", type=int, default=1000, help="--disentangle: training steps of the probe")
     only.add_argument("--seed", type=int, default=0, help="--disentangle: choice of identities and pairs, probe")
+    only.add_argument("--identities", choices=IDENTITIES, default="test", help="--disentangle: measure the test "
+                      "split's identities (default) or the training identities, one held-out query image per "
+                      "camera each: does G disentangle the identities it learned, and not unseen ones?")
     only.add_argument("--out", metavar="FILE.json", help="--disentangle, --by-factor, --scalars: where the JSON "
                       "goes (--disentangle's default RUN/disentangle.json; the others write none by default)")
     only.add_argument("--by-factor", nargs="+", metavar="WEIGHTS", help="identity encoders (checkpoints or "
@@ -192,7 +196,7 @@ def _disentangle_table(args):
                              + (" of at least 2" if flag == "ids" else ""))
     _check_json_out(args.out)
     settings = Settings(ids=args.ids, pairs=args.pairs, train_images=args.train_images,
-                        probe_steps=args.probe_steps, seed=args.seed)
+                        probe_steps=args.probe_steps, seed=args.seed, identities=args.identities)
     return run_disentangle(args.disentangle, args.opts, settings, args.out)
 
 

@@ -28,6 +28,12 @@ The reconstruction and the retentions are also given camera by camera (``by_came
 each camera saw; retention of the swaps whose nuisance code comes from it): where G draws persons, and which
 cameras' fakes keep a's identity.
 
+With ``--identities train`` the same numbers are measured on the training identities, the images G and E_R
+learned from: each training identity seen by at least two cameras gives one image of each camera as its queries and
+the rest as its gallery (Market's convention), and the training images that are not queries serve as the training
+images above. Beside the test identities' numbers they tell a G that does not disentangle from one that does on the
+identities it learned and does not generalise to unseen ones.
+
 Each probe score comes with the probe's own accuracy on the real query images (which it never saw in training),
 the ceiling its verdict on fakes can reach; the E_R rank-1 of the real query images is reported likewise.
 Rates are also given chance-corrected, (rate - chance) / (1 - chance): 0 is chance, 1 perfect.
@@ -54,11 +60,11 @@ from ..errors import ISGANError
 from ..models.images import normalize
 from ..visualize.canvas import denormalize
 
-__all__ = ["Settings", "find_checkpoint", "MeasuredSplit", "choose_subset", "read_training_images", "Probe",
-           "train_probe",
-           "nuisance_factors", "measure", "by_camera_of", "disentangle_table", "by_camera_table", "run_disentangle"]
+__all__ = ["IDENTITIES", "Settings", "find_checkpoint", "MeasuredSplit", "training_split", "choose_subset",
+           "read_training_images", "Probe", "train_probe", "nuisance_factors", "measure", "by_camera_of", "disentangle_table", "by_camera_table", "run_disentangle"]
 
 BATCH = 64
+IDENTITIES = ("test", "train")  # --identities: whose images are measured
 PROBE_SIZE = (64, 32)  # the probe's input: the model's images resized down to at most this
 
 
@@ -69,6 +75,7 @@ class Settings:
     train_images: int = 2000  # training images: the mean images, and the probe's camera and factor heads learn them
     probe_steps: int = 1000
     seed: int = 0
+    identities: str = "test"  # IDENTITIES: the test split's, or the training identities' (held-out queries)
 
 
 def find_checkpoint(run):
@@ -109,6 +116,27 @@ def choose_subset(query, gallery, train, settings: Settings) -> MeasuredSplit:
     pairs = rng.sample(candidates, min(settings.pairs, len(candidates)))
     train = rng.sample(list(train), min(settings.train_images, len(train)))
     return MeasuredSplit(query, gallery, train, pairs)
+
+
+def training_split(train, seed: int) -> Tuple[List[tuple], List[tuple]]:
+    """``--identities train``: the training items as (query, gallery). Each identity seen by at least two cameras
+    gives one image of each camera, drawn with ``seed``, as its queries and its other images as its gallery; the
+    identities seen by one camera are left out (no pair of theirs differs in camera)."""
+    rng = random.Random(seed)
+    by_identity = {}
+    for item in train:
+        by_identity.setdefault(item[1], {}).setdefault(item[2], []).append(item)
+    query, gallery = [], []
+    for pid in sorted(by_identity):
+        cameras = by_identity[pid]
+        if len(cameras) < 2:
+            continue
+        for cam in sorted(cameras):
+            items = cameras[cam]
+            k = rng.randrange(len(items))
+            query.append(items[k])
+            gallery += items[:k] + items[k + 1:]
+    return query, gallery
 
 
 def _unit_images(gan: GAN, paths, desc=None) -> Tensor:
@@ -417,11 +445,18 @@ def run_disentangle(run, opts, settings: Settings, out=None):
     data.DATA.SOURCES, data.DATA.TARGETS, data.DATA.WORKERS = [target], [target], 0
     data.freeze()
     dm = build_data(data).manager
-    query, gallery = dm.fetch_test_loaders(target)
-    subset = choose_subset(query, gallery, dm.train_loader.dataset.train, settings)
+    train = dm.train_loader.dataset.train
+    if settings.identities == "train":
+        query, gallery = training_split(train, settings.seed)
+        held_out = {item[0] for item in query}
+        train = [item for item in train if item[0] not in held_out]
+    else:
+        query, gallery = dm.fetch_test_loaders(target)
+    subset = choose_subset(query, gallery, train, settings)
     result = {"weights": describe(weights, state), "dataset": target, **dataclasses.asdict(settings),
               **measure(gan, subset, settings)}
-    print(f"disentanglement of {result['weights']} on {target}: {result['test_ids']} test identities "
+    whose = "test" if settings.identities == "test" else "training (held-out queries)"
+    print(f"disentanglement of {result['weights']} on {target}: {result['test_ids']} {whose} identities "
           f"({result['query_images']} query, {result['gallery_images']} gallery images), {result['pairs']} pairs "
           f"(a, b) of different identities and cameras, {result['train_images']} training images for the means")
     print(disentangle_table(result))

@@ -422,16 +422,15 @@ class ISGANObjective(IdentityObjective):
         the identity teacher's K logits of the fake, b its label, a the identity whose nuisance code it carries
         (``sources``, (B,)): how far a classifier trained on real images only reads the fake as b rather than as
         the person G took the rest of the picture from. Returns (the term, w or None)."""
-        model = self.model
+        model, s = self.model, self.losses
         imgs = self.image_to_input(fakes.detach())
         weights = None
-        if self.losses.r_fake_judge == "teacher":
+        if s.r_fake_judge == "teacher":
             mean_logits = torch.stack([L.widen(x) for x in model.teacher_logits(imgs)]).mean(0)  # (B, C)
             rows = torch.arange(len(labels), device=labels.device)
             weights = torch.sigmoid(mean_logits[rows, labels] - mean_logits[rows, sources])  # (B,)
         with running_statistics(model.backbone, model.encoder_r):
             _, logits = model.encoder_r(model.backbone(imgs))  # K x (B, C)
-        s = self.losses
         return L.identity_loss(logits, labels, s.id_reduction, s.r_fake_label_smooth or s.label_smooth,
                                weights), weights
 
