@@ -68,6 +68,7 @@ _C.MODEL.EU_GRID = []
 # local contrast, without the brightness of regions
 _C.MODEL.EU_INPUT = "rgb"
 # shared: E_U reads the trunk E_R reads (paper) | frozen: a copy of it taken when stage 2 or 3 starts, never trained
+# | separate: E_U's own copy of the trunk as built, trained with E_U by G's losses alone (never by L_R)
 _C.MODEL.EU_TRUNK = "shared"
 _C.MODEL.G_INIT = "fan_in"  # fan_in: each layer's std from the inputs it sums | reference: the authors' (G saturates)
 _C.MODEL.G_CLASS_INPUT = True  # G reads the one-hot label (paper); False: the identity code alone names the person
@@ -187,7 +188,7 @@ CHOICES = {
     "MODEL.EU_POOL": ("avg", "max"),
     "MODEL.EU_BRANCHES": ("parts", "shared"),
     "MODEL.EU_INPUT": ("rgb", "gray", "contrast"),
-    "MODEL.EU_TRUNK": ("shared", "frozen"),
+    "MODEL.EU_TRUNK": ("shared", "frozen", "separate"),
     "MODEL.G_STRIPES": ("none", "identity", "both"),
     "MODEL.G_INIT": ("fan_in", "reference"),
     "LOSS.ID_REDUCTION": ("mean", "sum"),

@@ -242,7 +242,7 @@ def test_r34_factory_and_options():
         ({"backbone": "resnet152"}, "resnet18, resnet34, resnet50"),
         ({"eu_pool": "median"}, "'max' or 'avg'"),
         ({"eu_input": "hsv"}, "MODEL.EU_INPUT"),
-        ({"eu_trunk": "own"}, "MODEL.EU_TRUNK"),
+        ({"eu_trunk": "copied"}, "MODEL.EU_TRUNK"),
     ],
 )
 def test_errors(monkeypatch, kwargs, match):

@@ -724,6 +724,35 @@ def test_eus_frozen_trunk_is_the_trunk_as_the_stage_starts_and_stays_there(make_
         assert not torch.allclose(read, model.backbone.eval()(image))
 
 
+def test_eus_separate_trunk_starts_as_the_trunk_was_built_and_learns_from_gs_losses_alone(make_engine, batches):
+    """MODEL.EU_TRUNK separate: E_U's own trunk (encoder_u.stem) is the trunk as built, before stage 1 trained it;
+    E_U reads the grey image through it with gradient, so a stage-2 step trains it while the trunk stays frozen,
+    and in stage 3 it never reads E_R's trunk map."""
+    engine = make_engine("MODEL.EU_INPUT", "gray", "MODEL.EU_TRUNK", "separate")
+    model = engine.model
+    stem = model.encoder_u.stem
+    built = snapshot(model.backbone)
+    assert stem is not model.backbone and snapshot(stem).keys() == built.keys()
+    assert all(torch.equal(stem.state_dict()[k], v) for k, v in built.items())
+    with torch.no_grad():
+        model.backbone[0].weight.add_(1.0)  # the trunk as stage 1 left it
+    trained = snapshot(model.backbone)
+    prepare(engine, 2)
+    engine.objective.start_stage(2)
+    imgs = batches[0]["img"]
+    read = model.nuisance_input(imgs, model.backbone(imgs))
+    assert torch.equal(read, luminance(imgs))  # the image itself: the stem runs inside E_U
+    floats(engine.forward_backward(batches[0]))
+    assert all(changed_tensors(stem, built, buffers=False).values())
+    assert not any(changed_tensors(model.backbone, trained, buffers=False).values())
+    prepare(engine, 3)
+    engine.objective.start_stage(3)
+    before = snapshot(stem)
+    floats(engine.forward_backward(batches[1]))
+    assert any(changed_tensors(stem, before, buffers=False).values())
+    assert not torch.equal(stem[0].weight, model.backbone[0].weight)
+
+
 @pytest.mark.parametrize("start_epoch, copies", [(0, 1), (1, 0)])
 def test_stage_start_is_called_only_when_a_stage_starts_afresh(make_engine, monkeypatch, start_epoch, copies):
     """A resumed stage keeps E_U's trunk and the identity teacher from its checkpoint: run_stage asks the objective

@@ -70,6 +70,9 @@ class NuisanceEncoder(nn.Module):
     into rows x cols cells and encodes each cell with one more Gaussian head (shared by the cells), so that the
     nuisance code carries a coarse layout (where the person, the occluder and the background's objects are)
     besides the K part features. The code then holds K + rows * cols features of ``feat_dim``.
+
+    ``stem`` (MODEL.EU_TRUNK separate; None in the paper): a trunk of E_U's own that reads the image and gives the
+    branches their (B, C4, h, w) map, trained with E_U by G's losses alone.
     """
 
     def __init__(
@@ -80,8 +83,10 @@ class NuisanceEncoder(nn.Module):
         pool: str = "avg",
         shared: bool = False,
         grid: Optional[Tuple[int, int]] = None,
+        stem: Optional[nn.Module] = None,
     ):
         super().__init__()
+        self.stem = stem
         self.branches = PartBranches(resnet, parts, pool=pool, shared=shared)
         self.feat_dim = feat_dim
         self.grid = tuple(grid) if grid else None
@@ -105,13 +110,15 @@ class NuisanceEncoder(nn.Module):
     def forward(
         self, x: torch.Tensor, generator: Optional[torch.Generator] = None
     ) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(B, C4, h, w) trunk map -> z (B, F*feat_dim), mu and logvar (B, F, feat_dim); F = K parts, then the
-        grid's cells row by row (F = K without a grid).
+        """(B, C4, h, w) trunk map (with a ``stem``: (B, 3, H, W) images) -> z (B, F*feat_dim), mu and logvar
+        (B, F, feat_dim); F = K parts, then the grid's cells row by row (F = K without a grid).
 
         In train mode z = mu + exp(logvar / 2) * eps with eps ~ N(0, 1) drawn from ``generator``
         (torch's default generator when None; it must live on the input's device).
         In eval mode z = mu.
         """
+        if self.stem is not None:
+            x = self.stem(x)  # (B, C4, h, w)
         pooled, last_map = self.branches.pooled_and_map(x)  # (B, K, C5), (B, C5, h', w')
         mu = torch.stack([head(pooled[:, k]) for k, head in enumerate(self.mu)], dim=1)
         logvar = torch.stack([head(pooled[:, k]) for k, head in enumerate(self.logvar)], dim=1)

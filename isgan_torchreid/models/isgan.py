@@ -13,7 +13,9 @@ neighbourhood's mean and spread taken out): shapes and edges without the brightn
 
 ``eu_trunk`` (MODEL.EU_TRUNK): ``shared``, E_U reads the trunk E_R reads (paper); ``frozen``, a copy of it
 (``nuisance_trunk``) taken when stage 2 or 3 starts (:meth:`ISGAN.freeze_nuisance_trunk`) and never trained, so
-that stage 3, which trains the trunk for E_R, leaves the map E_U and G learned in stage 2 where it was.
+that stage 3, which trains the trunk for E_R, leaves the map E_U and G learned in stage 2 where it was;
+``separate``, E_U's own trunk (``encoder_u.stem``), a copy of the trunk as built (ImageNet's or random weights)
+trained with E_U by G's losses alone: E_U reads a map that was never trained to tell identities apart.
 
 ``identity_teacher`` (LOSS.R_FAKE_JUDGE teacher): a frozen copy of the trunk and E_R (``identity_teacher``), taken
 when stage 3 starts (:meth:`ISGAN.freeze_identity_teacher`): E_R as stages 1-2 left it, trained on real images
@@ -37,7 +39,7 @@ from .mgn import MGN, check_loss
 __all__ = ["EU_INPUTS", "EU_TRUNKS", "ISGAN", "check_config", "isgan_r50", "isgan_r34", "isgan_r18"]
 
 EU_INPUTS = ("rgb", "gray", "contrast")
-EU_TRUNKS = ("shared", "frozen")
+EU_TRUNKS = ("shared", "frozen", "separate")
 G_STRIPES = {"none": (), "identity": ("identity",), "both": ("identity", "nuisance")}  # MODEL.G_STRIPES -> codes
 
 
@@ -85,7 +87,9 @@ class ISGAN(MGN):
             raise ValueError(f"unknown E_U trunk {eu_trunk!r} (MODEL.EU_TRUNK); use one of {', '.join(EU_TRUNKS)}")
         resnet = load_resnet(backbone, pretrained)
         super().__init__(num_classes, backbone, pretrained, parts, id_dim, loss, resnet=resnet)
-        self.encoder_u = NuisanceEncoder(resnet, parts, nid_dim, pool=eu_pool, shared=eu_shared, grid=eu_grid)
+        stem = copy.deepcopy(self.backbone) if eu_trunk == "separate" else None  # the trunk before stage 1
+        self.encoder_u = NuisanceEncoder(resnet, parts, nid_dim, pool=eu_pool, shared=eu_shared, grid=eu_grid,
+                                         stem=stem)
         self.eu_input = eu_input  # what E_U reads: the trunk map of the image or of its luminance (nuisance_input)
         # E_U's own frozen trunk (MODEL.EU_TRUNK frozen), or None: E_U reads the trunk E_R reads
         self.nuisance_trunk = copy.deepcopy(self.backbone) if eu_trunk == "frozen" else None
@@ -104,15 +108,19 @@ class ISGAN(MGN):
                                            code_dim=nuisance_dim if nuisance_adversary else 0)
 
     def nuisance_input(self, imgs: Tensor, trunk: Tensor) -> Tensor:
-        """The map E_U reads (MODEL.EU_INPUT): ``trunk``, the images' trunk map (rgb), or the trunk map of their
+        """What E_U reads (MODEL.EU_INPUT): ``trunk``, the images' trunk map (rgb), or the trunk map of their
         luminance (gray) or its local contrast (contrast), (B, C4, H/16, W/16). That pass runs without gradient
         and with the trunk's running BatchNorm statistics, so in stage 3 the trunk that E_R's test descriptor
-        depends on learns from real images only. With E_U's own trunk (MODEL.EU_TRUNK frozen) every input is
-        read by that copy, the same way."""
-        if self.eu_input == "rgb" and self.nuisance_trunk is None:
+        depends on learns from real images only. With E_U's frozen trunk (MODEL.EU_TRUNK frozen) every input is
+        read by that copy, the same way; with its separate trunk (separate) E_U is given the image itself
+        (B, 3, H, W), which its stem reads with gradient."""
+        separate = self.encoder_u.stem is not None
+        if self.eu_input == "rgb" and self.nuisance_trunk is None and not separate:
             return trunk
-        net = self.backbone if self.nuisance_trunk is None else self.nuisance_trunk
         image = imgs if self.eu_input == "rgb" else NUISANCE_INPUTS[self.eu_input](imgs)
+        if separate:
+            return image
+        net = self.backbone if self.nuisance_trunk is None else self.nuisance_trunk
         with torch.no_grad(), frozen(net):
             return net(image)
 
