@@ -61,7 +61,8 @@ from ..models.images import normalize
 from ..visualize.canvas import denormalize
 
 __all__ = ["IDENTITIES", "Settings", "find_checkpoint", "MeasuredSplit", "training_split", "choose_subset",
-           "read_training_images", "Probe", "train_probe", "nuisance_factors", "measure", "by_camera_of", "disentangle_table", "by_camera_table", "run_disentangle"]
+           "read_training_images", "Probe", "train_probe", "nuisance_factors", "measure", "by_camera_of",
+           "disentangle_table", "by_camera_table", "run_disentangle"]
 
 BATCH = 64
 IDENTITIES = ("test", "train")  # --identities: whose images are measured
