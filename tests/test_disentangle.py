@@ -88,6 +88,11 @@ def test_training_split_holds_out_one_query_image_per_camera_of_each_identity(ru
     assert training_split(train, seed=1) != (query, gallery)
 
 
+def test_settings_name_the_identities_to_measure():
+    with pytest.raises(ISGANError, match="identities 'val': measure one of test, train"):
+        Settings(identities="val")
+
+
 def test_a_generator_copying_the_nuisance_code_reconstructs_and_keeps_bs_image(run, subset):
     chosen, settings = subset
     r = measure(CopyingGAN(load_gan(run["weights"], device="cpu"), "nuisance"), chosen, settings)

@@ -78,6 +78,10 @@ class Settings:
     seed: int = 0
     identities: str = "test"  # IDENTITIES: the test split's, or the training identities' (held-out queries)
 
+    def __post_init__(self):
+        if self.identities not in IDENTITIES:
+            raise ISGANError(f"identities {self.identities!r}: measure one of {', '.join(IDENTITIES)}")
+
 
 def find_checkpoint(run):
     """The checkpoint to measure: ``run`` itself when a file, else its stage-3 latest, else its stage-2 latest."""
