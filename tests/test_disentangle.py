@@ -4,6 +4,7 @@ Two stand-in generators copy one code into the image (a G that ignores the other
 score the one that copies the nuisance code as perfect reconstruction that keeps b's camera and none of a's
 identity beyond what b's own image carries, and the one that copies the identity code as the real image a.
 """
+import dataclasses
 import json
 import os
 
@@ -12,7 +13,8 @@ import torch
 
 from isgan_torchreid.benchmarks import benchmark_main, disentangle
 from isgan_torchreid.benchmarks.disentangle import (MeasuredSplit, Settings, _augment, by_camera_of, by_camera_table,
-                                                    choose_subset, measure, nuisance_factors, training_split)
+                                                    choose_subset, disentangle_table, measure, nuisance_factors,
+                                                    training_split)
 from isgan_torchreid.config import load_config
 from isgan_torchreid.data.build import IMAGENET_MEAN, IMAGENET_STD, build_data
 from isgan_torchreid.deploy import load_gan
@@ -125,6 +127,22 @@ def test_a_generator_copying_the_identity_code_is_scored_as_the_real_image(run, 
         assert total == pytest.approx(len(chosen.pairs) * r[key]), key
 
 
+def test_cue_probes_score_a_copy_of_a_as_the_real_image_and_reduce_the_image_as_named(run, subset):
+    chosen, settings = subset
+    r = measure(CopyingGAN(load_gan(run["weights"], device="cpu"), "identity"), chosen,
+                dataclasses.replace(settings, cues=True))
+    for cue in disentangle.CUES:
+        assert r[f"cue_{cue}_retention_vs_b"] == r[f"cue_{cue}_real_vs_b"] == r[f"cue_{cue}_auto_vs_b"], cue
+    assert "probe on gray only" in disentangle_table(r) and "probe on bands only" in disentangle_table(r)
+    x = torch.rand(2, 3, 64, 32)
+    bands = disentangle.band_colours(x)
+    assert bands.shape == x.shape and torch.equal(bands[..., :8, :], bands[..., :1, :1].expand(-1, -1, 8, 32))
+    assert torch.allclose(bands.mean((2, 3)), x.mean((2, 3)), atol=1e-6)
+    gray = disentangle.CUES["gray"](x)
+    levels = [gray[:, c] * IMAGENET_STD[c] + IMAGENET_MEAN[c] for c in range(3)]
+    assert torch.allclose(levels[0], levels[2], atol=1e-6)  # one grey level in every channel
+
+
 def test_by_camera_splits_images_by_their_camera_and_swaps_by_the_nuisance_codes_camera():
     cams = torch.tensor([0, 0, 1, 2])  # four test images
     recon, camera_mean = torch.tensor([0.1, 0.3, 0.2, 0.4]), torch.tensor([0.4, 0.4, 0.4, 0.5])
@@ -199,17 +217,19 @@ def test_augment_keeps_shape_and_colours():
 def test_tool_writes_table_and_json(run, tmp_path, capsys):
     out = str(tmp_path / "d.json")
     result = benchmark_main(["--disentangle", run["dir"], "--ids", "4", "--pairs", "5", "--train-images", "20",
-                             "--probe-steps", "3", "--out", out])
+                             "--probe-steps", "3", "--cues", "--out", out])
     printed = capsys.readouterr().out
     assert "recon / camera mean" in printed and "has b's camera" in printed and "stage 2, epoch 1" in printed
+    assert "probe on gray only" in printed and "probe on bands only" in printed
     assert "pairs with nu_b from it" in printed
     with open(out) as f:
         saved = json.load(f)
     assert saved == json.loads(json.dumps(result))
     assert saved["test_ids"] == 4 and saved["pairs"] == 5 and saved["dataset"] == "synthperson"
     for key in ("er_retention_vs_b", "probe_retention_vs_b", "nuisance_transfer", "transfer_camera",
-                "probe_real_id_accuracy"):
+                "probe_real_id_accuracy", "cue_gray_retention_vs_b", "cue_bands_real_vs_b"):
         assert 0 <= saved[key] <= 1
+    assert saved["cues"] is True
     assert os.listdir(tmp_path) == ["d.json"]
 
 

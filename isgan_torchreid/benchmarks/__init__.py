@@ -76,6 +76,9 @@ def _parser():
     only.add_argument("--identities", choices=IDENTITIES, default="test", help="--disentangle: measure the test "
                       "split's identities (default) or the training identities, one held-out query image per "
                       "camera each: does G disentangle the identities it learned, and not unseen ones?")
+    only.add_argument("--cues", action="store_true", help="--disentangle: also two probes that read one kind of "
+                      "cue each (grey level: shapes and brightness; band colours: the colours by height): which of "
+                      "a's cues the swap keeps")
     only.add_argument("--out", metavar="FILE.json", help="--disentangle, --by-factor, --scalars: where the JSON "
                       "goes (--disentangle's default RUN/disentangle.json; the others write none by default)")
     only.add_argument("--by-factor", nargs="+", metavar="WEIGHTS", help="identity encoders (checkpoints or "
@@ -196,7 +199,8 @@ def _disentangle_table(args):
                              + (" of at least 2" if flag == "ids" else ""))
     _check_json_out(args.out)
     settings = Settings(ids=args.ids, pairs=args.pairs, train_images=args.train_images,
-                        probe_steps=args.probe_steps, seed=args.seed, identities=args.identities)
+                        probe_steps=args.probe_steps, seed=args.seed, identities=args.identities,
+                        cues=args.cues)
     return run_disentangle(args.disentangle, args.opts, settings, args.out)
 
 

@@ -34,6 +34,12 @@ the rest as its gallery (Market's convention), and the training images that are 
 images above. Beside the test identities' numbers they tell a G that does not disentangle from one that does on the
 identities it learned and does not generalise to unseen ones.
 
+With ``--cues`` two more probes, trained the same way on the gallery's identities, each read a reduced image:
+``gray`` its luminance (shapes, texture and brightness, no hue) and ``bands`` the mean colour of each of eight
+horizontal bands (the colours by height, no shape or texture). Their verdicts on the swap, beside their verdicts on
+G's own reconstruction and on the real images, say which of a's cues the swap keeps and which b's nuisance code
+replaces.
+
 Each probe score comes with the probe's own accuracy on the real query images (which it never saw in training),
 the ceiling its verdict on fakes can reach; the E_R rank-1 of the real query images is reported likewise.
 Rates are also given chance-corrected, (rate - chance) / (1 - chance): 0 is chance, 1 perfect.
@@ -57,12 +63,12 @@ from ..deploy.gan import GAN, describe, gan_from_checkpoint
 from ..engine.evaluation import descriptor
 from ..engine.plan import RunLayout
 from ..errors import ISGANError
-from ..models.images import normalize
+from ..models.images import luminance, normalize
 from ..visualize.canvas import denormalize
 
 __all__ = ["IDENTITIES", "Settings", "find_checkpoint", "MeasuredSplit", "training_split", "choose_subset",
            "read_training_images", "Probe", "train_probe", "nuisance_factors", "measure", "by_camera_of",
-           "disentangle_table", "by_camera_table", "run_disentangle"]
+           "disentangle_table", "by_camera_table", "run_disentangle", "CUES", "band_colours"]
 
 BATCH = 64
 IDENTITIES = ("test", "train")  # --identities: whose images are measured
@@ -77,6 +83,7 @@ class Settings:
     probe_steps: int = 1000
     seed: int = 0
     identities: str = "test"  # IDENTITIES: the test split's, or the training identities' (held-out queries)
+    cues: bool = False  # also the identity verdicts of probes that read one kind of cue each (CUES)
 
     def __post_init__(self):
         if self.identities not in IDENTITIES:
@@ -235,9 +242,20 @@ def train_probe(images: Tensor, labels: Dict[str, Tensor], heads: Dict[str, int]
 
 
 @torch.no_grad()
-def _probe_logits(probe: Probe, unit: Tensor, device) -> Dict[str, Tensor]:
-    outs = [probe(Probe.prepare(unit[s:s + BATCH]).to(device)) for s in range(0, unit.size(0), BATCH)]
+def _probe_logits(probe: Probe, unit: Tensor, device, view=None) -> Dict[str, Tensor]:
+    """The probe's logits of [0, 1] images (``view``: a reduction of the prepared input, as the probe learned)."""
+    view = view or (lambda x: x)
+    outs = [probe(view(Probe.prepare(unit[s:s + BATCH])).to(device)) for s in range(0, unit.size(0), BATCH)]
     return {name: torch.cat([o[name] for o in outs]).cpu() for name in probe.heads}
+
+
+def band_colours(x: Tensor, bands: int = 8) -> Tensor:
+    """Prepared (B, 3, h, w) -> each of ``bands`` horizontal bands filled with its mean colour: the colours by
+    height, without shapes, texture or layout across the width."""
+    return F.interpolate(F.adaptive_avg_pool2d(x, (bands, 1)), size=x.shape[-2:], mode="nearest")
+
+
+CUES = {"gray": luminance, "bands": band_colours}  # --cues: name -> the reduced image a cue probe reads
 
 
 def nuisance_factors(paths) -> Dict[str, List]:
@@ -369,6 +387,15 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
             result[f"probe_real_{name}_vs_other"] = prefers(on_real[name], qj[differ], b_, a_).mean().item()
             result[f"transfer_{name}"] = prefers(on_fake[name], rows[differ], b_, a_).mean().item()
             transfers.append(result[f"transfer_{name}"])
+    if settings.cues:
+        gallery_input = Probe.prepare(real[nq:])
+        gallery_ids = {"identity": targets["identity"][nq:len(test)]}
+        for cue, view in CUES.items():
+            cue_probe = train_probe(view(gallery_input), gallery_ids, {"identity": heads["identity"]},
+                                    settings.probe_steps, settings.seed, device)
+            for what, imgs, at in (("real", real[:nq], qi), ("auto", auto, rows), ("retention", nu_swap, rows)):
+                logits = _probe_logits(cue_probe, imgs, device, view)["identity"]
+                result[f"cue_{cue}_{what}_vs_b"] = prefers(logits, at, ia, ib).mean().item()
     result["factors"] = [n for n in heads if n != "identity"]
     result["nuisance_transfer"] = sum(transfers) / len(transfers)
     for key in ("er_retention_vs_b", "probe_retention_vs_b", "nuisance_transfer"):
@@ -430,6 +457,10 @@ def disentangle_table(result: Dict[str, float]) -> str:
         ["E_R / probe: G(id_a, nu_a) is a rather than b", f"{r['er_auto_vs_b']:.2f} / {r['probe_auto_vs_b']:.2f}",
          "G's own ceiling: no swap"],
     ]
+    for cue in (c for c in CUES if f"cue_{c}_retention_vs_b" in r):
+        rows.append([f"probe on {cue} only: G(id_a, nu_b) is a rather than b", f"{r[f'cue_{cue}_retention_vs_b']:.2f}",
+                     f"chance 0.50; G(id_a, nu_a) {r[f'cue_{cue}_auto_vs_b']:.2f}; real images "
+                     f"{r[f'cue_{cue}_real_vs_b']:.2f}"])
     for name in r["factors"]:
         if f"transfer_{name}" in r:
             rows.append([f"probe: G(id_a, nu_b) has b's {name}", f"{r[f'transfer_{name}']:.2f}",
