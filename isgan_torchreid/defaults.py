@@ -65,7 +65,8 @@ _C.MODEL.EU_BRANCHES = "parts"  # parts: one ResNet branch per part, as E_R (pap
 # [] (paper) | [rows, cols]: E_U also encodes a rows x cols grid of cells (layout), which G draws in place
 _C.MODEL.EU_GRID = []
 # rgb: E_U reads the image (paper) | gray: its luminance, so colour must come from E_R | contrast: the luminance's
-# local contrast, without the brightness of regions
+# local contrast, without the brightness of regions | blur: the luminance low-passed (Gaussian, sigma min(H, W) / 16),
+# without patterns and prints
 _C.MODEL.EU_INPUT = "rgb"
 # shared: E_U reads the trunk E_R reads (paper) | frozen: a copy of it taken when stage 2 or 3 starts, never trained
 # | separate: E_U's own copy of the trunk as built, trained with E_U by G's losses alone (never by L_R)
@@ -187,7 +188,7 @@ CHOICES = {
     "MODEL.BACKBONE": ("resnet18", "resnet34", "resnet50"),
     "MODEL.EU_POOL": ("avg", "max"),
     "MODEL.EU_BRANCHES": ("parts", "shared"),
-    "MODEL.EU_INPUT": ("rgb", "gray", "contrast"),
+    "MODEL.EU_INPUT": ("rgb", "gray", "contrast", "blur"),
     "MODEL.EU_TRUNK": ("shared", "frozen", "separate"),
     "MODEL.G_STRIPES": ("none", "identity", "both"),
     "MODEL.G_INIT": ("fan_in", "reference"),

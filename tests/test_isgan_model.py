@@ -4,7 +4,7 @@ import torch
 import torchvision
 
 from isgan_torchreid.data.build import IMAGENET_MEAN, IMAGENET_STD
-from isgan_torchreid.models.images import local_contrast, luminance
+from isgan_torchreid.models.images import local_contrast, low_pass, luminance
 from isgan_torchreid.models import isgan as isgan_module
 from isgan_torchreid.models.isgan import ISGAN, isgan_r18, isgan_r34, isgan_r50
 
@@ -140,12 +140,35 @@ def test_local_contrast_takes_out_the_brightness_of_regions():
     assert (seen(scene) - luminance((scene - mean) / std)).abs().max() > 0.5  # not the luminance
 
 
+def test_low_pass_takes_out_patterns_and_keeps_the_brightness_of_regions():
+    """MODEL.EU_INPUT blur: a striped shirt and a flat one of the same mean grey give E_U nearly the same image
+    away from their border; a darker or brighter region stays darker or brighter; no colour."""
+    mean = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+
+    def seen(unit):
+        return low_pass((unit - mean) / std) * std + mean  # back to [0, 1] grey levels
+
+    flat = torch.full((1, 3, 64, 32), 0.5)
+    striped = flat.clone()
+    striped[..., 24:, :] = (torch.arange(40) // 2 % 2).float().view(1, 1, 40, 1) * 0.6 + 0.2  # period 4: 0.2, 0.8
+    dark = flat.clone()
+    dark[..., 24:, :] = 0.2
+    assert (striped - flat).abs().max() > 0.29 and seen(flat).shape == (1, 3, 64, 32)
+    torch.testing.assert_close(seen(striped)[..., 32:56, :], seen(flat)[..., 32:56, :], atol=0.01, rtol=0)
+    torch.testing.assert_close(seen(dark)[..., 40:, :], torch.full((1, 3, 24, 32), 0.2), atol=1e-3, rtol=0)
+    torch.testing.assert_close(seen(dark)[..., :8, :], torch.full((1, 3, 8, 32), 0.5), atol=1e-3, rtol=0)
+    red = torch.zeros(1, 3, 64, 32)
+    red[:, 0] = 1
+    torch.testing.assert_close(seen(red), torch.full((1, 3, 64, 32), 0.299), atol=1e-5, rtol=0)
+
+
 def test_gray_eu_input_sees_no_colour():
     """MODEL.EU_INPUT gray: two images of equal luminance give E_U the same map (the trunk, in eval mode, of the
     luminance image); rgb gives it the trunk map itself. The trunk's training mode and statistics are kept."""
     torch.manual_seed(0)
     x = torch.randn(2, 3, 64, 32)
-    for eu_input, image in (("rgb", None), ("gray", luminance), ("contrast", local_contrast)):
+    for eu_input, image in (("rgb", None), ("gray", luminance), ("contrast", local_contrast), ("blur", low_pass)):
         m = isgan_r18(10, pretrained=False, use_gpu=False, height=64, width=32, eu_input=eu_input).train()
         trunk = m.backbone(x)
         if eu_input == "rgb":

@@ -11,7 +11,7 @@ from torch import Tensor
 from ..data.build import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = ["channel_constants", "normalize", "normalize_uint8", "image_target", "image_to_unit", "luminance",
-           "local_contrast", "NUISANCE_INPUTS", "CONTRAST_FLOOR"]
+           "local_contrast", "low_pass", "NUISANCE_INPUTS", "CONTRAST_FLOOR"]
 
 
 @functools.lru_cache(maxsize=None)
@@ -67,18 +67,31 @@ def luminance(imgs: Tensor) -> Tensor:
     return (_gray(imgs) - mean) / std  # (B, 3, H, W)
 
 
+def _gaussian_blur(x: Tensor, sigma: float) -> Tensor:
+    """(B, C, H, W) blurred by a Gaussian of ``sigma`` pixels, its kernel 2 ceil(2 sigma) + 1 wide."""
+    size = 2 * math.ceil(2 * sigma) + 1
+    return TF.gaussian_blur(x, kernel_size=[size, size], sigma=[sigma, sigma])
+
+
 def local_contrast(imgs: Tensor) -> Tensor:
     """Normalised RGB (B, 3, H, W) -> its luminance with each neighbourhood's mean and spread taken out (local
     contrast normalisation, a Gaussian window of sigma min(H, W) / 8), in all three channels, about zero-mean and
     unit-variance as a normalised image is: edges, shapes and texture stay; the brightness of a region (a shirt's,
     the light's) goes."""
     gray = _gray(imgs)  # (B, 1, H, W)
-    sigma = min(imgs.shape[-2:]) / 8
-    size = 2 * math.ceil(2 * sigma) + 1
-    blur = functools.partial(TF.gaussian_blur, kernel_size=[size, size], sigma=[sigma, sigma])
+    blur = functools.partial(_gaussian_blur, sigma=min(imgs.shape[-2:]) / 8)
     centred = gray - blur(gray)
     spread = blur(centred * centred).sqrt()
     return (centred / (spread + CONTRAST_FLOOR)).expand(-1, 3, -1, -1)  # (B, 3, H, W)
 
 
-NUISANCE_INPUTS = {"gray": luminance, "contrast": local_contrast}  # MODEL.EU_INPUT other than rgb -> E_U's image
+def low_pass(imgs: Tensor) -> Tensor:
+    """Normalised RGB (B, 3, H, W) -> its luminance blurred by a Gaussian of sigma min(H, W) / 16, in all three
+    channels, normalised alike: the layout, the pose and the light of regions stay; texture, prints and stripes
+    (a person's pattern) and thin shapes go."""
+    mean, std, _ = channel_constants(imgs.device, imgs.dtype)
+    return (_gaussian_blur(_gray(imgs), min(imgs.shape[-2:]) / 16) - mean) / std  # (B, 3, H, W)
+
+
+# MODEL.EU_INPUT other than rgb -> E_U's image
+NUISANCE_INPUTS = {"gray": luminance, "contrast": local_contrast, "blur": low_pass}

@@ -9,7 +9,8 @@ One ImageNet ResNet is loaded and deep-copied into the trunk and all part branch
 luminance (:meth:`ISGAN.nuisance_input`), as DG-Net's structure encoder reads a grey
 image: E_U can still carry pose, view, background layout and light, but colour, the largest share of what tells
 persons apart, only the identity code can give G; ``contrast``, of its local contrast (the luminance with each
-neighbourhood's mean and spread taken out): shapes and edges without the brightness of a shirt.
+neighbourhood's mean and spread taken out): shapes and edges without the brightness of a shirt; ``blur``, of its
+luminance low-passed: layout, pose and light without a person's patterns and prints.
 
 ``eu_trunk`` (MODEL.EU_TRUNK): ``shared``, E_U reads the trunk E_R reads (paper); ``frozen``, a copy of it
 (``nuisance_trunk``) taken when stage 2 or 3 starts (:meth:`ISGAN.freeze_nuisance_trunk`) and never trained, so
@@ -38,7 +39,7 @@ from .mgn import MGN, check_loss
 
 __all__ = ["EU_INPUTS", "EU_TRUNKS", "ISGAN", "check_config", "isgan_r50", "isgan_r34", "isgan_r18"]
 
-EU_INPUTS = ("rgb", "gray", "contrast")
+EU_INPUTS = ("rgb", "gray", "contrast", "blur")
 EU_TRUNKS = ("shared", "frozen", "separate")
 G_STRIPES = {"none": (), "identity": ("identity",), "both": ("identity", "nuisance")}  # MODEL.G_STRIPES -> codes
 
@@ -109,7 +110,7 @@ class ISGAN(MGN):
 
     def nuisance_input(self, imgs: Tensor, trunk: Tensor) -> Tensor:
         """What E_U reads (MODEL.EU_INPUT): ``trunk``, the images' trunk map (rgb), or the trunk map of their
-        luminance (gray) or its local contrast (contrast), (B, C4, H/16, W/16). That pass runs without gradient
+        luminance (gray), its local contrast (contrast) or its low-passed luminance (blur), (B, C4, H/16, W/16). That pass runs without gradient
         and with the trunk's running BatchNorm statistics, so in stage 3 the trunk that E_R's test descriptor
         depends on learns from real images only. With E_U's frozen trunk (MODEL.EU_TRUNK frozen) every input is
         read by that copy, the same way; with its separate trunk (separate) E_U is given the image itself
