@@ -110,11 +110,11 @@ class ISGAN(MGN):
 
     def nuisance_input(self, imgs: Tensor, trunk: Tensor) -> Tensor:
         """What E_U reads (MODEL.EU_INPUT): ``trunk``, the images' trunk map (rgb), or the trunk map of their
-        luminance (gray), its local contrast (contrast) or its low-passed luminance (blur), (B, C4, H/16, W/16). That pass runs without gradient
-        and with the trunk's running BatchNorm statistics, so in stage 3 the trunk that E_R's test descriptor
-        depends on learns from real images only. With E_U's frozen trunk (MODEL.EU_TRUNK frozen) every input is
-        read by that copy, the same way; with its separate trunk (separate) E_U is given the image itself
-        (B, 3, H, W), which its stem reads with gradient."""
+        luminance (gray), its local contrast (contrast) or its low-passed luminance (blur), (B, C4, H/16, W/16).
+        That pass runs without gradient and with the trunk's running BatchNorm statistics, so in stage 3 the trunk
+        that E_R's test descriptor depends on learns from real images only. With E_U's frozen trunk
+        (MODEL.EU_TRUNK frozen) every input is read by that copy, the same way; with its separate trunk (separate)
+        E_U is given the image itself (B, 3, H, W), which its stem reads with gradient."""
         separate = self.encoder_u.stem is not None
         if self.eu_input == "rgb" and self.nuisance_trunk is None and not separate:
             return trunk
