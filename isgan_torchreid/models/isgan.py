@@ -39,7 +39,7 @@ from .mgn import MGN, check_loss
 
 __all__ = ["EU_INPUTS", "EU_TRUNKS", "ISGAN", "check_config", "isgan_r50", "isgan_r34", "isgan_r18"]
 
-EU_INPUTS = ("rgb", "gray", "contrast", "blur")
+EU_INPUTS = ("rgb", *NUISANCE_INPUTS)  # the image itself (paper), or one of its reductions
 EU_TRUNKS = ("shared", "frozen", "separate")
 G_STRIPES = {"none": (), "identity": ("identity",), "both": ("identity", "nuisance")}  # MODEL.G_STRIPES -> codes
 
