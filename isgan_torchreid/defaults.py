@@ -103,6 +103,10 @@ _C.LOSS.LAMBDA_X = 0.0
 # > 0: E_R (frozen, BN in eval) reads each cross-identity fake G(id_b, nu_a) and its K part features should point
 # as id_b's do: L_code = LAMBDA_CODE x mean(1 - cos), a term of G's side. 0: the paper (no such term)
 _C.LOSS.LAMBDA_CODE = 0.0
+# what E_R reads for L_code: rgb (the fakes as they are, against id_b's code) | gray (the luminance of each fake
+# against E_R's reading of the luminance of b's own image: the fake's grey level, its silhouette and the brightness
+# of its regions, should be b's, which colour alone cannot satisfy)
+_C.LOSS.CODE_INPUT = "rgb"
 # > 0: the trunk (frozen, BN in eval) reads each fake that has a pixel target and its target image, and their maps
 # after layer1, layer2 and the trunk should match position by position (LPIPS's distance, unweighted):
 # L_feat = LAMBDA_FEAT x the mean over the three maps, a term of G's side. 0: the paper (pixels only)
@@ -197,6 +201,7 @@ CHOICES = {
     "LOSS.PART_SHUFFLE": ("local", "all", "none"),
     "LOSS.TARGET_SPACE": ("rgb", "tanh"),
     "LOSS.R_FAKE_JUDGE": ("none", "teacher"),
+    "LOSS.CODE_INPUT": ("rgb", "gray"),
     "TRAIN.NONFINITE": ("error", "skip"),
     "TRAIN.AMP_DTYPE": ("auto", "bfloat16", "float16"),
     "TRAIN.D_OPTIMIZER": ("sgd", "adam"),

@@ -376,7 +376,8 @@ def test_code_term_reads_cross_identity_fakes_with_a_frozen_e_r(make_engine, bat
     gen = engine.objective.generate(batches[0]["img"], pids, stage)
     assert gen.sets[-1] == "crossed" and (pids[gen.stranger] != pids).all()
     crossed = gen.fakes.chunk(len(gen.sets))[-1]
-    term = 2.0 * engine.objective.code_loss(crossed, gen.id_feat[gen.stranger])
+    sources = batches[0]["img"][gen.stranger]
+    term = 2.0 * engine.objective.code_loss(crossed, gen.id_feat[gen.stranger], sources)
     K = model.encoder_r.branches.num_features
     model.backbone.eval(), model.encoder_r.eval()
     mean, std = (torch.tensor(v).view(1, 3, 1, 1) for v in (IMAGENET_MEAN, IMAGENET_STD))
@@ -391,7 +392,7 @@ def test_code_term_reads_cross_identity_fakes_with_a_frozen_e_r(make_engine, bat
     assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.encoder_u.parameters())
     model.zero_grad(set_to_none=True)  # E_R's reading itself passes no gradient to E_R or the trunk
     image = crossed.detach().requires_grad_()
-    engine.objective.code_loss(image, gen.id_feat[gen.stranger]).backward()
+    engine.objective.code_loss(image, gen.id_feat[gen.stranger], sources).backward()
     assert image.grad.abs().sum() > 0
     assert all(p.grad is None for m in (model.backbone, model.encoder_r) for p in m.parameters())
     assert all(p.requires_grad == (stage == 3) for p in model.backbone.parameters())  # restored
@@ -399,6 +400,35 @@ def test_code_term_reads_cross_identity_fakes_with_a_frozen_e_r(make_engine, bat
 
     summary = step_beside_reference(make_engine, batches[0], stage, "LOSS.LAMBDA_CODE", "2.0")
     assert "L_code" in summary and "L_X" not in summary and summary["L_code"] > 0
+
+
+def test_grey_code_term_reads_the_luminance_of_the_fakes_against_that_of_the_drawn_identitys_image(make_engine,
+                                                                                                    batches):
+    """LOSS.CODE_INPUT gray: E_R (frozen, running statistics) reads the luminance of each cross-identity fake, and
+    its target is E_R's reading of the luminance of the real image the drawn code came from, not the code: a fake
+    equal to that image in every channel's grey level meets it exactly, one with its colours only (the same image
+    with its channels permuted, so another grey level) does not. It trains G and E_U, and needs λ_code > 0."""
+    with pytest.raises(ISGANError, match="LOSS.LAMBDA_CODE 0 turns off"):
+        make_engine("LOSS.CODE_INPUT", "gray")
+    engine = make_engine("LOSS.LAMBDA_CODE", "1.0", "LOSS.CODE_INPUT", "gray")
+    prepare(engine, 2)
+    model, imgs, pids = engine.model, batches[0]["img"], batches[0]["pid"]
+    objective = engine.objective
+    gen = objective.generate(imgs, pids, 2)
+    crossed, sources = gen.fakes.chunk(len(gen.sets))[-1], imgs[gen.stranger]
+    codes = gen.id_feat[gen.stranger]
+    own = objective.image_target(sources)  # b's own image as G's output would show it
+    assert objective.code_loss(own, codes, sources).item() == pytest.approx(0, abs=1e-5)
+    recoloured = objective.image_target(sources[:, [2, 0, 1]])  # the same shapes, the colours moved between channels
+    assert objective.code_loss(recoloured, codes, sources).item() > 1e-3
+    assert objective.code_loss(own, codes, sources[:, [2, 0, 1]]).item() > 1e-3  # the target is b's image's
+    model.zero_grad(set_to_none=True)
+    objective.code_loss(crossed, codes, sources).backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.generator.parameters())
+    assert all(p.grad is None for m in (model.backbone, model.encoder_r) for p in m.parameters())
+
+    summary = step_beside_reference(make_engine, batches[0], 2, "LOSS.LAMBDA_CODE", "1.0", "LOSS.CODE_INPUT", "gray")
+    assert summary["L_code"] > 0
 
 
 def test_fake_identity_term_trains_e_r_on_the_cross_identity_fakes_in_stage_3(make_engine, batches):

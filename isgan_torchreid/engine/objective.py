@@ -41,7 +41,7 @@ from ..errors import ISGANError
 from ..losses import isgan as L
 from ..losses.shuffle import part_shuffle, part_shuffle_mask, sample_partners, sample_strangers
 from ..models.frozen import frozen, running_statistics
-from ..models.images import image_target, image_to_unit, normalize
+from ..models.images import image_target, image_to_unit, luminance, normalize
 from .diagnostics import discriminator_stats, latent_stats, term_grad_norms
 from .gradient_cap import cap_branch_gradient
 from .optim import OptimizerSettings, OptimizerSpec
@@ -77,6 +77,7 @@ class LossSettings:
     class_on_auto: bool
     lambda_x: float  # generator side of L_X, D_C on cross-identity fakes
     lambda_code: float  # L_code, E_R's reading of cross-identity fakes (cross-identity fakes when either is > 0)
+    code_input: str  # "rgb": E_R reads L_code's fakes as they are; "gray": their luminance, and b's image's
     lambda_feat: float  # L_feat, the trunk's reading of the fakes with a pixel target against their targets
     lambda_adv_u: float  # L_nu, E_U's side of the nuisance code's identity adversary (D_nu its side)
     lambda_r_fake: float  # L_R_fake, stage 3: E_R learns the identities of the cross-identity fakes
@@ -284,6 +285,10 @@ class ISGANObjective(IdentityObjective):
             raise ISGANError(f"LOSS.R_FAKE_JUDGE {cfg.LOSS.R_FAKE_JUDGE} weights the fakes of L_R_fake, which "
                              f"LOSS.LAMBDA_R_FAKE 0 turns off: set LOSS.LAMBDA_R_FAKE > 0 (e.g. 2.0), or "
                              f"LOSS.R_FAKE_JUDGE none")
+        if cfg.LOSS.CODE_INPUT != "rgb" and cfg.LOSS.LAMBDA_CODE <= 0:
+            raise ISGANError(f"LOSS.CODE_INPUT {cfg.LOSS.CODE_INPUT} says what E_R reads for L_code, which "
+                             f"LOSS.LAMBDA_CODE 0 turns off: set LOSS.LAMBDA_CODE > 0 (e.g. 1.0), or "
+                             f"LOSS.CODE_INPUT rgb")
 
     def __init__(self, model: nn.Module, losses: LossSettings, precision: Precision, optim: OptimizerSettings,
                  joint_g_batch: bool = True, grad_norm_freq: int = 0):
@@ -397,17 +402,26 @@ class ISGANObjective(IdentityObjective):
         return Generation(fakes, sets, torch.cat(labels), mu, logvar, id_feat, code, logits, partner, mask,
                           stranger)
 
-    def code_loss(self, fakes: Tensor, id_feat: Tensor) -> Tensor:
+    def code_loss(self, fakes: Tensor, id_feat: Tensor, sources: Tensor) -> Tensor:
         """L_code (LOSS.LAMBDA_CODE): E_R reads the fakes (B, 3, H, W) and its K part features should point as the
         identity codes (B, K * p_R) they were drawn with. The pass uses the plain modules with their parameters
         frozen and BatchNorm's running statistics: its gradient reaches the fakes only (G, E_U and, in stage 3,
         E_R through the identity code G drew with), and E_R's statistics see real images alone. The codes are
-        targets (detached)."""
+        targets (detached).
+
+        With LOSS.CODE_INPUT gray E_R reads the fakes' luminance instead, and the targets are its readings of the
+        luminance of the real images the codes came from (``sources``, normalised, (B, 3, H, W)): a fake that
+        takes b's colours but another person's silhouette and brightness of regions does not satisfy it."""
         model = self.model
         imgs = self.image_to_input(fakes)
+        target = id_feat.detach()
         with frozen(model.backbone, model.encoder_r):
+            if self.losses.code_input == "gray":
+                imgs = luminance(imgs)
+                with torch.no_grad():
+                    target, _ = model.encoder_r(model.backbone(luminance(sources)))  # (B, K*p_R)
             read, _ = model.encoder_r(model.backbone(imgs))  # (B, K*p_R)
-        return L.code_loss(read, id_feat.detach(), model.encoder_r.branches.num_features)
+        return L.code_loss(read, target, model.encoder_r.branches.num_features)
 
     def fake_identity_loss(self, fakes: Tensor, labels: Tensor, sources: Tensor) -> Tuple[Tensor, Optional[Tensor]]:
         """L_R_fake (LOSS.LAMBDA_R_FAKE, stage 3): the trunk and E_R read the cross-identity fakes (B, 3, H, W) as
@@ -523,7 +537,8 @@ class ISGANObjective(IdentityObjective):
                 if last < n * B and s.lambda_x > 0:
                     terms["L_X"] = self.gan_weight * s.lambda_x * L.class_loss(cls[last:], labels[last:])
             if s.lambda_code > 0:
-                terms["L_code"] = s.lambda_code * self.code_loss(gen.fakes[last:], gen.id_feat[gen.stranger])
+                terms["L_code"] = s.lambda_code * self.code_loss(gen.fakes[last:], gen.id_feat[gen.stranger],
+                                                                      imgs[gen.stranger])
             if s.lambda_feat > 0:
                 terms["L_feat"] = s.lambda_feat * self.feature_loss(gen.fakes[:last], imgs)
             if s.lambda_adv_u > 0:  # against the updated, frozen adversary: its gradient reaches E_U alone
