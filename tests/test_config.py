@@ -7,8 +7,11 @@ import yaml
 
 from isgan_torchreid.config import (changed_keys, config_hash, dump_config, get_default_config, hashed_config,
                                     load_config, merge_overrides)
+from isgan_torchreid.defaults import CHOICES
 from isgan_torchreid.errors import ISGANError
 from isgan_torchreid.models import build_model
+from isgan_torchreid.models.generator import INITS
+from isgan_torchreid.models.isgan import EU_INPUTS, EU_TRUNKS
 
 from conftest import CONFIGS
 
@@ -204,3 +207,11 @@ def test_merge_overrides_accepts_python_values():
     cfg = get_default_config()
     merge_overrides(cfg, ["TRAIN.STAGES", [1, 2], "SEED", 5])
     assert cfg.TRAIN.STAGES == [1, 2] and cfg.SEED == 5
+
+
+def test_the_config_allows_exactly_the_values_the_models_accept():
+    """defaults.CHOICES names the model switches' values again (the config layer imports no model): they agree, so a
+    value the config allows builds, and a value a model gains is allowed."""
+    assert set(CHOICES["MODEL.EU_INPUT"]) == set(EU_INPUTS)
+    assert set(CHOICES["MODEL.EU_TRUNK"]) == set(EU_TRUNKS)
+    assert set(CHOICES["MODEL.G_INIT"]) == set(INITS)
