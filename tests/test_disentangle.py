@@ -106,6 +106,7 @@ def test_a_generator_copying_the_nuisance_code_reconstructs_and_keeps_bs_image(r
     for name in r["factors"]:
         if r[f"pairs_{name}"]:
             assert r[f"transfer_{name}"] == r[f"probe_real_{name}_vs_other"], name
+            assert r[f"probe_auto_{name}_vs_other"] == r[f"probe_real_{name}_vs_other"], name  # G(id_b, nu_b) is b
     assert r["pairs_camera"] == len(chosen.pairs) and r["pairs_view"] > 0
 
 
@@ -220,6 +221,7 @@ def test_tool_writes_table_and_json(run, tmp_path, capsys):
                              "--probe-steps", "3", "--cues", "--out", out])
     printed = capsys.readouterr().out
     assert "recon / camera mean" in printed and "has b's camera" in printed and "stage 2, epoch 1" in printed
+    assert "G(id_b, nu_b)" in printed
     assert "probe on gray only" in printed and "probe on bands only" in printed
     assert "pairs with nu_b from it" in printed
     with open(out) as f:
@@ -227,7 +229,8 @@ def test_tool_writes_table_and_json(run, tmp_path, capsys):
     assert saved == json.loads(json.dumps(result))
     assert saved["test_ids"] == 4 and saved["pairs"] == 5 and saved["dataset"] == "synthperson"
     for key in ("er_retention_vs_b", "probe_retention_vs_b", "nuisance_transfer", "transfer_camera",
-                "probe_real_id_accuracy", "cue_gray_retention_vs_b", "cue_bands_real_vs_b"):
+                "probe_real_id_accuracy", "cue_gray_retention_vs_b", "cue_bands_real_vs_b",
+                "probe_auto_camera_vs_other"):
         assert 0 <= saved[key] <= 1
     assert saved["cues"] is True
     assert os.listdir(tmp_path) == ["d.json"]

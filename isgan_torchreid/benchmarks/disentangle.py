@@ -19,7 +19,8 @@ predicts):
   the ceiling of the swap's retention that G itself sets.
 * **nuisance transfer** of the swap: for each nuisance factor, the probe's head for it (trained on the gallery
   and the chosen training images: a factor such as occlusion is rare, and the probe reads it better from more
-  images) puts b's value above a's, over the pairs whose values differ (chance 0.5). The camera is the factor
+  images) puts b's value above a's, over the pairs whose values differ (chance 0.5); the same verdict on G's
+  reconstruction of b, G(id_b, nu_b), is the transfer's ceiling that G's rendering sets. The camera is the factor
   every Market-layout dataset labels (a and b always differ in it); a dataset with a ``factors.json`` beside
   its split folders (``{relative path: {factor: value}}``, as synthperson writes view and occlusion) adds its
   factors. ``nuisance_transfer`` is their mean.
@@ -362,6 +363,7 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
     on_real = _probe_logits(probe, real[:nq], device)
     on_fake = _probe_logits(probe, nu_swap, device)
     on_auto = _probe_logits(probe, auto, device)
+    on_auto_b = _probe_logits(probe, recon[qj], device)  # G(id_b, nu_b)
     rows = torch.arange(len(subset.pairs))
 
     def prefers(logits, rows, first, second):  # (P,) logits[row, first] > logits[row, second]
@@ -386,6 +388,7 @@ def measure(gan: GAN, subset: MeasuredSplit, settings: Settings) -> Dict[str, fl
             a_, b_ = va[differ], vb[differ]
             result[f"probe_real_{name}_vs_other"] = prefers(on_real[name], qj[differ], b_, a_).mean().item()
             result[f"transfer_{name}"] = prefers(on_fake[name], rows[differ], b_, a_).mean().item()
+            result[f"probe_auto_{name}_vs_other"] = prefers(on_auto_b[name], rows[differ], b_, a_).mean().item()
             transfers.append(result[f"transfer_{name}"])
     if settings.cues:
         gallery_input = Probe.prepare(real[nq:])
@@ -464,8 +467,8 @@ def disentangle_table(result: Dict[str, float]) -> str:
     for name in r["factors"]:
         if f"transfer_{name}" in r:
             rows.append([f"probe: G(id_a, nu_b) has b's {name}", f"{r[f'transfer_{name}']:.2f}",
-                         f"chance 0.50; real images {r[f'probe_real_{name}_vs_other']:.2f}; "
-                         f"{r[f'pairs_{name}']} pairs"])
+                         f"chance 0.50; G(id_b, nu_b) {r[f'probe_auto_{name}_vs_other']:.2f}; real images "
+                         f"{r[f'probe_real_{name}_vs_other']:.2f}; {r[f'pairs_{name}']} pairs"])
     rows.append(["nuisance transfer (mean over factors)", f"{r['nuisance_transfer']:.2f}", "chance 0.50"])
     return tabulate(rows, headers=["measure", "value", "chance / reference"], tablefmt="github")
 
