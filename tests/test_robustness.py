@@ -106,6 +106,8 @@ def test_metric_is_the_evaluators(setup, data_root, tmp_path):
         expected = evaluate(qf, gf, q["pids"], g["pids"], q["camids"], g["camids"], metric=metric)
         assert measured[metric]["mAP"] == pytest.approx(expected["mAP"], abs=1e-9)
     assert measured["cosine"]["mAP"] != pytest.approx(measured["euclidean"]["mAP"], abs=1e-6)
+    tool = benchmark_main(["--by-factor", weights, "--data-dir", setup["root"], "--metric", "cosine"])
+    assert tool["metric"] == "cosine" and tool["results"][weights]["all queries"] == measured["cosine"]
 
 
 def test_queries_without_a_match_are_left_out_and_chunks_change_nothing(setup, tmp_path):
@@ -161,6 +163,7 @@ def test_tool_prints_each_encoder_and_the_difference_and_writes_json(setup, tmp_
         assert json.load(f) == json.loads(json.dumps(result))
     a, b = (result["results"][w]["all queries"] for w in setup["weights"])
     assert a != b  # two encoders, two results
+    assert result["metric"] == "euclidean" and "euclidean distance" in printed  # TEST.METRIC's default
     diff = f"{100 * (b['rank1'] - a['rank1']):+.1f} / {100 * (b['mAP'] - a['mAP']):+.1f}"
     assert diff in printed
     assert os.listdir(tmp_path) == ["f.json"]

@@ -25,6 +25,7 @@ __all__ = ["benchmark_main"]
 
 def _parser():
     from ..cli import parser
+    from ..defaults import _C, CHOICES
     from .disentangle import IDENTITIES
 
     p = parser("Print speed/memory tables: IS-GAN stages 1-3 and inference, MGN, torchreid's pcb_p6, and the fast "
@@ -86,6 +87,9 @@ def _parser():
                       "each value of each nuisance factor its factors.json names), side by side")
     only.add_argument("--data-dir", metavar="DIR", help="--by-factor: a test split in Market-1501 layout (query/, "
                       "bounding_box_test/), e.g. reid-data/synthperson")
+    only.add_argument("--metric", choices=CHOICES["TEST.METRIC"], default=_C.TEST.METRIC,
+                      help="--by-factor: the distance the gallery is ranked by (TEST.METRIC of the encoders' runs; "
+                      "default %(default)s)")
     only.add_argument("--scalars", nargs="+", metavar="RUN", help="runs' OUTPUT_DIRs: each TensorBoard scalar of one "
                       "stage (the diagnostics: each loss term's gradient norm, D's probabilities, E_U's KL, ...), "
                       "the mean of its last points and its range, side by side")
@@ -211,7 +215,7 @@ def _by_factor_table(args):
         raise ISGANError("--by-factor needs --data-dir DIR, a test split in Market-1501 layout (query/, "
                          "bounding_box_test/)")
     _check_json_out(args.out)
-    return run_by_factor(args.by_factor, args.data_dir, args.out)
+    return run_by_factor(args.by_factor, args.data_dir, args.out, args.metric)
 
 
 def benchmark_main(argv=None):

@@ -4,8 +4,9 @@
 Market-layout folder (``query/``, ``bounding_box_test/``; junk images, pid -1, left out of the gallery as
 torchreid's Market-1501 does) with each encoder (any file :func:`~isgan_torchreid.deploy.load_encoder` reads,
 with its run's flip and normalisation), ranks the whole gallery for each query under the Market protocol by
-Euclidean distance (TEST.METRIC's default; the encoder file does not record a run's metric), in chunks of
-queries whose memory is bounded as the evaluator's (:func:`~isgan_torchreid.engine.evaluation.rank_queries`),
+``--metric`` (TEST.METRIC's choices, default Euclidean as TEST.METRIC's; an encoder file does not record its
+run's metric), in chunks of queries whose memory is bounded as the evaluator's
+(:func:`~isgan_torchreid.engine.evaluation.rank_queries`),
 and averages rank-1 and AP over each group of queries: all of them, each query camera, and each value of every
 nuisance factor a ``factors.json`` beside the split folders names (synthperson writes view and occlusion;
 :func:`~.disentangle.nuisance_factors`). As in torchreid, a query whose identity has no gallery image from
@@ -99,9 +100,12 @@ def measure_by_factor(weights: Sequence[str], split: Dict[str, dict], device: st
     return {"groups": counts, "results": results}
 
 
-def by_factor(weights: Sequence[str], root: str, device: str = "auto", max_bytes: int = MAX_BYTES) -> dict:
-    """:func:`measure_by_factor` on the test split of the Market-layout folder ``root``, with ``data_dir``."""
-    return {"data_dir": root, **measure_by_factor(weights, read_test_split(root), device, max_bytes)}
+def by_factor(weights: Sequence[str], root: str, device: str = "auto", max_bytes: int = MAX_BYTES,
+              metric: str = "euclidean") -> dict:
+    """:func:`measure_by_factor` on the test split of the Market-layout folder ``root``, with ``data_dir`` and
+    ``metric``."""
+    return {"data_dir": root, "metric": metric,
+            **measure_by_factor(weights, read_test_split(root), device, max_bytes, metric)}
 
 
 def short_names(paths: Sequence[str]) -> List[str]:
@@ -132,11 +136,11 @@ def by_factor_table(result: dict) -> str:
     return tabulate(rows, headers=headers, tablefmt="github")
 
 
-def run_by_factor(weights: List[str], root: str, out=None) -> dict:
+def run_by_factor(weights: List[str], root: str, out=None, metric: str = "euclidean") -> dict:
     """Measure, print the table, write the JSON when ``out`` is given; returns the result."""
-    result = by_factor(weights, root)
+    result = by_factor(weights, root, metric=metric)
     print(f"re-identification by query group on {root}: {len(result['groups'])} groups, Market protocol over the "
-          f"whole gallery (n: the group's queries with a gallery match from another camera)")
+          f"whole gallery, {metric} distance (n: the group's queries with a gallery match from another camera)")
     print(by_factor_table(result))
     if out:
         storage.write_json(out, result)
